@@ -1,0 +1,1 @@
+"""pytest_svctrace: the pytest side of svctrace (phase markers, in-process tracing, tier selection)."""

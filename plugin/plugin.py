@@ -1,0 +1,212 @@
+"""pytest plugin: phase markers for svctrace, and standalone in-process tracing.
+
+Inert unless enabled: by `svctrace run` (environment SVCTRACE_PIPE) or by
+`pytest --svctrace-report PATH`. A tracing failure never fails a user's test.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import pytest
+
+from pytest_svctrace.sinks import MemorySink, PipeSink
+from svctrace.events import FixtureMarker, Marker, TestInfo
+
+ENV_PIPE = "SVCTRACE_PIPE"
+ENV_BACKEND = "SVCTRACE_BACKEND"
+STATE = pytest.StashKey["Tracer"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("svctrace", "svctrace: which services each test contacts")
+    group.addoption("--svctrace-report", metavar="PATH", default=None,
+                    help="trace this run in-process (no root needed; blind to C-library "
+                         "sockets such as libpq) and write the svctrace JSON report to PATH")
+    group.addoption("--svctrace-no-summary", action="store_true", default=False,
+                    help="do not print the svctrace summary at the end of the run")
+    parser.addini("svctrace_report", "default report path for --svctrace-report", default=None)
+    from pytest_svctrace import select
+    select.addoption(group)
+
+
+def _worker_id(config: pytest.Config) -> str | None:
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput.get("workerid") if workerinput else None
+
+
+def fixture_id(fixturedef) -> str:
+    return f"{fixturedef.baseid}::{fixturedef.argname}"
+
+
+class Tracer:
+    """Writes markers (and, for the in-process backend, socket events) to a sink."""
+
+    def __init__(self, config: pytest.Config, sink, inprocess: bool) -> None:
+        self.config = config
+        self.sink = sink
+        self.inprocess = inprocess
+        self.worker = _worker_id(config)
+        self.pid = os.getpid()
+        self._starts: dict[tuple[str, str], int] = {}
+
+    def _safe(self, record) -> None:
+        try:
+            self.sink(record)
+        except Exception as exc:  # degrade, never fail the test
+            warnings.warn(f"svctrace: could not record {type(record).__name__}: {exc}")
+
+    def edge(self, nodeid: str, phase: str, edge: str, outcome: str | None = None) -> None:
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        duration = None
+        if edge == "start":
+            self._starts[(nodeid, phase)] = mono
+        else:
+            started = self._starts.pop((nodeid, phase), None)
+            duration = (mono - started) / 1e9 if started is not None else None
+        self._safe(Marker(mono, wall, os.getpid(), self.worker, nodeid, phase, edge, outcome,
+                          duration))
+
+    def fixture(self, fixturedef, when: str, edge: str) -> None:
+        self._safe(FixtureMarker(time.monotonic_ns(), time.time_ns(), os.getpid(),
+                                 fixture_id(fixturedef), fixturedef.scope, when, edge))
+
+    def describe(self, item: pytest.Item) -> None:
+        info = getattr(item, "_fixtureinfo", None)
+        fixtures = []
+        for argname, defs in (info.name2fixturedefs.items() if info else ()):
+            if defs:
+                fixtures.append(fixture_id(defs[-1]))
+        cls = getattr(item, "cls", None)
+        bases = tuple(c.__name__ for c in cls.__mro__[1:] if c is not object) if cls else ()
+        path = item.nodeid.split("::")[0]
+        self._safe(TestInfo(item.nodeid, tuple(sorted(fixtures)),
+                            tuple(sorted({m.name for m in item.iter_markers()})), path,
+                            bases, self.worker))
+
+    # -- hooks ---------------------------------------------------------------------------
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_collection(self, session):
+        self.edge("", "collection", "start")
+        yield
+        self.edge("", "collection", "end")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items) -> None:
+        for item in items:
+            self.describe(item)
+
+    def _phase(self, item: pytest.Item, phase: str):
+        self.edge(item.nodeid, phase, "start")
+        outcome = yield
+        excinfo = outcome.excinfo
+        if excinfo is None:
+            result = "passed"
+        elif issubclass(excinfo[0], (pytest.skip.Exception, pytest.xfail.Exception)):
+            result = "skipped"
+        else:
+            result = "failed"
+        self.edge(item.nodeid, phase, "end", result)
+
+    # tryfirst hookwrappers are outermost: every fixture pytest runs in a phase falls
+    # inside its window (the known failure: setup-fixture traffic lost without this).
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        yield from self._phase(item, "setup")
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item):
+        yield from self._phase(item, "call")
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item):
+        yield from self._phase(item, "teardown")
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        self.fixture(fixturedef, "setup", "start")
+        yield
+        self.fixture(fixturedef, "setup", "end")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_fixture_post_finalizer(self, fixturedef, request) -> None:
+        self.fixture(fixturedef, "teardown", "end")
+
+    def session_start(self) -> None:
+        self.edge("", "session", "start")
+
+    def session_end(self) -> None:
+        self.edge("", "session", "end")
+        try:
+            self.sink.flush()
+        except Exception:
+            pass
+
+
+def _inprocess_install(sink) -> None:
+    from svctrace.backends import inprocess
+    inprocess.install(sink.event)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from pytest_svctrace import select
+    config.pluginmanager.register(select, "svctrace-select")
+    pipe = os.environ.get(ENV_PIPE)
+    report = config.getoption("svctrace_report") or None
+    if pipe:
+        try:
+            sink = PipeSink(pipe)
+        except OSError as exc:
+            warnings.warn(f"svctrace: cannot open marker pipe {pipe}: {exc.strerror}; "
+                          "tracing disabled for this process")
+            return
+        inprocess = os.environ.get(ENV_BACKEND) == "inprocess"
+    elif report or hasattr(config, "workerinput") and config.workerinput.get("svctrace_report"):
+        sink, inprocess = MemorySink(), True
+    else:
+        return
+    tracer = Tracer(config, sink, inprocess)
+    config.stash[STATE] = tracer
+    config.pluginmanager.register(tracer, "svctrace-tracer")
+    if not pipe:
+        from pytest_svctrace.standalone import StandaloneReport
+        config.pluginmanager.register(StandaloneReport(config, tracer, report),
+                                      "svctrace-standalone")
+    if inprocess:
+        _inprocess_install(sink)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    tracer = session.config.stash.get(STATE, None)
+    if tracer:
+        tracer.session_start()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus):
+    tracer = session.config.stash.get(STATE, None)
+    yield
+    if tracer:
+        tracer.session_end()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    tracer = config.stash.get(STATE, None)
+    if tracer is None:
+        return
+    if tracer.inprocess:
+        from svctrace.backends import inprocess
+        inprocess.uninstall()
+    try:
+        tracer.sink.close()
+    except Exception:
+        pass
+    del config.stash[STATE]
+
+
+def is_enabled(config: pytest.Config) -> bool:
+    return config.stash.get(STATE, None) is not None
+

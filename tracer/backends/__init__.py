@@ -1,0 +1,52 @@
+"""Backend registry and the one function that chooses a backend (`auto|ebpf|strace|inprocess`)."""
+from __future__ import annotations
+
+import importlib
+
+from svctrace.backends.base import Backend, BackendUnavailable
+
+# Preference order for `auto`: the kernel sees everything, strace nearly so, the patch least.
+ORDER = ("ebpf", "strace", "inprocess")
+_CLASSES = {
+    "ebpf": "svctrace.backends.ebpf:EbpfBackend",
+    "strace": "svctrace.backends.strace:StraceBackend",
+    "inprocess": "svctrace.backends.inprocess:InprocessBackend",
+}
+CHOICES = ("auto",) + ORDER
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in _CLASSES:
+        raise BackendUnavailable(
+            f"unknown backend {name!r}: choose one of {', '.join(CHOICES)}")
+    module, _, attr = _CLASSES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def availability() -> dict[str, str | None]:
+    """{name: None if usable else the reason it is not}, in preference order."""
+    result = {}
+    for name in ORDER:
+        try:
+            result[name] = backend_class(name).unavailable_reason()
+        except Exception as exc:  # a broken backend module must not hide the others
+            result[name] = f"cannot load the {name} backend: {exc}"
+    return result
+
+
+def select_backend(requested: str) -> tuple[type[Backend], list[str]]:
+    """Return (backend class, notes). An explicit unusable choice raises; `auto` falls back
+    and says why each better backend was skipped."""
+    if requested != "auto":
+        cls = backend_class(requested)
+        reason = cls.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"can't use backend={requested}: {reason}")
+        return cls, []
+    notes = []
+    for name, reason in availability().items():
+        if reason is None:
+            notes.append(f"backend auto: using {name}")
+            return backend_class(name), notes
+        notes.append(f"backend auto: skipped {name}: {reason}")
+    raise BackendUnavailable("no backend is usable: " + "; ".join(notes))

@@ -1,0 +1,62 @@
+"""The one Backend protocol every tracer implements, and the errors they raise."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterable
+
+from svctrace.errors import BackendFailed, BackendUnavailable, SvctraceError
+from svctrace.events import Event, ProcessEvent
+
+__all__ = ["Backend", "BackendFailed", "BackendUnavailable", "RunContext", "SvctraceError"]
+
+
+@dataclass
+class RunContext:
+    """What the runner tells a backend before the command starts."""
+
+    command: list[str]
+    run_uid: int | None = None    # uid the command will run as (None: unchanged)
+    run_gid: int | None = None
+    run_user: str | None = None
+    settings: dict = field(default_factory=dict)  # backend-specific, from [tool.svctrace]
+
+
+class Backend:
+    """Interface of a tracing backend (subclass it).
+
+    Life cycle, driven by the runner:
+      prepare(ctx)            load/compile whatever is needed; may raise BackendUnavailable
+      wrap_command(argv)      argv actually executed (strace wraps; others return argv)
+      child_started(pid)      the command's process exists but has not exec'd yet: start
+                              tracing it (the runner releases it only after this returns)
+      poll()                  called every ~20 ms while the command runs; returns new records
+      stop()                  command exited: drain what is left, detach, return the rest
+      stats()                 {"events": n, "lost_events": n, ...} for the report
+    """
+
+    name: ClassVar[str] = "?"
+    clock: ClassVar[str] = "mono"  # which timestamp of Event/ProcessEvent it fills
+    blind_spots: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None if usable here, else one sentence: what is missing and how to fix it."""
+        return None
+
+    def prepare(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def wrap_command(self, argv: list[str]) -> list[str]:
+        return argv
+
+    def child_started(self, pid: int) -> None:
+        pass
+
+    def poll(self) -> Iterable[Event | ProcessEvent]:
+        return ()
+
+    def stop(self) -> Iterable[Event | ProcessEvent]:
+        return ()
+
+    def stats(self) -> dict:
+        return {}

@@ -1,0 +1,220 @@
+"""In-process backend: patches Python's socket layer and resolves peers with getpeername().
+
+Usable without root and without pytest: `install(sink)` / `uninstall()` are plain functions
+(pytest-socket style). The real methods are captured at import. A wrapper never changes the
+socket's behaviour and never raises into user code: tracing errors are swallowed and counted.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import threading
+import time
+import weakref
+from typing import Callable
+
+from svctrace.backends.base import Backend
+from svctrace.events import Destination, Event, ProcessEvent
+
+BLIND_SPOTS = (
+    "C-extension sockets (libpq via psycopg2/psycopg, librdkafka via confluent-kafka, "
+    "grpc core): they never call Python's socket methods",
+    "subprocesses that are not Python processes running this plugin",
+)
+
+_REAL = {name: getattr(socket.socket, name) for name in
+         ("connect", "connect_ex", "send", "sendall", "sendto", "sendmsg", "listen")}
+_REAL_SSL = {name: ssl.SSLSocket.__dict__[name] for name in ("send", "sendall")}
+_state: dict = {"sink": None, "errors": 0}
+_peers: "weakref.WeakKeyDictionary[socket.socket, tuple]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _transport(sock: socket.socket) -> str:
+    if sock.family == socket.AF_UNIX:
+        return "unix"
+    kind = sock.type & 0xF  # strip SOCK_NONBLOCK/SOCK_CLOEXEC flags
+    return {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}.get(kind, "other")
+
+
+def _destination(sock: socket.socket, address) -> Destination | None:
+    family = sock.family
+    if family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
+        name = "inet" if family == socket.AF_INET else "inet6"
+        return Destination(name, _transport(sock), str(address[0]), int(address[1]))
+    if family == socket.AF_UNIX:
+        if isinstance(address, bytes):
+            address = address.decode("utf-8", "replace")
+        if isinstance(address, str):
+            path = "@" + address[1:] if address.startswith("\0") else address
+            return Destination("unix", "unix", path)
+        return None
+    return Destination("other", "other", str(address)) if address else None
+
+
+def _peer(sock: socket.socket) -> tuple:
+    """(Destination | None, local port) of a connected socket, cached per socket object:
+    a pooled connection is resolved once, yet counted on every send."""
+    cached = _peers.get(sock)
+    if cached is not None:
+        return cached
+    try:
+        dest = _destination(sock, sock.getpeername())
+    except OSError:
+        return None, None  # not connected (yet): nothing to cache
+    local = None
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            local = sock.getsockname()[1]
+        except OSError:
+            pass
+    _peers[sock] = (dest, local)
+    return dest, local
+
+
+def _emit(kind: str, dest: Destination | None, result: int, local: int | None,
+          started: int) -> None:
+    sink = _state["sink"]
+    if sink is None or dest is None:
+        return
+    sink(Event(kind, started, time.time_ns(), os.getpid(), threading.get_native_id(),
+               threading.current_thread().name, dest, result, local))
+
+
+def _guard(fn: Callable) -> None:
+    try:
+        fn()
+    except Exception:  # tracing must never break the user's socket call
+        _state["errors"] += 1
+
+
+def _errno_of(exc: BaseException) -> int:
+    if isinstance(exc, OSError) and exc.errno:
+        return -exc.errno
+    return -errno.EIO
+
+
+def _connect(self, address):
+    started = time.monotonic_ns()
+    _peers.pop(self, None)
+    try:
+        result = _REAL["connect"](self, address)
+    except BaseException as exc:
+        code = _errno_of(exc)
+        _guard(lambda: _emit("connect", _destination(self, address), code, None, started))
+        raise
+    _guard(lambda: _emit("connect", _peer(self)[0] or _destination(self, address), 0, None,
+                         started))
+    return result
+
+
+def _connect_ex(self, address):
+    started = time.monotonic_ns()
+    _peers.pop(self, None)
+    code = _REAL["connect_ex"](self, address)
+    _guard(lambda: _emit("connect", _destination(self, address), -code if code else 0, None,
+                         started))
+    return code
+
+
+def _sender(name: str, real: Callable):
+    def send(self, *args, **kwargs):
+        started = time.monotonic_ns()
+        try:
+            result = real(self, *args, **kwargs)
+        except BaseException as exc:
+            code = _errno_of(exc)
+            _guard(lambda: _emit("send", _peer(self)[0], code, _peer(self)[1], started))
+            raise
+        _guard(lambda: _emit("send", _peer(self)[0], result if isinstance(result, int) else 0,
+                             _peer(self)[1], started))
+        return result
+    send.__name__ = name
+    return send
+
+
+def _sendto(self, data, *args):
+    started = time.monotonic_ns()
+    result = _REAL["sendto"](self, data, *args)
+    address = args[-1] if args else None
+    _guard(lambda: _emit("send", _destination(self, address), result, _peer(self)[1], started))
+    return result
+
+
+def _sendmsg(self, buffers, ancdata=(), flags=0, address=None):
+    started = time.monotonic_ns()
+    if address is None:
+        result = _REAL["sendmsg"](self, buffers, ancdata, flags)
+    else:
+        result = _REAL["sendmsg"](self, buffers, ancdata, flags, address)
+    dest = _destination(self, address) if address is not None else _peer(self)[0]
+    _guard(lambda: _emit("send", dest, result, _peer(self)[1], started))
+    return result
+
+
+def _listen(self, *args):
+    result = _REAL["listen"](self, *args)
+
+    def note():
+        name = self.getsockname()
+        if isinstance(name, tuple):
+            _emit("listen", _destination(self, name), 0, name[1], time.monotonic_ns())
+    _guard(note)
+    return result
+
+
+def _after_fork_in_child() -> None:
+    # A forked child keeps the patch; say who its parent is so its traffic is attributed
+    # to the parent's test.
+    _guard(lambda: _state["sink"] and _state["sink"](ProcessEvent(
+        "fork", time.monotonic_ns(), time.time_ns(), os.getpid(), os.getppid())))
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def install(sink: Callable) -> None:
+    """Start reporting socket operations of this process to sink(Event)."""
+    with _lock:
+        _state["sink"] = sink
+        socket.socket.connect = _connect
+        socket.socket.connect_ex = _connect_ex
+        socket.socket.send = _sender("send", _REAL["send"])
+        socket.socket.sendall = _sender("sendall", _REAL["sendall"])
+        socket.socket.sendto = _sendto
+        socket.socket.sendmsg = _sendmsg
+        socket.socket.listen = _listen
+        # SSLSocket overrides send/sendall and writes through the TLS object, not socket.send.
+        ssl.SSLSocket.send = _sender("send", _REAL_SSL["send"])
+        ssl.SSLSocket.sendall = _sender("sendall", _REAL_SSL["sendall"])
+
+
+def uninstall() -> None:
+    """Restore the real socket methods."""
+    with _lock:
+        _state["sink"] = None
+        for name, real in _REAL.items():
+            # The real ones are inherited from _socket.socket: deleting our override
+            # restores exactly the original lookup.
+            if name in socket.socket.__dict__:
+                delattr(socket.socket, name)
+        for name, real in _REAL_SSL.items():
+            setattr(ssl.SSLSocket, name, real)
+
+
+def installed() -> bool:
+    return _state["sink"] is not None
+
+
+class InprocessBackend(Backend):
+    """Runner side of the in-process backend: the plugin inside pytest does the tracing and
+    sends its events through the marker pipe, so there is nothing to start here."""
+
+    name = "inprocess"
+    clock = "mono"
+    blind_spots = BLIND_SPOTS
+
+    def stats(self) -> dict:
+        return {"lost_events": 0}

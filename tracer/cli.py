@@ -1,0 +1,156 @@
+"""The `svctrace` command line: the only place that turns errors into messages and exit codes."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from svctrace import __version__
+from svctrace.backends import CHOICES
+from svctrace.errors import SvctraceError
+
+# Exit codes of svctrace itself. `svctrace run` otherwise returns the command's own status.
+EXIT_USAGE = 2      # bad option, config or backend: nothing was run
+EXIT_INTERNAL = 3   # svctrace failed after the command succeeded (e.g. report not written)
+
+RUN_HELP = """Run COMMAND under a tracer and write the per-test services report.
+
+\b
+Examples:
+  sudo .venv/bin/svctrace run -- .venv/bin/pytest tests/
+  svctrace run --backend inprocess --report r.json -- pytest -n 2 tests/
+  svctrace run --backend strace -- python -m pytest tests/test_db.py
+
+Under sudo the command runs as the invoking user (SUDO_UID), not as root, unless --as-root.
+The exit status is the command's own (128+N if killed by signal N); 2 means svctrace could
+not start (bad option/config/backend), 3 means svctrace failed after a successful command.
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="svctrace")
+def main() -> None:
+    """svctrace: which external services does each pytest test really contact?
+
+    \b
+    Typical use:
+      sudo .venv/bin/svctrace run -- .venv/bin/pytest tests/   # trace, write the report
+      svctrace explain svctrace-report.json tests/test_x.py::test_y
+      svctrace doctor                                          # which backends work here
+    """
+
+
+def _fail(exc: Exception, code: int = EXIT_USAGE) -> None:
+    click.echo(f"svctrace: error: {exc}", err=True)
+    sys.exit(code)
+
+
+@main.command(help=RUN_HELP, context_settings={"ignore_unknown_options": True,
+                                               "allow_interspersed_args": False})
+@click.option("--backend", "-b", type=click.Choice(CHOICES), default=None,
+              help="tracer to use (default: [tool.svctrace] backend, else auto: ebpf, then "
+                   "strace, then inprocess)")
+@click.option("--report", "-o", "report_path", metavar="PATH", default=None,
+              help="where to write the JSON report (default svctrace-report.json)")
+@click.option("--as-root", is_flag=True, help="under sudo, run the command as root too")
+@click.option("--config", "config_path", metavar="PYPROJECT", default=None,
+              help="pyproject.toml holding [tool.svctrace] (default: nearest one above cwd)")
+@click.option("--progress", metavar="SECONDS", type=float, default=60.0, show_default=True,
+              help="print a progress line this often (0: never)")
+@click.option("--quiet", "-q", is_flag=True, help="no summary at the end")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def run(backend, report_path, as_root, config_path, progress, quiet, command) -> None:
+    from svctrace.config import load_config
+    from svctrace.report import format_summary
+    from svctrace.runner import Run
+
+    try:
+        cfg = load_config(config_path)
+        chosen = backend or cfg.backend
+        if chosen not in CHOICES:
+            raise SvctraceError(f"{cfg.path}: tool.svctrace.backend {chosen!r} is not one of "
+                                f"{', '.join(CHOICES)}")
+        runner = Run(list(command), chosen, report_path or cfg.report, cfg, as_root, progress)
+    except SvctraceError as exc:
+        _fail(exc)
+    try:
+        code = runner.execute()
+    except SvctraceError as exc:
+        if runner.report is None and not getattr(runner, "pid", 0):
+            _fail(exc)  # nothing ran
+        click.echo(f"svctrace: error: {exc}", err=True)
+        sys.exit(EXIT_INTERNAL)
+    except OSError as exc:
+        if runner.report is None:
+            click.echo(f"svctrace: error: {exc}", err=True)
+            sys.exit(EXIT_INTERNAL if getattr(runner, "pid", 0) else EXIT_USAGE)
+        raise
+    if runner.report is not None and not quiet:
+        click.echo(format_summary(runner.report, runner.report_path), err=True)
+    sys.exit(code)
+
+
+@main.command()
+def doctor() -> None:
+    """Say, for each backend, whether it is usable here and, if not, what to fix."""
+    from svctrace.doctor import doctor_lines
+
+    ok = True
+    for line, good in doctor_lines():
+        ok &= good
+        click.echo(line)
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.argument("report", type=click.Path(dir_okay=False))
+def summary(report) -> None:
+    """Print the summary of a report (as at the end of `svctrace run`)."""
+    from svctrace.report import format_summary, load_report
+    try:
+        click.echo(format_summary(load_report(report), report))
+    except SvctraceError as exc:
+        _fail(exc, 1)
+
+
+@main.command()
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.argument("nodeid")
+def explain(report, nodeid) -> None:
+    """Why does this test touch each of its services? Evidence for one test.
+
+    \b
+    Example:
+      svctrace explain svctrace-report.json "tests/test_orders.py::test_save"
+    """
+    from svctrace.explain import explain_test
+    from svctrace.report import load_report
+    try:
+        click.echo(explain_test(load_report(report), nodeid))
+    except SvctraceError as exc:
+        _fail(exc, 1)
+
+
+@main.command()
+@click.argument("report", type=click.Path(dir_okay=False))
+def drift(report) -> None:
+    """Hidden dependencies (observed, not declared) and stale declarations, by file."""
+    from svctrace.explain import drift_text
+    from svctrace.report import load_report
+    try:
+        text, found = drift_text(load_report(report))
+    except SvctraceError as exc:
+        _fail(exc, 1)
+    click.echo(text)
+
+
+def _register_plan_commands() -> None:
+    try:
+        from svctrace.cli_plan import merge_command, tiers_command
+    except ImportError:  # pragma: no cover - only while the module is being written
+        return
+    main.add_command(merge_command, "merge")
+    main.add_command(tiers_command, "tiers")
+
+
+_register_plan_commands()

@@ -1,0 +1,34 @@
+"""`svctrace doctor`: one line per backend (usable, or the exact reason and fix), then details."""
+from __future__ import annotations
+
+import importlib
+
+from svctrace.backends import availability
+
+
+def _details(name: str) -> list[tuple[str, bool, str]]:
+    try:
+        module = importlib.import_module(f"svctrace.backends.{name}")
+    except Exception as exc:
+        return [(f"import svctrace.backends.{name}", False, str(exc))]
+    diagnose = getattr(module, "diagnose", None)
+    return list(diagnose()) if diagnose else []
+
+
+def doctor_lines() -> list[tuple[str, bool]]:
+    """(line, ok) pairs; ok is False only where the preferred backend is unusable."""
+    lines = []
+    status = availability()
+    for name, reason in status.items():
+        if reason is None:
+            lines.append((f"{name:10s} usable", True))
+        else:
+            # Exit status 1 when the preferred (kernel) backend is missing: CI can gate on it.
+            lines.append((f"{name:10s} NOT usable: {reason}", name != "ebpf"))
+    chosen = next((n for n, r in status.items() if r is None), None)
+    lines.append((f"auto       would use {chosen or 'nothing'}", chosen is not None))
+    for name in status:
+        for check, ok, detail in _details(name):
+            lines.append((f"  {name}: {'ok  ' if ok else 'FAIL'} {check}"
+                          + (f": {detail}" if detail else ""), True))
+    return lines

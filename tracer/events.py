@@ -1,0 +1,135 @@
+"""Shared record types: what backends and the plugin produce, what attribution consumes (pure)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Phases of one test, in pytest's order.
+TEST_PHASES = ("setup", "call", "teardown")
+# Windows outside tests (one per process that writes markers).
+OUTER_PHASES = ("session", "collection")
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a connect or send went.
+
+    family: "inet" | "inet6" | "unix" | "netlink" | "other"
+    transport: "tcp" | "udp" | "unix" | "other"
+    address: IP text ("127.0.0.1", "::1"), unix path, "@name" for an abstract unix name,
+             or "" when unknown.
+    port: destination port for inet/inet6, else None.
+    """
+
+    family: str
+    transport: str
+    address: str
+    port: int | None = None
+
+    def label(self) -> str:
+        """Human/stable text used for unknown services, e.g. "tcp:10.0.0.5:8080"."""
+        if self.family in ("inet", "inet6"):
+            host = f"[{self.address}]" if self.family == "inet6" else self.address
+            return f"{self.transport}:{host}:{self.port}"
+        if self.family == "unix":
+            return f"unix:{self.address}"
+        return f"{self.family}:{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One socket operation seen by a backend.
+
+    kind: "connect" (an attempt; result 0 or -errno, -115 EINPROGRESS counts as made),
+          "send" (result = bytes sent or -errno), or
+          "listen" (the process listens on dest; used to drop its own loopback traffic).
+    mono_ns / wall_ns: CLOCK_MONOTONIC / CLOCK_REALTIME in ns; a backend fills the clock it
+          has and leaves the other None (ebpf + inprocess: mono; strace: wall).
+    pid / tid: process (tgid) and thread id. comm: thread name ("rdk:broker-1").
+    local_port: the socket's own port where known (server-side replies are not contacts).
+    """
+
+    kind: str
+    mono_ns: int | None
+    wall_ns: int | None
+    pid: int
+    tid: int
+    comm: str
+    dest: Destination
+    result: int = 0
+    local_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessEvent:
+    """Process lifecycle from a backend: kind "fork" (pid is the child, ppid the parent),
+    "exec" (pid now runs comm/cmdline) or "exit"."""
+
+    kind: str
+    mono_ns: int | None
+    wall_ns: int | None
+    pid: int
+    ppid: int = 0
+    comm: str = ""
+    cmdline: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A phase edge written by the pytest plugin.
+
+    phase: "setup" | "call" | "teardown" (nodeid set) or "session" | "collection" (nodeid "").
+    edge: "start" | "end". outcome: at an end, "passed" | "failed" | "skipped" | None.
+    worker: xdist worker id ("gw0") or None.
+    """
+
+    mono_ns: int
+    wall_ns: int
+    pid: int
+    worker: str | None
+    nodeid: str
+    phase: str
+    edge: str
+    outcome: str | None = None
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FixtureMarker:
+    """Setup or teardown edge of a fixture whose scope is wider than a function.
+
+    fixture: "<baseid>::<argname>" (stable across processes); when: "setup" | "teardown".
+    """
+
+    mono_ns: int
+    wall_ns: int
+    pid: int
+    fixture: str
+    scope: str
+    when: str
+    edge: str
+
+
+@dataclass(frozen=True, slots=True)
+class TestInfo:
+    """Static facts about one collected test, sent once by the plugin."""
+
+    nodeid: str
+    fixtures: tuple[str, ...] = ()  # fixture ids in its closure ("<baseid>::<argname>")
+    markers: tuple[str, ...] = ()   # marker names on the item
+    path: str = ""                  # file path relative to rootdir
+    bases: tuple[str, ...] = ()     # base class names of its class, if any
+    worker: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """Backend-independent facts about the traced run (filled by the runner or plugin)."""
+
+    backend: str
+    command: tuple[str, ...] = ()
+    blind_spots: tuple[str, ...] = ()
+    exit_code: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+Record = Event | ProcessEvent | Marker | FixtureMarker | TestInfo

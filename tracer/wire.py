@@ -1,0 +1,104 @@
+"""Line protocol of the marker pipe: records as JSON lines of at most PIPE_BUF bytes (pure).
+
+Writes of at most PIPE_BUF (4096) bytes to a pipe are atomic, so every process of the run
+(main pytest, xdist workers) can share one pipe. A record whose line would be longer (a
+huge nodeid, a test with hundreds of fixtures) is split into "chunk" lines that carry a
+per-process id; the reader reassembles them. Lines of one process arrive in order.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import Iterator
+
+from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessEvent,
+                             TestInfo)
+
+PIPE_BUF = 4096
+_TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p"}
+_TYPES = {tag: cls for cls, tag in _TAGS.items()}
+_CHUNK_DATA = PIPE_BUF - 200  # room for the chunk envelope and JSON escaping
+
+
+class ProtocolError(ValueError):
+    """A line on the marker pipe is not a record svctrace wrote."""
+
+
+def _to_dict(record) -> dict:
+    data = asdict(record)
+    data["_"] = _TAGS[type(record)]
+    return data
+
+
+def encode(record, chunk_id: str = "") -> list[bytes]:
+    """Lines (each ending in a newline, each <= PIPE_BUF bytes) that carry one record.
+
+    chunk_id must be unique per writing process (e.g. "<pid>-<counter>")."""
+    line = json.dumps(_to_dict(record), separators=(",", ":"), ensure_ascii=True) + "\n"
+    data = line.encode()
+    if len(data) <= PIPE_BUF:
+        return [data]
+    body = line[:-1]
+    pieces = [body[i:i + _CHUNK_DATA] for i in range(0, len(body), _CHUNK_DATA)]
+    out = []
+    for index, piece in enumerate(pieces):
+        chunk = {"_": "c", "id": chunk_id or f"{os.getpid()}", "i": index,
+                 "n": len(pieces), "d": piece}
+        encoded = (json.dumps(chunk, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+        assert len(encoded) <= PIPE_BUF, "chunk envelope too large"
+        out.append(encoded)
+    return out
+
+
+def _from_dict(data: dict):
+    tag = data.pop("_", None)
+    cls = _TYPES.get(tag)
+    if cls is None:
+        raise ProtocolError(f"unknown record type {tag!r}")
+    if cls is Event:
+        data["dest"] = Destination(**data["dest"])
+    for key in ("fixtures", "markers", "bases", "cmdline"):
+        if key in data and isinstance(data[key], list):
+            data[key] = tuple(data[key])
+    return cls(**data)
+
+
+class Decoder:
+    """Turns pipe bytes back into records, reassembling chunked ones."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._chunks: dict[str, list] = {}
+        self.bad_lines = 0
+
+    def feed(self, data: bytes) -> Iterator:
+        self._partial += data
+        *lines, self._partial = self._partial.split(b"\n")
+        for raw in lines:
+            if raw.strip():
+                yield from self._line(raw)
+
+    def _line(self, raw: bytes) -> Iterator:
+        try:
+            data = json.loads(raw)
+            if data.get("_") == "c":
+                whole = self._chunk(data)
+                if whole is None:
+                    return
+                data = json.loads(whole)
+            yield _from_dict(data)
+        except (ValueError, TypeError, KeyError):
+            self.bad_lines += 1
+
+    def _chunk(self, data: dict) -> str | None:
+        parts = self._chunks.setdefault(data["id"], [None] * data["n"])
+        parts[data["i"]] = data["d"]
+        if any(part is None for part in parts):
+            return None
+        del self._chunks[data["id"]]
+        return "".join(parts)
+
+    def incomplete(self) -> int:
+        """Chunked records that never completed (a writer died mid-record)."""
+        return len(self._chunks) + (1 if self._partial.strip() else 0)
