@@ -113,6 +113,7 @@ class Contact:
 
 @dataclass
 class TestRecord:
+    __test__ = False  # not a pytest test class
     nodeid: str
     worker: str | None = None
     pid: int | None = None

@@ -113,6 +113,8 @@ class FixtureMarker:
 class TestInfo:
     """Static facts about one collected test, sent once by the plugin."""
 
+    __test__ = False  # not a pytest test class
+
     nodeid: str
     fixtures: tuple[str, ...] = ()  # fixture ids in its closure ("<baseid>::<argname>")
     markers: tuple[str, ...] = ()   # marker names on the item

@@ -206,7 +206,8 @@ class Run:
         self.pid = 0
         pipe = MarkerPipe(self.ident)
         ctx = RunContext(list(self.command), self.ident.uid, self.ident.gid, self.ident.user,
-                         {"ringbuf_pages": self.cfg.ringbuf_pages})
+                         {k: v for k, v in {"ringbuf_pages": self.cfg.ringbuf_pages}.items()
+                          if v is not None})
         started_wall = time.time()
         exit_code: int | None = None
         try:

@@ -7,6 +7,7 @@ per-process id; the reader reassembles them. Lines of one process arrive in orde
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import asdict
@@ -18,7 +19,7 @@ from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessE
 PIPE_BUF = 4096
 _TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p"}
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
-_CHUNK_DATA = PIPE_BUF - 200  # room for the chunk envelope and JSON escaping
+_CHUNK_DATA = 2900  # raw bytes per chunk: base64 makes 3868, plus the envelope < PIPE_BUF
 
 
 class ProtocolError(ValueError):
@@ -39,8 +40,9 @@ def encode(record, chunk_id: str = "") -> list[bytes]:
     data = line.encode()
     if len(data) <= PIPE_BUF:
         return [data]
-    body = line[:-1]
-    pieces = [body[i:i + _CHUNK_DATA] for i in range(0, len(body), _CHUNK_DATA)]
+    body = data[:-1]
+    pieces = [base64.b64encode(body[i:i + _CHUNK_DATA]).decode()
+              for i in range(0, len(body), _CHUNK_DATA)]
     out = []
     for index, piece in enumerate(pieces):
         chunk = {"_": "c", "id": chunk_id or f"{os.getpid()}", "i": index,
@@ -97,7 +99,7 @@ class Decoder:
         if any(part is None for part in parts):
             return None
         del self._chunks[data["id"]]
-        return "".join(parts)
+        return b"".join(base64.b64decode(part) for part in parts).decode()
 
     def incomplete(self) -> int:
         """Chunked records that never completed (a writer died mid-record)."""

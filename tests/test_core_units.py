@@ -1,0 +1,153 @@
+"""Pure-core units: wire protocol, service rules, config validation, layering."""
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+
+import pytest
+
+from svctrace import wire
+from svctrace.config import ConfigError, load_config
+from svctrace.events import Destination, Event, Marker, TestInfo
+from svctrace.services import RuleError, ServiceMap, parse_rule
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_wire_round_trip_and_atomic_line_size():
+    dest = Destination("unix", "unix", "@abstract")
+    records = [Marker(1, 2, 3, "gw0", "t.py::x", "call", "end", "passed", 0.5),
+               Event("send", 5, None, 3, 4, "rdk:main", dest, 10, None),
+               TestInfo("t.py::x", ("::db",), ("slow",), "t.py", ("Base",), None)]
+    data = b"".join(line for r in records for line in wire.encode(r))
+    decoder = wire.Decoder()
+    out = list(decoder.feed(data[:7])) + list(decoder.feed(data[7:]))
+    assert out == records
+    assert decoder.incomplete() == 0
+
+
+def test_wire_long_nodeid_is_chunked_below_pipe_buf_and_reassembled():
+    nodeid = "t.py::test_x[" + "é" * 9000 + "]"
+    marker = Marker(1, 2, 3, None, nodeid, "setup", "start")
+    lines = wire.encode(marker, "3-0")
+    assert len(lines) > 1 and all(len(l) <= wire.PIPE_BUF for l in lines)
+    # interleave another process's record between the chunks: still reassembled
+    other = wire.encode(Marker(9, 9, 4, None, "t.py::y", "call", "start"))[0]
+    stream = lines[0] + other + b"".join(lines[1:])
+    decoder = wire.Decoder()
+    out = list(decoder.feed(stream))
+    assert [m.nodeid for m in out] == ["t.py::y", nodeid]
+
+
+def test_wire_counts_garbage_lines():
+    decoder = wire.Decoder()
+    assert list(decoder.feed(b"not json\n{\"_\": \"zz\"}\n")) == []
+    assert decoder.bad_lines == 2
+
+
+@pytest.mark.parametrize("spec,dest,expected", [
+    ("5432", Destination("inet", "tcp", "10.0.0.1", 5432), True),
+    ("8125/udp", Destination("inet", "tcp", "10.0.0.1", 8125), False),
+    ("8125/udp", Destination("inet", "udp", "10.0.0.1", 8125), True),
+    ("7000-7005", Destination("inet", "tcp", "127.0.0.1", 7003), True),
+    ("10.0.0.0/8", Destination("inet", "tcp", "10.9.9.9", 1), True),
+    ("10.0.0.0/8:9092", Destination("inet", "tcp", "10.9.9.9", 9093), False),
+    ("[::1]:5432", Destination("inet6", "tcp", "::1", 5432), True),
+    ("127.0.0.1:39092", Destination("inet", "tcp", "127.0.0.2", 39092), False),
+    ("unix:/tmp/*.sock", Destination("unix", "unix", "/tmp/a.sock"), True),
+    ("unix:/tmp/*.sock", Destination("inet", "tcp", "127.0.0.1", 1), False),
+])
+def test_rule_matching(spec, dest, expected):
+    assert parse_rule("x", spec).matches(dest) is expected
+
+
+@pytest.mark.parametrize("spec", ["", "99999", "abc:12", "unix:", "[::1", "10.0.0.0/99"])
+def test_bad_rules_raise(spec):
+    with pytest.raises(RuleError):
+        parse_rule("x", spec)
+
+
+def test_service_map_precedence_defaults_unknown_and_noise():
+    smap = ServiceMap({"kafka": ["127.0.0.1:39092"], "pg-replica": ["10.0.0.7:5432"]})
+    assert smap.classify(Destination("inet", "tcp", "127.0.0.1", 39092)) == "kafka"
+    assert smap.classify(Destination("inet", "tcp", "10.0.0.7", 5432)) == "pg-replica"
+    assert smap.classify(Destination("inet", "tcp", "10.0.0.8", 5432)) == "postgres"
+    assert smap.classify(Destination("unix", "unix",
+                                     "/var/run/postgresql/.s.PGSQL.5432")) == "postgres"
+    assert smap.classify(Destination("inet6", "udp", "::1", 53)) == "udp:[::1]:53"
+    assert smap.classify(Destination("unix", "unix", "/run/nscd/socket")) is None
+    assert smap.classify(Destination("netlink", "other", "0")) is None
+
+
+def test_config_errors_name_file_and_key(tmp_path):
+    path = tmp_path / "pyproject.toml"
+    path.write_text('[tool.svctrace.services]\nkafka = ["99999"]\n')
+    with pytest.raises(ConfigError, match=r"pyproject.toml: tool.svctrace.services.kafka"):
+        load_config(path)
+    path.write_text('[tool.svctrace]\nbakend = "ebpf"\n')
+    with pytest.raises(ConfigError, match="unknown key 'bakend'"):
+        load_config(path)
+    path.write_text('[tool.svctrace\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    path.write_text('[tool.svctrace]\nbaseline = "redis"\n')
+    with pytest.raises(ConfigError, match="baseline must be a list of strings"):
+        load_config(path)
+
+
+def test_config_loads_rules_tiers_and_declarations(tmp_path):
+    path = tmp_path / "pyproject.toml"
+    path.write_text("""
+[tool.svctrace]
+backend = "inprocess"
+baseline = ["redis"]
+[tool.svctrace.services]
+kafka = ["127.0.0.1:39092"]
+[tool.svctrace.declare.markers]
+kafka = ["kafka"]
+[[tool.svctrace.tiers]]
+name = "pg"
+services = ["postgres"]
+startup_s = 5
+""")
+    cfg = load_config(path)
+    assert cfg.backend == "inprocess" and cfg.baseline == ["redis"]
+    assert cfg.tiers[0].name == "pg" and cfg.tiers[0].startup_s == 5.0
+    assert cfg.declare == {"markers": {"kafka": ["kafka"]}}
+    assert cfg.service_map().classify(Destination("inet", "tcp", "127.0.0.1", 39092)) == "kafka"
+
+
+PURE_CORE = ["events.py", "wire.py", "services.py", "attribution.py", "report.py", "config.py",
+             "explain.py", "errors.py", "merge.py", "tiers.py"]
+
+
+@pytest.mark.parametrize("name", PURE_CORE)
+def test_pure_core_imports_neither_bcc_pytest_nor_click(name):
+    path = ROOT / "tracer" / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing")
+    tree = ast.parse(path.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"bcc", "pytest", "click", "psutil"}, imported
+
+
+def test_wheel_installs_only_distinctive_names(tmp_path):
+    """Nothing generic (tracer, plugin, bpf) may land in site-packages."""
+    import subprocess
+    import sys
+    import zipfile
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True,
+                   cwd=tmp_path)
+    wheel = next(tmp_path.glob("svctrace-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"svctrace", "pytest_svctrace"}
+    assert "svctrace/bpf/svctrace.bpf.c" in names and "svctrace/bpf/svctrace.h" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "svctrace = pytest_svctrace.plugin" in text and "svctrace = svctrace.cli:main" in text

@@ -1,0 +1,238 @@
+"""The strace backend: runs the command under `strace -f -yy` and parses its output as it streams."""
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import pwd
+import select
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Iterable
+
+from svctrace.backends.base import Backend, BackendUnavailable, RunContext
+from svctrace.events import Event, ProcessEvent
+from svctrace.strace_parse import StraceParser
+
+# Every syscall that can put bytes on a socket (the send paths of sock:sock_send_length),
+# plus what the parser needs to know where they go and who made them. "?" lets strace
+# skip names this architecture lacks (no fork/vfork/send on arm64, no send on x86_64).
+TRACE_SET = (
+    "connect", "bind", "listen",
+    "?send", "sendto", "sendmsg", "sendmmsg", "write", "writev", "sendfile", "?sendfile64",
+    "splice",
+    "close", "?close_range", "dup", "dup2", "dup3", "fcntl", "?fcntl64",
+    "clone", "?clone3", "?fork", "?vfork", "execve", "execveat",
+    "prctl",  # PR_SET_NAME: thread names ("rdk:broker-1") without reading /proc
+)
+# -s also caps how many argv elements strace prints for execve: 128 keeps cmdlines whole
+# while send payload previews stay short.
+STRING_LIMIT = 128
+NS_TIMESTAMPS = "--absolute-timestamps=format:unix,precision:ns"
+_PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size default: 1 MiB of slack for strace
+_READ_CHUNK = 1 << 16
+_DRAIN_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class _Probe:
+    exe: str | None
+    reason: str | None
+    seccomp_bpf: bool
+    ns_timestamps: bool
+
+
+def _try(cmd: list[str]) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=20, text=True)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return -1, str(exc)
+    return proc.returncode, proc.stderr.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def probe() -> _Probe:
+    """Run strace once on `true` to learn whether ptrace works and which options exist."""
+    exe = shutil.which("strace")
+    if exe is None:
+        return _Probe(None, "strace is not installed: install it (apt-get install strace)",
+                      False, False)
+    true = shutil.which("true") or "/bin/true"
+    rc, err = _try([exe, "-f", "-qq", "-e", "trace=none", "-o", os.devnull, "--", true])
+    if rc != 0:
+        first = err.splitlines()[0] if err else f"exit status {rc}"
+        return _Probe(exe, (
+            f"strace cannot trace here ({first}): ptrace is denied; check "
+            "/proc/sys/kernel/yama/ptrace_scope (0 or 1 lets a parent trace its child, 3 "
+            "forbids ptrace until reboot) or, in a container, allow ptrace "
+            "(docker run --cap-add=SYS_PTRACE or a seccomp profile that permits it)"),
+            False, False)
+    base = [exe, "-f", "-qq", "-e", "trace=none", "-o", os.devnull]
+    rc, err = _try(base + ["--seccomp-bpf", "--", true])
+    # strace < 5.3 rejects the option; a kernel without seccomp filters makes it warn.
+    seccomp = rc == 0 and "seccomp" not in err.lower()
+    rc, _ = _try(base + [NS_TIMESTAMPS, "--", true])
+    return _Probe(exe, None, seccomp, rc == 0)
+
+
+class StraceBackend(Backend):
+    """strace -f over the whole command tree; wall-clock timestamps."""
+
+    name = "strace"
+    clock = "wall"
+    blind_spots = (
+        "processes not started under the traced command (already running daemons, "
+        "services' own processes)",
+        "thread names set by writing /proc/<pid>/task/<tid>/comm (prctl names are seen)",
+        "server-side replies on accepted unix sockets and socketpair() traffic (no "
+        "destination path)",
+        "unix sockets connected by an untraced process and passed in (SCM_RIGHTS)",
+        "socket I/O submitted through io_uring",
+    )
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return probe().reason
+
+    def prepare(self, ctx: RunContext) -> None:
+        super().prepare(ctx)
+        self._probe = probe()
+        if self._probe.reason:
+            raise BackendUnavailable(self._probe.reason)
+        self._user = self._run_user(ctx)
+        # mkdtemp makes the directory 0700; the FIFO inside is 0600.
+        self._dir = tempfile.mkdtemp(prefix="svctrace-strace-")
+        self._fifo = os.path.join(self._dir, "strace.out")
+        os.mkfifo(self._fifo, 0o600)
+        os.chmod(self._fifo, 0o600)
+        # Our own read end exists before strace opens its write end (so strace's open
+        # never blocks), and a spare write end of ours keeps reads from seeing EOF before
+        # strace has opened the FIFO; stop() closes it so EOF then means "strace is done".
+        self._rfd = os.open(self._fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._spare_wfd: int | None = os.open(self._fifo, os.O_WRONLY | os.O_CLOEXEC)
+        try:  # a big pipe absorbs bursts while the reader thread parses
+            fcntl.fcntl(self._rfd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+        except OSError:
+            pass
+        self._parser = StraceParser()
+        self._lock = threading.Lock()
+        self._ready: list[Event | ProcessEvent] = []
+        self._thread: threading.Thread | None = None
+        self._abort = threading.Event()
+        self._records = 0
+        self._strace_pid: int | None = None
+        self._truncated = False
+
+    @staticmethod
+    def _run_user(ctx: RunContext) -> str | None:
+        if ctx.run_uid is None or ctx.run_uid == os.geteuid():
+            return None
+        if os.geteuid() != 0:
+            raise BackendUnavailable("strace -u (run the command as another user) needs root")
+        if ctx.run_user:
+            return ctx.run_user
+        try:  # strace 6.1's -u takes a name only, not a numeric uid
+            return pwd.getpwuid(ctx.run_uid).pw_name
+        except KeyError:
+            raise BackendUnavailable(
+                f"uid {ctx.run_uid} has no passwd entry, and strace -u needs a user name"
+            ) from None
+
+    def command_prefix(self) -> list[str]:
+        """The strace part of the wrapped command line (everything before "--")."""
+        cmd = [self._probe.exe or "strace", "-f", "-q", "-yy"]
+        cmd.append(NS_TIMESTAMPS if self._probe.ns_timestamps else "-ttt")
+        if self._probe.seccomp_bpf:
+            cmd.append("--seccomp-bpf")  # stop only on traced syscalls: ~2-3x cheaper
+        cmd += ["-e", "signal=none", "-e", "trace=" + ",".join(TRACE_SET),
+                "-s", str(STRING_LIMIT), "-o", self._fifo]
+        if self._user:
+            cmd += ["-u", self._user]  # strace stays root (ptrace); the command does not
+        return cmd
+
+    def wrap_command(self, argv: list[str]) -> list[str]:
+        return self.command_prefix() + ["--", *argv]
+
+    def child_started(self, pid: int) -> None:
+        # The parser links the command's first process to strace (the runner's child).
+        self._strace_pid = pid
+        self._parser.root_ppid = pid
+        self._thread = threading.Thread(target=self._pump, name="svctrace-strace",
+                                        daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        """Drain the FIFO continuously so strace (and so the traced command) never waits
+        on us for longer than it takes to parse; parse as we go to keep memory bounded."""
+        partial = b""
+        while not self._abort.is_set():
+            readable, _, _ = select.select([self._rfd], [], [], 0.05)
+            if not readable:
+                continue
+            try:
+                chunk = os.read(self._rfd, _READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break  # every writer closed: strace exited and stop() dropped the spare
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()  # strace writes half a line while a syscall blocks
+            self._parse(lines)
+        if partial:
+            self._parse([partial])
+
+    def _parse(self, lines: list[bytes]) -> None:
+        records: list[Event | ProcessEvent] = []
+        for raw in lines:
+            records += self._parser.feed(raw.decode("utf-8", "surrogateescape"))
+        if records:
+            with self._lock:
+                self._ready += records
+
+    def _take(self) -> list[Event | ProcessEvent]:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        self._records += len(ready)
+        return ready
+
+    def poll(self) -> Iterable[Event | ProcessEvent]:
+        return self._take()
+
+    def stop(self) -> Iterable[Event | ProcessEvent]:
+        if self._spare_wfd is not None:
+            os.close(self._spare_wfd)
+            self._spare_wfd = None
+        if self._thread is not None:
+            # strace has exited (its tracee tree is gone), so EOF follows its last line.
+            self._thread.join(_DRAIN_TIMEOUT_S)
+            if self._thread.is_alive():  # an escaped writer (strace still running?)
+                self._truncated = True
+                self._abort.set()
+                self._thread.join()
+        rest = self._take()
+        finished = self._parser.finish()
+        self._records += len(finished)
+        self._cleanup()
+        return rest + finished
+
+    def _cleanup(self) -> None:
+        if self._rfd >= 0:
+            os.close(self._rfd)
+            self._rfd = -1
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def stats(self) -> dict:
+        stats = self._parser.stats
+        return {
+            "events": self._records,
+            "lost_events": 0,  # ptrace stops the tracee until strace has written the line
+            "lines": stats.lines,
+            "seccomp_bpf": self._probe.seccomp_bpf,
+            "unparsed_lines": stats.unparsed,
+            "unresolved_sends": stats.unresolved_sends,
+            "truncated": self._truncated,
+        }
