@@ -130,7 +130,7 @@ class Attribution:
 
     tests: dict[str, TestRecord]
     unattributed: dict[tuple[str, str], dict[str, Contact]]
-    fixture_services: dict[str, dict[str, set]]  # fixture id -> service -> {scope, ...}
+    fixture_services: dict[str, dict[str, Contact]]  # wider-scoped fixture -> service -> evidence
     fixture_scopes: dict[str, str]
     counts: dict[str, int]
 
@@ -150,7 +150,7 @@ class Attributor:
         self._open_fixture: dict[tuple, int] = {}
         self._teardown_cursor: dict[int, int] = {}
         self.fixture_scopes: dict[str, str] = {}
-        self.fixture_services: dict[str, dict[str, set]] = {}
+        self.fixture_services: dict[str, dict[str, Contact]] = {}
         self.parents: dict[int, tuple[int, int | None]] = {}  # pid -> (ppid, fork ts)
         self.cmdlines: dict[int, str] = {}
         self.comms: dict[int, str] = {}
@@ -340,12 +340,18 @@ class Attributor:
             self._outside_tests(owner, ts, previous, service, ev)
             return
         fixture, scope = self._fixture_at(owner, ts)
-        test = self._test(window.nodeid)
-        contact = test.phases[window.phase].setdefault(service, Contact())
-        contact.add(ev, ts, self._evidence(ev, window, ts), fixture)
+        evidence = self._evidence(ev, window, ts)
         if fixture and scope and scope != "function":
-            self.fixture_services.setdefault(fixture, {}).setdefault(service, set()).add(
-                window.nodeid)
+            # A class/module/session fixture serves every test that requests it, not the
+            # test it happens to run in (the last test gets the session teardown): charge it
+            # to the fixture; the report lists it as inherited by each dependent test.
+            evidence["test"] = window.nodeid
+            self.fixture_services.setdefault(fixture, {}).setdefault(
+                service, Contact()).add(ev, ts, evidence, fixture)
+        else:
+            test = self._test(window.nodeid)
+            test.phases[window.phase].setdefault(service, Contact()).add(ev, ts, evidence,
+                                                                         fixture)
         self.counts["attributed"] += 1
 
     def _outside_tests(self, owner: int, ts: int, previous: Window | None, service: str,

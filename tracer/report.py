@@ -147,7 +147,9 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
         },
         "tests": dict(sorted(tests.items())),
         "unattributed": unattributed,
-        "fixtures": {fid: {"scope": att.fixture_scopes.get(fid, "?"), "services": sorted(svcs)}
+        "fixtures": {fid: {"scope": att.fixture_scopes.get(fid, "?"),
+                           "services": sorted(svcs),
+                           "evidence": {s: _contact_json(c) for s, c in sorted(svcs.items())}}
                      for fid, svcs in sorted(att.fixture_services.items())},
     }
     report["summary"] = summarize(report, _incidental(tests, att.tests, cfg.incidental_share))

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The one setup command for svctrace on Debian 12 (run as root or via sudo; safe to re-run):
+# system packages, kernel headers for bcc, tracefs/debugfs mounts, and the project venv at
+# ./.venv with bcc made importable. PYTHON=/path/to/python3 picks the venv's interpreter.
+set -Eeuo pipefail
+
+cd "$(dirname "$0")/.."
+STEP="starting"
+say() { printf 'setup: %s\n' "$*"; }
+fail() { printf 'setup: FAILED: %s\n' "$*" >&2; exit 1; }
+# Any unguarded command that fails ends the script with one sentence naming the step.
+trap 'fail "step \"$STEP\" failed (exit $?); the output above says why."' ERR
+
+[ "$(id -u)" -eq 0 ] || fail "setup.sh needs root (apt, kernel headers, mounts): run sudo scripts/setup.sh"
+
+# apt and dpkg are chatty: keep their output in a log and show its tail only on failure.
+quiet() {
+    local log
+    log=$(mktemp)
+    if ! "$@" >"$log" 2>&1; then
+        tail -n 25 "$log" >&2
+        rm -f "$log"
+        fail "step \"$STEP\" failed; the lines above say why."
+    fi
+    rm -f "$log"
+}
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+
+ARCH=$(dpkg --print-architecture)
+KVER=$(uname -r)
+PY=${PYTHON:-python3}
+BCC_SRC=/usr/lib/python3/dist-packages/bcc   # Debian's python3-bpfcc (PyPI's `bcc` is unrelated)
+
+# ---------------------------------------------------------------- packages
+STEP="checking packages"
+# bpfcc: eBPF backend; strace: strace backend; postgresql, redis-server, libpq5: the real
+# services the test suite talks to.
+want=(python3-bpfcc bpfcc-tools strace postgresql redis-server libpq5 ca-certificates)
+if [ -z "${PYTHON:-}" ] && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    want+=(python3 python3-venv)   # Debian splits venv/ensurepip out of python3
+fi
+missing=()
+for p in "${want[@]}"; do installed "$p" || missing+=("$p"); done
+# Prefer headers built for this kernel; none exist for custom kernels (e.g. 6.18 here), and
+# then the distribution's headers serve, because bcc's tracepoint programs read the live
+# tracepoint format from tracefs (see DESIGN.md).
+need_headers=yes
+if installed "linux-headers-$KVER" || installed "linux-headers-$ARCH"; then need_headers=no; fi
+
+if [ "${#missing[@]}" -gt 0 ] || [ "$need_headers" = yes ]; then
+    STEP="apt-get update"
+    say "updating apt package lists"
+    quiet apt-get update
+    if [ "$need_headers" = yes ]; then
+        if apt-cache show "linux-headers-$KVER" >/dev/null 2>&1; then
+            missing+=("linux-headers-$KVER")
+        else
+            missing+=("linux-headers-$ARCH")
+        fi
+    fi
+    STEP="apt-get install ${missing[*]}"
+    say "installing ${missing[*]}"
+    quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
+    # On hosts with an init system, installing these starts Debian's own servers on 5432
+    # and 6379, which would collide with scripts/services.py. Stop only what we just caused.
+    STEP="stopping auto-started servers"
+    if [[ " ${missing[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null; then
+        while read -r ver name port status _; do
+            if [ "$status" = online ]; then
+                pg_ctlcluster "$ver" "$name" stop
+                say "stopped Debian's auto-started cluster $ver/$name on port $port (svctrace runs its own)"
+            fi
+        done < <(pg_lsclusters -h)
+    fi
+    if [[ " ${missing[*]} " == *" redis-server "* ]] && service redis-server status >/dev/null 2>&1; then
+        service redis-server stop >/dev/null
+        say "stopped Debian's auto-started redis-server (svctrace runs its own)"
+    fi
+else
+    say "system packages already installed"
+fi
+
+# ---------------------------------------------------------------- kernel headers for bcc
+STEP="linking kernel headers"
+MOD=/lib/modules/$KVER
+if [ ! -e "$MOD/build" ] || [ ! -e "$MOD/source" ]; then
+    # Debian lays headers out as /usr/src/linux-headers-<ver>-<arch> (build) plus
+    # /usr/src/linux-headers-<ver>-common (source), exactly as its own /lib/modules links.
+    hdr=$(ls -d /usr/src/linux-headers-*-"$ARCH" 2>/dev/null | sort -V | tail -n 1 || true)
+    [ -n "$hdr" ] || fail "no /usr/src/linux-headers-*-$ARCH directory to link for kernel $KVER."
+    common=${hdr%-"$ARCH"}-common
+    mkdir -p "$MOD"
+    if [ ! -e "$MOD/build" ]; then
+        ln -sfn "$hdr" "$MOD/build"
+        say "no headers package for kernel $KVER: linked $MOD/build -> $hdr"
+    fi
+    if [ ! -e "$MOD/source" ] && [ -d "$common" ]; then
+        ln -sfn "$common" "$MOD/source"
+        say "linked $MOD/source -> $common"
+    fi
+else
+    say "kernel headers present at $MOD/build"
+fi
+
+# ---------------------------------------------------------------- tracefs / debugfs
+# Not mounted at boot on these machines, and mounts do not survive a reboot: re-run setup.
+STEP="mounting tracefs"
+if ! mountpoint -q /sys/kernel/tracing; then
+    mount -t tracefs tracefs /sys/kernel/tracing
+    say "mounted tracefs at /sys/kernel/tracing"
+fi
+STEP="mounting debugfs"
+# bcc 0.26 looks for /sys/kernel/debug/tracing first, then /sys/kernel/tracing: debugfs is
+# a convenience, not a requirement, so failing to mount it only warns.
+if ! mountpoint -q /sys/kernel/debug; then
+    if mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null; then
+        say "mounted debugfs at /sys/kernel/debug"
+    else
+        say "warning: could not mount debugfs (bcc will use /sys/kernel/tracing)"
+    fi
+fi
+
+# libpq's default socket dir; Debian creates it via systemd-tmpfiles, absent without systemd.
+STEP="creating /var/run/postgresql"
+if [ ! -d /var/run/postgresql ] && id postgres >/dev/null 2>&1; then
+    install -d -m 2775 -o postgres -g postgres /var/run/postgresql
+    say "created /var/run/postgresql"
+fi
+
+# ---------------------------------------------------------------- venv
+STEP="creating .venv"
+command -v "$PY" >/dev/null || fail "Python interpreter '$PY' not found: set PYTHON=/path/to/python3."
+if [ -x .venv/bin/python ] && .venv/bin/python -c 'import sys' 2>/dev/null; then
+    say "reusing .venv ($(.venv/bin/python -V 2>&1))"
+elif [ -e .venv ]; then
+    say ".venv exists but its python does not run: recreating it with $PY"
+    "$PY" -m venv --clear .venv
+else
+    say "creating .venv with $PY ($("$PY" -V 2>&1))"
+    "$PY" -m venv .venv
+fi
+
+STEP="pip install -e .[test]"
+say "installing svctrace and its test dependencies into .venv"
+PIP_ROOT_USER_ACTION=ignore .venv/bin/python -m pip install -q --disable-pip-version-check \
+    -e '.[test]'
+
+# Link only the bcc package, not all of dist-packages: Debian's other modules (built for
+# the system python) must not shadow the venv's own packages.
+STEP="linking bcc into .venv"
+[ -d "$BCC_SRC" ] || fail "$BCC_SRC is missing although python3-bpfcc is installed."
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ -d "$SITE/bcc" ] && [ ! -L "$SITE/bcc" ]; then
+    fail "$SITE/bcc is a real package (PyPI's unrelated 'bcc'?): run .venv/bin/pip uninstall bcc, then re-run setup."
+fi
+if [ "$(readlink "$SITE/bcc" || true)" != "$BCC_SRC" ]; then
+    ln -sfn "$BCC_SRC" "$SITE/bcc"
+    say "linked $SITE/bcc -> $BCC_SRC"
+fi
+STEP="checking import bcc"
+.venv/bin/python -c 'import bcc' || fail ".venv/bin/python cannot import bcc (see the error above)."
+
+# A real compile-and-attach proves headers, tracefs and privileges together. eBPF may be
+# unavailable in some containers; svctrace then falls back to strace, so this only warns.
+STEP="eBPF self-check"
+if out=$(timeout 120 .venv/bin/python -c 'from bcc import BPF
+BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return 0; }")' 2>&1); then
+    say "eBPF self-check passed (bcc compiled and attached a tracepoint program)"
+else
+    say "warning: eBPF self-check failed, the ebpf backend will be unavailable: $(printf '%s\n' "$out" | tail -n 1)"
+fi
+
+# ---------------------------------------------------------------- ownership
+STEP="handing .venv to the invoking user"
+if [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ]; then
+    for p in .venv ./*.egg-info build; do
+        if [ -e "$p" ]; then chown -R -h "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$p"; fi
+    done
+    say "gave .venv (and build metadata) to uid $SUDO_UID"
+fi
+
+say "done; run the tests with: .venv/bin/python -m pytest tests/ -p no:cacheprovider -q -rs"

@@ -1,0 +1,1 @@
+"""svctrace's own tests."""
