@@ -119,6 +119,13 @@ def _connect_ex(self, address):
     return code
 
 
+def _nbytes(args: tuple) -> int:
+    try:
+        return memoryview(args[0]).nbytes
+    except (IndexError, TypeError):
+        return 0
+
+
 def _sender(name: str, real: Callable):
     def send(self, *args, **kwargs):
         started = time.monotonic_ns()
@@ -128,7 +135,9 @@ def _sender(name: str, real: Callable):
             code = _errno_of(exc)
             _guard(lambda: _emit("send", _peer(self)[0], code, _peer(self)[1], started))
             raise
-        _guard(lambda: _emit("send", _peer(self)[0], result if isinstance(result, int) else 0,
+        # sendall returns None on success: it sent everything it was given.
+        _guard(lambda: _emit("send", _peer(self)[0],
+                             result if isinstance(result, int) else _nbytes(args),
                              _peer(self)[1], started))
         return result
     send.__name__ = name

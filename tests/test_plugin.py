@@ -1,0 +1,133 @@
+"""The pytest plugin with pytester: inert by default, standalone reports, xdist, the patch."""
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import pytest
+
+from svctrace.backends import inprocess
+from tests.support.e2e import SVCTRACE
+
+SUITE = '''
+import os, socket, urllib3, pytest, redis
+
+@pytest.fixture
+def pinged():
+    redis.Redis.from_url(os.environ["SVCTRACE_REDIS_URL"]).ping()
+    yield
+    socket.socket().connect_ex(("127.0.0.1", int(os.environ["SVCTRACE_REFUSED_PORT"])))
+
+def test_phases(pinged):
+    assert urllib3.PoolManager().request("GET", os.environ["SVCTRACE_HTTP_URL"]).status == 200
+
+@pytest.mark.parametrize("n", range(4))
+def test_many(n):
+    redis.Redis.from_url(os.environ["SVCTRACE_REDIS_URL"]).ping()
+'''
+
+
+@pytest.fixture
+def suite(pytester, sample_env, monkeypatch):
+    for key, value in sample_env.items():
+        if not key.startswith("_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SVCTRACE_PIPE", raising=False)
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makefile(".toml", pyproject=sample_env["_PYPROJECT"])
+    return pytester
+
+
+def _check(report):
+    phases = report["tests"]["test_suite.py::test_phases"]["phases"]
+    assert phases == {"setup": ["redis"], "call": ["http-api"], "teardown": ["refused-svc"]}
+    for n in range(4):
+        assert report["tests"][f"test_suite.py::test_many[{n}]"]["services"] == ["redis"]
+
+
+def test_plugin_is_inert_unless_enabled(suite):
+    result = suite.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)
+    assert not (suite.path / "svctrace-report.json").exists()
+    assert not inprocess.installed()
+    assert "connect" not in socket.socket.__dict__
+
+
+def test_standalone_report_without_svctrace_run(suite):
+    result = suite.runpytest_inprocess("-p", "no:cacheprovider", "--svctrace-report", "out.json")
+    result.assert_outcomes(passed=5)
+    report = json.loads((suite.path / "out.json").read_text())
+    assert report["run"]["backend"] == "inprocess"
+    _check(report)
+    result.stdout.fnmatch_lines(["*svctrace: backend inprocess, 5 tests ran*"])
+    # the patch is gone once pytest unconfigures
+    assert not inprocess.installed() and "connect" not in socket.socket.__dict__
+
+
+def test_standalone_report_with_xdist(suite):
+    result = suite.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2",
+                                        "--svctrace-report", "out.json")
+    result.assert_outcomes(passed=5)
+    report = json.loads((suite.path / "out.json").read_text())
+    _check(report)
+    assert {t["worker"] for t in report["tests"].values()} == {"gw0", "gw1"}
+
+
+def test_huge_nodeid_survives_the_pipe(pytester, tmp_path):
+    pytester.makepyfile(test_long='''
+import socket, pytest
+@pytest.mark.parametrize("x", [1], ids=["x" * 6000])
+def test_long(x):
+    socket.socket().connect_ex(("127.0.0.1", 9))
+''')
+    import subprocess
+    proc = subprocess.run(SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--",
+                                      sys.executable, "-m", "pytest", "-q", "-p",
+                                      "no:cacheprovider", "test_long.py"],
+                          cwd=pytester.path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((pytester.path / "r.json").read_text())
+    nodeid = f"test_long.py::test_long[{'x' * 6000}]"
+    assert report["tests"][nodeid]["services"] == ["tcp:127.0.0.1:9"]
+
+
+def test_patch_never_changes_behaviour_or_raises_from_tracing():
+    def broken_sink(event):
+        raise RuntimeError("tracing is broken")
+    inprocess.install(broken_sink)
+    try:
+        sock = socket.socket()
+        with pytest.raises(ConnectionRefusedError):
+            sock.connect(("127.0.0.1", 9))
+        assert sock.connect_ex(("127.0.0.1", 9)) != 0
+        sock.close()
+        left, right = socket.socketpair()
+        left.sendall(b"abc")
+        assert right.recv(3) == b"abc"
+    finally:
+        inprocess.uninstall()
+    assert "connect" not in socket.socket.__dict__
+
+
+def test_patch_records_refused_and_pooled_sends():
+    seen = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    inprocess.install(seen.append)
+    try:
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"1")
+        client.send(b"2")
+        client.close()
+        refused = socket.socket()
+        refused.connect_ex(("127.0.0.1", 9))
+        refused.close()
+    finally:
+        inprocess.uninstall()
+        server.close()
+    kinds = [(e.kind, e.dest.port, e.result) for e in seen]
+    assert kinds == [("connect", port, 0), ("send", port, 1), ("send", port, 1),
+                     ("connect", 9, -111)]

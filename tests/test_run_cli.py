@@ -1,0 +1,133 @@
+"""`svctrace run` and the CLI: exit codes, signals, crashes, privileges, clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.e2e import SVCTRACE
+
+IS_ROOT = os.geteuid() == 0
+
+
+def svctrace(*args, cwd, env=None, **kw):
+    return subprocess.run(SVCTRACE + list(args), cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                          timeout=120, **kw)
+
+
+def test_exit_code_passes_through_and_report_is_written(tmp_path):
+    proc = svctrace("run", "-b", "inprocess", "-o", "r.json", "--", "sh", "-c", "exit 7",
+                    cwd=tmp_path)
+    assert proc.returncode == 7
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["run"]["exit_code"] == 7 and report["tests"] == {}
+
+
+def test_killed_command_gives_128_plus_signal(tmp_path):
+    proc = svctrace("run", "-b", "inprocess", "--", "sh", "-c", "kill -TERM $$", cwd=tmp_path)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert json.loads((tmp_path / "svctrace-report.json").read_text())["run"]["exit_code"] == 143
+
+
+def test_unknown_backend_is_a_usage_error(tmp_path):
+    proc = svctrace("run", "--backend", "dtrace", "--", "true", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "dtrace" in proc.stderr and "ebpf" in proc.stderr
+    assert not (tmp_path / "svctrace-report.json").exists()
+
+
+def test_malformed_config_is_one_sentence_naming_file_and_key(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.svctrace.services]\nkafka = "9092"\n')
+    proc = svctrace("run", "--", "true", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pyproject.toml" in lines[0] and "services.kafka" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_command_gives_127_and_a_report(tmp_path):
+    proc = svctrace("run", "-b", "inprocess", "--", "no-such-command-xyz", cwd=tmp_path)
+    assert proc.returncode == 127
+    assert "command not found: no-such-command-xyz" in proc.stderr
+    assert (tmp_path / "svctrace-report.json").exists()
+
+
+SLOW_SUITE = '''
+import os, socket, time
+def test_first():
+    socket.socket().connect_ex(("127.0.0.1", {port}))
+def test_slow():
+    open({flag!r}, "w").close()
+    time.sleep(60)
+'''
+
+
+def test_sigint_is_forwarded_and_the_report_keeps_what_was_traced(tmp_path):
+    flag = tmp_path / "started"
+    (tmp_path / "test_slow.py").write_text(SLOW_SUITE.format(port=9, flag=str(flag)))
+    proc = subprocess.Popen(SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--",
+                                        sys.executable, "-m", "pytest", "-q",
+                                        "-p", "no:cacheprovider", "test_slow.py"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), "the slow test never started"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out + err  # pytest's own "interrupted" status, passed through
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["tests"]["test_slow.py::test_first"]["services"] == ["tcp:127.0.0.1:9"]
+    assert report["tests"]["test_slow.py::test_slow"]["outcome"] in ("interrupted", "failed",
+                                                                     "error")
+    assert any("SIGINT" in note for note in report["run"]["notes"])
+
+
+def test_crashed_pytest_still_leaves_a_report(tmp_path):
+    (tmp_path / "test_crash.py").write_text(
+        "import os, signal, socket\n"
+        "def test_a():\n    socket.socket().connect_ex(('127.0.0.1', 9))\n"
+        "def test_b():\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = svctrace("run", "-b", "inprocess", "--", sys.executable, "-m", "pytest", "-q",
+                    "-p", "no:cacheprovider", "test_crash.py", cwd=tmp_path)
+    assert proc.returncode == 128 + signal.SIGKILL
+    report = json.loads((tmp_path / "svctrace-report.json").read_text())
+    assert report["tests"]["test_crash.py::test_a"]["services"] == ["tcp:127.0.0.1:9"]
+    assert report["tests"]["test_crash.py::test_b"]["outcome"] == "interrupted"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to show that sudo's user is restored")
+@pytest.mark.parametrize("as_root", [False, True])
+def test_under_sudo_the_command_runs_as_the_invoking_user(tmp_path, as_root):
+    os.chmod(tmp_path, 0o755)
+    env = {"SUDO_UID": "65534", "SUDO_GID": "65534", "SUDO_USER": "nobody"}
+    args = ["run", "-b", "inprocess", "-o", str(tmp_path / "r.json")]
+    args += ["--as-root"] if as_root else []
+    proc = svctrace(*args, "--", "sh", "-c", "id -u; id -g; echo $HOME", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    uid, gid, home = proc.stdout.split()
+    want = "0" if as_root else "65534"
+    assert (uid, gid) == (want, want)
+    if not as_root:
+        assert home != os.environ.get("HOME")
+        assert os.stat(tmp_path / "r.json").st_uid == 65534
+
+
+def test_version_and_help_with_examples(tmp_path):
+    assert svctrace("--version", cwd=tmp_path).stdout.startswith("svctrace, version")
+    text = svctrace("run", "--help", cwd=tmp_path).stdout
+    assert "Examples:" in text and "--backend" in text and "SUDO_UID" in text
+
+
+def test_doctor_names_every_backend(tmp_path):
+    proc = svctrace("doctor", cwd=tmp_path)
+    names = [line.split()[0] for line in proc.stdout.splitlines() if not line.startswith(" ")]
+    assert names[:3] == ["ebpf", "strace", "inprocess"]
+    assert all("usable" in line for line in proc.stdout.splitlines()[:3])
