@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from svctrace.events import Destination, Event, ProcessEvent
@@ -88,7 +89,6 @@ class _Stats:
     unparsed: int = 0
     unresolved_sends: int = 0
     orphans_adopted: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _unquote(body: str) -> str:
@@ -119,6 +119,7 @@ def _inet_end(text: str, family: str, transport: str) -> Destination | None:
     return Destination(family, transport, m[1], int(m[2])) if m else None
 
 
+@functools.lru_cache(maxsize=4096)  # every send on a connection repeats its decoration
 def parse_socket_decoration(proto: str, body: str) -> _Sock | None:
     """"TCP", "127.0.0.1:1->127.0.0.1:2" -> _Sock; None when proto is not a socket (pipe...)."""
     if proto == "socket":
@@ -558,7 +559,12 @@ class StraceParser:
         local = sock.local if sock and sock.local else (entry.local if entry else None)
         local_port = local.port if local else None
         # An explicit address wins: unconnected UDP (statsd), unix datagrams (/dev/log).
-        i = args.rfind(", {sa_family=") if "msg_name=" not in args else args.find("msg_name={")
+        if "msg_name=" in args:  # sendmsg/sendmmsg: msg_name precedes the payload
+            i = args.find("msg_name={")
+        elif args.endswith(", NULL, 0"):  # sendto without an address
+            i = -1
+        else:  # sendto: the address follows the payload, so take the last one
+            i = args.rfind(", {sa_family=")
         if i >= 0:
             dest = parse_sockaddr(args[i:], sock)
             if dest is not None:

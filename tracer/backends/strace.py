@@ -35,6 +35,7 @@ NS_TIMESTAMPS = "--absolute-timestamps=format:unix,precision:ns"
 _PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size default: 1 MiB of slack for strace
 _READ_CHUNK = 1 << 16
 _DRAIN_TIMEOUT_S = 10.0
+_BATCH_WAIT_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,10 @@ class StraceBackend(Backend):
             lines = (partial + chunk).split(b"\n")
             partial = lines.pop()  # strace writes half a line while a syscall blocks
             self._parse(lines)
+            if len(chunk) < _READ_CHUNK:
+                # strace writes line by line; reading in batches every few ms costs far
+                # less per line, and the 1 MiB pipe holds seconds of strace output.
+                self._abort.wait(_BATCH_WAIT_S)
         if partial:
             self._parse([partial])
 
