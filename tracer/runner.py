@@ -235,6 +235,9 @@ class Run:
                 finally:
                     os.close(gate_w)  # without "g" the child exits 125 instead of running
                 exit_code = self._loop(pid, pipe)
+                wrapped = self.backend.command_exit_code()
+                if wrapped is not None:
+                    exit_code = wrapped
             except BaseException:
                 if exit_code is None:
                     self._reap(pid)

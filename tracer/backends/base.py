@@ -32,6 +32,7 @@ class Backend:
       poll()                  called every ~20 ms while the command runs; returns new records
       stop()                  command exited: drain what is left, detach, return the rest
       stats()                 {"events": n, "lost_events": n, ...} for the report
+      command_exit_code()     the command's status, if the waited-for process is a wrapper
     """
 
     name: ClassVar[str] = "?"
@@ -60,3 +61,8 @@ class Backend:
 
     def stats(self) -> dict:
         return {}
+
+    def command_exit_code(self) -> int | None:
+        """The traced command's own exit status when the process the runner waited for is a
+        wrapper (strace) whose status may differ; None to use the waited-for status."""
+        return None
