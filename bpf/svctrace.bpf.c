@@ -1,0 +1,527 @@
+/* svctrace.bpf.c: connects, sends and the process tree of the traced command (bcc, tracepoints).
+ *
+ * Tracepoints only: on the target kernels kprobes are compiled out and fentry/LSM fail to
+ * load (DESIGN.md). Settings come as -D defines from tracer/backends/ebpf.py:
+ *   OFF_SKC_DADDR, OFF_SKC_DPORT, OFF_SKC_NUM, OFF_SKC_V6_DADDR  byte offsets in struct
+ *       sock_common, read from the running kernel's BTF (installed headers may be older)
+ *   RINGBUF_PAGES   ring buffer size in pages (power of two)
+ *   HAS_GROUP_DEAD  sched_process_exit has the group_dead field (6.x tracefs format)
+ * Only thread groups in `traced` are reported; the runner seeds it with the command's pid
+ * before exec and sched_process_fork extends it to every descendant process.
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/socket.h>
+#include "svctrace.h"
+
+#if !defined(OFF_SKC_DADDR) || !defined(OFF_SKC_DPORT) || !defined(OFF_SKC_NUM) || \
+    !defined(OFF_SKC_V6_DADDR)
+#error "sock_common offsets must be passed as -D defines (computed from BTF)"
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256
+#endif
+#ifndef TRACED_MAX
+#define TRACED_MAX 32768
+#endif
+
+/* include/net/tcp_states.h; stable values, spelled here to not depend on the headers */
+#define SVCT_TCP_SYN_SENT 2
+#define SVCT_TCP_LISTEN 10
+#define SVCT_CLONE_THREAD 0x00010000 /* uapi/linux/sched.h */
+#define SVCT_MMSGHDR_SIZE 64         /* sizeof(struct mmsghdr) on 64-bit */
+#define SVCT_IPPROTO_TCP 6
+#define SVCT_IPPROTO_UDP 17
+#define SVCT_IPPROTO_UDPLITE 136
+
+/* counters[] slots, read by user space as stats */
+#define CNT_LOST 0    /* bpf_ringbuf_reserve failed: the event is lost */
+#define CNT_UNKNOWN 1 /* a send whose destination cannot be known (not emitted) */
+#define CNT_UNTRACED 2 /* a child not traced because `traced` was full */
+
+/* How the current send syscall names its destination, saved at sys_enter_* */
+enum how { HOW_NONE = 0, HOW_FD = 1, HOW_SENDTO = 2, HOW_SENDMSG = 3, HOW_SENDMMSG = 4 };
+
+struct send_ctx {
+	__u64 uarg;    /* sendto: sockaddr *; sendmsg: user_msghdr *; sendmmsg: mmsghdr * */
+	__u32 fd;
+	__u32 addrlen; /* sendto only */
+	__u32 idx;     /* sendmmsg: index of the next message (one sock_send_length each) */
+	__u32 how;     /* enum how; HOW_NONE between syscalls */
+};
+
+struct pending_connect {
+	struct svct_event e;
+	__u32 fd;
+};
+
+struct fd_key {
+	__u32 tgid;
+	__u32 fd;
+};
+
+struct unix_peer {
+	__u32 len;
+	char path[SVCT_PATH_LEN];
+};
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_HASH(traced, __u32, __u8, TRACED_MAX);
+/* Per-thread scratch between a syscall's entry and exit; LRU so a lost exit cannot leak. */
+BPF_TABLE("lru_hash", __u32, struct pending_connect, connecting, 4096);
+/* One slot per traced thread, rewritten in place at each send syscall: a write-heavy
+ * test pays two lookups per write, not a hash insert and delete (measured 1.4x CPU on a
+ * write(2) loop with insert+delete). Deleted when the thread exits. */
+BPF_TABLE("lru_hash", __u32, struct send_ctx, sending, 16384);
+BPF_TABLE("lru_hash", __u32, __u64, cloning, 1024);
+/* (tgid, fd) -> peer path of a connected AF_UNIX socket: sock_common has no peer path */
+BPF_TABLE("lru_hash", struct fd_key, struct unix_peer, unix_fds, 16384);
+BPF_PERCPU_ARRAY(counters, __u64, 3);
+
+static __always_inline __u32 current_tgid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
+static __always_inline __u32 current_tid(void)
+{
+	return (__u32)bpf_get_current_pid_tgid();
+}
+
+static __always_inline int is_traced(__u32 tgid)
+{
+	return traced.lookup(&tgid) != 0;
+}
+
+static __always_inline void count(__u32 slot)
+{
+	__u64 *value = counters.lookup(&slot);
+	if (value)
+		(*value)++;
+}
+
+static __always_inline struct svct_event *reserve(void)
+{
+	struct svct_event *e = events.ringbuf_reserve(sizeof(struct svct_event));
+	if (!e) {
+		count(CNT_LOST);
+		return 0;
+	}
+	/* ring buffer memory is not zeroed: no stale bytes may reach user space */
+	__builtin_memset(e, 0, sizeof(*e));
+	return e;
+}
+
+static __always_inline void submit(struct svct_event *e)
+{
+	/* no wakeup: user space polls every ~20 ms (per-event wakeups cost 1.5x, DESIGN.md) */
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline void fill_task(struct svct_event *e, __u8 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->kind = kind;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+}
+
+/* Decode a user sockaddr of len bytes into e (family, port, address); addr_len stays 0
+ * when it is absent or too short. */
+static __always_inline void read_sockaddr(struct svct_event *e, const char *uaddr, int len)
+{
+	__u16 family = 0, port = 0;
+
+	if (!uaddr || len < 2 || bpf_probe_read_user(&family, sizeof(family), uaddr))
+		return;
+	e->family = family;
+	if (family == AF_INET && len >= 8) {
+		bpf_probe_read_user(&port, 2, uaddr + 2);
+		if (!bpf_probe_read_user(e->addr.v4, 4, uaddr + 4))
+			e->addr_len = 4;
+		e->dport = bpf_ntohs(port);
+	} else if (family == AF_INET6 && len >= 24) { /* 24: SIN6_LEN_RFC2133, no scope id */
+		bpf_probe_read_user(&port, 2, uaddr + 2);
+		if (!bpf_probe_read_user(e->addr.v6, 16, uaddr + 8))
+			e->addr_len = 16;
+		e->dport = bpf_ntohs(port);
+	} else if (family == AF_UNIX) {
+		__u64 n = (__u32)(len - 2); /* sun_path bytes; abstract names are exactly this long */
+		if (n > SVCT_PATH_LEN)
+			n = SVCT_PATH_LEN;
+		/* keep clang from reusing the unclamped register: the verifier needs the bound
+		 * on the very register passed as the size */
+		asm volatile("" : "+r"(n));
+		if (n > SVCT_PATH_LEN)
+			return;
+		if (!bpf_probe_read_user(e->addr.path, n, uaddr + 2))
+			e->addr_len = n;
+	}
+}
+
+/* ---- process tree ---------------------------------------------------------------- */
+
+static __always_inline int save_clone_flags(__u64 flags)
+{
+	__u32 tid = current_tid();
+
+	if (is_traced(current_tgid()))
+		cloning.update(&tid, &flags);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_clone)
+{
+	return save_clone_flags(args->clone_flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
+{
+	__u64 flags = 0; /* struct clone_args starts with __aligned_u64 flags */
+
+	if (!is_traced(current_tgid()))
+		return 0;
+	bpf_probe_read_user(&flags, sizeof(flags), (void *)args->uargs);
+	return save_clone_flags(flags);
+}
+
+static __always_inline int forget_clone(void)
+{
+	__u32 tid = current_tid();
+
+	if (is_traced(current_tgid()))
+		cloning.delete(&tid);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone) { return forget_clone(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_clone3) { return forget_clone(); }
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	__u32 parent = current_tgid(), tid = current_tid(), child = args->child_pid;
+	__u64 *flags;
+	__u8 one = 1;
+	struct svct_event *e;
+
+	if (!is_traced(parent))
+		return 0;
+	/* runs in the parent; a new thread joins an already traced thread group */
+	flags = cloning.lookup(&tid);
+	if (flags && (*flags & SVCT_CLONE_THREAD))
+		return 0;
+	if (traced.update(&child, &one))
+		count(CNT_UNTRACED);
+	e = reserve();
+	if (!e)
+		return 0;
+	fill_task(e, SVCT_FORK);
+	e->pid = child;
+	e->tid = child;
+	e->ppid = parent;
+	submit(e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	__u32 tgid = current_tgid();
+	unsigned short loc = args->data_loc_filename & 0xFFFF;
+	struct svct_event *e;
+	long n;
+
+	if (!is_traced(tgid))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill_task(e, SVCT_EXEC); /* comm is already the new program's name here */
+	n = bpf_probe_read_kernel_str(e->addr.path, sizeof(e->addr.path), (char *)args + loc);
+	e->addr_len = n > 0 ? n - 1 : 0;
+	submit(e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	__u32 tgid = current_tgid(), tid = current_tid();
+	struct svct_event *e;
+
+	if (!is_traced(tgid))
+		return 0;
+	sending.delete(&tid); /* per-thread slots die with their thread */
+#ifdef HAS_GROUP_DEAD
+	if (!args->group_dead) /* the last thread of the group is leaving */
+		return 0;
+#else
+	if (tid != tgid)
+		return 0;
+#endif
+	traced.delete(&tgid);
+	e = reserve();
+	if (!e)
+		return 0;
+	fill_task(e, SVCT_EXIT);
+	e->tid = tgid;
+	submit(e);
+	return 0;
+}
+
+/* ---- connect ----------------------------------------------------------------------- */
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+{
+	__u32 tid = current_tid();
+	struct pending_connect p = {};
+
+	if (!is_traced(current_tgid()))
+		return 0;
+	fill_task(&p.e, SVCT_CONNECT); /* stamped at entry: when the attempt began */
+	p.fd = args->fd;
+	read_sockaddr(&p.e, (const char *)args->uservaddr, args->addrlen);
+	if (p.e.family == AF_UNIX)
+		p.e.proto = SVCT_P_UNIX;
+	connecting.update(&tid, &p);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+	__u32 tid = current_tid();
+	int ret = args->ret;
+	struct pending_connect *p = connecting.lookup(&tid);
+	struct svct_event *e;
+
+	if (!p)
+		return 0;
+	if (p->e.family == AF_UNSPEC) /* dissolves a UDP association: not a contact */
+		goto out;
+	if (p->e.family == AF_UNIX && ret == 0 && p->e.addr_len) {
+		struct fd_key key = {.tgid = p->e.pid, .fd = p->fd};
+		struct unix_peer peer = {.len = p->e.addr_len};
+		__builtin_memcpy(peer.path, p->e.addr.path, sizeof(peer.path));
+		unix_fds.update(&key, &peer);
+	}
+	/* inet_sock_set_state marks TCP (SYN_SENT) during the call; an inet connect that
+	 * succeeds without it is a datagram socket's (UDP) */
+	if ((p->e.family == AF_INET || p->e.family == AF_INET6) && !p->e.proto && ret == 0)
+		p->e.proto = SVCT_P_UDP;
+	e = reserve();
+	if (e) {
+		__builtin_memcpy(e, &p->e, sizeof(*e));
+		e->result = ret;
+		submit(e);
+	}
+out:
+	connecting.delete(&tid);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+	struct fd_key key = {.tgid = current_tgid(), .fd = args->fd};
+
+	if (is_traced(key.tgid))
+		unix_fds.delete(&key);
+	return 0;
+}
+
+/* ---- TCP state: connect transport, listeners --------------------------------------- */
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	__u32 tid = current_tid();
+	int state = args->newstate;
+	struct pending_connect *p;
+	struct svct_event *e;
+
+	if (args->protocol != SVCT_IPPROTO_TCP ||
+	    (state != SVCT_TCP_SYN_SENT && state != SVCT_TCP_LISTEN))
+		return 0;
+	if (!is_traced(current_tgid())) /* both states are entered in process context */
+		return 0;
+	if (state == SVCT_TCP_SYN_SENT) {
+		p = connecting.lookup(&tid);
+		if (p)
+			p->e.proto = SVCT_P_TCP;
+		return 0;
+	}
+	e = reserve();
+	if (!e)
+		return 0;
+	fill_task(e, SVCT_LISTEN);
+	e->family = args->family;
+	e->proto = SVCT_P_TCP;
+	e->lport = args->sport; /* the tracepoint stores it in host order */
+	if (args->family == AF_INET6) {
+		bpf_probe_read_kernel(e->addr.v6, 16, args->saddr_v6);
+		e->addr_len = 16;
+	} else {
+		bpf_probe_read_kernel(e->addr.v4, 4, args->saddr);
+		e->addr_len = 4;
+	}
+	submit(e);
+	return 0;
+}
+
+/* ---- sends --------------------------------------------------------------------------- */
+
+static __always_inline int save_send(__u32 fd, const void *uarg, __u32 addrlen, __u32 how)
+{
+	__u32 tid = current_tid();
+	struct send_ctx sc = {.uarg = (__u64)uarg, .fd = fd, .addrlen = addrlen, .how = how};
+	struct send_ctx *slot;
+
+	if (!is_traced(current_tgid()))
+		return 0;
+	slot = sending.lookup(&tid);
+	if (slot)
+		*slot = sc; /* only this thread writes its slot */
+	else
+		sending.update(&tid, &sc);
+	return 0;
+}
+
+static __always_inline int forget_send(void)
+{
+	__u32 tid = current_tid();
+	struct send_ctx *slot = sending.lookup(&tid); /* only traced threads have one */
+
+	if (slot)
+		slot->how = HOW_NONE;
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return save_send(args->fd, 0, 0, HOW_FD); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return forget_send(); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return save_send(args->fd, 0, 0, HOW_FD); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return forget_send(); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) { return save_send(args->out_fd, 0, 0, HOW_FD); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) { return forget_send(); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
+{
+	return save_send(args->fd, args->addr, args->addr_len, HOW_SENDTO);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return forget_send(); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+{
+	return save_send(args->fd, args->msg, 0, HOW_SENDMSG);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return forget_send(); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
+{
+	return save_send(args->fd, args->mmsg, 0, HOW_SENDMMSG);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return forget_send(); }
+
+/* The destination named by the send syscall itself (sendto addr, msg_name), if any. */
+static __always_inline void syscall_dest(struct svct_event *e, struct send_ctx *sc)
+{
+	const char *msg = (const char *)sc->uarg;
+	const char *name = 0;
+	int namelen = 0;
+
+	if (sc->how == HOW_SENDTO) {
+		read_sockaddr(e, msg, sc->addrlen);
+		return;
+	}
+	if (sc->how == HOW_SENDMMSG) /* one sock_send_length per message, in order */
+		msg += (sc->idx++ & 0xFFFF) * SVCT_MMSGHDR_SIZE;
+	else if (sc->how != HOW_SENDMSG)
+		return;
+	/* struct user_msghdr: void *msg_name at 0, int msg_namelen at 8 (uapi) */
+	bpf_probe_read_user(&name, sizeof(name), msg);
+	bpf_probe_read_user(&namelen, sizeof(namelen), msg + 8);
+	read_sockaddr(e, name, namelen);
+}
+
+static __always_inline void inet_dest(struct svct_event *e, const char *sk)
+{
+	__u16 dport = 0, num = 0;
+	__u64 v6[2] = {};
+	__u32 v4 = 0;
+
+	bpf_probe_read_kernel(&dport, 2, sk + OFF_SKC_DPORT);
+	bpf_probe_read_kernel(&num, 2, sk + OFF_SKC_NUM);
+	e->lport = num; /* skc_num is host order */
+	if (e->family == AF_INET) {
+		bpf_probe_read_kernel(&v4, 4, sk + OFF_SKC_DADDR);
+		if (v4) {
+			__builtin_memcpy(e->addr.v4, &v4, 4);
+			e->addr_len = 4;
+		}
+	} else {
+		bpf_probe_read_kernel(v6, 16, sk + OFF_SKC_V6_DADDR);
+		if (v6[0] || v6[1]) {
+			__builtin_memcpy(e->addr.v6, v6, 16);
+			e->addr_len = 16;
+		}
+	}
+	if (e->addr_len)
+		e->dport = bpf_ntohs(dport);
+}
+
+static __always_inline void unix_dest(struct svct_event *e, __u32 fd)
+{
+	struct fd_key key = {.tgid = e->pid, .fd = fd};
+	struct unix_peer *peer = unix_fds.lookup(&key);
+
+	if (!peer)
+		return;
+	bpf_probe_read_kernel(e->addr.path, sizeof(e->addr.path), peer->path);
+	e->addr_len = peer->len;
+}
+
+static __always_inline __u8 proto_of(__u16 family, __u16 protocol)
+{
+	if (family == AF_UNIX)
+		return SVCT_P_UNIX;
+	if (protocol == SVCT_IPPROTO_TCP)
+		return SVCT_P_TCP;
+	if (protocol == SVCT_IPPROTO_UDP || protocol == SVCT_IPPROTO_UDPLITE)
+		return SVCT_P_UDP;
+	return SVCT_P_OTHER;
+}
+
+TRACEPOINT_PROBE(sock, sock_send_length)
+{
+	__u32 tid = current_tid();
+	__u16 family = args->family;
+	struct send_ctx *sc;
+	struct svct_event *e;
+
+	/* netlink (glibc name lookups), packet, vsock...: never a service; dropped here so
+	 * they cost no ring buffer space */
+	if (family != AF_INET && family != AF_INET6 && family != AF_UNIX)
+		return 0;
+	if (!is_traced(current_tgid()))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill_task(e, SVCT_SEND);
+	e->family = family;
+	e->proto = proto_of(family, args->protocol);
+	e->result = args->ret;
+	sc = sending.lookup(&tid);
+	if (sc && sc->how == HOW_NONE) /* a send outside the syscalls above (splice...) */
+		sc = 0;
+	if (family == AF_UNIX) {
+		if (sc)
+			unix_dest(e, sc->fd);
+	} else {
+		inet_dest(e, (const char *)args->sk);
+	}
+	/* unconnected datagram sockets: the peer is in the syscall's own arguments */
+	if (!e->addr_len && sc)
+		syscall_dest(e, sc);
+	if (!e->addr_len) {
+		count(CNT_UNKNOWN);
+		events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+	submit(e);
+	return 0;
+}

@@ -1,0 +1,56 @@
+/* svctrace.h: the kernel/user contract of the eBPF backend (one ring buffer record).
+ *
+ * Fixed-width fields with no implicit padding, so user space decodes the record with one
+ * struct format (tracer/backends/ebpf.py: _EVENT) and checks the size on every record.
+ * Changing this struct means changing _EVENT in the same commit.
+ */
+#ifndef SVCTRACE_H
+#define SVCTRACE_H
+
+#define SVCT_COMM_LEN 16
+#define SVCT_PATH_LEN 108 /* sizeof(((struct sockaddr_un *)0)->sun_path) */
+
+/* kind: what happened */
+enum svct_kind {
+	SVCT_CONNECT = 1, /* connect() returned; result = 0 or -errno (-115 EINPROGRESS) */
+	SVCT_SEND = 2,    /* sock:sock_send_length; result = bytes sent or -errno */
+	SVCT_LISTEN = 3,  /* a TCP socket entered TCP_LISTEN; lport/addr = bound address */
+	SVCT_FORK = 4,    /* pid = new child tgid, ppid = parent tgid */
+	SVCT_EXIT = 5,    /* the thread group pid ended */
+	SVCT_EXEC = 6,    /* pid exec'd: comm = new name, addr.path = filename as passed */
+};
+
+/* proto: transport, decoded from sk_protocol (sends) or from the connect's TCP state
+ * change (connects; see sys_exit_connect in svctrace.bpf.c) */
+enum svct_proto {
+	SVCT_P_UNKNOWN = 0,
+	SVCT_P_TCP = 1,
+	SVCT_P_UDP = 2,
+	SVCT_P_UNIX = 3,
+	SVCT_P_OTHER = 4,
+};
+
+struct svct_event {
+	__u64 ts_ns;             /* bpf_ktime_get_ns(): CLOCK_MONOTONIC; connect: at entry */
+	__u32 pid;               /* tgid (FORK: the child) */
+	__u32 tid;               /* thread id (FORK: the child) */
+	__u32 ppid;              /* FORK: parent tgid; else 0 */
+	__s32 result;            /* CONNECT/SEND: return value; else 0 */
+	char comm[SVCT_COMM_LEN];/* thread name (task->comm) of the acting thread */
+	__u16 dport;             /* destination port, host order (inet only) */
+	__u16 lport;             /* local port, host order (inet sends and LISTEN) */
+	__u8 kind;               /* enum svct_kind */
+	__u8 family;             /* AF_* number of the address (AF_INET 2, AF_INET6 10, AF_UNIX 1) */
+	__u8 proto;              /* enum svct_proto */
+	__u8 addr_len;           /* bytes of addr in use: 4, 16, unix path bytes; 0 = unknown.
+	                          * A unix path starting with NUL is an abstract name whose
+	                          * bytes are addr.path[1..addr_len-1] (not NUL-terminated). */
+	union {
+		__u8 v4[4];              /* network order */
+		__u8 v6[16];             /* network order */
+		char path[SVCT_PATH_LEN];/* sun_path as given to connect/sendto, or exec filename */
+	} addr;
+	__u32 _pad;              /* keeps sizeof a multiple of 8 without implicit padding */
+};                               /* sizeof == 160 */
+
+#endif

@@ -1,0 +1,391 @@
+"""eBPF backend: bcc tracepoint programs report the command tree's connects, sends and forks."""
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import importlib.util
+import ipaddress
+import os
+import struct
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import ClassVar
+
+from svctrace import btf
+from svctrace.backends.base import Backend, BackendFailed, BackendUnavailable, RunContext
+from svctrace.events import Destination, Event, ProcessEvent
+
+# struct svct_event in bpf/svctrace.h (fixed width, no implicit padding, 160 bytes).
+_EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
+_KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec"}
+_PROCESS_KINDS = {"fork", "exit", "exec"}
+_FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
+_PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
+# counters[] slots in svctrace.bpf.c (CNT_*), reported by stats() under these names
+_COUNTERS = {"lost_events": 0, "sends_unknown_dest": 1, "untraced_children": 2}
+
+# struct sock_common members read by the program: -D name -> member (verified via BTF).
+SOCK_COMMON_DEFINES = {
+    "OFF_SKC_DADDR": "skc_daddr",
+    "OFF_SKC_DPORT": "skc_dport",
+    "OFF_SKC_NUM": "skc_num",
+    "OFF_SKC_V6_DADDR": "skc_v6_daddr",
+}
+TRACEPOINTS = ("syscalls/sys_enter_connect", "syscalls/sys_exit_connect",
+               "sock/sock_send_length", "sock/inet_sock_set_state",
+               "sched/sched_process_fork", "sched/sched_process_exit",
+               "sched/sched_process_exec", "syscalls/sys_enter_clone3")
+TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+DEFAULT_RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages: held 200k events/s here (DESIGN.md)
+# glibc's name-service cache: every getaddrinfo may connect to it; never a test's service.
+DEFAULT_IGNORED_UNIX_PATHS = ("/var/run/nscd/socket", "/run/nscd/socket")
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+
+
+def _tracefs() -> Path | None:
+    for path in TRACEFS_DIRS:
+        if (path / "events").is_dir():
+            return path
+    return None
+
+
+def _effective_caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def _nested_pid_namespace() -> bool:
+    """bpf_get_current_pid_tgid() returns host pids; in a child namespace ours differ."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return len(line.split()) > 2
+    return False
+
+
+def sock_common_offsets() -> dict[str, int]:
+    """{-D name: byte offset} of the sock_common members the program reads (BtfError)."""
+    return {define: btf.member_offset("sock_common", member)
+            for define, member in SOCK_COMMON_DEFINES.items()}
+
+
+def _check_privileges() -> str | None:
+    caps = _effective_caps()
+    has = (caps >> _CAP_SYS_ADMIN) & 1 or ((caps >> _CAP_BPF) & 1 and (caps >> _CAP_PERFMON) & 1)
+    if os.geteuid() != 0 or not has:
+        return ("the ebpf backend needs root with CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) "
+                "to load programs and read tracefs: run svctrace with sudo")
+    return None
+
+
+def _check_bcc() -> str | None:
+    try:
+        import bcc  # noqa: F401  (loads libbcc; compiles nothing)
+    except Exception as exc:  # ImportError, or OSError from a missing libbcc.so
+        return (f"bcc is not importable ({exc}): run scripts/setup.sh, or `apt-get install "
+                "python3-bpfcc` and link /usr/lib/python3/dist-packages/bcc into the venv's "
+                "site-packages")
+    return None
+
+
+def _check_headers() -> str | None:
+    release = os.uname().release
+    build = Path(f"/lib/modules/{release}/build")
+    if (build / "include").is_dir() or Path("/sys/kernel/kheaders.tar.xz").exists():
+        return None
+    return (f"kernel headers are missing ({build}): install linux-headers-$(uname -r), or "
+            "link a Debian linux-headers-amd64 tree there (scripts/setup.sh does it)")
+
+
+def _check_tracefs() -> str | None:
+    tracefs = _tracefs()
+    if tracefs is None:
+        return ("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing")
+    missing = [tp for tp in TRACEPOINTS if not (tracefs / "events" / tp).is_dir()]
+    if missing:
+        return (f"this kernel lacks the tracepoint(s) {', '.join(missing)} "
+                f"(under {tracefs}/events): use --backend strace")
+    return None
+
+
+def _check_lockdown() -> str | None:
+    try:
+        mode = Path("/sys/kernel/security/lockdown").read_text()
+    except OSError:
+        return None
+    # confidentiality forbids bpf_probe_read_kernel and tracefs; integrity allows both
+    if "[confidentiality]" in mode:
+        return ("kernel lockdown is [confidentiality], which forbids reading kernel memory "
+                "from BPF: boot with lockdown=integrity (or none), or use --backend strace")
+    return None
+
+
+def _check_btf() -> str | None:
+    if not btf.VMLINUX.exists():
+        return (f"{btf.VMLINUX} is missing, so struct sock_common offsets cannot be "
+                "verified: needs a kernel built with CONFIG_DEBUG_INFO_BTF, or use "
+                "--backend strace")
+    try:
+        sock_common_offsets()
+    except btf.BtfError as exc:
+        return (f"the kernel's struct sock_common is not readable as expected ({exc}): "
+                "use --backend strace and report the kernel version")
+    return None
+
+
+def _check_pid_namespace() -> str | None:
+    if _nested_pid_namespace():
+        return ("svctrace runs in a nested PID namespace, where BPF's host pids differ from "
+                "the runner's: run it in the host PID namespace (docker --pid=host)")
+    return None
+
+
+# Cheap checks in the order a user must fix them: (name, check).
+_CHECKS = (("privileges", _check_privileges), ("bcc", _check_bcc),
+           ("kernel headers", _check_headers), ("tracefs", _check_tracefs),
+           ("lockdown", _check_lockdown), ("BTF sock_common", _check_btf),
+           ("pid namespace", _check_pid_namespace))
+
+
+def _source_defines(offsets: dict[str, int], ringbuf_pages: int) -> list[str]:
+    tracefs = _tracefs() or TRACEFS_DIRS[0]
+    exit_format = tracefs / "events/sched/sched_process_exit/format"
+    flags = [f"-D{name}={value}" for name, value in offsets.items()]
+    flags.append(f"-DRINGBUF_PAGES={ringbuf_pages}")
+    try:  # group_dead appeared in the tracepoint's format in 6.x; older ones lack it
+        if "group_dead" in exit_format.read_text():
+            flags.append("-DHAS_GROUP_DEAD=1")
+    except OSError:
+        pass
+    return flags
+
+
+def _compile(ringbuf_pages: int):
+    """Compile and load bpf/svctrace.bpf.c (TRACEPOINT_PROBEs attach themselves)."""
+    import bcc
+
+    flags = _source_defines(sock_common_offsets(), ringbuf_pages)
+    with ExitStack() as stack:
+        source = stack.enter_context(importlib.resources.as_file(
+            importlib.resources.files("svctrace.bpf") / "svctrace.bpf.c"))
+        flags.append(f"-I{source.parent}")  # for svctrace.h next to it
+        stderr = _CapturedStderr()
+        try:
+            with stderr:
+                return bcc.BPF(src_file=str(source).encode(), cflags=flags)
+        except Exception as exc:
+            detail = "\n".join(_first_errors(stderr.text) + [str(exc)])
+            raise BackendUnavailable(f"the eBPF program did not compile or load:\n{detail}"
+                                     ) from exc
+
+
+def _first_errors(log: str, limit: int = 5) -> list[str]:
+    """clang's first `error:` lines, else the verifier's verdict (the line before its
+    `processed N insns` summary)."""
+    lines = log.splitlines()
+    errors = [line for line in lines if "error:" in line]
+    if errors:
+        return errors[:limit]
+    return [lines[i - 1] for i, line in enumerate(lines) if line.startswith("processed ")
+            and i > 0][:limit]
+
+
+class _CapturedStderr:
+    """Capture fd 2 around a bcc compile: clang writes its diagnostics there, not Python."""
+
+    def __enter__(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        self.text = ""
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode(errors="replace")
+        self._file.close()
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _destination(family: int, proto: int, addr_len: int, addr: bytes, dport: int
+                 ) -> Destination:
+    fam = _FAMILIES.get(family, "other")
+    transport = _PROTOS.get(proto, "other")
+    if fam == "inet" and addr_len == 4:
+        return Destination(fam, transport, str(ipaddress.IPv4Address(addr[:4])), dport)
+    if fam == "inet6" and addr_len == 16:
+        return Destination(fam, transport, str(ipaddress.IPv6Address(addr[:16])), dport)
+    if fam == "unix":
+        path = addr[:addr_len]
+        if path[:1] == b"\0":  # abstract name: exact length, may hold NULs
+            return Destination(fam, "unix", "@" + path[1:].decode(errors="replace"))
+        return Destination(fam, "unix", _text(path))
+    return Destination(fam, transport, "", dport if fam in ("inet", "inet6") else None)
+
+
+def decode(raw: bytes, ignored_unix_paths: frozenset[str] = frozenset()
+           ) -> Event | ProcessEvent | None:
+    """One ring buffer record -> Event / ProcessEvent (None: filtered noise)."""
+    (ts, pid, tid, ppid, result, comm, dport, lport, kind, family, proto, addr_len, addr,
+     _pad) = _EVENT.unpack(raw)
+    name = _KINDS.get(kind, "?")
+    if name in _PROCESS_KINDS:
+        return ProcessEvent(name, ts, None, pid, ppid=ppid, comm=_text(comm),
+                            cmdline=_exec_cmdline(pid, _text(comm), addr[:addr_len])
+                            if name == "exec" else ())
+    # a listener's destination is its own bound address and port
+    dest = _destination(family, proto, addr_len, addr, lport if name == "listen" else dport)
+    if dest.family == "unix" and dest.address in ignored_unix_paths:
+        return None
+    return Event(name, ts, None, pid, tid, _text(comm), dest, result,
+                 lport if family in (2, 10) and lport else None)
+
+
+def _exec_cmdline(pid: int, comm: str, filename: bytes) -> tuple[str, ...]:
+    """argv from /proc if the process still runs the program that exec event announced,
+    else the exec'd filename alone (argv is not copied in the kernel: it may be huge)."""
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().rstrip("\n") == comm:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if raw:
+                return tuple(arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1])
+    except OSError:
+        pass
+    return (filename.decode(errors="replace"),)
+
+
+class EbpfBackend(Backend):
+    """Kernel tracepoints (bcc): sees C libraries (libpq, librdkafka) and every subprocess."""
+
+    name: ClassVar[str] = "ebpf"
+    clock: ClassVar[str] = "mono"
+    blind_spots: ClassVar[tuple[str, ...]] = (
+        "processes not descended from the command (a service's own traffic, daemons)",
+        "AF_UNIX sends on sockets the process did not connect itself (inherited across "
+        "fork, received over SCM_RIGHTS, socketpair, accepted): counted as "
+        "sends_unknown_dest, not reported",
+        "sends through splice/vmsplice or io_uring to AF_UNIX sockets (no fd to join)",
+        "connects submitted through io_uring (IORING_OP_CONNECT); their sends are seen",
+        "netlink and other non-IP, non-unix families: dropped in the kernel",
+        "inet connects that fail before the TCP handshake starts have transport 'other'",
+    )
+
+    def __init__(self) -> None:
+        self._bpf = None
+        self._pending: list[Event | ProcessEvent] = []
+        self._events = 0
+        self._decode_errors: list[str] = []
+        self._ringbuf_pages = DEFAULT_RINGBUF_PAGES
+        self._ignored: frozenset[str] = frozenset(DEFAULT_IGNORED_UNIX_PATHS)
+        self._final_stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        for _name, check in _CHECKS:
+            reason = check()
+            if reason:
+                return reason
+        return None
+
+    def prepare(self, ctx: RunContext) -> None:
+        super().prepare(ctx)
+        pages = int(ctx.settings.get("ringbuf_pages", DEFAULT_RINGBUF_PAGES))
+        if pages < 1 or pages & (pages - 1):
+            raise BackendUnavailable(f"ringbuf_pages must be a power of two, got {pages}")
+        self._ringbuf_pages = pages
+        self._ignored = frozenset(ctx.settings.get("ignored_unix_paths",
+                                                   DEFAULT_IGNORED_UNIX_PATHS))
+        reason = self.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(reason)
+        self._bpf = _compile(pages)
+        self._bpf[b"events"].open_ring_buffer(self._on_event)
+
+    def _on_event(self, _ctx, data, size: int) -> int:
+        # Runs inside ring_buffer_consume(); an exception here would be swallowed by ctypes.
+        try:
+            if size != _EVENT.size:
+                raise ValueError(f"record of {size} bytes, expected {_EVENT.size}: "
+                                 "bpf/svctrace.h and _EVENT disagree")
+            record = decode(ctypes.string_at(data, size), self._ignored)
+        except Exception as exc:
+            self._decode_errors.append(str(exc))
+            return 0
+        self._events += 1
+        if record is not None:
+            self._pending.append(record)
+        return 0
+
+    def child_started(self, pid: int) -> None:
+        if self._bpf is None:
+            raise BackendFailed("child_started() before prepare() or after stop()")
+        self._bpf[b"traced"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+
+    def poll(self) -> list[Event | ProcessEvent]:
+        if self._bpf is None:
+            return []
+        self._bpf.ring_buffer_consume()
+        if self._decode_errors:
+            raise BackendFailed(f"undecodable eBPF event: {self._decode_errors[0]}")
+        records, self._pending = self._pending, []
+        return records
+
+    def stop(self) -> list[Event | ProcessEvent]:
+        if self._bpf is None:
+            return []
+        try:
+            records = self.poll()
+        finally:  # keep the kernel counters for stats() even if the drain failed
+            self._final_stats = self._kernel_counters()
+            self._bpf.cleanup()
+            self._bpf = None
+        return records
+
+    def _kernel_counters(self) -> dict[str, int]:
+        counters = self._bpf[b"counters"]
+        return {name: int(counters.sum(slot).value) for name, slot in _COUNTERS.items()}
+
+    def stats(self) -> dict:
+        counters = self._kernel_counters() if self._bpf is not None else self._final_stats
+        return {"events": self._events, **counters,
+                "ringbuf_bytes": self._ringbuf_pages * os.sysconf("SC_PAGE_SIZE")}
+
+
+def diagnose() -> list[tuple[str, bool, str]]:
+    """(check, ok, detail or fix) for `svctrace doctor`; ends by compiling and loading."""
+    results = []
+    for name, check in _CHECKS:
+        reason = check()
+        results.append((name, reason is None, reason or _detail(name)))
+    if all(ok for _name, ok, _detail_text in results):
+        try:
+            bpf = _compile(DEFAULT_RINGBUF_PAGES)
+            probes = bpf.num_open_tracepoints()
+            bpf.cleanup()
+            results.append(("compile+load", True, f"{probes} tracepoint programs attached"))
+        except BackendUnavailable as exc:
+            results.append(("compile+load", False, str(exc)))
+    else:
+        results.append(("compile+load", False, "skipped: fix the checks above first"))
+    return results
+
+
+def _detail(name: str) -> str:
+    """What a passing check found (for doctor's output)."""
+    if name == "BTF sock_common":
+        return ", ".join(f"{SOCK_COMMON_DEFINES[k]}={v}" for k, v in
+                         sock_common_offsets().items())
+    if name == "kernel headers":
+        return str(Path(f"/lib/modules/{os.uname().release}/build").resolve())
+    if name == "tracefs":
+        return str(_tracefs())
+    if name == "bcc":
+        spec = importlib.util.find_spec("bcc")
+        return str(Path(spec.origin).parent.resolve()) if spec and spec.origin else "ok"
+    return "ok"
