@@ -18,6 +18,8 @@ enum svct_kind {
 	SVCT_FORK = 4,    /* pid = new child tgid, ppid = parent tgid */
 	SVCT_EXIT = 5,    /* the thread group pid ended */
 	SVCT_EXEC = 6,    /* pid exec'd: comm = new name, addr.path = filename as passed */
+	SVCT_CONNECT_RESULT = 7, /* a non-blocking TCP connect failed later: a copy of its
+	                          * CONNECT (same ts, pid, tid, destination), result = -errno */
 };
 
 /* proto: transport, decoded from sk_protocol (sends) or from the connect's TCP state
@@ -50,7 +52,9 @@ struct svct_event {
 		__u8 v6[16];             /* network order */
 		char path[SVCT_PATH_LEN];/* sun_path as given to connect/sendto, or exec filename */
 	} addr;
-	__u32 _pad;              /* keeps sizeof a multiple of 8 without implicit padding */
+	__u32 count;             /* SEND: how many sends this record stands for. 1, or for a
+	                          * "tail" record the sends on the same socket that followed the
+	                          * first one in the same marker epoch (ts/tid = the last one) */
 };                               /* sizeof == 160 */
 
 #endif

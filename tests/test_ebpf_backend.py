@@ -78,6 +78,13 @@ def _timed(log: dict, key: str, fn):
         log[key] = [before, time.monotonic_ns()]
 
 
+def _marker_write() -> None:
+    """What the plugin's marker writes look like to the kernel (a line starting {"_":")."""
+    fd = os.open(os.devnull, os.O_WRONLY)
+    os.write(fd, b'{"_":"m"}\n')
+    os.close(fd)
+
+
 def _child_work(srv: Servers, report) -> None:
     """What the traced child does; it reports its ids, ports and op time windows as JSON."""
     log: dict = {"pid": os.getpid(), "t": {}}
@@ -97,6 +104,7 @@ def _child_work(srv: Servers, report) -> None:
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     _timed(t, "udp_sendto", lambda: u.sendto(b"dgram", ("127.0.0.1", udp_port)))
     log["udp_lport"] = u.getsockname()[1]
+    _marker_write()  # a new epoch: the next send on the same socket is a record of its own
     u.sendmsg([b"msg"], [], 0, ("127.0.0.1", udp_port))  # destination in msg_name
     un = socket.socket(socket.AF_UNIX)
     _timed(t, "unix_connect", lambda: un.connect(srv.unix_path))
@@ -257,6 +265,7 @@ def test_lost_events_are_counted(tmp_path: Path) -> None:
                 os.read(go_r, 1)
                 out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 for _ in range(200):
+                    _marker_write()  # each send in its own epoch: 200 records, none folded
                     out.sendto(b"x", srv.getsockname())
             finally:
                 os._exit(0)
@@ -314,3 +323,88 @@ def test_decode_records() -> None:
     assert fork == ProcessEvent("fork", 5, None, 20, ppid=10, comm="sh")
     nscd = _record(1, 1, 3, b"/var/run/nscd/socket\0")
     assert decode(nscd, frozenset({"/var/run/nscd/socket"})) is None
+
+
+def _traced_fork(backend: EbpfBackend, work) -> tuple[int, list]:
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.read(go_r, 1)
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    backend.child_started(pid)
+    os.write(go_w, b"x")
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    records, deadline = [], time.monotonic() + 5
+    while time.monotonic() < deadline:
+        records += backend.poll()
+        if any(isinstance(r, ProcessEvent) and r.kind == "exit" and r.pid == pid
+               for r in records):
+            break
+        time.sleep(0.02)
+    return pid, records
+
+
+@_marked(*needs_ebpf)
+def test_sends_between_marker_writes_are_folded_with_exact_counts(tmp_path: Path) -> None:
+    """A tight loop costs one record per socket and epoch; the tail keeps count and time."""
+    tracer = EbpfBackend()
+    tracer.prepare(RunContext(command=["test"]))
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    stamps = {}
+
+    def work():
+        out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        out.connect(sink.getsockname())
+        for _ in range(1000):
+            out.send(b"x")
+        stamps["a"] = time.monotonic_ns()
+        _marker_write()
+        for _ in range(500):
+            out.send(b"y")
+
+    try:
+        pid, records = _traced_fork(tracer, work)
+        records += tracer.stop()
+    finally:
+        tracer.stop()
+    # a tail is reserved after the record that ends its epoch: order by time
+    sends = sorted((r for r in records if isinstance(r, Event) and r.kind == "send"),
+                   key=lambda r: r.mono_ns)
+    assert [r.count for r in sends] == [1, 999, 1, 499]
+    assert sum(r.count for r in sends) == 1500
+    assert sends[0].mono_ns <= sends[1].mono_ns < sends[2].mono_ns <= sends[3].mono_ns
+    assert tracer.stats()["lost_events"] == 0
+
+
+@_marked(*needs_ebpf)
+def test_refused_nonblocking_connect_reports_its_late_failure(tmp_path: Path) -> None:
+    """libpq and librdkafka connect non-blocking: -EINPROGRESS now, ECONNREFUSED later."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    tracer = EbpfBackend()
+    tracer.prepare(RunContext(command=["test"]))
+
+    def work():
+        sock = socket.socket()
+        sock.setblocking(False)
+        assert sock.connect_ex(("127.0.0.1", port)) == 115
+        time.sleep(0.2)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 111
+
+    try:
+        _, records = _traced_fork(tracer, work)
+    finally:
+        tracer.stop()
+    connects = [(r.kind, r.result, r.dest.port) for r in records
+                if isinstance(r, Event) and r.kind.startswith("connect")]
+    assert connects == [("connect", -115, port), ("connect_result", -111, port)]
+    first, result = [r for r in records if isinstance(r, Event)]
+    assert result.mono_ns == first.mono_ns and result.tid == first.tid

@@ -38,7 +38,7 @@ def _insert_sorted(bucket: list, window: "Window") -> None:
 
 
 def result_text(kind: str, result: int) -> str:
-    if kind != "connect":
+    if kind not in ("connect", "connect_result"):
         return "ok" if result >= 0 else errno.errorcode.get(-result, str(result))
     if result == 0:
         return "ok"
@@ -78,12 +78,19 @@ class Contact:
     first_ts: int | None = None
 
     def add(self, ev: Event, ts: int, first: dict, fixture: str | None) -> None:
+        if ev.kind == "connect_result":
+            # the later failure of a connect already counted (same time and thread)
+            if ev.result < 0:
+                self.failed_connects += 1
+                if self.first and self.first_ts == ts and self.first["kind"] == "connect":
+                    self.first["result"] = first["result"]
+            return
         if ev.kind == "connect":
             self.connects += 1
             if ev.result not in (0, -errno.EINPROGRESS):
                 self.failed_connects += 1
         else:
-            self.sends += 1
+            self.sends += ev.count
         if ev.tid != ev.pid:
             self.background = True
         if len(self.threads) < _MAX_THREADS:
@@ -309,7 +316,9 @@ class Attributor:
 
     def _attribute(self, ev: Event) -> None:
         service = self.map.classify(ev.dest)
-        if service is None:
+        # A UDP connect sends nothing (glibc's getaddrinfo connects UDP sockets to sort
+        # candidate addresses): only its sends are contacts.
+        if service is None or (ev.kind == "connect" and ev.dest.transport == "udp"):
             self.counts["noise"] += 1
             return
         if self.ignore_self_loopback and self._is_self_traffic(ev):

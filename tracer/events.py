@@ -46,6 +46,10 @@ class Event:
           has and leaves the other None (ebpf + inprocess: mono; strace: wall).
     pid / tid: process (tgid) and thread id. comm: thread name ("rdk:broker-1").
     local_port: the socket's own port where known (server-side replies are not contacts).
+    count: how many operations the record stands for: the eBPF backend folds sends on one
+          socket between two marker writes into the first and a final "tail" record.
+    kind "connect_result": a non-blocking connect (reported as -EINPROGRESS) failed later;
+          same time and destination as its connect, result = -errno.
     """
 
     kind: str
@@ -57,6 +61,7 @@ class Event:
     dest: Destination
     result: int = 0
     local_port: int | None = None
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,9 @@ class ProtocolError(ValueError):
 
 
 def _to_dict(record) -> dict:
-    data = asdict(record)
-    data["_"] = _TAGS[type(record)]
-    return data
+    # "_" first: every line starts with {"_":" which the eBPF program recognises as a
+    # marker write (bpf/svctrace.bpf.c bump_epoch).
+    return {"_": _TAGS[type(record)], **asdict(record)}
 
 
 def encode(record, chunk_id: str = "") -> list[bytes]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib.resources
 import importlib.util
 import ipaddress
@@ -18,7 +19,8 @@ from svctrace.events import Destination, Event, ProcessEvent
 
 # struct svct_event in bpf/svctrace.h (fixed width, no implicit padding, 160 bytes).
 _EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
-_KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec"}
+_KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
+          7: "connect_result"}
 _PROCESS_KINDS = {"fork", "exit", "exec"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
 _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
@@ -65,10 +67,18 @@ def _nested_pid_namespace() -> bool:
     return False
 
 
+# struct sock differs between the 6.1 headers and newer kernels (DESIGN.md): its one
+# member the program reads, the error of a failed connect, is located through BTF too.
+SOCK_DEFINES = {"OFF_SK_ERR": "sk_err"}
+
+
 def sock_common_offsets() -> dict[str, int]:
-    """{-D name: byte offset} of the sock_common members the program reads (BtfError)."""
-    return {define: btf.member_offset("sock_common", member)
-            for define, member in SOCK_COMMON_DEFINES.items()}
+    """{-D name: byte offset} of the sock_common/sock members the program reads (BtfError)."""
+    offsets = {define: btf.member_offset("sock_common", member)
+               for define, member in SOCK_COMMON_DEFINES.items()}
+    offsets.update({define: btf.member_offset("sock", member)
+                    for define, member in SOCK_DEFINES.items()})
+    return offsets
 
 
 def _check_privileges() -> str | None:
@@ -233,7 +243,7 @@ def decode(raw: bytes, ignored_unix_paths: frozenset[str] = frozenset()
            ) -> Event | ProcessEvent | None:
     """One ring buffer record -> Event / ProcessEvent (None: filtered noise)."""
     (ts, pid, tid, ppid, result, comm, dport, lport, kind, family, proto, addr_len, addr,
-     _pad) = _EVENT.unpack(raw)
+     count) = _EVENT.unpack(raw)
     name = _KINDS.get(kind, "?")
     if name in _PROCESS_KINDS:
         return ProcessEvent(name, ts, None, pid, ppid=ppid, comm=_text(comm),
@@ -244,7 +254,7 @@ def decode(raw: bytes, ignored_unix_paths: frozenset[str] = frozenset()
     if dest.family == "unix" and dest.address in ignored_unix_paths:
         return None
     return Event(name, ts, None, pid, tid, _text(comm), dest, result,
-                 lport if family in (2, 10) and lport else None)
+                 lport if family in (2, 10) and lport else None, max(count, 1))
 
 
 def _exec_cmdline(pid: int, comm: str, filename: bytes) -> tuple[str, ...]:
@@ -340,12 +350,25 @@ class EbpfBackend(Backend):
         if self._bpf is None:
             return []
         try:
-            records = self.poll()
+            records = self.poll() + self._tails()
         finally:  # keep the kernel counters for stats() even if the drain failed
             self._final_stats = self._kernel_counters()
             self._bpf.cleanup()
             self._bpf = None
         return records
+
+    def _tails(self) -> list[Event]:
+        """Sends the kernel folded into per-socket records and has not reported yet."""
+        tails = []
+        for _key, agg in self._bpf[b"aggs"].items():
+            if not agg.count:
+                continue
+            first = decode(bytes(agg.first), self._ignored)
+            if isinstance(first, Event):
+                tails.append(dataclasses.replace(first, mono_ns=agg.last_ts, tid=agg.last_tid,
+                                                 comm=_text(bytes(agg.last_comm)),
+                                                 count=agg.count))
+        return tails
 
     def _kernel_counters(self) -> dict[str, int]:
         counters = self._bpf[b"counters"]
@@ -379,7 +402,7 @@ def diagnose() -> list[tuple[str, bool, str]]:
 def _detail(name: str) -> str:
     """What a passing check found (for doctor's output)."""
     if name == "BTF sock_common":
-        return ", ".join(f"{SOCK_COMMON_DEFINES[k]}={v}" for k, v in
+        return ", ".join(f"{({**SOCK_COMMON_DEFINES, **SOCK_DEFINES})[k]}={v}" for k, v in
                          sock_common_offsets().items())
     if name == "kernel headers":
         return str(Path(f"/lib/modules/{os.uname().release}/build").resolve())
