@@ -26,11 +26,15 @@ class PipeSink:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self.pid = os.getpid()
+        self._forked = False
         self.errors = 0
 
     def __call__(self, record, urgent: bool = True) -> None:
         if os.getpid() != self.pid:  # a forked child: its parent's buffer is not its own
             self._buffer, self._size, self.pid = [], 0, os.getpid()
+            self._forked = True
+        if self._forked:
+            urgent = True  # a forked child may leave through os._exit(): never buffer
         lines = wire.encode(record, f"{self.pid}-{next(self._ids)}")
         with self._lock:
             for line in lines:

@@ -20,6 +20,10 @@ def _check(report: dict, backend: str) -> None:
     assert report["run"]["lost_events"] == 0
     assert e2e.observed(report) == e2e.expected(backend)
     assert e2e.inherited(report) == e2e.expected_inherited(backend)
+    outside = e2e.unattributed(report)
+    assert "refused-svc" in outside["collection"]
+    if backend != "inprocess":  # the orphan is a plain interpreter using libpq
+        assert outside["outlived-test"] == {"postgres"}
 
 
 def test_inprocess_backend_sees_python_sockets_only(sample_suite, sample_env):
@@ -63,7 +67,9 @@ def test_ebpf_shows_what_inprocess_misses(sample_suite, sample_env, tmp_path):
     missed = {k: v for k, v in missed.items() if v}
     assert missed["test_sample.py::test_pg_tcp_psycopg2"] == ["postgres"]
     assert missed["test_sample.py::test_kafka_mock_broker"] == ["kafka"]
-    assert set().union(*map(set, missed.values())) == {"postgres", "kafka"}
+    # redis only where a spawned interpreter (no plugin in it) talked to it
+    assert missed["test_sample.py::test_multiprocessing_spawn"] == ["redis"]
+    assert set().union(*map(set, missed.values())) == {"postgres", "kafka", "redis"}
 
 
 @needs("strace")

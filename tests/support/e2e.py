@@ -33,6 +33,10 @@ FULL = {
     "test_thread_talks_to_redis": {"call": ["redis"]},
     "test_kafka_refused": {"call": ["kafka"]},
     "test_kafka_mock_broker": {"call": ["kafka"]},
+    "test_multiprocessing_fork": {"call": ["redis"]},
+    "test_multiprocessing_spawn": {"call": ["redis"]},
+    "test_outliving_process": {},
+    "test_after_outliving_process": {},
     "test_no_services": {},
 }
 INHERITED = {"test_session_fixture_first": {"postgres": ["::pg_session"]},
@@ -41,12 +45,17 @@ INHERITED = {"test_session_fixture_first": {"postgres": ["::pg_session"]},
 INPROCESS_BLIND = {"postgres", "kafka"}
 
 
+# A spawned interpreter does not load the plugin: invisible in-process.
+INPROCESS_BLIND_TESTS = {"test_multiprocessing_spawn"}
+
+
 def expected(backend: str) -> dict[str, dict[str, list[str]]]:
     out = {}
     for name, phases in FULL.items():
         full = {p: phases.get(p, []) for p in ("setup", "call", "teardown")}
         if backend == "inprocess":
-            full = {p: [s for s in svcs if s not in INPROCESS_BLIND] for p, svcs in full.items()}
+            full = {p: [s for s in svcs if s not in INPROCESS_BLIND
+                        and name not in INPROCESS_BLIND_TESTS] for p, svcs in full.items()}
         out[f"test_sample.py::{name}"] = full
     return out
 
@@ -118,3 +127,11 @@ def observed(report: dict) -> dict[str, dict[str, list[str]]]:
 def inherited(report: dict) -> dict[str, dict[str, list[str]]]:
     return {nodeid: test["inherited"] for nodeid, test in report["tests"].items()
             if test["inherited"]}
+
+
+def unattributed(report: dict) -> dict[str, set[str]]:
+    """{reason: services} of the traffic outside tests."""
+    out: dict[str, set[str]] = {}
+    for entry in report["unattributed"]:
+        out.setdefault(entry["reason"], set()).update(entry["services"])
+    return out

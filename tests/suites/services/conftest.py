@@ -19,6 +19,12 @@ def redis_client():
     return _REDIS["client"]
 
 
+def redis_ping():
+    """Run in multiprocessing children; lives here because a spawned child imports the
+    module of its target, and test_sample.py touches a service while being imported."""
+    redis.Redis.from_url(os.environ["SVCTRACE_REDIS_URL"]).ping()
+
+
 @pytest.fixture
 def flush_redis():
     """The framework-teardown pattern: FLUSHDB after the test, nothing before."""

@@ -10,9 +10,13 @@ import psycopg2
 import urllib3
 from confluent_kafka import Producer
 
-from conftest import redis_client
+from conftest import redis_client, redis_ping
 
 _PG = {}
+_ORPHANS = []
+
+# Module-level code runs while pytest collects: reported as "collection", not as a test.
+socket.socket().connect_ex(("127.0.0.1", int(os.environ["SVCTRACE_REFUSED_PORT"])))
 
 
 def _query(conn):
@@ -45,7 +49,10 @@ def test_pg_pool_open():
 
 
 def test_pg_pool_reuse():
-    """No connect here: only sends on the connection the previous test opened."""
+    """No connect here: only sends on the connection the previous test opened (under
+    xdist the previous test may have run in another worker: then open one)."""
+    if "conn" not in _PG:
+        _PG["conn"] = psycopg2.connect(os.environ["SVCTRACE_PG_DSN"])
     _query(_PG["conn"])
 
 
@@ -122,6 +129,35 @@ def test_kafka_mock_broker():
     assert producer.flush(10.0) == 0
     assert delivered == [None]
     _drop(producer)
+
+
+def test_multiprocessing_fork():
+    import multiprocessing
+    child = multiprocessing.get_context("fork").Process(target=redis_ping)
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+
+
+def test_multiprocessing_spawn():
+    import multiprocessing
+    child = multiprocessing.get_context("spawn").Process(target=redis_ping)
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+
+
+def test_outliving_process():
+    """Starts a process that queries Postgres only after this test has ended."""
+    code = ("import os, time, psycopg2; time.sleep(0.5); "
+            "psycopg2.connect(os.environ['SVCTRACE_PG_DSN']).close()")
+    _ORPHANS.append(subprocess.Popen([sys.executable, "-c", code]))
+
+
+def test_after_outliving_process():
+    """The orphan's query happens during this test: it must not be charged here."""
+    for orphan in _ORPHANS:
+        assert orphan.wait(30) == 0
 
 
 def test_no_services():
