@@ -190,5 +190,5 @@ def test_incidental_service_flagged_as_baseline_candidate():
     records.append(ev(1021, PG))
     report = attribute(records)
     incidental = report["summary"]["incidental"]
-    assert {"service": "redis", "via": "phase teardown", "share": 1.0, "tests": 10} in incidental
+    assert {"service": "redis", "via": f"fixture {fx}", "share": 1.0, "tests": 10} in incidental
     assert all(item["service"] != "postgres" for item in incidental)

@@ -131,3 +131,40 @@ def test_patch_records_refused_and_pooled_sends():
     kinds = [(e.kind, e.dest.port, e.result) for e in seen]
     assert kinds == [("connect", port, 0), ("send", port, 1), ("send", port, 1),
                      ("connect", 9, -111)]
+
+
+INCIDENTAL = '''
+import os, pytest, redis
+
+@pytest.fixture(autouse=True)
+def flush_after_each_test():
+    yield
+    redis.Redis.from_url(os.environ["SVCTRACE_REDIS_URL"]).flushdb()
+
+@pytest.mark.parametrize("n", range(9))
+def test_plain(n):
+    assert n >= 0
+
+def test_really_uses_redis():
+    assert redis.Redis.from_url(os.environ["SVCTRACE_REDIS_URL"]).ping()
+'''
+
+
+def test_autouse_teardown_flush_is_flagged_as_baseline_candidate(suite):
+    suite.makepyfile(test_suite=INCIDENTAL)
+    result = suite.runpytest_inprocess("-p", "no:cacheprovider", "--svctrace-report", "o.json")
+    result.assert_outcomes(passed=10)
+    report = json.loads((suite.path / "o.json").read_text())
+    incidental = report["summary"]["incidental"]
+    assert incidental == [{"service": "redis", "share": 0.9, "tests": 9,
+                           "via": "fixture test_suite.py::flush_after_each_test"}]
+    assert report["tests"]["test_suite.py::test_plain[0]"]["phases"]["teardown"] == ["redis"]
+    result.stdout.fnmatch_lines(["*baseline candidate: redis in 90% of tests, only via "
+                                 "fixture test_suite.py::flush_after_each_test*"])
+    # declared baseline removes it from needs, but keeps the observation
+    suite.makefile(".toml", pyproject='[tool.svctrace]\nbaseline = ["redis"]\n')
+    suite.runpytest_inprocess("-p", "no:cacheprovider", "--svctrace-report", "b.json")
+    report = json.loads((suite.path / "b.json").read_text())
+    plain = report["tests"]["test_suite.py::test_plain[0]"]
+    assert plain["services"] == ["redis"] and plain["needs"] == [] \
+        and plain["baseline"] == ["redis"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -131,3 +132,33 @@ def test_doctor_names_every_backend(tmp_path):
     names = [line.split()[0] for line in proc.stdout.splitlines() if not line.startswith(" ")]
     assert names[:3] == ["ebpf", "strace", "inprocess"]
     assert all("usable" in line for line in proc.stdout.splitlines()[:3])
+
+
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to drop exactly the eBPF capabilities")
+def test_auto_falls_back_to_strace_without_bpf_capabilities_and_says_why(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        "import socket\ndef test_x():\n    socket.socket().connect_ex(('127.0.0.1', 9))\n")
+    proc = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+                          + SVCTRACE + ["run", "-o", "r.json", "--", sys.executable, "-m",
+                                        "pytest", "-q", "-p", "no:cacheprovider", "test_x.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "backend auto: skipped ebpf: the ebpf backend needs root with CAP_BPF" in proc.stderr
+    assert "backend auto: using strace" in proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["run"]["backend"] == "strace"
+    assert report["tests"]["test_x.py::test_x"]["services"] == ["tcp:127.0.0.1:9"]
+
+
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to drop the eBPF capabilities")
+def test_explicit_unusable_backend_is_a_clear_usage_error(tmp_path):
+    proc = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+                          + SVCTRACE + ["run", "--backend", "ebpf", "--", "true"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "svctrace: error: can't use backend=ebpf: the ebpf backend needs root with "
+        "CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) to load programs and read tracefs: "
+        "run svctrace with sudo"]

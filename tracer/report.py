@@ -84,7 +84,9 @@ def _incidental(tests: dict[str, dict], records: dict[str, TestRecord], share: f
                 counter[f"fixture {next(iter(fixtures))}"] += 1
     found = []
     for service, counter in sorted(reasons.items()):
-        for via, count in counter.most_common(1):
+        # on a tie, naming the fixture tells the user more than naming the phase
+        ranked = sorted(counter.items(), key=lambda i: (-i[1], not i[0].startswith("fixture")))
+        for via, count in ranked[:1]:
             if count / len(ran) >= share:
                 found.append({"service": service, "via": via,
                               "share": round(count / len(ran), 3), "tests": count})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno as _errno
 import functools
 import re
+import signal as _signal
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -108,6 +109,15 @@ def _unquote(body: str) -> str:
         pos = m.end()
     out += body[pos:].encode("utf-8", "surrogateescape")
     return out.decode("utf-8", "surrogateescape")
+
+
+def _signal_status(name: str) -> int | None:
+    """Shell-style status of a process killed by strace's signal name: 128 + number."""
+    m = re.fullmatch(r"SIGRT_(\d+)", name)
+    if m:  # strace numbers real-time signals from the kernel's SIGRTMIN, 32
+        return 128 + 32 + int(m[1])
+    number = _signal.Signals.__members__.get(name)
+    return 128 + int(number) if number is not None else None
 
 
 def _ns(sec: str, frac: str | None) -> int:
@@ -224,6 +234,10 @@ class StraceParser:
                  max_inodes: int = 100_000) -> None:
         self.root_ppid = root_ppid  # parent of the first traced process (strace's pid)
         self.root_pid: int | None = None
+        # The command's own end, from its "+++ exited with N +++" / "+++ killed by SIG +++"
+        # line: strace goes on while processes the command left behind still run.
+        self.root_exited = False
+        self.root_status: int | None = None  # N, or 128 + signal number (None: unknown)
         self.stats = _Stats()
         self._tasks: dict[int, _Task] = {}
         self._ppid: dict[int, int] = {}
@@ -255,6 +269,13 @@ class StraceParser:
             return []
         self.stats.lines += 1
         return self._feed(line)
+
+    def live_processes(self) -> dict[int, str]:
+        """Processes seen starting and not (yet) seen exiting: pid -> comm."""
+        live = {task.tgid: task.comm for task in self._tasks.values()}
+        for pid in self._orphans:
+            live.setdefault(pid, "")
+        return live
 
     def finish(self) -> list[Record]:
         """End of output: adopt tasks whose parent never showed up; drop unfinished calls."""
@@ -352,6 +373,9 @@ class StraceParser:
             return []
         if m[3]:  # "superseded by execve in pid T": the leader lives on as T's program
             return []
+        if tid == self.root_pid and not self.root_exited:
+            self.root_exited = True
+            self.root_status = int(m[1]) if m[1] is not None else _signal_status(m[2])
         self._pending.pop(tid, None)
         task = self._tasks.pop(tid, None)
         if task is None or task.tgid != tid:

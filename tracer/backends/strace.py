@@ -7,9 +7,11 @@ import os
 import pwd
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -36,6 +38,9 @@ _PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size default: 1 MiB of slack for s
 _READ_CHUNK = 1 << 16
 _DRAIN_TIMEOUT_S = 10.0
 _BATCH_WAIT_S = 0.005
+# strace 6.1 waits for every traced descendant and has no kill-on-exit option: once the
+# command itself has exited, processes it left running keep strace (and so the run) alive.
+LEFTOVER_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,11 @@ class StraceBackend(Backend):
         self._records = 0
         self._strace_pid: int | None = None
         self._truncated = False
+        self._grace_s = float(ctx.settings.get("leftover_grace_s", LEFTOVER_GRACE_S))
+        self._root_exit_seen: float | None = None  # monotonic time poll() first saw it
+        self._detached_ns: int | None = None       # wall time strace was stopped
+        self._leftovers: dict[int, str] = {}       # pid -> comm, still running then
+        self._drained = False
 
     @staticmethod
     def _run_user(ctx: RunContext) -> str | None:
@@ -149,6 +159,9 @@ class StraceBackend(Backend):
         cmd.append(NS_TIMESTAMPS if self._probe.ns_timestamps else "-ttt")
         if self._probe.seccomp_bpf:
             cmd.append("--seccomp-bpf")  # stop only on traced syscalls: ~2-3x cheaper
+        # No -I: with "-o FILE PROG" strace blocks SIGINT/SIGTERM/SIGHUP/SIGQUIT, so a
+        # Ctrl-C forwarded to the command's process group leaves strace tracing pytest's
+        # interrupt handling; _detach_leftovers relies on SIGKILL instead.
         cmd += ["-e", "signal=none", "-e", "trace=" + ",".join(TRACE_SET),
                 "-s", str(STRING_LIMIT), "-o", self._fifo]
         if self._user:
@@ -205,22 +218,68 @@ class StraceBackend(Backend):
         return ready
 
     def poll(self) -> Iterable[Event | ProcessEvent]:
-        return self._take()
+        ready = self._take()
+        self._check_leftovers()
+        return ready
 
-    def stop(self) -> Iterable[Event | ProcessEvent]:
+    def _check_leftovers(self) -> None:
+        """The command (strace's first tracee) has exited but strace has not: after the
+        grace period, stop strace so the run ends; the leftovers go on untraced."""
+        if self._detached_ns is not None or self._strace_pid is None \
+                or not self._parser.root_exited:
+            return
+        now = time.monotonic()
+        if self._root_exit_seen is None:
+            self._root_exit_seen = now
+        if now - self._root_exit_seen >= self._grace_s:
+            self._detach_leftovers()
+
+    def _detach_leftovers(self) -> None:
+        # strace ignores SIGTERM/SIGINT here (see command_prefix), and -I2, which would let
+        # it detach on SIGTERM, would also make it detach on a forwarded Ctrl-C. SIGKILL
+        # lets the kernel detach and resume every tracee (strace 6.1 sets no
+        # PTRACE_O_EXITKILL); strace flushes each line as it ends it, so all complete
+        # lines are already in the FIFO. The runner reaps strace only in its loop, before
+        # calling poll(): the pid cannot have been reused.
+        self._detached_ns = time.time_ns()
+        try:
+            os.kill(self._strace_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _drain(self) -> None:
+        """strace has exited: read and parse its output up to EOF."""
+        if self._drained:
+            return
+        self._drained = True
         if self._spare_wfd is not None:
             os.close(self._spare_wfd)
             self._spare_wfd = None
         if self._thread is not None:
-            # strace has exited (its tracee tree is gone), so EOF follows its last line.
+            # strace has exited (its tracee tree is gone, or it was stopped after the
+            # command exited), so EOF follows its last line.
             self._thread.join(_DRAIN_TIMEOUT_S)
             if self._thread.is_alive():  # an escaped writer (strace still running?)
                 self._truncated = True
                 self._abort.set()
                 self._thread.join()
+
+    def command_exit_code(self) -> int | None:
+        """The command's own status: strace's differs when it was stopped because of
+        leftover processes (or when strace itself failed)."""
+        if not self._parser.root_exited and self._thread is not None:
+            self._drain()  # the root's exit line may still be in the FIFO
+        return self._parser.root_status if self._parser.root_exited else None
+
+    def stop(self) -> Iterable[Event | ProcessEvent]:
+        self._drain()
         rest = self._take()
         finished = self._parser.finish()
         self._records += len(finished)
+        if self._detached_ns is not None:
+            root = self._parser.root_pid
+            self._leftovers = {pid: comm for pid, comm in
+                               sorted(self._parser.live_processes().items()) if pid != root}
         self._cleanup()
         return rest + finished
 
@@ -240,4 +299,25 @@ class StraceBackend(Backend):
             "unparsed_lines": stats.unparsed,
             "unresolved_sends": stats.unresolved_sends,
             "truncated": self._truncated,
+            "leftover_processes_detached": self._detached_ns is not None,
+            **self._leftover_stats(),
         }
+
+    def _leftover_stats(self) -> dict:
+        if self._detached_ns is None:
+            return {}
+        shown = ", ".join(f"{pid} ({comm})" if comm else str(pid)
+                          for pid, comm in list(self._leftovers.items())[:10])
+        more = len(self._leftovers) - 10
+        note = (f"the command exited but processes it started were still running "
+                f"{self._grace_s:g} s later ({shown or 'pids unknown'}"
+                f"{f', and {more} more' if more > 0 else ''}): strace was stopped and they "
+                "were left running untraced; their network activity after that is not in "
+                "this report")
+        if self._probe.seccomp_bpf:
+            note += ("; under --seccomp-bpf the system calls strace traced (connect, write, "
+                     "close, clone, execve, ...) now fail with ENOSYS in them")
+        return {"leftover_processes": [{"pid": pid, "comm": comm}
+                                       for pid, comm in self._leftovers.items()],
+                "leftover_detached_at_ns": self._detached_ns,
+                "notes": [note]}
