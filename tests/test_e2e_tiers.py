@@ -3,7 +3,6 @@ its services up (the others really stopped): every test passes exactly once."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess

@@ -171,6 +171,11 @@ def _run_traced_child(backend: EbpfBackend, srv: Servers
     _, status = os.waitpid(pid, 0)
     t_end = time.monotonic_ns()
     assert status == 0, "traced child failed (see captured stderr)"
+    return log, _records_until_exit(backend, pid), t_start, t_end
+
+
+def _records_until_exit(backend: EbpfBackend, pid: int) -> list:
+    """Poll until the exit of pid has come through the ring buffer (5 s at most)."""
     records, deadline = [], time.monotonic() + 5
     while time.monotonic() < deadline:
         records += backend.poll()
@@ -178,7 +183,7 @@ def _run_traced_child(backend: EbpfBackend, srv: Servers
                for r in records):
             break
         time.sleep(0.02)
-    return log, records, t_start, t_end
+    return records
 
 
 @_marked(*needs_ebpf)
@@ -340,14 +345,7 @@ def _traced_fork(backend: EbpfBackend, work) -> tuple[int, list]:
     os.write(go_w, b"x")
     _, status = os.waitpid(pid, 0)
     assert status == 0
-    records, deadline = [], time.monotonic() + 5
-    while time.monotonic() < deadline:
-        records += backend.poll()
-        if any(isinstance(r, ProcessEvent) and r.kind == "exit" and r.pid == pid
-               for r in records):
-            break
-        time.sleep(0.02)
-    return pid, records
+    return pid, _records_until_exit(backend, pid)
 
 
 @_marked(*needs_ebpf)

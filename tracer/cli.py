@@ -102,15 +102,21 @@ def doctor() -> None:
     sys.exit(0 if ok else 1)
 
 
+def _report_view(render, *args) -> None:
+    """Load a report, print render(report, *args); report errors exit 1 with one line."""
+    from svctrace.report import load_report
+    try:
+        click.echo(render(load_report(args[0]), *args[1:]))
+    except SvctraceError as exc:
+        _fail(exc, 1)
+
+
 @main.command()
 @click.argument("report", type=click.Path(dir_okay=False))
 def summary(report) -> None:
     """Print the summary of a report (as at the end of `svctrace run`)."""
-    from svctrace.report import format_summary, load_report
-    try:
-        click.echo(format_summary(load_report(report), report))
-    except SvctraceError as exc:
-        _fail(exc, 1)
+    from svctrace.report import format_summary
+    _report_view(lambda data: format_summary(data, report), report)
 
 
 @main.command()
@@ -124,11 +130,7 @@ def explain(report, nodeid) -> None:
       svctrace explain svctrace-report.json "tests/test_orders.py::test_save"
     """
     from svctrace.explain import explain_test
-    from svctrace.report import load_report
-    try:
-        click.echo(explain_test(load_report(report), nodeid))
-    except SvctraceError as exc:
-        _fail(exc, 1)
+    _report_view(explain_test, report, nodeid)
 
 
 @main.command()
@@ -136,19 +138,11 @@ def explain(report, nodeid) -> None:
 def drift(report) -> None:
     """Hidden dependencies (observed, not declared) and stale declarations, by file."""
     from svctrace.explain import drift_text
-    from svctrace.report import load_report
-    try:
-        text, found = drift_text(load_report(report))
-    except SvctraceError as exc:
-        _fail(exc, 1)
-    click.echo(text)
+    _report_view(lambda data: drift_text(data)[0], report)
 
 
 def _register_plan_commands() -> None:
-    try:
-        from svctrace.cli_plan import merge_command, tiers_command
-    except ImportError:  # pragma: no cover - only while the module is being written
-        return
+    from svctrace.cli_plan import merge_command, tiers_command
     main.add_command(merge_command, "merge")
     main.add_command(tiers_command, "tiers")
 

@@ -10,6 +10,7 @@ from svctrace import REPORT_SCHEMA
 from svctrace.config import load_config
 from svctrace.errors import SvctraceError
 from svctrace.merge import merge_reports
+from svctrace.jsonfile import write_atomic
 from svctrace.report import load_report, write_report
 from svctrace.tiers import (GRANULARITIES, markdown_summary, matrix, most_complete,
                             plan_tiers, time_saved_s, write_lists)
@@ -63,11 +64,9 @@ def merge_command(output: str, allow_mixed: bool, reports: tuple[str, ...]) -> N
 
 
 def _write_json(data: dict, path: str, compact: bool = False) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     # The matrix goes into $GITHUB_OUTPUT as `matrix=<json>`: it must be one line.
     text = json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=1)
-    target.write_text(text + "\n")
+    write_atomic(text + "\n", path)
 
 
 @click.command("tiers", epilog=f"""\b

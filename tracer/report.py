@@ -4,7 +4,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import tempfile
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -14,6 +13,7 @@ from svctrace.attribution import Attribution, Contact, TestRecord
 from svctrace.config import Config
 from svctrace.errors import SvctraceError
 from svctrace.events import TEST_PHASES, RunInfo
+from svctrace.jsonfile import read_versioned, write_atomic
 
 
 class ReportError(SvctraceError):
@@ -174,37 +174,11 @@ def summarize(report: dict, incidental: list | None = None) -> dict:
 
 def write_report(report: dict, path: str | os.PathLike) -> Path:
     """Write atomically: a reader never sees half a report, a crash never leaves one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(report, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
+    return write_atomic(json.dumps(report, indent=1) + "\n", path)
 
 
 def load_report(path: str | os.PathLike) -> dict:
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise ReportError(f"cannot read report {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ReportError(f"report {path} is not valid JSON: {exc}") from None
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if schema != REPORT_SCHEMA:
-        raise ReportError(f"report {path} has schema {schema!r}; this svctrace reads "
-                          f"{REPORT_SCHEMA!r}")
-    return data
+    return read_versioned(path, REPORT_SCHEMA, "report", ReportError)
 
 
 def format_summary(report: dict, path: str | None = None) -> str:

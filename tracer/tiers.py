@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import os
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 from svctrace import __version__
 from svctrace.config import Tier
 from svctrace.errors import SvctraceError
+from svctrace.jsonfile import read_versioned
 
 PLAN_SCHEMA = "svctrace-plan/1"
 GRANULARITIES = ("test", "class", "file")
@@ -121,17 +121,8 @@ def plan_tiers(report: dict, tiers: list[Tier], granularity: str = "test") -> di
 
 
 def load_plan(path: str | os.PathLike) -> dict:
-    try:
-        with open(path) as fh:
-            plan = json.load(fh)
-    except OSError as exc:
-        raise PlanError(f"cannot read plan {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise PlanError(f"plan {path} is not valid JSON: {exc}") from None
-    schema = plan.get("schema") if isinstance(plan, dict) else None
-    if schema != PLAN_SCHEMA:
-        raise PlanError(f"plan {path} has schema {schema!r}; this svctrace reads "
-                        f"{PLAN_SCHEMA!r} (write one with `svctrace tiers --plan-out`)")
+    plan = read_versioned(path, PLAN_SCHEMA, "plan", PlanError,
+                          "write one with `svctrace tiers --plan-out`")
     missing = [k for k in _PLAN_KEYS if k not in plan]
     if missing:
         raise PlanError(f"plan {path} lacks {', '.join(missing)}: write it again with "

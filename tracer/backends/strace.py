@@ -90,6 +90,9 @@ class StraceBackend(Backend):
 
     name = "strace"
     clock = "wall"
+    # Under sudo the runner must exec strace as root (ptrace of the user's processes, the
+    # root-owned FIFO): strace -u then runs the command as the invoking user.
+    drops_privileges = True
     blind_spots = (
         "processes not started under the traced command (already running daemons, "
         "services' own processes)",

@@ -1,6 +1,5 @@
 """Sample project for the tiers end-to-end test: each test fails if its services are down."""
 import os
-import socket
 
 import psycopg2
 import redis

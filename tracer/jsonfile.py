@@ -1,0 +1,46 @@
+"""Versioned JSON files (reports, plans): read with a schema check, write atomically (pure I/O)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from svctrace.errors import SvctraceError
+
+
+def read_versioned(path: str | os.PathLike, schema: str, kind: str,
+                   error: type[SvctraceError], hint: str = "") -> dict:
+    """Load a JSON object whose "schema" must equal `schema`; a mismatch is a hard, clear
+    error (coverage.py's rule for its data files)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise error(f"cannot read {kind} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise error(f"{kind} {path} is not valid JSON: {exc}") from None
+    found = data.get("schema") if isinstance(data, dict) else None
+    if found != schema:
+        raise error(f"{kind} {path} has schema {found!r}; this svctrace reads {schema!r}"
+                    + (f" ({hint})" if hint else ""))
+    return data
+
+
+def write_atomic(text: str, path: str | os.PathLike, mode: int = 0o644) -> Path:
+    """Write so that a reader never sees half a file and a crash never leaves one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return target
