@@ -107,7 +107,12 @@ BPF_PERCPU_ARRAY(counters, __u64, 3);
  * found by its socket. Over loopback the RST can even be processed inside connect()
  * itself, before it returns: that error waits in early_errors for sys_exit_connect. */
 BPF_TABLE("lru_hash", __u64, struct svct_event, inflight, 4096);
-BPF_TABLE("lru_hash", __u64, __s32, early_errors, 1024);
+struct early_error {
+	__s32 error;
+	__u32 _pad;
+	__u64 ts_ns; /* only an error after the connect's own start belongs to it */
+};
+BPF_TABLE("lru_hash", __u64, struct early_error, early_errors, 1024);
 BPF_TABLE("lru_hash", struct agg_key, struct agg, aggs, 16384);
 BPF_PERCPU_ARRAY(agg_scratch, struct agg, 1);
 BPF_ARRAY(epoch, __u64, 1);
@@ -352,13 +357,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	}
 	if (ret == -SVCT_EINPROGRESS && p->e.proto == SVCT_P_TCP && p->sk) {
 		__u64 key = p->sk;
-		__s32 *early = early_errors.lookup(&key);
-		if (early) {
+		struct early_error *early = early_errors.lookup(&key);
+		if (early && early->ts_ns >= p->e.ts_ns) {
 			e = reserve();
 			if (e) {
 				__builtin_memcpy(e, &p->e, sizeof(*e));
 				e->kind = SVCT_CONNECT_RESULT;
-				e->result = *early;
+				e->result = early->error;
 				submit(e);
 			}
 			early_errors.delete(&key);
@@ -394,10 +399,11 @@ static __always_inline void connect_failed(const void *sk)
 	bpf_probe_read_kernel(&error, sizeof(error), (const char *)sk + OFF_SK_ERR);
 	error = error > 0 ? -error : -SVCT_ECONNABORTED;
 	if (!pending) {
-		/* over loopback this runs inside the traced connect() itself (softirq on its
-		 * CPU), before it returns -EINPROGRESS: leave it for sys_exit_connect */
-		if (is_traced(current_tgid()))
-			early_errors.update(&key, &error);
+		/* over loopback this can run before the traced connect() returns -EINPROGRESS,
+		 * in its own softirq or in ksoftirqd (so the current task tells nothing): leave
+		 * it for sys_exit_connect, which takes it only if it is newer than the attempt */
+		struct early_error early = {.error = error, .ts_ns = bpf_ktime_get_ns()};
+		early_errors.update(&key, &early);
 		return;
 	}
 	e = reserve();

@@ -15,7 +15,6 @@ import time
 import uuid
 
 import pytest
-
 from svctrace.backends.base import RunContext
 from svctrace.backends.strace import LEFTOVER_GRACE_S, StraceBackend
 from svctrace.strace_parse import StraceParser

@@ -205,6 +205,8 @@ def format_summary(report: dict, path: str | None = None) -> str:
     for item in summary.get("incidental", []):
         lines.append(f"  baseline candidate: {item['service']} in {item['share']:.0%} of tests, "
                      f"only via {item['via']} (mark it baseline in [tool.svctrace] if not needed)")
+    for note in run.get("notes", []) + run.get("backend_stats", {}).get("notes", []):
+        lines.append(f"  note: {note}")
     for spot in run.get("blind_spots", []):
         lines.append(f"  blind spot: {spot}")
     return "\n".join(lines)

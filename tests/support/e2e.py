@@ -33,6 +33,7 @@ FULL = {
     "test_thread_talks_to_redis": {"call": ["redis"]},
     "test_kafka_refused": {"call": ["kafka"]},
     "test_kafka_mock_broker": {"call": ["kafka"]},
+    "test_kafka_inprocess_mock_is_not_a_service": {},
     "test_multiprocessing_fork": {"call": ["redis"]},
     "test_multiprocessing_spawn": {"call": ["redis"]},
     "test_outliving_process": {},
