@@ -168,3 +168,27 @@ def test_autouse_teardown_flush_is_flagged_as_baseline_candidate(suite):
     plain = report["tests"]["test_suite.py::test_plain[0]"]
     assert plain["services"] == ["redis"] and plain["needs"] == [] \
         and plain["baseline"] == ["redis"]
+
+
+def test_patch_sees_asyncio_transports():
+    import asyncio
+    seen = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    async def talk():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ping")
+        await writer.drain()
+        writer.close()
+
+    inprocess.install(seen.append)
+    try:
+        asyncio.run(talk())
+    finally:
+        inprocess.uninstall()
+        server.close()
+    assert [(e.kind, e.dest.port) for e in seen if e.dest.port == port] == [
+        ("connect", port), ("send", port)]
