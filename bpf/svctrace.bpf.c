@@ -359,7 +359,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 		__u64 key = p->sk;
 		struct early_error *early = early_errors.lookup(&key);
 		if (early && early->ts_ns >= p->e.ts_ns) {
-			e = reserve();
+			e = early->error ? reserve() : 0; /* 0: it succeeded, nothing to add */
 			if (e) {
 				__builtin_memcpy(e, &p->e, sizeof(*e));
 				e->kind = SVCT_CONNECT_RESULT;
@@ -388,6 +388,17 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 
 /* ---- TCP state: connect transport and late failures, listeners --------------------- */
 
+/* The attempt settled (error, or 0: established) before the traced connect() returned
+ * -EINPROGRESS: over loopback or a veth the handshake or the RST is processed in its own
+ * softirq or in ksoftirqd (so the current task tells nothing). sys_exit_connect takes it
+ * only if it is newer than the attempt. */
+static __always_inline void remember_early(__u64 key, __s32 error)
+{
+	struct early_error early = {.error = error, .ts_ns = bpf_ktime_get_ns()};
+
+	early_errors.update(&key, &early);
+}
+
 /* A SYN_SENT socket that closes failed to connect: refused (RST) or timed out. sk_err
  * is set before the state change (tcp_done_with_error), read at its BTF offset. */
 static __always_inline void connect_failed(const void *sk)
@@ -399,11 +410,7 @@ static __always_inline void connect_failed(const void *sk)
 	bpf_probe_read_kernel(&error, sizeof(error), (const char *)sk + OFF_SK_ERR);
 	error = error > 0 ? -error : -SVCT_ECONNABORTED;
 	if (!pending) {
-		/* over loopback this can run before the traced connect() returns -EINPROGRESS,
-		 * in its own softirq or in ksoftirqd (so the current task tells nothing): leave
-		 * it for sys_exit_connect, which takes it only if it is newer than the attempt */
-		struct early_error early = {.error = error, .ts_ns = bpf_ktime_get_ns()};
-		early_errors.update(&key, &early);
+		remember_early(key, error);
 		return;
 	}
 	e = reserve();
@@ -429,6 +436,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		__u64 key = (__u64)args->skaddr;
 		if (state == SVCT_TCP_CLOSE)
 			connect_failed(args->skaddr);
+		else if (!inflight.lookup(&key))
+			remember_early(key, 0); /* established before connect() returned */
 		else
 			inflight.delete(&key);
 		return 0;
@@ -440,8 +449,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	if (state == SVCT_TCP_SYN_SENT) {
 		p = connecting.lookup(&tid);
 		if (p) {
+			__u64 key = (__u64)args->skaddr;
 			p->e.proto = SVCT_P_TCP;
-			p->sk = (__u64)args->skaddr;
+			p->sk = key;
+			/* a socket address is reused after free: drop what an earlier one left */
+			inflight.delete(&key);
+			early_errors.delete(&key);
 		}
 		return 0;
 	}

@@ -101,6 +101,8 @@ class StraceBackend(Backend):
         "destination path)",
         "unix sockets connected by an untraced process and passed in (SCM_RIGHTS)",
         "socket I/O submitted through io_uring",
+        "the late outcome of a non-blocking connect (libpq, librdkafka): a refusal after "
+        "EINPROGRESS is not traced (getsockopt(SO_ERROR)), so it shows as 'in progress'",
     )
 
     @classmethod
