@@ -51,9 +51,9 @@ class Tracer:
         self.pid = os.getpid()
         self._starts: dict[tuple[str, str], int] = {}
 
-    def _safe(self, record) -> None:
+    def _safe(self, record, urgent: bool = True) -> None:
         try:
-            self.sink(record)
+            self.sink(record, urgent)
         except Exception as exc:  # degrade, never fail the test
             warnings.warn(f"svctrace: could not record {type(record).__name__}: {exc}")
 
@@ -69,8 +69,12 @@ class Tracer:
                           duration))
 
     def fixture(self, fixturedef, when: str, edge: str) -> None:
+        # Wider-scoped fixtures decide inheritance: their edges are written at once (for
+        # the eBPF backend a write is also a fold boundary). Function-scoped ones only
+        # name the fixture in evidence: they travel with the next phase marker.
         self._safe(FixtureMarker(time.monotonic_ns(), time.time_ns(), os.getpid(),
-                                 fixture_id(fixturedef), fixturedef.scope, when, edge))
+                                 fixture_id(fixturedef), fixturedef.scope, when, edge),
+                   urgent=fixturedef.scope != "function")
 
     def describe(self, item: pytest.Item) -> None:
         info = getattr(item, "_fixtureinfo", None)
@@ -83,7 +87,7 @@ class Tracer:
         path = item.nodeid.split("::")[0]
         self._safe(TestInfo(item.nodeid, tuple(sorted(fixtures)),
                             tuple(sorted({m.name for m in item.iter_markers()})), path,
-                            bases, self.worker))
+                            bases, self.worker), urgent=False)
 
     # -- hooks ---------------------------------------------------------------------------
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -1,6 +1,7 @@
 """Where the plugin's records go: the `svctrace run` pipe, or memory (standalone pytest)."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -8,6 +9,33 @@ import threading
 from svctrace import wire
 
 _BATCH = 3072  # below PIPE_BUF: one write of whole lines stays atomic
+
+
+class Folder:
+    """Folds the in-process backend's sends to one destination between two markers into
+    the first send and one "tail" record (the last send, count = the others): a tight
+    redis loop then costs one record per test phase, as with the eBPF backend."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple, list] = {}
+
+    def add(self, event) -> object | None:
+        """The event to record now, or None when it was folded."""
+        if event.kind != "send":
+            return event
+        key = (event.pid, event.dest, event.local_port)
+        slot = self._open.get(key)
+        if slot is None:
+            self._open[key] = [0, event]
+            return event
+        slot[0] += event.count
+        slot[1] = event
+        return None
+
+    def drain(self) -> list:
+        tails = [dataclasses.replace(last, count=n) for n, last in self._open.values() if n]
+        self._open.clear()
+        return tails
 
 
 class PipeSink:
@@ -27,29 +55,43 @@ class PipeSink:
         self._ids = itertools.count()
         self.pid = os.getpid()
         self._forked = False
+        self._folder = Folder()
         self.errors = 0
 
     def __call__(self, record, urgent: bool = True) -> None:
         if os.getpid() != self.pid:  # a forked child: its parent's buffer is not its own
             self._buffer, self._size, self.pid = [], 0, os.getpid()
-            self._forked = True
+            self._folder, self._forked = Folder(), True
         if self._forked:
             urgent = True  # a forked child may leave through os._exit(): never buffer
-        lines = wire.encode(record, f"{self.pid}-{next(self._ids)}")
         with self._lock:
-            for line in lines:
-                if self._size + len(line) > _BATCH:
-                    self._flush_locked()
-                self._buffer.append(line)
-                self._size += len(line)
+            if urgent:  # a phase edge: the sends folded before it are reported first
+                for tail in self._folder.drain():
+                    self._append_locked(tail)
+            self._append_locked(record)
             if urgent:
                 self._flush_locked()
 
+    def _append_locked(self, record) -> None:
+        for line in wire.encode(record, f"{self.pid}-{next(self._ids)}"):
+            if self._size + len(line) > _BATCH:
+                self._flush_locked()
+            self._buffer.append(line)
+            self._size += len(line)
+
     def event(self, record) -> None:
-        self(record, urgent=False)
+        if self._forked or os.getpid() != self.pid:
+            self(record)
+            return
+        with self._lock:
+            record = self._folder.add(record)
+        if record is not None:
+            self(record, urgent=False)
 
     def flush(self) -> None:
         with self._lock:
+            for tail in self._folder.drain():
+                self._append_locked(tail)
             self._flush_locked()
 
     def _flush_locked(self) -> None:
@@ -76,24 +118,34 @@ class MemorySink:
     def __init__(self) -> None:
         self.records: list = []
         self._lock = threading.Lock()
+        self._folder = Folder()
         self.pid = os.getpid()
 
     def __call__(self, record, urgent: bool = True) -> None:
         if os.getpid() != self.pid:
             return  # a forked child's memory is lost with it; the report says so
         with self._lock:
+            if urgent:
+                self.records.extend(self._folder.drain())
             self.records.append(record)
 
     def event(self, record) -> None:
-        self(record)
+        if os.getpid() != self.pid:
+            return
+        with self._lock:
+            record = self._folder.add(record)
+            if record is not None:
+                self.records.append(record)
 
     def flush(self) -> None:
-        pass
+        with self._lock:
+            self.records.extend(self._folder.drain())
 
     def close(self) -> None:
         pass
 
     def lines(self) -> list[str]:
         """Records as wire lines, for shipping from an xdist worker via workeroutput."""
+        self.flush()
         with self._lock:
             return [line.decode() for rec in self.records for line in wire.encode(rec)]

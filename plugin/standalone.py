@@ -45,6 +45,7 @@ class StandaloneReport:
             self.config.issue_config_time_warning(pytest.PytestWarning(f"svctrace: {exc}"), 2)
             return
         attributor = Attributor(cfg.service_map(), "mono", cfg.ignore_self_loopback)
+        self.tracer.sink.flush()
         for record in self.tracer.sink.records:
             attributor.add(record)
         decoder = wire.Decoder()

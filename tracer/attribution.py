@@ -15,6 +15,7 @@ events older than the watermark and forgets them, so memory stays bounded on lon
 from __future__ import annotations
 
 import bisect
+import collections
 import errno
 import ipaddress
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ class Attributor:
         self.cmdlines: dict[int, str] = {}
         self.comms: dict[int, str] = {}
         self.listeners: dict[int, set[int]] = {}
-        self.pending: list[Event] = []
+        self.pending: collections.deque[Event] = collections.deque()
         self.unattributed: dict[tuple[str, str], dict[str, Contact]] = {}
         self.counts = {"events": 0, "attributed": 0, "unattributed": 0, "noise": 0,
                        "self_loopback": 0, "markers": 0}
@@ -255,12 +256,15 @@ class Attributor:
     def flush(self, watermark: int | None = None) -> None:
         """Attribute pending events stamped before `watermark` (all when None)."""
         if watermark is None:
-            ready, self.pending = self.pending, []
-        else:
-            ready = [e for e in self.pending if (self._ts(e) or 0) < watermark]
-            self.pending = [e for e in self.pending if (self._ts(e) or 0) >= watermark]
-        for ev in ready:
-            self._attribute(ev)
+            ready, self.pending = self.pending, collections.deque()
+            for ev in ready:
+                self._attribute(ev)
+            return
+        # Events arrive nearly in time order: stop at the first one not old enough. One
+        # that arrived late behind it waits for a later flush, which is harmless.
+        pending, attr = self.pending, "mono_ns" if self.clock == "mono" else "wall_ns"
+        while pending and (getattr(pending[0], attr) or 0) < watermark:
+            self._attribute(pending.popleft())
 
     def finish(self) -> Attribution:
         self.flush(None)

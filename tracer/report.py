@@ -174,7 +174,9 @@ def summarize(report: dict, incidental: list | None = None) -> dict:
 
 def write_report(report: dict, path: str | os.PathLike) -> Path:
     """Write atomically: a reader never sees half a report, a crash never leaves one."""
-    return write_atomic(json.dumps(report, indent=1) + "\n", path)
+    # No indent: json's C encoder only runs without it (10x faster on large suites);
+    # `python -m json.tool` pretty-prints for a person.
+    return write_atomic(json.dumps(report, separators=(",", ":")) + "\n", path)
 
 
 def load_report(path: str | os.PathLike) -> dict:
