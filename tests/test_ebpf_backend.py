@@ -79,9 +79,9 @@ def _timed(log: dict, key: str, fn):
 
 
 def _marker_write() -> None:
-    """What the plugin's marker writes look like to the kernel (a line starting {"_":")."""
+    """What the plugin's marker writes look like to the kernel (a line starting RS "[")."""
     fd = os.open(os.devnull, os.O_WRONLY)
-    os.write(fd, b'{"_":"m"}\n')
+    os.write(fd, b'\x1e["m"]\n')
     os.close(fd)
 
 

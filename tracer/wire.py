@@ -1,9 +1,14 @@
-"""Line protocol of the marker pipe: records as JSON lines of at most PIPE_BUF bytes (pure).
+"""Line protocol of the marker pipe: records as short JSON arrays of at most PIPE_BUF bytes (pure).
 
 Writes of at most PIPE_BUF (4096) bytes to a pipe are atomic, so every process of the run
 (main pytest, xdist workers) can share one pipe. A record whose line would be longer (a
 huge nodeid, a test with hundreds of fixtures) is split into "chunk" lines that carry a
 per-process id; the reader reassembles them. Lines of one process arrive in order.
+
+A line is RS (0x1e), then a JSON array: the record's tag, then its fields in declaration
+order. Arrays, not objects: the plugin writes ~10 records per test and the runner reads
+them all, so both ends' cost matters. The RS prefix is what the eBPF program looks for to
+recognise a marker write (bpf/svctrace.bpf.c bump_epoch).
 """
 from __future__ import annotations
 
@@ -17,63 +22,59 @@ from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessE
                              TestInfo)
 
 PIPE_BUF = 4096
+PREFIX = b"\x1e["  # RS + the array's bracket: bump_epoch matches these two bytes
 _TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p"}
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (*_TAGS, Destination)}
+_TUPLES = {cls: tuple(i for i, name in enumerate(_FIELDS[cls])
+                      if name in ("fixtures", "markers", "bases", "cmdline")) for cls in _TAGS}
+_DEST_INDEX = _FIELDS[Event].index("dest")
 _CHUNK_DATA = 2900  # raw bytes per chunk: base64 makes 3868, plus the envelope < PIPE_BUF
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
 class ProtocolError(ValueError):
     """A line on the marker pipe is not a record svctrace wrote."""
 
 
-_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (*_TAGS, Destination)}
-
-
-def _to_dict(record) -> dict:
-    # "_" first: every line starts with {"_":" which the eBPF program recognises as a
-    # marker write (bpf/svctrace.bpf.c bump_epoch). Not dataclasses.asdict: its deep copy
-    # cost most of the plugin's time per marker.
-    data = {"_": _TAGS[type(record)]}
-    for name in _FIELDS[type(record)]:
-        data[name] = getattr(record, name)
+def _values(record) -> list:
+    values = [_TAGS[type(record)]]
+    values.extend(getattr(record, name) for name in _FIELDS[type(record)])
     if type(record) is Event:
         dest = record.dest
-        data["dest"] = {name: getattr(dest, name) for name in _FIELDS[Destination]}
-    return data
+        values[_DEST_INDEX + 1] = [dest.family, dest.transport, dest.address, dest.port]
+    return values
 
 
 def encode(record, chunk_id: str = "") -> list[bytes]:
     """Lines (each ending in a newline, each <= PIPE_BUF bytes) that carry one record.
 
     chunk_id must be unique per writing process (e.g. "<pid>-<counter>")."""
-    line = json.dumps(_to_dict(record), separators=(",", ":"), ensure_ascii=True) + "\n"
-    data = line.encode()
+    data = b"\x1e" + _dumps(_values(record)).encode() + b"\n"
     if len(data) <= PIPE_BUF:
         return [data]
-    body = data[:-1]
+    body = data[1:-1]
     pieces = [base64.b64encode(body[i:i + _CHUNK_DATA]).decode()
               for i in range(0, len(body), _CHUNK_DATA)]
     out = []
     for index, piece in enumerate(pieces):
-        chunk = {"_": "c", "id": chunk_id or f"{os.getpid()}", "i": index,
-                 "n": len(pieces), "d": piece}
-        encoded = (json.dumps(chunk, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+        chunk = ["c", chunk_id or f"{os.getpid()}", index, len(pieces), piece]
+        encoded = b"\x1e" + _dumps(chunk).encode() + b"\n"
         assert len(encoded) <= PIPE_BUF, "chunk envelope too large"
         out.append(encoded)
     return out
 
 
-def _from_dict(data: dict):
-    tag = data.pop("_", None)
-    cls = _TYPES.get(tag)
+def _record(values: list):
+    cls = _TYPES.get(values[0])
     if cls is None:
-        raise ProtocolError(f"unknown record type {tag!r}")
+        raise ProtocolError(f"unknown record type {values[0]!r}")
+    args = values[1:]
     if cls is Event:
-        data["dest"] = Destination(**data["dest"])
-    for key in ("fixtures", "markers", "bases", "cmdline"):
-        if key in data and isinstance(data[key], list):
-            data[key] = tuple(data[key])
-    return cls(**data)
+        args[_DEST_INDEX] = Destination(*args[_DEST_INDEX])
+    for index in _TUPLES[cls]:
+        args[index] = tuple(args[index])
+    return cls(*args)
 
 
 class Decoder:
@@ -93,22 +94,25 @@ class Decoder:
 
     def _line(self, raw: bytes) -> Iterator:
         try:
-            data = json.loads(raw.decode())  # str: skips json's encoding detection
-            if data.get("_") == "c":
-                whole = self._chunk(data)
+            if raw[:1] != b"\x1e":
+                raise ProtocolError("not a svctrace record")
+            values = json.loads(raw[1:].decode())  # str: skips json's encoding detection
+            if values[0] == "c":
+                whole = self._chunk(values)
                 if whole is None:
                     return
-                data = json.loads(whole)
-            yield _from_dict(data)
-        except (ValueError, TypeError, KeyError):
+                values = json.loads(whole)
+            yield _record(values)
+        except (ValueError, TypeError, KeyError, IndexError):
             self.bad_lines += 1
 
-    def _chunk(self, data: dict) -> str | None:
-        parts = self._chunks.setdefault(data["id"], [None] * data["n"])
-        parts[data["i"]] = data["d"]
+    def _chunk(self, values: list) -> str | None:
+        _, chunk_id, index, count, data = values
+        parts = self._chunks.setdefault(chunk_id, [None] * count)
+        parts[index] = data
         if any(part is None for part in parts):
             return None
-        del self._chunks[data["id"]]
+        del self._chunks[chunk_id]
         return b"".join(base64.b64decode(part) for part in parts).decode()
 
     def incomplete(self) -> int:

@@ -1,0 +1,1 @@
+"""svctrace's benchmark harness: `sudo .venv/bin/python -m benchmarks` (see harness.py)."""
