@@ -144,6 +144,7 @@ def load(path: str = str(VMLINUX)) -> Btf:
     return Btf(data)
 
 
+@lru_cache(maxsize=64)
 def member_offset(struct_name: str, path: str, btf_path: str = str(VMLINUX)) -> int:
     """Byte offset of struct_name.path in the running kernel (see Btf.member_offset)."""
     return load(btf_path).member_offset(struct_name, path)
