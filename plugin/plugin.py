@@ -16,6 +16,7 @@ from svctrace.events import FixtureMarker, Marker, TestInfo
 
 ENV_PIPE = "SVCTRACE_PIPE"
 ENV_BACKEND = "SVCTRACE_BACKEND"
+ENV_OWNER = "SVCTRACE_PIPE_OWNER"  # pid of the pytest process writing to the pipe
 STATE = pytest.StashKey["Tracer"]()
 
 
@@ -158,6 +159,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(select, "svctrace-select")
     pipe = os.environ.get(ENV_PIPE)
     report = config.getoption("svctrace_report") or None
+    if pipe and os.environ.get(ENV_OWNER) == str(os.getpid()):
+        # A pytest run inside a traced pytest process (pytester's in-process runs): the
+        # outer session owns the pipe; inner node ids would corrupt its windows.
+        pipe = None
+        if not report:
+            return
     if pipe:
         try:
             sink = PipeSink(pipe)
@@ -166,6 +173,7 @@ def pytest_configure(config: pytest.Config) -> None:
                           "tracing disabled for this process")
             return
         inprocess = os.environ.get(ENV_BACKEND) == "inprocess"
+        os.environ[ENV_OWNER] = str(os.getpid())
     elif report or hasattr(config, "workerinput") and config.workerinput.get("svctrace_report"):
         sink, inprocess = MemorySink(), True
     else:
@@ -209,6 +217,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     except Exception:
         pass
     del config.stash[STATE]
+    if os.environ.get(ENV_OWNER) == str(os.getpid()) and tracer.sink.__class__ is PipeSink:
+        del os.environ[ENV_OWNER]
 
 
 def is_enabled(config: pytest.Config) -> bool:

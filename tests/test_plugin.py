@@ -192,3 +192,22 @@ def test_patch_sees_asyncio_transports():
         server.close()
     assert [(e.kind, e.dest.port) for e in seen if e.dest.port == port] == [
         ("connect", port), ("send", port)]
+
+
+def test_a_pytest_run_inside_a_traced_pytest_process_leaves_the_pipe_alone(pytester):
+    """pytester's in-process runs must not write their node ids into the outer run's pipe."""
+    pytester.makepyfile(test_outer='''
+import os
+def test_inner_run(pytester):
+    pytester.makepyfile(test_inner="def test_x():\\n    pass\\n")
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert os.environ["SVCTRACE_PIPE_OWNER"] == str(os.getpid())
+''')
+    import subprocess
+    proc = subprocess.run(SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--",
+                                      sys.executable, "-m", "pytest", "-q", "-p", "pytester",
+                                      "-p", "no:cacheprovider", "test_outer.py"],
+                          cwd=pytester.path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((pytester.path / "r.json").read_text())
+    assert list(report["tests"]) == ["test_outer.py::test_inner_run"]
