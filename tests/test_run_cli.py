@@ -162,3 +162,16 @@ def test_explicit_unusable_backend_is_a_clear_usage_error(tmp_path):
         "svctrace: error: can't use backend=ebpf: the ebpf backend needs root with "
         "CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) to load programs and read tracefs: "
         "run svctrace with sudo"]
+
+
+@pytest.mark.parametrize("command,expected", [("exit 0", 3), ("exit 4", 4)])
+def test_unwritable_report_is_one_sentence_and_keeps_a_failing_status(tmp_path, command,
+                                                                        expected):
+    missing = tmp_path / "file"
+    missing.write_text("a file, not a folder")
+    proc = svctrace("run", "-b", "inprocess", "-o", str(missing / "r.json"), "--", "sh", "-c",
+                    command, cwd=tmp_path)
+    assert proc.returncode == expected
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"svctrace: error: cannot write the report to {missing / 'r.json'}")
+    assert "Traceback" not in proc.stderr

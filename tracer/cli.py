@@ -85,6 +85,9 @@ def run(backend, report_path, as_root, config_path, progress, quiet, command) ->
             click.echo(f"svctrace: error: {exc}", err=True)
             sys.exit(EXIT_INTERNAL if getattr(runner, "pid", 0) else EXIT_USAGE)
         raise
+    if runner.write_error:
+        click.echo(f"svctrace: error: {runner.write_error}", err=True)
+        sys.exit(code or EXIT_INTERNAL)
     if runner.report is not None and not quiet:
         click.echo(format_summary(runner.report, runner.report_path), err=True)
     sys.exit(code)

@@ -155,6 +155,7 @@ class Run:
         self.attributor = Attributor(cfg.service_map(), cls.clock, cfg.ignore_self_loopback)
         self.notes: list[str] = []
         self.report: dict | None = None
+        self.write_error: str | None = None
         self._tracing = True
         self._signals: list[int] = []
         self._cmdline_seen: set[int] = set()
@@ -332,7 +333,12 @@ class Run:
                                   "ran_as": self.ident.user or pwd.getpwuid(os.geteuid())[0],
                                   "notes": self.notes})
         self.report = build_report(self.attributor.finish(), run, self.cfg, stats)
-        path = write_report(self.report, self.report_path)
+        try:
+            path = write_report(self.report, self.report_path)
+        except OSError as exc:
+            # The command has run: keep its exit status; the CLI reports this separately.
+            self.write_error = f"cannot write the report to {self.report_path}: {exc.strerror}"
+            return
         if self.ident.drops:
             try:
                 os.chown(path, self.ident.uid, self.ident.gid)  # the user's report, not root's
