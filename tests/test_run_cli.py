@@ -175,3 +175,46 @@ def test_unwritable_report_is_one_sentence_and_keeps_a_failing_status(tmp_path, 
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"svctrace: error: cannot write the report to {missing / 'r.json'}")
     assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_at_a_terminal_interrupts_pytest_once_and_leaves_a_report(tmp_path):
+    """A real terminal: Ctrl-C goes to the foreground process group, which svctrace hands
+    to the command, as a shell would."""
+    import fcntl
+    import pty
+    import termios
+    flag = tmp_path / "started"
+    (tmp_path / "test_slow.py").write_text(SLOW_SUITE.format(port=9, flag=str(flag)))
+    master, slave = pty.openpty()
+
+    def controlling_tty():  # runs after setsid (start_new_session): adopt the pty
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--",
+                                        sys.executable, "-m", "pytest", "-q",
+                                        "-p", "no:cacheprovider", "test_slow.py"],
+                            cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, preexec_fn=controlling_tty)
+    os.close(slave)
+    deadline = time.monotonic() + 60
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), "the slow test never started"
+    os.write(master, b"\x03")  # the terminal's interrupt character
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: every process let go of the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(60) == 2, output.decode(errors="replace")
+    os.close(master)
+    text = output.decode(errors="replace")
+    assert "KeyboardInterrupt" in text
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["tests"]["test_slow.py::test_first"]["services"] == ["tcp:127.0.0.1:9"]
+    assert report["tests"]["test_slow.py::test_slow"]["outcome"] in ("interrupted", "failed")
+    assert not any("SIGINT" in note for note in report["run"]["notes"])  # not sent to svctrace
