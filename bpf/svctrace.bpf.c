@@ -479,20 +479,26 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 
 /* ---- sends --------------------------------------------------------------------------- */
 
-static __always_inline int save_send(__u32 fd, const void *uarg, __u32 addrlen, __u32 how)
+/* Remember how the current syscall names its destination; the caller checked `traced`. */
+static __always_inline int store_send(__u32 fd, const void *uarg, __u32 addrlen, __u32 how)
 {
 	__u32 tid = current_tid();
 	struct send_ctx sc = {.uarg = (__u64)uarg, .fd = fd, .addrlen = addrlen, .how = how};
 	struct send_ctx *slot;
 
-	if (!is_traced(current_tgid()))
-		return 0;
 	slot = sending.lookup(&tid);
 	if (slot)
 		*slot = sc; /* only this thread writes its slot */
 	else
 		sending.update(&tid, &sc);
 	return 0;
+}
+
+static __always_inline int save_send(__u32 fd, const void *uarg, __u32 addrlen, __u32 how)
+{
+	if (!is_traced(current_tgid()))
+		return 0;
+	return store_send(fd, uarg, addrlen, how);
 }
 
 static __always_inline int forget_send(void)
@@ -529,7 +535,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_write)
 	if (!is_traced(current_tgid()))
 		return 0;
 	bump_epoch((const char *)args->buf, args->count);
-	return save_send(args->fd, 0, 0, HOW_FD);
+	return store_send(args->fd, 0, 0, HOW_FD); /* traced: checked once per write */
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_write) { return forget_send(); }
 TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return save_send(args->fd, 0, 0, HOW_FD); }

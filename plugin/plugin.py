@@ -80,7 +80,7 @@ class Tracer:
     def describe(self, item: pytest.Item) -> None:
         info = getattr(item, "_fixtureinfo", None)
         fixtures = []
-        for argname, defs in (info.name2fixturedefs.items() if info else ()):
+        for defs in (info.name2fixturedefs.values() if info else ()):
             if defs:
                 fixtures.append(fixture_id(defs[-1]))
         cls = getattr(item, "cls", None)

@@ -3,15 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from svctrace.backends import availability
 from tests.support import e2e
-
-AVAILABLE = availability()
-
-
-def needs(backend: str):
-    reason = AVAILABLE.get(backend)
-    return pytest.mark.skipif(reason is not None, reason=f"{backend} backend unusable: {reason}")
+from tests.support.backends import needs_backend as needs
 
 
 def _check(report: dict, backend: str) -> None:

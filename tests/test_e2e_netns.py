@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from svctrace.backends import availability
 from tests.support import e2e
+from tests.support.backends import backend_marks
 from tests.support.netns import free_subnet, leftovers, missing_privileges, service_host
 
 SUITE = Path(__file__).resolve().parent / "suites" / "netns"
 APP, METRICS = 8080, 9999
-AVAILABLE = availability()
 pytestmark = pytest.mark.skipif(missing_privileges() is not None,
                                 reason=str(missing_privileges()))
 
@@ -68,15 +67,9 @@ def reports(netns_suite):
     return get
 
 
-def _backends(**xfail: str):
-    out = []
-    for name in ("ebpf", "strace", "inprocess"):
-        marks = [pytest.mark.skipif(AVAILABLE.get(name) is not None,
-                                    reason=f"{name} backend unusable: {AVAILABLE.get(name)}")]
-        if name in xfail:
-            marks.append(pytest.mark.xfail(strict=True, reason=xfail[name]))
-        out.append(pytest.param(name, marks=marks))
-    return pytest.mark.parametrize("backend", out)
+def _backends():
+    return pytest.mark.parametrize("backend", [pytest.param(name, marks=backend_marks(name))
+                                               for name in ("ebpf", "strace", "inprocess")])
 
 
 @_backends()

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from svctrace.backends import availability
 from tests.support import e2e
+from tests.support.backends import AVAILABLE, BEST
 from tests.support.services import kafka_mock_cluster
 
 SUITE = Path(__file__).parent / "suites" / "tiered"
-BEST = next(name for name, reason in availability().items() if reason is None)
 pytestmark = pytest.mark.skipif(
     BEST == "inprocess", reason="classifying needs a backend that sees libpq and librdkafka "
-                                f"(ebpf or strace); here: {availability()}")
+                                f"(ebpf or strace); here: {AVAILABLE}")
 TIERS = """
 [[tool.svctrace.tiers]]
 name = "pg"

@@ -16,19 +16,10 @@ import pytest
 from svctrace.backends.base import RunContext
 from svctrace.backends.ebpf import _EVENT, EbpfBackend, decode, diagnose
 from svctrace.events import Destination, Event, ProcessEvent
+from tests.support.backends import needs_backend
 
-UNAVAILABLE = EbpfBackend.unavailable_reason()
 # Only the kernel tests need the capability; decoding is pure and runs everywhere.
-needs_ebpf = [pytest.mark.ebpf,
-              pytest.mark.skipif(UNAVAILABLE is not None, reason=f"ebpf: {UNAVAILABLE}")]
-
-
-def _marked(*marks):
-    def apply(fn):
-        for mark in marks:
-            fn = mark(fn)
-        return fn
-    return apply
+needs_ebpf = needs_backend("ebpf")
 
 THREAD_NAME = "svct-sender"
 PR_SET_NAME = 15
@@ -186,7 +177,7 @@ def _records_until_exit(backend: EbpfBackend, pid: int) -> list:
     return records
 
 
-@_marked(*needs_ebpf)
+@needs_ebpf
 def test_traces_the_child_tree_exactly(backend: EbpfBackend, tmp_path: Path) -> None:
     srv = Servers(tmp_path)
     unknown_before = backend.stats()["sends_unknown_dest"]
@@ -255,7 +246,7 @@ def test_traces_the_child_tree_exactly(backend: EbpfBackend, tmp_path: Path) -> 
     assert stats["events"] >= len(records)
 
 
-@_marked(*needs_ebpf)
+@needs_ebpf
 def test_lost_events_are_counted(tmp_path: Path) -> None:
     """A one-page ring buffer that nobody drains overflows; the loss is counted, not hidden."""
     small = EbpfBackend()
@@ -287,14 +278,14 @@ def test_lost_events_are_counted(tmp_path: Path) -> None:
         small.stop()
 
 
-@_marked(*needs_ebpf)
+@needs_ebpf
 def test_doctor_compiles_and_loads() -> None:
     results = diagnose()
     assert all(ok for _name, ok, _detail in results), results
     assert results[-1][0] == "compile+load"
 
 
-@_marked(*needs_ebpf)
+@needs_ebpf
 def test_unavailable_reason_is_cheap() -> None:
     start = time.monotonic()
     assert EbpfBackend.unavailable_reason() is None
@@ -348,7 +339,7 @@ def _traced_fork(backend: EbpfBackend, work) -> tuple[int, list]:
     return pid, _records_until_exit(backend, pid)
 
 
-@_marked(*needs_ebpf)
+@needs_ebpf
 def test_sends_between_marker_writes_are_folded_with_exact_counts(tmp_path: Path) -> None:
     """A tight loop costs one record per socket and epoch; the tail keeps count and time."""
     tracer = EbpfBackend()
@@ -381,7 +372,7 @@ def test_sends_between_marker_writes_are_folded_with_exact_counts(tmp_path: Path
     assert tracer.stats()["lost_events"] == 0
 
 
-@_marked(*needs_ebpf)
+@needs_ebpf
 def test_refused_nonblocking_connect_reports_its_late_failure(tmp_path: Path) -> None:
     """libpq and librdkafka connect non-blocking: -EINPROGRESS now, ECONNREFUSED later."""
     closed = socket.socket()

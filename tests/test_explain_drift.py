@@ -5,10 +5,9 @@ import subprocess
 
 import pytest
 
-from svctrace.backends import availability
 from tests.support import e2e
+from tests.support.backends import BEST
 
-BEST = next(name for name, reason in availability().items() if reason is None)
 DECLARE = """
 [tool.svctrace.declare.fixtures]
 pg_in_setup = ["postgres"]

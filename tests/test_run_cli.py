@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import os
 import signal
@@ -131,7 +132,11 @@ def test_doctor_names_every_backend(tmp_path):
     proc = svctrace("doctor", cwd=tmp_path)
     names = [line.split()[0] for line in proc.stdout.splitlines() if not line.startswith(" ")]
     assert names[:3] == ["ebpf", "strace", "inprocess"]
-    assert all("usable" in line for line in proc.stdout.splitlines()[:3])
+    # "NOT usable" contains "usable": check each verdict's whole form, and the exit status
+    lines = proc.stdout.splitlines()[:3]
+    assert all(re.fullmatch(r"\S+ +(usable|NOT usable: .+)", line) for line in lines), lines
+    ebpf_usable = lines[0].endswith(" usable")
+    assert proc.returncode == (0 if ebpf_usable else 1)
 
 
 @pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv"),

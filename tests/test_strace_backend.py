@@ -15,11 +15,9 @@ import pytest
 from svctrace.backends.base import RunContext
 from svctrace.backends.strace import StraceBackend
 from svctrace.events import Destination, Event, ProcessEvent
+from tests.support.backends import backend_marks
 
-REASON = StraceBackend.unavailable_reason()
-HAS_STRACE = REASON is None
-pytestmark = [pytest.mark.strace,
-              pytest.mark.skipif(not HAS_STRACE, reason=f"strace backend unusable: {REASON}")]
+pytestmark = backend_marks("strace")
 
 PROGRAM = r"""
 import json, os, socket, sys, threading, time

@@ -18,11 +18,10 @@ import pytest
 from svctrace.backends.base import RunContext
 from svctrace.backends.strace import LEFTOVER_GRACE_S, StraceBackend
 from svctrace.strace_parse import StraceParser
+from tests.support.backends import needs_backend
+from tests.support.e2e import SVCTRACE
 
-REASON = StraceBackend.unavailable_reason()
-needs_strace = pytest.mark.skipif(REASON is not None,
-                                  reason=f"strace backend unusable: {REASON}")
-SVCTRACE = [sys.executable, "-m", "svctrace"]
+needs_strace = needs_backend("strace")
 
 
 def unique_seconds() -> str:

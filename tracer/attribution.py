@@ -19,6 +19,7 @@ import collections
 import errno
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Callable
 
 from svctrace.events import (TEST_PHASES, Event, FixtureMarker, Marker, ProcessEvent,
                              TestInfo)
@@ -78,13 +79,15 @@ class Contact:
     first: dict | None = None
     first_ts: int | None = None
 
-    def add(self, ev: Event, ts: int, first: dict, fixture: str | None) -> None:
+    def add(self, ev: Event, ts: int, evidence: Callable[[], dict], fixture: str | None
+            ) -> None:
+        """Count ev; evidence() describes it and is only called when ev is the first."""
         if ev.kind == "connect_result":
             # the later failure of a connect already counted (same time and thread)
             if ev.result < 0:
                 self.failed_connects += 1
                 if self.first and self.first_ts == ts and self.first["kind"] == "connect":
-                    self.first["result"] = first["result"]
+                    self.first["result"] = result_text(ev.kind, ev.result)
             return
         if ev.kind == "connect":
             self.connects += 1
@@ -103,7 +106,7 @@ class Contact:
         else:
             self.outside_fixtures = True
         if self.first_ts is None or ts < self.first_ts:
-            self.first_ts, self.first = ts, first
+            self.first_ts, self.first = ts, evidence()
 
     def merge(self, other: "Contact") -> None:
         self.connects += other.connects
@@ -298,6 +301,13 @@ class Attributor:
                 return False
         return False
 
+    def _started_in(self, owner: int, child: int) -> Window | None:
+        """The test window of `owner` in which the subprocess branch `child` was forked."""
+        fork_ts = self.parents.get(child, (0, None))[1]
+        if child == owner or fork_ts is None:
+            return None
+        return self._window(self.windows.get(owner, []), fork_ts)[0]
+
     def _window(self, bucket: list[Window], ts: int) -> tuple[Window | None, Window | None]:
         """(window containing ts, the last window that started before ts)."""
         index = bisect.bisect_right(bucket, ts, key=_start) - 1
@@ -332,39 +342,29 @@ class Attributor:
         owner, child = self._owner(ev.pid)
         if owner is None:
             self._unattributed("not-under-pytest", "process outside the pytest tree",
-                               service, ev, ts, None)
+                               service, ev, ts)
             return
         window, previous = self._window(self.windows.get(owner, []), ts)
-        if window is not None and child != owner and ev.pid != owner:
-            fork_ts = self.parents.get(child, (0, None))[1]
-            started_in, _ = self._window(self.windows.get(owner, []), fork_ts or 0)
-            if fork_ts is not None and started_in is not None and started_in.nodeid != window.nodeid:
-                self._unattributed("outlived-test",
-                                   f"process started in {started_in.nodeid}", service, ev, ts, None)
-                return
+        started = self._started_in(owner, child) if ev.pid != owner else None
+        if started is not None and (window is None or started.nodeid != window.nodeid):
+            self._unattributed("outlived-test", f"process started in {started.nodeid}",
+                               service, ev, ts)
+            return
         if window is None:
-            if child != owner and ev.pid != owner:
-                fork_ts = self.parents.get(child, (0, None))[1]
-                started_in, _ = self._window(self.windows.get(owner, []), fork_ts or 0)
-                if started_in is not None:
-                    self._unattributed("outlived-test", f"process started in {started_in.nodeid}",
-                                       service, ev, ts, None)
-                    return
             self._outside_tests(owner, ts, previous, service, ev)
             return
         fixture, scope = self._fixture_at(owner, ts)
-        evidence = self._evidence(ev, window, ts)
         if fixture and scope and scope != "function":
             # A class/module/session fixture serves every test that requests it, not the
             # test it happens to run in (the last test gets the session teardown): charge it
             # to the fixture; the report lists it as inherited by each dependent test.
-            evidence["test"] = window.nodeid
-            self.fixture_services.setdefault(fixture, {}).setdefault(
-                service, Contact()).add(ev, ts, evidence, fixture)
+            self.fixture_services.setdefault(fixture, {}).setdefault(service, Contact()).add(
+                ev, ts, lambda: {**self._evidence(ev, window, ts), "test": window.nodeid},
+                fixture)
         else:
             test = self._test(window.nodeid)
-            test.phases[window.phase].setdefault(service, Contact()).add(ev, ts, evidence,
-                                                                         fixture)
+            test.phases[window.phase].setdefault(service, Contact()).add(
+                ev, ts, lambda: self._evidence(ev, window, ts), fixture)
         self.counts["attributed"] += 1
 
     def _outside_tests(self, owner: int, ts: int, previous: Window | None, service: str,
@@ -379,12 +379,13 @@ class Attributor:
             reason, detail = "session", "session start, before the first test"
         else:
             reason, detail = "outside-session", "before pytest's session started"
-        self._unattributed(reason, detail, service, ev, ts, None)
+        self._unattributed(reason, detail, service, ev, ts)
 
-    def _unattributed(self, reason: str, detail: str, service: str, ev: Event, ts: int,
-                      window: Window | None) -> None:
+    def _unattributed(self, reason: str, detail: str, service: str, ev: Event, ts: int
+                      ) -> None:
         bucket = self.unattributed.setdefault((reason, detail), {})
-        bucket.setdefault(service, Contact()).add(ev, ts, self._evidence(ev, window, ts), None)
+        bucket.setdefault(service, Contact()).add(ev, ts, lambda: self._evidence(ev, None, ts),
+                                                  None)
         self.counts["unattributed"] += 1
 
     def _evidence(self, ev: Event, window: Window | None, ts: int) -> dict:

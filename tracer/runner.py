@@ -213,7 +213,7 @@ class Run:
         try:
             self.backend.prepare(ctx)
             argv = self.backend.wrap_command(list(self.command))
-            drops_itself = getattr(self.backend, "drops_privileges", False)
+            drops_itself = self.backend.drops_privileges
             env = child_environment(self.ident, pipe.path, self.backend.name)
             gate_r, gate_w = os.pipe()
             pid = os.fork()

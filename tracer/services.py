@@ -132,7 +132,7 @@ class ServiceMap:
     def __init__(self, user: dict[str, list[str]] | None = None,
                  ignore: list[str] | None = None, use_defaults: bool = True) -> None:
         self.rules: list[Rule] = []
-        for group, source in ((0, user or {}), (1, DEFAULT_SERVICES if use_defaults else {})):
+        for source in (user or {}, DEFAULT_SERVICES if use_defaults else {}):
             rules = [parse_rule(name, spec) for name, specs in source.items() for spec in specs]
             rules.sort(key=lambda r: -r.specificity)  # stable: config order within a level
             self.rules.extend(rules)

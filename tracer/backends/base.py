@@ -38,6 +38,9 @@ class Backend:
     name: ClassVar[str] = "?"
     clock: ClassVar[str] = "mono"  # which timestamp of Event/ProcessEvent it fills
     blind_spots: ClassVar[tuple[str, ...]] = ()
+    # True when the wrapper the backend runs (strace -u) switches to ctx.run_uid itself, so
+    # the runner must start it with its own privileges.
+    drops_privileges: ClassVar[bool] = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

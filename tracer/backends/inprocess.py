@@ -204,7 +204,7 @@ def uninstall() -> None:
     """Restore the real socket methods."""
     with _lock:
         _state["sink"] = None
-        for name, real in _REAL.items():
+        for name in _REAL:
             # The real ones are inherited from _socket.socket: deleting our override
             # restores exactly the original lookup.
             if name in socket.socket.__dict__:
