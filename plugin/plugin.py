@@ -12,11 +12,9 @@ import warnings
 import pytest
 
 from pytest_svctrace.sinks import MemorySink, PipeSink
+from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE
 from svctrace.events import FixtureMarker, Marker, TestInfo
 
-ENV_PIPE = "SVCTRACE_PIPE"
-ENV_BACKEND = "SVCTRACE_BACKEND"
-ENV_OWNER = "SVCTRACE_PIPE_OWNER"  # pid of the pytest process writing to the pipe
 STATE = pytest.StashKey["Tracer"]()
 
 

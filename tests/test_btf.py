@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from svctrace import btf
+from svctrace.backends import btf
 
 HAS_VMLINUX_BTF = btf.VMLINUX.exists()
 

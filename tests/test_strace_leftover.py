@@ -17,7 +17,7 @@ import uuid
 import pytest
 from svctrace.backends.base import RunContext
 from svctrace.backends.strace import LEFTOVER_GRACE_S, StraceBackend
-from svctrace.strace_parse import StraceParser
+from svctrace.backends.strace_parse import StraceParser
 from tests.support.backends import needs_backend
 from tests.support.e2e import SVCTRACE
 

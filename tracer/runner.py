@@ -17,6 +17,7 @@ from svctrace.attribution import Attributor
 from svctrace.backends import select_backend
 from svctrace.backends.base import Backend, RunContext
 from svctrace.config import Config
+from svctrace.contract import ENV_BACKEND, ENV_PIPE
 from svctrace.events import Event, ProcessEvent, RunInfo
 from svctrace.report import build_report, write_report
 
@@ -60,8 +61,8 @@ def invoking_identity(as_root: bool) -> Identity:
 
 def child_environment(ident: Identity, pipe: str, backend: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["SVCTRACE_PIPE"] = pipe
-    env["SVCTRACE_BACKEND"] = backend
+    env[ENV_PIPE] = pipe
+    env[ENV_BACKEND] = backend
     if ident.drops:
         env.update({"HOME": ident.home or "/", "USER": ident.user or str(ident.uid),
                     "LOGNAME": ident.user or str(ident.uid)})

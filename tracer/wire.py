@@ -22,7 +22,6 @@ from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessE
                              TestInfo)
 
 PIPE_BUF = 4096
-PREFIX = b"\x1e["  # RS + the array's bracket: bump_epoch matches these two bytes
 _TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p"}
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (*_TAGS, Destination)}

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import ClassVar
 
-from svctrace import btf
+from svctrace.backends import btf
 from svctrace.backends.base import Backend, BackendFailed, BackendUnavailable, RunContext
 from svctrace.events import Destination, Event, ProcessEvent
 

@@ -17,7 +17,7 @@ from typing import Iterable
 
 from svctrace.backends.base import Backend, BackendUnavailable, RunContext
 from svctrace.events import Event, ProcessEvent
-from svctrace.strace_parse import StraceParser
+from svctrace.backends.strace_parse import StraceParser
 
 # Every syscall that can put bytes on a socket (the send paths of sock:sock_send_length),
 # plus what the parser needs to know where they go and who made them. "?" lets strace

@@ -1,0 +1,14 @@
+"""The runner/plugin contract: environment variables `svctrace run` sets for the command (pure).
+
+The runner and the pytest plugin both import these names; neither spells them itself.
+"""
+from __future__ import annotations
+
+# Path of the marker FIFO every pytest process of the run writes to (wire.py records).
+ENV_PIPE = "SVCTRACE_PIPE"
+# The backend that runs ("ebpf", "strace", "inprocess"): inprocess makes the plugin patch.
+ENV_BACKEND = "SVCTRACE_BACKEND"
+# Pid of the pytest process that owns the pipe. A pytest started below it that is not one
+# of its xdist workers (pytester's runpytest_subprocess, a test that runs pytest) leaves the
+# pipe alone: its node ids are not the run's.
+ENV_OWNER = "SVCTRACE_PIPE_OWNER"
