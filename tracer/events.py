@@ -67,7 +67,9 @@ class Event:
 @dataclass(frozen=True, slots=True)
 class ProcessEvent:
     """Process lifecycle from a backend: kind "fork" (pid is the child, ppid the parent),
-    "exec" (pid now runs comm/cmdline) or "exit"."""
+    "exec" (pid now runs comm/cmdline), "exit", or "thread": a new thread `tid` was born in
+    process `pid`, created by thread `ppid`. A reused pid or tid is always announced by a
+    new fork or thread record, which replaces what was known of the old one."""
 
     kind: str
     mono_ns: int | None
@@ -76,6 +78,7 @@ class ProcessEvent:
     ppid: int = 0
     comm: str = ""
     cmdline: tuple[str, ...] = ()
+    tid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
