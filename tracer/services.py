@@ -46,16 +46,13 @@ class Rule:
     transport: str | None = None  # "tcp" | "udp" | None (either)
 
     @property
-    def specificity(self) -> int:
-        """host:port beats CIDR:port beats port beats CIDR alone."""
-        if self.unix_glob is not None:
-            return 3
-        host = 0 if self.network is None else (2 if self._single_host else 1)
-        return host * 2 + (1 if self.ports else 0)
-
-    @property
-    def _single_host(self) -> bool:
-        return self.network is not None and self.network.num_addresses == 1
+    def specificity(self) -> tuple:
+        """Sort key, larger first: rules with a port (host:port, then CIDR:port, then port
+        alone) before rules without one (CIDR alone); then the narrower network, the
+        narrower port range, and a rule tied to a transport."""
+        prefix = self.network.prefixlen if self.network is not None else -1
+        width = self.ports[1] - self.ports[0] if self.ports else 0
+        return (self.ports is not None, prefix, -width, self.transport is not None)
 
     def matches(self, dest: Destination) -> bool:
         if self.unix_glob is not None:
@@ -134,7 +131,7 @@ class ServiceMap:
         self.rules: list[Rule] = []
         for source in (user or {}, DEFAULT_SERVICES if use_defaults else {}):
             rules = [parse_rule(name, spec) for name, specs in source.items() for spec in specs]
-            rules.sort(key=lambda r: -r.specificity)  # stable: config order within a level
+            rules.sort(key=lambda r: r.specificity, reverse=True)  # stable: config order on ties
             self.rules.extend(rules)
         specs = list(DEFAULT_IGNORE if use_defaults else ()) + list(ignore or ())
         self.ignore = [parse_rule("(ignored)", spec) for spec in specs]
