@@ -39,6 +39,32 @@ def fixture_id(fixturedef) -> str:
     return f"{fixturedef.baseid}::{fixturedef.argname}"
 
 
+def phase_outcome(report: pytest.TestReport) -> str:
+    """passed | failed | skipped | xfailed | xpassed: pytest's own reading of one phase
+    (a strict XPASS is already "failed" in the report)."""
+    if hasattr(report, "wasxfail"):
+        if report.skipped:
+            return "xfailed"
+        if report.passed:
+            return "xpassed"
+    return report.outcome
+
+
+def _guess(exc: BaseException | None) -> str:
+    if exc is None:
+        return "passed"
+    if isinstance(exc, pytest.xfail.Exception):
+        return "xfailed"
+    return "skipped" if isinstance(exc, pytest.skip.Exception) else "failed"
+
+
+def _reraised(config: pytest.Config, exc: BaseException | None) -> bool:
+    """Whether pytest lets exc escape the test protocol unreported (its runner's rule)."""
+    if isinstance(exc, pytest.exit.Exception):
+        return True
+    return isinstance(exc, KeyboardInterrupt) and not config.getoption("usepdb", False)
+
+
 class Tracer:
     """Writes markers (and, for the in-process backend, socket events) to a sink."""
 
@@ -49,6 +75,7 @@ class Tracer:
         self.worker = _worker_id(config)
         self.pid = os.getpid()
         self._starts: dict[tuple[str, str], int] = {}
+        self._ending: dict[tuple[str, str], str] = {}  # phases awaiting pytest's report
 
     def _safe(self, record, urgent: bool = True) -> None:
         try:
@@ -101,16 +128,31 @@ class Tracer:
             self.describe(item)
 
     def _phase(self, item: pytest.Item, phase: str):
+        self.flush_ends()
         self.edge(item.nodeid, phase, "start")
         outcome = yield
-        excinfo = outcome.excinfo
-        if excinfo is None:
-            result = "passed"
-        elif issubclass(excinfo[0], (pytest.skip.Exception, pytest.xfail.Exception)):
-            result = "skipped"
+        exc = outcome.excinfo[1] if outcome.excinfo else None
+        if _reraised(item.config, exc):
+            # pytest re-raises it without a report (Ctrl-C, pytest.exit): end the window
+            # now; the test never finished.
+            self.edge(item.nodeid, phase, "end", "interrupted")
         else:
-            result = "failed"
-        self.edge(item.nodeid, phase, "end", result)
+            # The outcome is pytest's report, made after this hook: unittest skips and
+            # failures, xfail and strict XPASS raise nothing here (or the wrong thing).
+            self._ending[(item.nodeid, phase)] = _guess(exc)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Only ends this process left open: an xdist controller sees its workers' reports.
+        if self._ending.pop((report.nodeid, report.when), None) is not None:
+            self.edge(report.nodeid, report.when, "end", phase_outcome(report))
+
+    def flush_ends(self) -> None:
+        """End windows whose report never came (a runner that calls runtestprotocol with
+        log=False) with the outcome the hook's exception suggests."""
+        while self._ending:
+            (nodeid, phase), guess = self._ending.popitem()
+            self.edge(nodeid, phase, "end", guess)
 
     # tryfirst hookwrappers are outermost: every fixture pytest runs in a phase falls
     # inside its window (the known failure: setup-fixture traffic lost without this).
@@ -140,6 +182,7 @@ class Tracer:
         self.edge("", "session", "start")
 
     def session_end(self) -> None:
+        self.flush_ends()
         self.edge("", "session", "end")
         try:
             self.sink.flush()

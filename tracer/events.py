@@ -86,7 +86,9 @@ class Marker:
     """A phase edge written by the pytest plugin.
 
     phase: "setup" | "call" | "teardown" (nodeid set) or "session" | "collection" (nodeid "").
-    edge: "start" | "end". outcome: at an end, "passed" | "failed" | "skipped" | None.
+    edge: "start" | "end". outcome: at a test phase's end, pytest's report of that phase:
+    "passed" | "failed" | "skipped" | "xfailed" | "xpassed" ("interrupted" when Ctrl-C or
+    pytest.exit left the phase without a report); None for session and collection.
     worker: xdist worker id ("gw0") or None.
     """
 
