@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.support.e2e import SVCTRACE
+from tests.support.sudo import SUDO_ENV, sudo_dirs  # noqa: F401 - a fixture
 
 IS_ROOT = os.geteuid() == 0
 
@@ -107,19 +108,19 @@ def test_crashed_pytest_still_leaves_a_report(tmp_path):
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to show that sudo's user is restored")
 @pytest.mark.parametrize("as_root", [False, True])
-def test_under_sudo_the_command_runs_as_the_invoking_user(tmp_path, as_root):
-    os.chmod(tmp_path, 0o755)
-    env = {"SUDO_UID": "65534", "SUDO_GID": "65534", "SUDO_USER": "nobody"}
-    args = ["run", "-b", "inprocess", "-o", str(tmp_path / "r.json")]
+def test_under_sudo_the_command_runs_as_the_invoking_user(sudo_dirs, as_root):
+    home = sudo_dirs / "home"  # the report is written as nobody: a folder of theirs
+    args = ["run", "-b", "inprocess", "-o", str(home / "r.json")]
     args += ["--as-root"] if as_root else []
-    proc = svctrace(*args, "--", "sh", "-c", "id -u; id -g; echo $HOME", cwd=tmp_path, env=env)
+    proc = svctrace(*args, "--", "sh", "-c", "id -u; id -g; echo $HOME", cwd=home,
+                    env=SUDO_ENV)
     assert proc.returncode == 0, proc.stderr
-    uid, gid, home = proc.stdout.split()
+    uid, gid, home_var = proc.stdout.split()
     want = "0" if as_root else "65534"
     assert (uid, gid) == (want, want)
     if not as_root:
-        assert home != os.environ.get("HOME")
-        assert os.stat(tmp_path / "r.json").st_uid == 65534
+        assert home_var != os.environ.get("HOME")
+    assert os.stat(home / "r.json").st_uid == 65534  # --as-root is for the command only
 
 
 def test_version_and_help_with_examples(tmp_path):
@@ -169,16 +170,28 @@ def test_explicit_unusable_backend_is_a_clear_usage_error(tmp_path):
         "run svctrace with sudo"]
 
 
+def test_report_path_unwritable_at_start_is_refused_before_the_command_runs(tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    proc = svctrace("run", "-b", "inprocess", "-o", "file/r.json", "--", "touch", "ran",
+                    cwd=tmp_path)
+    assert proc.returncode == 2  # nothing was run
+    assert proc.stderr.strip().splitlines() == [
+        "svctrace: error: cannot write the report to file/r.json: file is not a directory"]
+    assert not (tmp_path / "ran").exists()
+
+
 @pytest.mark.parametrize("command,expected", [("exit 0", 3), ("exit 4", 4)])
 def test_unwritable_report_is_one_sentence_and_keeps_a_failing_status(tmp_path, command,
                                                                         expected):
-    missing = tmp_path / "file"
-    missing.write_text("a file, not a folder")
-    proc = svctrace("run", "-b", "inprocess", "-o", str(missing / "r.json"), "--", "sh", "-c",
-                    command, cwd=tmp_path)
+    # Writable when checked at the start; the command makes it unwritable meanwhile.
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "r.json"
+    proc = svctrace("run", "-b", "inprocess", "-o", str(target), "--", "sh", "-c",
+                    f"rmdir out && echo 'a file, not a folder' > out && {command}",
+                    cwd=tmp_path)
     assert proc.returncode == expected
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"svctrace: error: cannot write the report to {missing / 'r.json'}")
+        f"svctrace: error: cannot write the report to {target}")
     assert "Traceback" not in proc.stderr
 
 

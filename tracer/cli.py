@@ -38,6 +38,13 @@ def main() -> None:
       svctrace explain svctrace-report.json tests/test_x.py::test_y
       svctrace doctor                                          # which backends work here
     """
+    from svctrace.userfiles import act_for, invoking_user
+    try:
+        # Under sudo every file svctrace writes for the user is written as that user:
+        # root is needed for tracing, not for choosing where files go (issue 17).
+        act_for(invoking_user())
+    except SvctraceError as exc:
+        _fail(exc)
 
 
 def _fail(exc: Exception, code: int = EXIT_USAGE) -> None:
@@ -63,14 +70,18 @@ def run(backend, report_path, as_root, config_path, progress, quiet, command) ->
     from svctrace.config import load_config
     from svctrace.report import format_summary
     from svctrace.runner import Run
+    from svctrace.userfiles import check_writable
 
     try:
         cfg = load_config(config_path)
         chosen = backend or cfg.backend
+        report_path = report_path or cfg.report
+        # Refuse a report path the user could not write before the command runs, not after.
+        check_writable(report_path, what="the report")
         if chosen not in CHOICES:
             raise SvctraceError(f"{cfg.path}: tool.svctrace.backend {chosen!r} is not one of "
                                 f"{', '.join(CHOICES)}")
-        runner = Run(list(command), chosen, report_path or cfg.report, cfg, as_root, progress)
+        runner = Run(list(command), chosen, report_path, cfg, as_root, progress)
     except SvctraceError as exc:
         _fail(exc)
     try:

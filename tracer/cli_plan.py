@@ -11,6 +11,7 @@ from svctrace.config import load_config
 from svctrace.errors import SvctraceError
 from svctrace.merge import merge_reports
 from svctrace.jsonfile import write_atomic
+from svctrace.userfiles import append_file, check_writable
 from svctrace.report import load_report, write_report
 from svctrace.tiers import (GRANULARITIES, markdown_summary, matrix, most_complete,
                             plan_tiers, time_saved_s, write_lists)
@@ -52,6 +53,7 @@ report: it can be merged again, or given to `svctrace tiers`.""")
 def merge_command(output: str, allow_mixed: bool, reports: tuple[str, ...]) -> None:
     """Combine reports from many shards or machines into one report."""
     try:
+        check_writable(output)  # before reading inputs: fail fast, write nothing
         loaded = [load_report(path) for path in reports]
         merged = merge_reports(loaded, allow_mixed=allow_mixed)
         write_report(merged, output)
@@ -124,6 +126,9 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
                                        f"{TIERS_EXAMPLE}")
         data = load_report(report) if report else {"schema": REPORT_SCHEMA, "tests": {}}
         tiers = list(cfg.tiers)
+        # Every output checked before any is written: no plan without its matrix.
+        check_writable(*[p for p in (plan_out, matrix_out, summary_out) if p],
+                       *[Path(lists_dir, f"{t.name}.txt") for t in tiers if lists_dir])
         if one_tier:
             tiers = [most_complete(tiers)]
         plan = plan_tiers(data, tiers, granularity)
@@ -135,14 +140,12 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
             _write_json(jobs, matrix_out, compact=True)
         if lists_dir:
             write_lists(plan, lists_dir)
+        if summary_out:
+            # Append: $GITHUB_STEP_SUMMARY may already hold other steps' text.
+            append_file(summary_out, summary.encode())
     except SvctraceError as exc:
         raise _fail(exc) from None
-    if summary_out:
-        # Append: $GITHUB_STEP_SUMMARY may already hold other steps' text.
-        Path(summary_out).parent.mkdir(parents=True, exist_ok=True)
-        with open(summary_out, "a") as fh:
-            fh.write(summary)
-    else:
+    if not summary_out:
         click.echo(summary, nl=False)
     if not report:
         click.echo(f"svctrace tiers: no report given: every test goes to tier "

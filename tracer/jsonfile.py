@@ -1,12 +1,12 @@
-"""Versioned JSON files (reports, plans): read with a schema check, write atomically (pure I/O)."""
+"""Versioned JSON files (reports, plans): read with a schema check, write atomically."""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from svctrace.errors import SvctraceError
+from svctrace.userfiles import write_file
 
 
 def read_versioned(path: str | os.PathLike, schema: str, kind: str,
@@ -28,19 +28,6 @@ def read_versioned(path: str | os.PathLike, schema: str, kind: str,
 
 
 def write_atomic(text: str, path: str | os.PathLike, mode: int = 0o644) -> Path:
-    """Write so that a reader never sees half a file and a crash never leaves one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
+    """Write so that a reader never sees half a file and a crash never leaves one; under
+    sudo with the invoking user's permissions (see userfiles)."""
+    return write_file(path, text.encode(), mode)

@@ -20,6 +20,7 @@ from svctrace.config import Config
 from svctrace.contract import ENV_BACKEND, ENV_PIPE
 from svctrace.events import Event, ProcessEvent, RunInfo
 from svctrace.report import build_report, write_report
+from svctrace.userfiles import OutputError
 
 POLL_S = 0.02          # measured: polling every ~20 ms without wakeups costs ~1.03-1.14x
 WATERMARK_NS = 3 * 10**9  # attribute events once markers up to this age have surely arrived
@@ -335,13 +336,9 @@ class Run:
                                   "notes": self.notes})
         self.report = build_report(self.attributor.finish(), run, self.cfg, stats)
         try:
-            path = write_report(self.report, self.report_path)
-        except OSError as exc:
+            # Under sudo as the invoking user (cli.main: userfiles.act_for), so the kernel
+            # refuses what they could not write themselves; the file is theirs, no chown.
+            write_report(self.report, self.report_path)
+        except OutputError as exc:
             # The command has run: keep its exit status; the CLI reports this separately.
-            self.write_error = f"cannot write the report to {self.report_path}: {exc.strerror}"
-            return
-        if self.ident.drops:
-            try:
-                os.chown(path, self.ident.uid, self.ident.gid)  # the user's report, not root's
-            except OSError:
-                pass
+            self.write_error = f"cannot write the report to {self.report_path}: {exc.reason}"

@@ -12,6 +12,7 @@ from svctrace import __version__
 from svctrace.config import Tier
 from svctrace.errors import SvctraceError
 from svctrace.jsonfile import read_versioned
+from svctrace.userfiles import write_file
 
 PLAN_SCHEMA = "svctrace-plan/1"
 GRANULARITIES = ("test", "class", "file")
@@ -266,13 +267,12 @@ def markdown_summary(plan: dict, matrix_: dict) -> str:
 def write_lists(plan: dict, directory: str | os.PathLike) -> list[Path]:
     """One `<tier>.txt` per tier, a node id per line (empty tiers get an empty file)."""
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in plan["order"]:
         if not _TIER_NAME.match(name):  # a hand-edited plan must not write outside `folder`
             raise PlanError(f"tier name {name!r} is not a safe file name")
         path = folder / f"{name}.txt"
         tests = plan["tiers"][name]["tests"]
-        path.write_text("".join(f"{n}\n" for n in tests))
-        written.append(path)
+        # Atomic, and under sudo as the invoking user (who also creates the folder).
+        written.append(write_file(path, "".join(f"{n}\n" for n in tests).encode()))
     return written
