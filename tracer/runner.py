@@ -5,10 +5,8 @@ import errno
 import fcntl
 import os
 import pwd
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +18,7 @@ from svctrace.config import Config
 from svctrace.contract import ENV_BACKEND, ENV_PIPE
 from svctrace.events import Event, ProcessEvent, RunInfo
 from svctrace.report import build_report, write_report
+from svctrace.rundirs import make_private_dir, remove_private_dir, sweep_leftovers
 from svctrace.userfiles import OutputError
 
 POLL_S = 0.02          # measured: polling every ~20 ms without wakeups costs ~1.03-1.14x
@@ -75,12 +74,12 @@ class MarkerPipe:
     """The FIFO every pytest process of the run writes its records to."""
 
     def __init__(self, ident: Identity) -> None:
-        self.dir = tempfile.mkdtemp(prefix="svctrace-")  # 0700
+        self.notes = sweep_leftovers()  # a runner killed by SIGKILL could not clean up
+        # Only the user the command runs as (and root) may write markers: 0700, theirs.
+        self.dir = make_private_dir(ident.uid, ident.gid) if ident.drops else make_private_dir()
         self.path = os.path.join(self.dir, "markers")
         os.mkfifo(self.path, 0o600)
         if ident.drops:
-            # Only the invoking user (and root) may write markers: no wider permissions.
-            os.chown(self.dir, ident.uid, ident.gid)
             os.chown(self.path, ident.uid, ident.gid)
         self.rfd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         # Our own write end keeps the FIFO from reporting EOF between writers.
@@ -113,7 +112,7 @@ class MarkerPipe:
                 os.close(fd)
             except OSError:
                 pass
-        shutil.rmtree(self.dir, ignore_errors=True)
+        remove_private_dir(self.dir)
 
 
 def _exec_child(argv: list[str], env: dict, ident: Identity, gate_r: int, gate_w: int) -> None:
@@ -323,6 +322,7 @@ class Run:
         if pipe.decoder.bad_lines or pipe.decoder.incomplete():
             self.notes.append(f"{pipe.decoder.bad_lines} unreadable and "
                               f"{pipe.decoder.incomplete()} incomplete marker records")
+        self.notes.extend(pipe.notes)
         if self._signals:
             names = sorted({signal.Signals(s).name for s in self._signals})
             self.notes.append(f"received {', '.join(names)}: forwarded to the command")
