@@ -65,6 +65,37 @@ def _reraised(config: pytest.Config, exc: BaseException | None) -> bool:
     return isinstance(exc, KeyboardInterrupt) and not config.getoption("usepdb", False)
 
 
+def closure(item: pytest.Item) -> frozenset:
+    """Fixture ids in the item's static closure (the definition that applies to it)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return frozenset(fixture_id(defs[-1]) for defs in
+                     (info.name2fixturedefs.values() if info else ()) if defs)
+
+
+def active_fixtures(item: pytest.Item) -> frozenset:
+    """Fixture ids active for the item now, including those pulled by getfixturevalue."""
+    # FixtureRequest._fixture_defs (pytest 7-9; sub-requests share the dict, so a fixture
+    # pulled inside another fixture is there too). Private, hence the fallback.
+    defs = getattr(getattr(item, "_request", None), "_fixture_defs", None)
+    if isinstance(defs, dict):
+        return frozenset(fixture_id(d) for d in defs.values())
+    return fixtures_by_name(item)
+
+
+def fixtures_by_name(item: pytest.Item) -> frozenset:
+    """The same from the public FixtureRequest.fixturenames and the fixture manager."""
+    found = set()
+    request = getattr(item, "_request", None)
+    for name in (request.fixturenames if request else ()):
+        try:
+            visible = item.session._fixturemanager.getfixturedefs(name, item)
+        except Exception:  # another pytest's signature: the closure is all we know
+            visible = None
+        if visible:
+            found.add(fixture_id(visible[-1]))
+    return frozenset(found)
+
+
 class Tracer:
     """Writes markers (and, for the in-process backend, socket events) to a sink."""
 
@@ -102,16 +133,13 @@ class Tracer:
                                  fixture_id(fixturedef), fixturedef.scope, when, edge),
                    urgent=fixturedef.scope != "function")
 
-    def describe(self, item: pytest.Item) -> None:
-        info = getattr(item, "_fixtureinfo", None)
-        fixtures = []
-        for defs in (info.name2fixturedefs.values() if info else ()):
-            if defs:
-                fixtures.append(fixture_id(defs[-1]))
+    def describe(self, item: pytest.Item, pulled: frozenset = frozenset()) -> None:
+        """TestInfo: the fixture closure known at collection, plus `pulled`: fixtures the
+        test activated at run time (request.getfixturevalue, pytest-django's DB setup)."""
         cls = getattr(item, "cls", None)
         bases = tuple(c.__name__ for c in cls.__mro__[1:] if c is not object) if cls else ()
         path = item.nodeid.split("::")[0]
-        self._safe(TestInfo(item.nodeid, tuple(sorted(fixtures)),
+        self._safe(TestInfo(item.nodeid, tuple(sorted(closure(item) | pulled)),
                             tuple(sorted({m.name for m in item.iter_markers()})), path,
                             bases, self.worker), urgent=False)
 
@@ -126,6 +154,9 @@ class Tracer:
     def pytest_collection_modifyitems(self, items) -> None:
         for item in items:
             self.describe(item)
+        # Written before xdist hears this worker finished collecting (so before any test
+        # runs anywhere): a later TestInfo from the worker that ran a test always wins.
+        self._safe_flush()
 
     def _phase(self, item: pytest.Item, phase: str):
         self.flush_ends()
@@ -166,6 +197,10 @@ class Tracer:
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item):
+        # Setup and call are over: every fixture the test pulled is active now.
+        pulled = active_fixtures(item) - closure(item)
+        if pulled:
+            self.describe(item, pulled)
         yield from self._phase(item, "teardown")
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -181,13 +216,16 @@ class Tracer:
     def session_start(self) -> None:
         self.edge("", "session", "start")
 
-    def session_end(self) -> None:
-        self.flush_ends()
-        self.edge("", "session", "end")
+    def _safe_flush(self) -> None:
         try:
             self.sink.flush()
         except Exception:
             pass
+
+    def session_end(self) -> None:
+        self.flush_ends()
+        self.edge("", "session", "end")
+        self._safe_flush()
 
 
 def _inprocess_install(sink) -> None:

@@ -121,12 +121,13 @@ class FixtureMarker:
 
 @dataclass(frozen=True, slots=True)
 class TestInfo:
-    """Static facts about one collected test, sent once by the plugin."""
+    """Facts about one collected test, sent at collection; sent again, replacing the first,
+    when the test pulled fixtures at run time (request.getfixturevalue)."""
 
     __test__ = False  # not a pytest test class
 
     nodeid: str
-    fixtures: tuple[str, ...] = ()  # fixture ids in its closure ("<baseid>::<argname>")
+    fixtures: tuple[str, ...] = ()  # fixture ids ("<baseid>::<argname>"): closure + pulled
     markers: tuple[str, ...] = ()   # marker names on the item
     path: str = ""                  # file path relative to rootdir
     bases: tuple[str, ...] = ()     # base class names of its class, if any

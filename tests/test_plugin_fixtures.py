@@ -1,0 +1,108 @@
+"""Inheritance covers wider-scoped fixtures a test pulls at run time (request.getfixturevalue)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+DYNAMIC = '''
+import socket, pytest
+
+@pytest.fixture(scope="session")
+def web_session():
+    socket.create_connection(("127.0.0.1", {port})).close()
+    return "ready"
+
+def test_first(request):
+    assert request.getfixturevalue("web_session") == "ready"
+
+def test_unrelated():
+    pass
+
+def test_later(request):
+    assert request.getfixturevalue("web_session") == "ready"
+'''
+
+# pytest-django's shape: a marker, an autouse fixture that sees it, and getfixturevalue of
+# the session fixture that sets the database up.
+DJANGO_CONFTEST = '''
+import socket, pytest
+
+@pytest.fixture(scope="session")
+def django_db_setup():
+    socket.create_connection(("127.0.0.1", {port})).close()
+
+@pytest.fixture(autouse=True)
+def _django_db_marker(request):
+    if request.node.get_closest_marker("django_db"):
+        request.getfixturevalue("django_db_setup")
+'''
+DJANGO_TESTS = '''
+import pytest
+
+@pytest.mark.django_db
+def test_first():
+    pass
+
+def test_unrelated():
+    pass
+
+@pytest.mark.django_db
+def test_later():
+    pass
+'''
+
+
+@pytest.fixture
+def web(pytester, http_url) -> str:
+    """The port of a real HTTP listener on 127.0.0.1, named "web" in the suite's config."""
+    port = http_url.rsplit(":", 1)[1].strip("/")
+    pytester.makefile(".toml", pyproject=f'[tool.svctrace.services]\nweb = ["127.0.0.1:{port}"]\n')
+    pytester.makeini("[pytest]\nmarkers =\n    django_db: the test uses the database\n")
+    return port
+
+
+def _inherited(pytester, path: str) -> dict:
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--svctrace-report", "r.json")
+    result.assert_outcomes(passed=3)
+    report = json.loads((pytester.path / "r.json").read_text())
+    return {nodeid.split("::", 1)[1]: test["inherited"] for nodeid, test in report["tests"].items()
+            if nodeid.startswith(path)}
+
+
+def test_getfixturevalue_of_a_session_fixture_is_inherited(pytester, web):
+    pytester.makepyfile(test_dynamic=DYNAMIC.format(port=web))
+    fixture = {"web": ["test_dynamic.py::web_session"]}
+    assert _inherited(pytester, "test_dynamic.py") == {
+        "test_first": fixture, "test_unrelated": {}, "test_later": fixture}
+
+
+def test_marker_driven_autouse_fixture_pulling_a_session_fixture(pytester, web):
+    pytester.makeconftest(DJANGO_CONFTEST.format(port=web))
+    pytester.makepyfile(test_db=DJANGO_TESTS)
+    fixture = {"web": ["::django_db_setup"]}
+    assert _inherited(pytester, "test_db.py") == {
+        "test_first": fixture, "test_unrelated": {}, "test_later": fixture}
+
+
+def test_fallback_by_public_fixture_names_sees_pulled_fixtures(pytester):
+    """The fallback for a pytest without FixtureRequest._fixture_defs, on a real item."""
+    pytester.makepyfile(test_fallback='''
+import pytest
+from pytest_svctrace.plugin import active_fixtures, fixtures_by_name
+
+@pytest.fixture(scope="module")
+def pulled():
+    return 1
+
+@pytest.fixture
+def static():
+    return 2
+
+def test_both(request, static):
+    request.getfixturevalue("pulled")
+    found = fixtures_by_name(request.node)
+    assert {"test_fallback.py::pulled", "test_fallback.py::static"} <= found
+    assert found == active_fixtures(request.node)
+''')
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
