@@ -5,24 +5,42 @@
  *   OFF_SKC_DADDR, OFF_SKC_DPORT, OFF_SKC_NUM, OFF_SKC_V6_DADDR  byte offsets in struct
  *       sock_common, read from the running kernel's BTF (installed headers may be older)
  *   OFF_SK_ERR      offset of sk_err in struct sock (BTF; it moves between versions)
+ *   OFF_UNIX_PEER, OFF_UNIX_ADDR, OFF_UNIX_ADDR_LEN, OFF_UNIX_ADDR_NAME  struct unix_sock
+ *       peer/addr and struct unix_address len/name (BTF): the peer path of a unix send
+ *   OFF_TASK_FILES, OFF_FILES_FDT, OFF_FDT_FD, OFF_FILE_PRIVATE, OFF_SOCKET_TYPE  the fd
+ *       table walk that tells a failed inet connect's socket type (BTF)
+ *   PIDNS_DEV, PIDNS_INO  device and inode of the runner's PID namespace: every pid and
+ *       tid reported is the one seen there (a container's own pids, not the host's)
  *   RINGBUF_PAGES   ring buffer size in pages (power of two)
  *   HAS_GROUP_DEAD  sched_process_exit has the group_dead field (6.x tracefs format)
- * Only thread groups in `traced` are reported; the runner seeds it with the command's pid
- * before exec and sched_process_fork extends it to every descendant process.
+ * Only thread groups in `traced` (keyed by host tgid, the kernel's own) are reported. The
+ * runner knows the command only by its pid in the runner's namespace, while the command
+ * waits in a read() on a gate pipe: the runner puts that pid in `seeds`, and the return of
+ * that read, in the command's own context, moves its kernel tgid to `traced`.
+ * sched_process_fork extends `traced` to every descendant process.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
 #include "svctrace.h"
 
 #if !defined(OFF_SKC_DADDR) || !defined(OFF_SKC_DPORT) || !defined(OFF_SKC_NUM) || \
-    !defined(OFF_SKC_V6_DADDR) || !defined(OFF_SK_ERR)
-#error "sock_common offsets must be passed as -D defines (computed from BTF)"
+    !defined(OFF_SKC_V6_DADDR) || !defined(OFF_SK_ERR) || !defined(OFF_UNIX_PEER) || \
+    !defined(OFF_UNIX_ADDR) || !defined(OFF_UNIX_ADDR_LEN) || !defined(OFF_UNIX_ADDR_NAME) || \
+    !defined(OFF_TASK_FILES) || !defined(OFF_FILES_FDT) || !defined(OFF_FDT_FD) || \
+    !defined(OFF_FILE_PRIVATE) || !defined(OFF_SOCKET_TYPE)
+#error "kernel struct offsets must be passed as -D defines (computed from BTF)"
+#endif
+#if !defined(PIDNS_DEV) || !defined(PIDNS_INO)
+#error "the runner's PID namespace must be passed as -DPIDNS_DEV and -DPIDNS_INO"
 #endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 256
 #endif
 #ifndef TRACED_MAX
 #define TRACED_MAX 32768
+#endif
+#ifndef AGGS_MAX
+#define AGGS_MAX 16384
 #endif
 
 /* include/net/tcp_states.h; stable values, spelled here to not depend on the headers */
@@ -37,21 +55,31 @@
 #define SVCT_IPPROTO_TCP 6
 #define SVCT_IPPROTO_UDP 17
 #define SVCT_IPPROTO_UDPLITE 136
+#define SVCT_SOCK_STREAM 1
+#define SVCT_SOCK_DGRAM 2
+#define SVCT_CLONE_VM 0x00000100
+#define SVCT_CLONE_VFORK 0x00004000
 
 /* counters[] slots, read by user space as stats */
 #define CNT_LOST 0    /* bpf_ringbuf_reserve failed: the event is lost */
 #define CNT_UNKNOWN 1 /* a send whose destination cannot be known (not emitted) */
 #define CNT_UNTRACED 2 /* a child not traced because `traced` was full */
+#define CNT_FOREIGN_NS 3 /* an event of a traced process in another PID namespace (a
+                          * deeper one it created): its pids cannot be told, not emitted */
+#define CNT_FOLDED 4  /* sends folded into a socket's record (see fold_send) */
+#define CNT_TAILED 5  /* folded sends reported in tail records; FOLDED - TAILED after the
+                       * final drain = folded sends whose record the LRU map evicted */
+#define CNT_SLOTS 6
 
 /* How the current send syscall names its destination, saved at sys_enter_* */
-enum how { HOW_NONE = 0, HOW_FD = 1, HOW_SENDTO = 2, HOW_SENDMSG = 3, HOW_SENDMMSG = 4 };
+enum how { HOW_NONE = 0, HOW_SENDTO = 2, HOW_SENDMSG = 3, HOW_SENDMMSG = 4 };
 
 struct send_ctx {
 	__u64 uarg;    /* sendto: sockaddr *; sendmsg: user_msghdr *; sendmmsg: mmsghdr * */
-	__u32 fd;
 	__u32 addrlen; /* sendto only */
 	__u32 idx;     /* sendmmsg: index of the next message (one sock_send_length each) */
 	__u32 how;     /* enum how; HOW_NONE between syscalls */
+	__u32 _pad;
 };
 
 struct pending_connect {
@@ -80,28 +108,33 @@ struct agg {
 	struct svct_event first;
 };
 
-struct fd_key {
-	__u32 tgid;
-	__u32 fd;
+/* Between a clone-family syscall's entry and exit in the creating thread. */
+struct clone_info {
+	__u64 flags;
+	__u64 ts_ns; /* the birth time reported for the new process or thread */
 };
 
-struct unix_peer {
-	__u32 len;
-	char path[SVCT_PATH_LEN];
+/* pid and tid of the current task in the runner's PID namespace */
+struct ns_ids {
+	__u32 tgid;
+	__u32 tid;
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_HASH(traced, __u32, __u8, TRACED_MAX);
 /* Per-thread scratch between a syscall's entry and exit; LRU so a lost exit cannot leak. */
 BPF_TABLE("lru_hash", __u32, struct pending_connect, connecting, 4096);
-/* One slot per traced thread, rewritten in place at each send syscall: a write-heavy
- * test pays two lookups per write, not a hash insert and delete (measured 1.4x CPU on a
- * write(2) loop with insert+delete). Deleted when the thread exits. */
+/* One slot per traced thread that used sendto/sendmsg/sendmmsg, rewritten in place at
+ * each such syscall (a hash insert+delete per call measured 1.4x CPU on a send loop).
+ * Deleted when the thread exits. Plain writes need no slot: a unix peer is read from the
+ * socket itself, an inet one from sock_common. */
 BPF_TABLE("lru_hash", __u32, struct send_ctx, sending, 16384);
-BPF_TABLE("lru_hash", __u32, __u64, cloning, 1024);
-/* (tgid, fd) -> peer path of a connected AF_UNIX socket: sock_common has no peer path */
-BPF_TABLE("lru_hash", struct fd_key, struct unix_peer, unix_fds, 16384);
-BPF_PERCPU_ARRAY(counters, __u64, 3);
+BPF_TABLE("lru_hash", __u32, struct clone_info, cloning, 1024);
+/* pids in the runner's namespace waiting to join `traced`, and how many there are (so the
+ * read tracepoint costs one array lookup while nothing waits) */
+BPF_HASH(seeds, __u32, __u8, 64);
+BPF_ARRAY(seeding, __u64, 1);
+BPF_PERCPU_ARRAY(counters, __u64, CNT_SLOTS);
 /* A non-blocking TCP connect returns -EINPROGRESS; its failure (RST, timeout) comes
  * later, maybe in softirq context where the current task is arbitrary: the attempt is
  * found by its socket. Over loopback the RST can even be processed inside connect()
@@ -113,7 +146,7 @@ struct early_error {
 	__u64 ts_ns; /* only an error after the connect's own start belongs to it */
 };
 BPF_TABLE("lru_hash", __u64, struct early_error, early_errors, 1024);
-BPF_TABLE("lru_hash", struct agg_key, struct agg, aggs, 16384);
+BPF_TABLE("lru_hash", struct agg_key, struct agg, aggs, AGGS_MAX);
 BPF_PERCPU_ARRAY(agg_scratch, struct agg, 1);
 BPF_PERCPU_ARRAY(send_scratch, struct svct_event, 1);
 BPF_ARRAY(epoch, __u64, 1);
@@ -133,11 +166,30 @@ static __always_inline int is_traced(__u32 tgid)
 	return traced.lookup(&tgid) != 0;
 }
 
-static __always_inline void count(__u32 slot)
+static __always_inline void count_n(__u32 slot, __u64 n)
 {
 	__u64 *value = counters.lookup(&slot);
 	if (value)
-		(*value)++;
+		*value += n;
+}
+
+static __always_inline void count(__u32 slot)
+{
+	count_n(slot, 1);
+}
+
+/* 0 and the current task's ids in the runner's PID namespace, or -1 when the task lives
+ * in another one (bpf_get_ns_current_pid_tgid, Linux 5.7+, checks the task's active
+ * namespace against the one given). On the host the namespace is the initial one. */
+static __always_inline int ns_ids(struct ns_ids *ids)
+{
+	struct bpf_pidns_info ns = {};
+
+	if (bpf_get_ns_current_pid_tgid(PIDNS_DEV, PIDNS_INO, &ns, sizeof(ns)))
+		return -1;
+	ids->tgid = ns.tgid;
+	ids->tid = ns.pid;
+	return 0;
 }
 
 static __always_inline struct svct_event *reserve(void)
@@ -158,16 +210,34 @@ static __always_inline void submit(struct svct_event *e)
 	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline void fill_task(struct svct_event *e, __u8 kind)
+/* Fill the acting task's facts; -1 (counted) when its pids cannot be told: do not emit. */
+static __always_inline int fill_task(struct svct_event *e, __u8 kind)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	struct ns_ids ids;
 
+	if (ns_ids(&ids)) {
+		count(CNT_FOREIGN_NS);
+		return -1;
+	}
 	e->ts_ns = bpf_ktime_get_ns();
-	e->pid = id >> 32;
-	e->tid = (__u32)id;
+	e->pid = ids.tgid;
+	e->tid = ids.tid;
 	e->kind = kind;
 	e->count = 1;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	return 0;
+}
+
+/* A record of `kind` for the current task, reserved and filled, or 0. */
+static __always_inline struct svct_event *begin(__u8 kind)
+{
+	struct svct_event *e = reserve();
+
+	if (e && fill_task(e, kind)) {
+		events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+	return e;
 }
 
 /* Decode a user sockaddr of len bytes into e (family, port, address); addr_len stays 0
@@ -205,18 +275,24 @@ static __always_inline void read_sockaddr(struct svct_event *e, const char *uadd
 
 /* ---- process tree ---------------------------------------------------------------- */
 
-static __always_inline int save_clone_flags(__u64 flags)
+/* Children and threads are announced from the creating thread when its clone-family call
+ * returns: the return value is the new pid/tid in the creator's namespace, the runner's,
+ * which sched_process_fork (host pids only) cannot tell. The birth time is the call's
+ * start. A vfork parent returns after the child's exec: the records' order differs, their
+ * times do not. */
+static __always_inline int clone_begins(__u64 flags)
 {
 	__u32 tid = current_tid();
+	struct clone_info info = {.flags = flags, .ts_ns = bpf_ktime_get_ns()};
 
 	if (is_traced(current_tgid()))
-		cloning.update(&tid, &flags);
+		cloning.update(&tid, &info);
 	return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_clone)
 {
-	return save_clone_flags(args->clone_flags);
+	return clone_begins(args->clone_flags);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
@@ -226,44 +302,82 @@ TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
 	if (!is_traced(current_tgid()))
 		return 0;
 	bpf_probe_read_user(&flags, sizeof(flags), (void *)args->uargs);
-	return save_clone_flags(flags);
+	return clone_begins(flags);
 }
 
-static __always_inline int forget_clone(void)
+TRACEPOINT_PROBE(syscalls, sys_enter_fork) { return clone_begins(0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_vfork)
+{
+	return clone_begins(SVCT_CLONE_VM | SVCT_CLONE_VFORK);
+}
+
+static __always_inline int clone_returns(long ret)
 {
 	__u32 tid = current_tid();
+	struct clone_info *info = cloning.lookup(&tid); /* none in the new child itself */
+	struct svct_event *e;
 
-	if (is_traced(current_tgid()))
-		cloning.delete(&tid);
+	if (!info)
+		return 0;
+	if (ret > 0) {
+		int thread = info->flags & SVCT_CLONE_THREAD;
+		e = begin(thread ? SVCT_THREAD : SVCT_FORK);
+		if (e) {
+			e->ts_ns = info->ts_ns;
+			if (thread) {
+				e->ppid = e->tid; /* the creating thread */
+				e->tid = ret;
+			} else {
+				e->ppid = e->pid;
+				e->pid = ret;
+				e->tid = ret;
+			}
+			submit(e);
+		}
+	}
+	cloning.delete(&tid);
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_clone) { return forget_clone(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_clone3) { return forget_clone(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_clone) { return clone_returns(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_clone3) { return clone_returns(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fork) { return clone_returns(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_vfork) { return clone_returns(args->ret); }
 
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
 	__u32 parent = current_tgid(), tid = current_tid(), child = args->child_pid;
-	__u64 *flags;
+	struct clone_info *info;
 	__u8 one = 1;
-	struct svct_event *e;
 
 	if (!is_traced(parent))
 		return 0;
 	/* runs in the parent; a new thread joins an already traced thread group */
-	flags = cloning.lookup(&tid);
-	if (flags && (*flags & SVCT_CLONE_THREAD))
+	info = cloning.lookup(&tid);
+	if (info && (info->flags & SVCT_CLONE_THREAD))
 		return 0;
 	if (traced.update(&child, &one))
 		count(CNT_UNTRACED);
-	e = reserve();
-	if (!e)
+	return 0;
+}
+
+/* The command itself, released from its gate read: from `seeds` (runner-namespace pid)
+ * to `traced` (kernel tgid). */
+TRACEPOINT_PROBE(syscalls, sys_exit_read)
+{
+	__u32 zero = 0, tgid;
+	__u64 *waiting = seeding.lookup(&zero);
+	struct ns_ids ids;
+	__u8 one = 1;
+
+	if (!waiting || !*waiting)
 		return 0;
-	fill_task(e, SVCT_FORK);
-	e->pid = child;
-	e->tid = child;
-	e->ppid = parent;
-	submit(e);
+	tgid = current_tgid();
+	if (is_traced(tgid) || ns_ids(&ids) || !seeds.lookup(&ids.tgid))
+		return 0;
+	seeds.delete(&ids.tgid);
+	traced.update(&tgid, &one);
+	__sync_fetch_and_add(waiting, -1);
 	return 0;
 }
 
@@ -276,10 +390,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 
 	if (!is_traced(tgid))
 		return 0;
-	e = reserve();
+	e = begin(SVCT_EXEC); /* comm is already the new program's name here */
 	if (!e)
 		return 0;
-	fill_task(e, SVCT_EXEC); /* comm is already the new program's name here */
 	n = bpf_probe_read_kernel_str(e->addr.path, sizeof(e->addr.path), (char *)args + loc);
 	e->addr_len = n > 0 ? n - 1 : 0;
 	submit(e);
@@ -302,25 +415,49 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		return 0;
 #endif
 	traced.delete(&tgid);
-	e = reserve();
+	e = begin(SVCT_EXIT);
 	if (!e)
 		return 0;
-	fill_task(e, SVCT_EXIT);
-	e->tid = tgid;
+	e->tid = e->pid;
 	submit(e);
 	return 0;
 }
 
 /* ---- connect ----------------------------------------------------------------------- */
 
+/* The transport of the current task's socket `fd`, read through its fd table
+ * (task->files->fdt->fd[fd]->private_data is the struct socket; offsets from BTF). */
+static __always_inline __u8 socket_proto(__u32 fd)
+{
+	const char *task = (const char *)bpf_get_current_task();
+	const char *files = 0, *fdt = 0, *fds = 0, *file = 0, *sock = 0;
+	short type = 0;
+
+	bpf_probe_read_kernel(&files, sizeof(files), task + OFF_TASK_FILES);
+	if (files)
+		bpf_probe_read_kernel(&fdt, sizeof(fdt), files + OFF_FILES_FDT);
+	if (fdt)
+		bpf_probe_read_kernel(&fds, sizeof(fds), fdt + OFF_FDT_FD);
+	if (fds)
+		bpf_probe_read_kernel(&file, sizeof(file), fds + (__u64)(fd & 0xFFFFF) * 8);
+	if (file)
+		bpf_probe_read_kernel(&sock, sizeof(sock), file + OFF_FILE_PRIVATE);
+	if (sock)
+		bpf_probe_read_kernel(&type, sizeof(type), sock + OFF_SOCKET_TYPE);
+	if (type == SVCT_SOCK_STREAM)
+		return SVCT_P_TCP;
+	if (type == SVCT_SOCK_DGRAM)
+		return SVCT_P_UDP;
+	return type ? SVCT_P_OTHER : SVCT_P_UNKNOWN;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
 	__u32 tid = current_tid();
 	struct pending_connect p = {};
 
-	if (!is_traced(current_tgid()))
-		return 0;
-	fill_task(&p.e, SVCT_CONNECT); /* stamped at entry: when the attempt began */
+	if (!is_traced(current_tgid()) || fill_task(&p.e, SVCT_CONNECT))
+		return 0; /* stamped at entry: when the attempt began */
 	p.fd = args->fd;
 	read_sockaddr(&p.e, (const char *)args->uservaddr, args->addrlen);
 	if (p.e.family == AF_UNIX)
@@ -340,16 +477,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 		return 0;
 	if (p->e.family == AF_UNSPEC) /* dissolves a UDP association: not a contact */
 		goto out;
-	if (p->e.family == AF_UNIX && ret == 0 && p->e.addr_len) {
-		struct fd_key key = {.tgid = p->e.pid, .fd = p->fd};
-		struct unix_peer peer = {.len = p->e.addr_len};
-		__builtin_memcpy(peer.path, p->e.addr.path, sizeof(peer.path));
-		unix_fds.update(&key, &peer);
-	}
-	/* inet_sock_set_state marks TCP (SYN_SENT) during the call; an inet connect that
-	 * succeeds without it is a datagram socket's (UDP) */
-	if ((p->e.family == AF_INET || p->e.family == AF_INET6) && !p->e.proto && ret == 0)
-		p->e.proto = SVCT_P_UDP;
+	/* inet_sock_set_state marks TCP (SYN_SENT) during the call; otherwise (a datagram
+	 * socket, or a TCP connect that failed before its handshake: ENETUNREACH) the socket's
+	 * own type tells */
+	if ((p->e.family == AF_INET || p->e.family == AF_INET6) && !p->e.proto)
+		p->e.proto = socket_proto(p->fd);
 	e = reserve();
 	if (e) {
 		__builtin_memcpy(e, &p->e, sizeof(*e));
@@ -375,15 +507,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	}
 out:
 	connecting.delete(&tid);
-	return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_close)
-{
-	struct fd_key key = {.tgid = current_tgid(), .fd = args->fd};
-
-	if (is_traced(key.tgid))
-		unix_fds.delete(&key);
 	return 0;
 }
 
@@ -459,10 +582,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		}
 		return 0;
 	}
-	e = reserve();
+	e = begin(SVCT_LISTEN);
 	if (!e)
 		return 0;
-	fill_task(e, SVCT_LISTEN);
 	e->family = args->family;
 	e->proto = SVCT_P_TCP;
 	e->lport = args->sport; /* the tracepoint stores it in host order */
@@ -480,10 +602,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 /* ---- sends --------------------------------------------------------------------------- */
 
 /* Remember how the current syscall names its destination; the caller checked `traced`. */
-static __always_inline int store_send(__u32 fd, const void *uarg, __u32 addrlen, __u32 how)
+static __always_inline int store_send(const void *uarg, __u32 addrlen, __u32 how)
 {
 	__u32 tid = current_tid();
-	struct send_ctx sc = {.uarg = (__u64)uarg, .fd = fd, .addrlen = addrlen, .how = how};
+	struct send_ctx sc = {.uarg = (__u64)uarg, .addrlen = addrlen, .how = how};
 	struct send_ctx *slot;
 
 	slot = sending.lookup(&tid);
@@ -494,11 +616,11 @@ static __always_inline int store_send(__u32 fd, const void *uarg, __u32 addrlen,
 	return 0;
 }
 
-static __always_inline int save_send(__u32 fd, const void *uarg, __u32 addrlen, __u32 how)
+static __always_inline int save_send(const void *uarg, __u32 addrlen, __u32 how)
 {
 	if (!is_traced(current_tgid()))
 		return 0;
-	return store_send(fd, uarg, addrlen, how);
+	return store_send(uarg, addrlen, how);
 }
 
 static __always_inline int forget_send(void)
@@ -532,29 +654,23 @@ static __always_inline void bump_epoch(const char *buf, __u64 len)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_write)
 {
-	if (!is_traced(current_tgid()))
-		return 0;
-	bump_epoch((const char *)args->buf, args->count);
-	return store_send(args->fd, 0, 0, HOW_FD); /* traced: checked once per write */
+	if (is_traced(current_tgid()))
+		bump_epoch((const char *)args->buf, args->count);
+	return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return forget_send(); }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return save_send(args->fd, 0, 0, HOW_FD); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return forget_send(); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) { return save_send(args->out_fd, 0, 0, HOW_FD); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) { return forget_send(); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 {
-	return save_send(args->fd, args->addr, args->addr_len, HOW_SENDTO);
+	return save_send(args->addr, args->addr_len, HOW_SENDTO);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return forget_send(); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 {
-	return save_send(args->fd, args->msg, 0, HOW_SENDMSG);
+	return save_send(args->msg, 0, HOW_SENDMSG);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return forget_send(); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 {
-	return save_send(args->fd, args->mmsg, 0, HOW_SENDMMSG);
+	return save_send(args->mmsg, 0, HOW_SENDMMSG);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return forget_send(); }
 
@@ -605,15 +721,34 @@ static __always_inline void inet_dest(struct svct_event *e, const char *sk)
 		e->dport = bpf_ntohs(dport);
 }
 
-static __always_inline void unix_dest(struct svct_event *e, __u32 fd)
+/* A connected unix socket's peer is the socket it connected to; that socket's bound
+ * address is the path a client named (unix_sock->peer->addr, offsets from BTF). Read from
+ * the socket itself, it holds after dup2, fork, exec and SCM_RIGHTS alike; an unbound peer
+ * (socketpair, a server's accepted socket) has no address and stays unknown. */
+static __always_inline void unix_dest(struct svct_event *e, const char *sk)
 {
-	struct fd_key key = {.tgid = e->pid, .fd = fd};
-	struct unix_peer *peer = unix_fds.lookup(&key);
+	const char *peer = 0, *addr = 0;
+	int len = 0;
+	__u64 n;
 
+	bpf_probe_read_kernel(&peer, sizeof(peer), sk + OFF_UNIX_PEER);
 	if (!peer)
 		return;
-	bpf_probe_read_kernel(e->addr.path, sizeof(e->addr.path), peer->path);
-	e->addr_len = peer->len;
+	bpf_probe_read_kernel(&addr, sizeof(addr), peer + OFF_UNIX_ADDR);
+	if (!addr)
+		return;
+	bpf_probe_read_kernel(&len, sizeof(len), addr + OFF_UNIX_ADDR_LEN);
+	if (len <= 2) /* sun_family only: an autobind-less unnamed socket */
+		return;
+	n = (__u32)(len - 2);
+	if (n > SVCT_PATH_LEN)
+		n = SVCT_PATH_LEN;
+	asm volatile("" : "+r"(n)); /* the verifier needs the bound on this very register */
+	if (n > SVCT_PATH_LEN)
+		return;
+	/* struct unix_address ends in struct sockaddr_un name: sun_path after sun_family */
+	if (!bpf_probe_read_kernel(e->addr.path, n, addr + OFF_UNIX_ADDR_NAME + 2))
+		e->addr_len = n;
 }
 
 static __always_inline __u8 proto_of(__u16 family, __u16 protocol)
@@ -650,6 +785,7 @@ static __always_inline void emit_tail(struct agg *a)
 	t->tid = a->last_tid;
 	__builtin_memcpy(t->comm, a->last_comm, sizeof(t->comm));
 	t->count = a->count;
+	count_n(CNT_TAILED, a->count);
 	submit(t);
 }
 
@@ -664,6 +800,7 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk)
 
 	if (a && a->epoch == now && same_dest(&a->first, e)) {
 		__sync_fetch_and_add(&a->count, 1);
+		count(CNT_FOLDED);
 		a->last_ts = e->ts_ns;
 		a->last_tid = e->tid;
 		__builtin_memcpy(a->last_comm, e->comm, sizeof(a->last_comm));
@@ -702,7 +839,8 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 	if (!e)
 		return 0;
 	__builtin_memset(e, 0, sizeof(*e));
-	fill_task(e, SVCT_SEND);
+	if (fill_task(e, SVCT_SEND))
+		return 0;
 	e->family = family;
 	e->proto = proto_of(family, args->protocol);
 	e->result = args->ret;
@@ -710,8 +848,7 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 	if (sc && sc->how == HOW_NONE) /* a send outside the syscalls above (splice...) */
 		sc = 0;
 	if (family == AF_UNIX) {
-		if (sc)
-			unix_dest(e, sc->fd);
+		unix_dest(e, (const char *)args->sk);
 	} else {
 		inet_dest(e, (const char *)args->sk);
 	}

@@ -20,6 +20,7 @@ enum svct_kind {
 	SVCT_EXEC = 6,    /* pid exec'd: comm = new name, addr.path = filename as passed */
 	SVCT_CONNECT_RESULT = 7, /* a non-blocking TCP connect failed later: a copy of its
 	                          * CONNECT (same ts, pid, tid, destination), result = -errno */
+	SVCT_THREAD = 8,  /* thread tid was born in process pid, created by thread ppid */
 };
 
 /* proto: transport, decoded from sk_protocol (sends) or from the connect's TCP state
@@ -33,10 +34,12 @@ enum svct_proto {
 };
 
 struct svct_event {
-	__u64 ts_ns;             /* bpf_ktime_get_ns(): CLOCK_MONOTONIC; connect: at entry */
+	__u64 ts_ns;             /* bpf_ktime_get_ns(): CLOCK_MONOTONIC; connect, fork and
+	                          * thread: when the call began */
+	/* pids and tids are those of the runner's PID namespace (a container's own) */
 	__u32 pid;               /* tgid (FORK: the child) */
-	__u32 tid;               /* thread id (FORK: the child) */
-	__u32 ppid;              /* FORK: parent tgid; else 0 */
+	__u32 tid;               /* thread id (FORK: the child; THREAD: the new thread) */
+	__u32 ppid;              /* FORK: parent tgid; THREAD: creating thread; else 0 */
 	__s32 result;            /* CONNECT/SEND: return value; else 0 */
 	char comm[SVCT_COMM_LEN];/* thread name (task->comm) of the acting thread */
 	__u16 dport;             /* destination port, host order (inet only) */

@@ -103,6 +103,11 @@ def _child_work(srv: Servers, report) -> None:
     ua = socket.socket(socket.AF_UNIX)
     ua.connect("\0" + srv.abstract)
     ua.send(b"abstract")
+    # dup2 over the path socket's fd: later writes there go to the abstract peer, never
+    # to the path the fd number was connected to before (the peer is read from the socket)
+    _marker_write()
+    os.dup2(ua.fileno(), un.fileno())
+    os.write(un.fileno(), b"dup")
     a, _b = socket.socketpair()
     a.send(b"?")  # no peer path anywhere: counted, not reported
 
@@ -211,6 +216,7 @@ def test_traces_the_child_tree_exactly(backend: EbpfBackend, tmp_path: Path) -> 
         ev("send", "unix", "unix", srv.unix_path, None, 1),
         ev("connect", "unix", "unix", "@" + srv.abstract, None, 0),
         ev("send", "unix", "unix", "@" + srv.abstract, None, 8),
+        ev("send", "unix", "unix", "@" + srv.abstract, None, 3),
         ev("listen", "inet", "tcp", "127.0.0.1", log["listen_port"], 0, log["listen_port"]),
     ]
     thread = [key(r) for r in records if isinstance(r, Event) and r.tid == ttid]
@@ -220,8 +226,10 @@ def test_traces_the_child_tree_exactly(backend: EbpfBackend, tmp_path: Path) -> 
                                name=THREAD_NAME)[:6]
     assert len(thread) == 2
 
+    # A vfork parent (subprocess) returns after its child's exec, so a fork record can come
+    # after the child's first records: read them in time order (the fork's is the call's start).
     grandchild = [r for r in records if r.pid == gc]
-    assert [(r.kind, getattr(r, "ppid", None)) for r in grandchild if
+    assert [(r.kind, r.ppid) for r in sorted(grandchild, key=lambda r: r.mono_ns) if
             isinstance(r, ProcessEvent)] == [("fork", pid), ("exec", 0), ("exit", 0)]
     exec_event = next(r for r in grandchild if r.kind == "exec")
     assert exec_event.comm == comm and exec_event.cmdline[0] == sys.executable
@@ -229,8 +237,11 @@ def test_traces_the_child_tree_exactly(backend: EbpfBackend, tmp_path: Path) -> 
         ev("connect", "inet", "tcp", "127.0.0.1", tcp, 0, who=gc, tid=gc, name=comm)[:6],
         ev("send", "inet", "tcp", "127.0.0.1", tcp, 2, who=gc, tid=gc, name=comm)[:6],
     ]
-    process = [(r.kind, r.pid) for r in records if isinstance(r, ProcessEvent)]
-    assert process == [("fork", gc), ("exec", gc), ("exit", gc), ("exit", pid)]
+    process = [(r.kind, r.pid, r.tid, r.ppid) for r in sorted(records, key=lambda r: r.mono_ns)
+               if isinstance(r, ProcessEvent)]
+    # the thread is announced with its own tid and its creator (the main thread)
+    assert process == [("thread", pid, ttid, pid), ("fork", gc, 0, pid), ("exec", gc, 0, 0),
+                       ("exit", gc, 0, 0), ("exit", pid, 0, 0)]
 
     # Clocks: every stamp is CLOCK_MONOTONIC, inside the window of its operation.
     assert all(t_start <= r.mono_ns <= t_end and r.wall_ns is None for r in records)
@@ -317,8 +328,8 @@ def test_decode_records() -> None:
     assert unknown.dest == Destination("other", "other", "", None)
     fork = decode(_EVENT.pack(5, 20, 20, 10, 0, b"sh", 0, 0, 4, 0, 0, 0, b"", 0))
     assert fork == ProcessEvent("fork", 5, None, 20, ppid=10, comm="sh")
-    nscd = _record(1, 1, 3, b"/var/run/nscd/socket\0")
-    assert decode(nscd, frozenset({"/var/run/nscd/socket"})) is None
+    thread = decode(_EVENT.pack(7, 20, 23, 21, 0, b"rdk:main", 0, 0, 8, 0, 0, 0, b"", 0))
+    assert thread == ProcessEvent("thread", 7, None, 20, ppid=21, comm="rdk:main", tid=23)
 
 
 def _traced_fork(backend: EbpfBackend, work) -> tuple[int, list]:
@@ -397,3 +408,32 @@ def test_refused_nonblocking_connect_reports_its_late_failure(tmp_path: Path) ->
     assert connects == [("connect", -115, port), ("connect_result", -111, port)]
     first, result = [r for r in records if isinstance(r, Event)]
     assert result.mono_ns == first.mono_ns and result.tid == first.tid
+
+
+@needs_ebpf
+def test_folded_sends_lost_to_lru_eviction_are_counted(tmp_path: Path) -> None:
+    """More sockets than the folding map holds: a record evicted before its tail was
+    reported takes its folded count with it. That loss is counted, never silent."""
+    tracer = EbpfBackend()
+    tracer.prepare(RunContext(command=["test"], settings={"aggs_max": 4}))
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sockets, per_socket = 64, 5
+
+    def work():
+        outs = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(sockets)]
+        for out in outs:
+            out.connect(sink.getsockname())
+            for _ in range(per_socket):
+                out.send(b"x")
+
+    try:
+        _, records = _traced_fork(tracer, work)
+        records += tracer.stop()
+    finally:
+        tracer.stop()
+    reported = sum(r.count for r in records if isinstance(r, Event) and r.kind == "send")
+    stats = tracer.stats()
+    assert stats["evicted_sends"] > 0
+    assert reported + stats["evicted_sends"] == sockets * per_socket
+    assert stats["lost_events"] == 0

@@ -27,8 +27,9 @@ class Backend:
     Life cycle, driven by the runner:
       prepare(ctx)            load/compile whatever is needed; may raise BackendUnavailable
       wrap_command(argv)      argv actually executed (strace wraps; others return argv)
-      child_started(pid)      the command's process exists but has not exec'd yet: start
-                              tracing it (the runner releases it only after this returns)
+      child_started(pid)      the command's process exists, blocked in a read() of a gate
+                              pipe, not exec'd yet: trace it from that read's return on
+                              (the runner releases it only after this returns)
       poll()                  called every ~20 ms while the command runs; returns new records
       stop()                  command exited: drain what is left, detach, return the rest
       stats()                 {"events": n, "lost_events": n, ...} for the report

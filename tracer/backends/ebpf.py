@@ -4,28 +4,31 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import importlib.resources
-import importlib.util
 import ipaddress
 import os
+import re
 import struct
 import tempfile
 from contextlib import ExitStack
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
-from svctrace.backends import btf
+from svctrace.backends import btf, pidns
 from svctrace.backends.base import Backend, BackendFailed, BackendUnavailable, RunContext
+from svctrace.backends.bcc_import import load_bcc
 from svctrace.events import Destination, Event, ProcessEvent
 
 # struct svct_event in bpf/svctrace.h (fixed width, no implicit padding, 160 bytes).
 _EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
 _KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
-          7: "connect_result"}
-_PROCESS_KINDS = {"fork", "exit", "exec"}
+          7: "connect_result", 8: "thread"}
+_PROCESS_KINDS = {"fork", "exit", "exec", "thread"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
 _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
 # counters[] slots in svctrace.bpf.c (CNT_*), reported by stats() under these names
-_COUNTERS = {"lost_events": 0, "sends_unknown_dest": 1, "untraced_children": 2}
+_COUNTERS = {"lost_events": 0, "sends_unknown_dest": 1, "untraced_children": 2,
+             "foreign_pidns_events": 3, "folded_sends": 4, "tailed_sends": 5}
 
 # struct sock_common members read by the program: -D name -> member (verified via BTF).
 SOCK_COMMON_DEFINES = {
@@ -34,14 +37,35 @@ SOCK_COMMON_DEFINES = {
     "OFF_SKC_NUM": "skc_num",
     "OFF_SKC_V6_DADDR": "skc_v6_daddr",
 }
-TRACEPOINTS = ("syscalls/sys_enter_connect", "syscalls/sys_exit_connect",
-               "sock/sock_send_length", "sock/inet_sock_set_state",
-               "sched/sched_process_fork", "sched/sched_process_exit",
-               "sched/sched_process_exec", "syscalls/sys_enter_clone3")
+# The struct members the program reads besides sock_common's (-D name -> (struct,
+# member)): a unix send's peer path, and the fd-table walk that tells a socket's type.
+KERNEL_DEFINES = {
+    "OFF_SK_ERR": ("sock", "sk_err"),  # moves between kernel versions (DESIGN.md)
+    "OFF_UNIX_PEER": ("unix_sock", "peer"),
+    "OFF_UNIX_ADDR": ("unix_sock", "addr"),
+    "OFF_UNIX_ADDR_LEN": ("unix_address", "len"),
+    "OFF_UNIX_ADDR_NAME": ("unix_address", "name"),
+    "OFF_TASK_FILES": ("task_struct", "files"),
+    "OFF_FILES_FDT": ("files_struct", "fdt"),
+    "OFF_FDT_FD": ("fdtable", "fd"),
+    "OFF_FILE_PRIVATE": ("file", "private_data"),
+    "OFF_SOCKET_TYPE": ("socket", "type"),
+}
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+_PROBE = re.compile(rb"^TRACEPOINT_PROBE\((\w+), (\w+)\)", re.M)
+
+
+def _program_source() -> bytes:
+    return (importlib.resources.files("svctrace.bpf") / "svctrace.bpf.c").read_bytes()
+
+
+@lru_cache(maxsize=1)
+def tracepoints() -> tuple[str, ...]:
+    """Every tracepoint the program attaches to ("syscalls/sys_enter_connect", ...), read
+    from the program itself so the availability check cannot drift from it."""
+    return tuple(f"{cat.decode()}/{name.decode()}" for cat, name in
+                 _PROBE.findall(_program_source()))
 DEFAULT_RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages: held 200k events/s here (DESIGN.md)
-# glibc's name-service cache: every getaddrinfo may connect to it; never a test's service.
-DEFAULT_IGNORED_UNIX_PATHS = ("/var/run/nscd/socket", "/run/nscd/socket")
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 
 
@@ -59,25 +83,12 @@ def _effective_caps() -> int:
     return 0
 
 
-def _nested_pid_namespace() -> bool:
-    """bpf_get_current_pid_tgid() returns host pids; in a child namespace ours differ."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("NSpid:"):
-            return len(line.split()) > 2
-    return False
-
-
-# struct sock differs between the 6.1 headers and newer kernels (DESIGN.md): its one
-# member the program reads, the error of a failed connect, is located through BTF too.
-SOCK_DEFINES = {"OFF_SK_ERR": "sk_err"}
-
-
 def sock_common_offsets() -> dict[str, int]:
-    """{-D name: byte offset} of the sock_common/sock members the program reads (BtfError)."""
+    """{-D name: byte offset} of every kernel struct member the program reads (BtfError)."""
     offsets = {define: btf.member_offset("sock_common", member)
                for define, member in SOCK_COMMON_DEFINES.items()}
-    offsets.update({define: btf.member_offset("sock", member)
-                    for define, member in SOCK_DEFINES.items()})
+    offsets.update({define: btf.member_offset(struct, member)
+                    for define, (struct, member) in KERNEL_DEFINES.items()})
     return offsets
 
 
@@ -92,11 +103,11 @@ def _check_privileges() -> str | None:
 
 def _check_bcc() -> str | None:
     try:
-        import bcc  # noqa: F401  (loads libbcc; compiles nothing)
+        load_bcc()  # loads libbcc; compiles nothing
     except Exception as exc:  # ImportError, or OSError from a missing libbcc.so
-        return (f"bcc is not importable ({exc}): run scripts/setup.sh, or `apt-get install "
-                "python3-bpfcc` and link /usr/lib/python3/dist-packages/bcc into the venv's "
-                "site-packages")
+        return (f"bcc is not importable ({exc}): install the distribution's package "
+                "(Debian/Ubuntu: apt-get install python3-bpfcc; Fedora: dnf install "
+                "python3-bcc), or run scripts/setup.sh")
     return None
 
 
@@ -112,8 +123,9 @@ def _check_headers() -> str | None:
 def _check_tracefs() -> str | None:
     tracefs = _tracefs()
     if tracefs is None:
-        return ("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing")
-    missing = [tp for tp in TRACEPOINTS if not (tracefs / "events" / tp).is_dir()]
+        return ("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing "
+                "(svctrace run does it itself when it runs as root)")
+    missing = [tp for tp in tracepoints() if not (tracefs / "events" / tp).is_dir()]
     if missing:
         return (f"this kernel lacks the tracepoint(s) {', '.join(missing)} "
                 f"(under {tracefs}/events): use --backend strace")
@@ -134,36 +146,38 @@ def _check_lockdown() -> str | None:
 
 def _check_btf() -> str | None:
     if not btf.VMLINUX.exists():
-        return (f"{btf.VMLINUX} is missing, so struct sock_common offsets cannot be "
+        return (f"{btf.VMLINUX} is missing, so kernel struct offsets cannot be "
                 "verified: needs a kernel built with CONFIG_DEBUG_INFO_BTF, or use "
                 "--backend strace")
     try:
         sock_common_offsets()
     except btf.BtfError as exc:
-        return (f"the kernel's struct sock_common is not readable as expected ({exc}): "
+        return (f"the kernel's socket structs are not readable as expected ({exc}): "
                 "use --backend strace and report the kernel version")
     return None
 
 
 def _check_pid_namespace() -> str | None:
-    if _nested_pid_namespace():
-        return ("svctrace runs in a nested PID namespace, where BPF's host pids differ from "
-                "the runner's: run it in the host PID namespace (docker --pid=host)")
-    return None
+    return pidns.unsupported_reason()
 
 
 # Cheap checks in the order a user must fix them: (name, check).
 _CHECKS = (("privileges", _check_privileges), ("bcc", _check_bcc),
            ("kernel headers", _check_headers), ("tracefs", _check_tracefs),
-           ("lockdown", _check_lockdown), ("BTF sock_common", _check_btf),
+           ("lockdown", _check_lockdown), ("BTF struct offsets", _check_btf),
            ("pid namespace", _check_pid_namespace))
 
 
-def _source_defines(offsets: dict[str, int], ringbuf_pages: int) -> list[str]:
+def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
+                    aggs_max: int | None = None) -> list[str]:
     tracefs = _tracefs() or TRACEFS_DIRS[0]
     exit_format = tracefs / "events/sched/sched_process_exit/format"
     flags = [f"-D{name}={value}" for name, value in offsets.items()]
     flags.append(f"-DRINGBUF_PAGES={ringbuf_pages}")
+    if aggs_max:
+        flags.append(f"-DAGGS_MAX={aggs_max}")
+    ns = pidns.current()
+    flags += [f"-DPIDNS_DEV={ns.kernel_dev}ULL", f"-DPIDNS_INO={ns.inode}ULL"]
     try:  # group_dead appeared in the tracepoint's format in 6.x; older ones lack it
         if "group_dead" in exit_format.read_text():
             flags.append("-DHAS_GROUP_DEAD=1")
@@ -172,11 +186,11 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int) -> list[str]:
     return flags
 
 
-def _compile(ringbuf_pages: int):
+def _compile(ringbuf_pages: int, aggs_max: int | None = None):
     """Compile and load bpf/svctrace.bpf.c (TRACEPOINT_PROBEs attach themselves)."""
-    import bcc
+    bcc = load_bcc()
 
-    flags = _source_defines(sock_common_offsets(), ringbuf_pages)
+    flags = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max)
     with ExitStack() as stack:
         source = stack.enter_context(importlib.resources.as_file(
             importlib.resources.files("svctrace.bpf") / "svctrace.bpf.c"))
@@ -239,20 +253,17 @@ def _destination(family: int, proto: int, addr_len: int, addr: bytes, dport: int
     return Destination(fam, transport, "", dport if fam in ("inet", "inet6") else None)
 
 
-def decode(raw: bytes, ignored_unix_paths: frozenset[str] = frozenset()
-           ) -> Event | ProcessEvent | None:
-    """One ring buffer record -> Event / ProcessEvent (None: filtered noise)."""
+def decode(raw: bytes) -> Event | ProcessEvent:
+    """One ring buffer record -> Event / ProcessEvent. Noise is the core's to judge."""
     (ts, pid, tid, ppid, result, comm, dport, lport, kind, family, proto, addr_len, addr,
      count) = _EVENT.unpack(raw)
     name = _KINDS.get(kind, "?")
     if name in _PROCESS_KINDS:
         return ProcessEvent(name, ts, None, pid, ppid=ppid, comm=_text(comm),
                             cmdline=_exec_cmdline(pid, _text(comm), addr[:addr_len])
-                            if name == "exec" else ())
+                            if name == "exec" else (), tid=tid if name == "thread" else 0)
     # a listener's destination is its own bound address and port
     dest = _destination(family, proto, addr_len, addr, lport if name == "listen" else dport)
-    if dest.family == "unix" and dest.address in ignored_unix_paths:
-        return None
     return Event(name, ts, None, pid, tid, _text(comm), dest, result,
                  lport if family in (2, 10) and lport else None, max(count, 1))
 
@@ -260,6 +271,8 @@ def decode(raw: bytes, ignored_unix_paths: frozenset[str] = frozenset()
 def _exec_cmdline(pid: int, comm: str, filename: bytes) -> tuple[str, ...]:
     """argv from /proc if the process still runs the program that exec event announced,
     else the exec'd filename alone (argv is not copied in the kernel: it may be huge)."""
+    if not pidns.proc_is_ours():  # /proc of another namespace: pid N there is not ours
+        return (filename.decode(errors="replace"),)
     try:
         if Path(f"/proc/{pid}/comm").read_text().rstrip("\n") == comm:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -277,13 +290,12 @@ class EbpfBackend(Backend):
     clock: ClassVar[str] = "mono"
     blind_spots: ClassVar[tuple[str, ...]] = (
         "processes not descended from the command (a service's own traffic, daemons)",
-        "AF_UNIX sends on sockets the process did not connect itself (inherited across "
-        "fork, received over SCM_RIGHTS, socketpair, accepted): counted as "
-        "sends_unknown_dest, not reported",
-        "sends through splice/vmsplice or io_uring to AF_UNIX sockets (no fd to join)",
+        "AF_UNIX sends to an unbound peer (socketpair, a server's accepted socket): "
+        "counted as sends_unknown_dest, not reported",
         "connects submitted through io_uring (IORING_OP_CONNECT); their sends are seen",
         "netlink and other non-IP, non-unix families: dropped in the kernel",
-        "inet connects that fail before the TCP handshake starts have transport 'other'",
+        "processes of the command that enter a PID namespace of their own (unshare "
+        "--pid inside a test): counted as foreign_pidns_events, not reported",
     )
 
     def __init__(self) -> None:
@@ -292,8 +304,8 @@ class EbpfBackend(Backend):
         self._events = 0
         self._decode_errors: list[str] = []
         self._ringbuf_pages = DEFAULT_RINGBUF_PAGES
-        self._ignored: frozenset[str] = frozenset(DEFAULT_IGNORED_UNIX_PATHS)
         self._final_stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._drained_sends = 0  # folded counts read from the map itself at stop()
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -309,12 +321,11 @@ class EbpfBackend(Backend):
         if pages < 1 or pages & (pages - 1):
             raise BackendUnavailable(f"ringbuf_pages must be a power of two, got {pages}")
         self._ringbuf_pages = pages
-        self._ignored = frozenset(ctx.settings.get("ignored_unix_paths",
-                                                   DEFAULT_IGNORED_UNIX_PATHS))
         reason = self.unavailable_reason()
         if reason:
             raise BackendUnavailable(reason)
-        self._bpf = _compile(pages)
+        # aggs_max: size of the send-folding map; tests shrink it to force evictions
+        self._bpf = _compile(pages, ctx.settings.get("aggs_max"))
         self._bpf[b"events"].open_ring_buffer(self._on_event)
 
     def _on_event(self, _ctx, data, size: int) -> int:
@@ -323,19 +334,23 @@ class EbpfBackend(Backend):
             if size != _EVENT.size:
                 raise ValueError(f"record of {size} bytes, expected {_EVENT.size}: "
                                  "bpf/svctrace.h and _EVENT disagree")
-            record = decode(ctypes.string_at(data, size), self._ignored)
+            record = decode(ctypes.string_at(data, size))
         except Exception as exc:
             self._decode_errors.append(str(exc))
             return 0
         self._events += 1
-        if record is not None:
-            self._pending.append(record)
+        self._pending.append(record)
         return 0
 
     def child_started(self, pid: int) -> None:
+        """pid (in our namespace) waits in a read() of its gate pipe; it is traced from
+        that read's return on: the program joins it to the traced set in its own context,
+        where its kernel pid is known (a container's pid is not the kernel's)."""
         if self._bpf is None:
             raise BackendFailed("child_started() before prepare() or after stop()")
-        self._bpf[b"traced"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        self._bpf[b"seeds"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        waiting = self._bpf[b"seeding"]
+        waiting[0] = ctypes.c_uint64(waiting[0].value + 1)
 
     def poll(self) -> list[Event | ProcessEvent]:
         if self._bpf is None:
@@ -350,7 +365,9 @@ class EbpfBackend(Backend):
         if self._bpf is None:
             return []
         try:
-            records = self.poll() + self._tails()
+            tails = self._tails()
+            self._drained_sends = sum(t.count for t in tails)
+            records = self.poll() + tails
         finally:  # keep the kernel counters for stats() even if the drain failed
             self._final_stats = self._kernel_counters()
             self._bpf.cleanup()
@@ -363,7 +380,7 @@ class EbpfBackend(Backend):
         for _key, agg in self._bpf[b"aggs"].items():
             if not agg.count:
                 continue
-            first = decode(bytes(agg.first), self._ignored)
+            first = decode(bytes(agg.first))
             if isinstance(first, Event):
                 tails.append(dataclasses.replace(first, mono_ns=agg.last_ts, tid=agg.last_tid,
                                                  comm=_text(bytes(agg.last_comm)),
@@ -376,6 +393,11 @@ class EbpfBackend(Backend):
 
     def stats(self) -> dict:
         counters = self._kernel_counters() if self._bpf is not None else self._final_stats
+        folded, tailed = counters.pop("folded_sends"), counters.pop("tailed_sends")
+        if self._bpf is None:
+            # After the final drain every folded send was reported in a tail record,
+            # unless the LRU map evicted its socket's record first: those counts are lost.
+            counters["evicted_sends"] = max(0, folded - tailed - self._drained_sends)
         return {"events": self._events, **counters,
                 "ringbuf_bytes": self._ringbuf_pages * os.sysconf("SC_PAGE_SIZE")}
 
@@ -401,14 +423,16 @@ def diagnose() -> list[tuple[str, bool, str]]:
 
 def _detail(name: str) -> str:
     """What a passing check found (for doctor's output)."""
-    if name == "BTF sock_common":
-        return ", ".join(f"{({**SOCK_COMMON_DEFINES, **SOCK_DEFINES})[k]}={v}" for k, v in
-                         sock_common_offsets().items())
+    if name == "BTF struct offsets":
+        names = {**SOCK_COMMON_DEFINES,
+                 **{d: f"{st}.{m}" for d, (st, m) in KERNEL_DEFINES.items()}}
+        return ", ".join(f"{names[k]}={v}" for k, v in sock_common_offsets().items())
+    if name == "pid namespace":
+        return pidns.current().label()
     if name == "kernel headers":
         return str(Path(f"/lib/modules/{os.uname().release}/build").resolve())
     if name == "tracefs":
         return str(_tracefs())
     if name == "bcc":
-        spec = importlib.util.find_spec("bcc")
-        return str(Path(spec.origin).parent.resolve()) if spec and spec.origin else "ok"
+        return str(Path(load_bcc().__file__).parent.resolve())
     return "ok"
