@@ -21,7 +21,8 @@ Examples:
   svctrace run --backend inprocess --report r.json -- pytest -n 2 tests/
   svctrace run --backend strace -- python -m pytest tests/test_db.py
 
-Under sudo the command runs as the invoking user (SUDO_UID), not as root, unless --as-root.
+Under sudo the command runs as the invoking user (SUDO_UID), not as root, unless --as-root;
+the report is always written as that user (a path they may not write is refused).
 The exit status is the command's own (128+N if killed by signal N); 2 means svctrace could
 not start (bad option/config/backend), 3 means svctrace failed after a successful command.
 """
