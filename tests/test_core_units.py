@@ -74,7 +74,7 @@ def test_service_map_precedence_defaults_unknown_and_noise():
     assert smap.classify(Destination("inet", "tcp", "10.0.0.8", 5432)) == "postgres"
     assert smap.classify(Destination("unix", "unix",
                                      "/var/run/postgresql/.s.PGSQL.5432")) == "postgres"
-    assert smap.classify(Destination("inet6", "udp", "::1", 53)) == "udp:[::1]:53"
+    assert smap.classify(Destination("inet6", "udp", "::1", 5353)) == "udp:[::1]:5353"
     assert smap.classify(Destination("unix", "unix", "/run/nscd/socket")) is None
     assert smap.classify(Destination("netlink", "other", "0")) is None
 

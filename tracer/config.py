@@ -11,7 +11,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from svctrace.errors import SvctraceError
-from svctrace.services import RuleError, ServiceMap, parse_rule
+from svctrace.services import RuleError, ServiceMap, environment_noise, parse_rule
 
 DEFAULT_REPORT = "svctrace-report.json"
 _DECLARE_KINDS = ("markers", "fixtures", "paths", "bases")
@@ -46,7 +46,8 @@ class Config:
     incidental_share: float = 0.8
 
     def service_map(self) -> ServiceMap:
-        return ServiceMap(self.services, self.ignore, self.default_services)
+        return ServiceMap(self.services, self.ignore, self.default_services,
+                          environment_noise(os.environ))
 
 
 def find_pyproject(start: str | os.PathLike | None = None) -> Path | None:

@@ -1,9 +1,12 @@
 """Service map: destination -> service name, from defaults plus user rules (pure)."""
 from __future__ import annotations
 
+import errno
 import fnmatch
+import glob
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Mapping
 
 from svctrace.events import Destination
 
@@ -23,9 +26,23 @@ DEFAULT_SERVICES: dict[str, tuple[str, ...]] = {
     "elasticsearch": ("9200",),
     "statsd": ("8125/udp",),
     "symbolicator": ("3021",),
+    "dns": ("53",),  # a resolver (udp and tcp); README "Attribution rules" says when it is a need
 }
-# glibc's name-service cache probe: every getaddrinfo() may touch it; never a service.
-DEFAULT_IGNORE: tuple[str, ...] = ("unix:/var/run/nscd/socket", "unix:/run/nscd/socket")
+# Sockets that libraries and the C library probe on their own: none is a service a CI job
+# starts. The one list of default noise for every backend (a user rule naming one of
+# these paths makes it a service again).
+DEFAULT_IGNORE: tuple[str, ...] = (
+    "unix:/var/run/nscd/socket", "unix:/run/nscd/socket",        # glibc name-service cache
+    "unix:/run/uuidd/request", "unix:/var/run/uuidd/request",    # libuuid: uuid.uuid1()
+    "unix:/dev/log", "unix:/run/systemd/journal/*",              # syslog(3), journald
+    "unix:/run/dbus/system_bus_socket", "unix:/var/run/dbus/system_bus_socket",
+    "unix:/run/user/*/bus", "unix:@/tmp/dbus-*",                 # D-Bus session bus
+    "unix:/run/systemd/notify", "unix:/run/user/*/systemd/notify",  # sd_notify(3)
+    "unix:/run/systemd/userdb/*",                                # nss-systemd user lookups
+    "unix:/run/systemd/resolve/io.systemd.Resolve*",             # nss-resolve (varlink)
+    "unix:/var/lib/sss/pipes/*",                                 # nss_sss
+    "unix:/run/avahi-daemon/socket", "unix:/var/run/avahi-daemon/socket",  # nss-mdns
+)
 # Families that are never an external service (kernel netlink, packet sockets...).
 IGNORED_FAMILIES = frozenset({"netlink", "other"})
 
@@ -59,7 +76,10 @@ class Rule:
             return dest.family == "unix" and fnmatch.fnmatchcase(dest.address, self.unix_glob)
         if dest.family not in ("inet", "inet6"):
             return False
-        if self.transport and dest.transport != self.transport:
+        # A backend that could not tell the transport ("other") matches either: only probes
+        # keep such a destination (the contact rule settles it for contacts).
+        if self.transport and dest.transport in ("tcp", "udp") \
+                and dest.transport != self.transport:
             return False
         if self.ports and not (dest.port is not None
                                and self.ports[0] <= dest.port <= self.ports[1]):
@@ -123,32 +143,142 @@ def parse_rule(name: str, spec: str) -> Rule:
     return Rule(name, spec, network=_network(text, spec), transport=transport)
 
 
+def environment_noise(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Noise rules only the environment knows: sd_notify's $NOTIFY_SOCKET."""
+    path = environ.get("NOTIFY_SOCKET", "")
+    if path.startswith(("/", "@")):  # "vsock:..." is not a unix socket
+        return ("unix:" + glob.escape(path),)
+    return ()
+
+
+CONTACT, PROBE, NOISE = "contact", "probe", "noise"
+# Failed before anything left this machine: no route, no such local address, or refused by
+# local policy (firewall, cgroup). Nothing was reached, whatever the transport.
+_LOCAL_FAILURES = frozenset(-e for e in (
+    errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EADDRNOTAVAIL,
+    errno.EAFNOSUPPORT, errno.EPERM, errno.EACCES))
+# Outcomes only a TCP connect can have: the handshake started. eBPF reports the transport of
+# an inet connect it saw no handshake for as "other" (issue 11); these settle it.
+_TCP_ONLY = frozenset(-e for e in (errno.EINPROGRESS, errno.EALREADY, errno.ECONNREFUSED,
+                                   errno.ETIMEDOUT, errno.ECONNRESET))
+_NO_LISTENER = frozenset((-errno.ENOENT, -errno.ECONNREFUSED))  # at a unix path
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one socket operation means, the same for every backend.
+
+    what: CONTACT (a service was tried: counts in services and needs), PROBE (failed
+          without reaching anything, or at a unix path no rule names: evidence only) or
+          NOISE. name: the service, or the label when no rule names it. label: the
+          destination as every backend labels it ("tcp:10.0.0.5:80"; probes of inet
+          destinations carry no transport, which a backend may not know: "10.0.0.5:80").
+    """
+
+    what: str
+    name: str | None = None
+    label: str | None = None
+
+
+_NOISE = Verdict(NOISE)
+
+
+def canonical(dest: Destination) -> Destination:
+    """One spelling per address: IPv4-mapped IPv6 is IPv4, addresses in canonical text."""
+    if dest.family not in ("inet", "inet6"):
+        return dest
+    try:
+        addr = ipaddress.ip_address(dest.address)
+    except ValueError:
+        return dest  # a host name (the in-process backend on a failed connect)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return replace(dest, family="inet", address=str(addr.ipv4_mapped))
+    text = str(addr)
+    return dest if text == dest.address else replace(dest, address=text)
+
+
+def _probe_label(dest: Destination) -> str:
+    if dest.family == "inet6":
+        return f"[{dest.address}]:{dest.port}"
+    if dest.family == "inet":
+        return f"{dest.address}:{dest.port}"
+    return dest.label()
+
+
 class ServiceMap:
-    """Classifies destinations. User rules win over defaults; then the most specific rule."""
+    """Classifies destinations: the user's ignore list, then user rules (most specific
+    first), then the default noise, then the default services; else the label."""
 
     def __init__(self, user: dict[str, list[str]] | None = None,
-                 ignore: list[str] | None = None, use_defaults: bool = True) -> None:
+                 ignore: list[str] | None = None, use_defaults: bool = True,
+                 noise: tuple[str, ...] = ()) -> None:
+        self.ignore = [parse_rule("(ignored)", spec) for spec in ignore or ()]
         self.rules: list[Rule] = []
+        self._user_rules = 0
         for source in (user or {}, DEFAULT_SERVICES if use_defaults else {}):
             rules = [parse_rule(name, spec) for name, specs in source.items() for spec in specs]
             rules.sort(key=lambda r: r.specificity, reverse=True)  # stable: config order on ties
             self.rules.extend(rules)
-        specs = list(DEFAULT_IGNORE if use_defaults else ()) + list(ignore or ())
-        self.ignore = [parse_rule("(ignored)", spec) for spec in specs]
+            self._user_rules = self._user_rules or len(self.rules)
+        # Default noise applies with or without the default services: it is never a service.
+        self.noise = [parse_rule("(noise)", spec) for spec in DEFAULT_IGNORE + tuple(noise)]
         self._cache: dict[Destination, str | None] = {}
+        self._verdicts: dict[tuple, Verdict] = {}
 
     def classify(self, dest: Destination) -> str | None:
         """Service name, the destination's label when no rule matches, None for noise."""
         if dest in self._cache:
             return self._cache[dest]
-        result: str | None
+        result: str | None = None
         # No address: an accepted or socketpair unix socket, or an inet send a backend could
         # not resolve. Not a contact with anything nameable; backends count these in stats.
-        if (dest.family in IGNORED_FAMILIES or not dest.address
+        if not (dest.family in IGNORED_FAMILIES or not dest.address
                 or any(r.matches(dest) for r in self.ignore)):
-            result = None
-        else:
-            result = next((r.name for r in self.rules if r.matches(dest)), dest.label())
+            user = self.rules[:self._user_rules]
+            result = next((r.name for r in user if r.matches(dest)), None)
+            if result is None and not any(r.matches(dest) for r in self.noise):
+                result = next((r.name for r in self.rules[self._user_rules:]
+                               if r.matches(dest)), dest.label())
         if len(self._cache) < 100_000:
             self._cache[dest] = result
         return result
+
+    def judge(self, kind: str, dest: Destination, result: int) -> Verdict:
+        """The contact rule (README "Attribution rules") for a connect, connect_result or
+        send with this result: contact, probe or noise, and under which name."""
+        key = (kind, dest, min(result, 0))  # a send's byte count does not matter
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._judge(kind, canonical(dest), result)
+            if len(self._verdicts) < 100_000:
+                self._verdicts[key] = verdict
+        return verdict
+
+    def _judge(self, kind: str, dest: Destination, result: int) -> Verdict:
+        if dest.family == "unix":
+            name = self.classify(dest)
+            if name is None:
+                return _NOISE
+            if result in _NO_LISTENER and name == dest.label():
+                return Verdict(PROBE, name, name)  # nobody listens, and no rule wants it
+            return Verdict(CONTACT, name, dest.label())
+        if dest.family not in ("inet", "inet6"):
+            return _NOISE  # netlink, packet sockets...: IGNORED_FAMILIES
+        if kind == "connect_result" or (kind == "connect" and result in _TCP_ONLY):
+            if dest.transport not in ("tcp", "udp"):
+                dest = replace(dest, transport="tcp")  # only a TCP connect gets that far
+        elif result in _LOCAL_FAILURES:
+            return self._probe(dest)
+        elif kind == "connect" and dest.transport != "tcp":
+            # A UDP connect sends nothing (glibc's getaddrinfo connects UDP sockets to sort
+            # candidate addresses), and a TCP connect that succeeded is never "other".
+            return _NOISE
+        name = self.classify(dest)
+        return _NOISE if name is None else Verdict(CONTACT, name, dest.label())
+
+    def _probe(self, dest: Destination) -> Verdict:
+        name = self.classify(dest)
+        if name is None:
+            return _NOISE
+        label = _probe_label(dest)
+        return Verdict(PROBE, label if name == dest.label() else name, label)
