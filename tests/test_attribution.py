@@ -1,6 +1,8 @@
 """Attribution on hand-written event/marker streams: boundaries, subprocesses, crashes, workers."""
 from __future__ import annotations
 
+import errno
+
 from svctrace.attribution import Attributor
 from svctrace.config import Config
 from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessEvent, RunInfo,
@@ -48,16 +50,54 @@ def test_events_go_to_the_phase_containing_them_boundaries_included():
     assert report["unattributed"] == []
 
 
-def test_gap_between_phases_and_between_tests_is_reported_not_charged():
-    records = ([Marker(0, 0, 100, None, "", "session", "start")]
-               + windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
-               + [ev(1500, PG), ev(1015, REDIS)])
+def test_gaps_between_a_tests_phases_belong_to_the_test_with_the_gap_named():
+    records = windows_of(100, "t.py::a", 1000) + [
+        ev(1015, REDIS, tid=101, comm="rdk:broker-1"),   # setup end -> call start
+        ev(1035, PG), ev(1036, PG, kind="send")]         # call end -> teardown start
     report = attribute(records)
-    assert report["tests"]["t.py::a"]["services"] == []
-    assert report["tests"]["t.py::b"]["services"] == []
-    reasons = {(u["reason"], u["detail"]): u["services"] for u in report["unattributed"]}
-    assert reasons == {("between-tests", "after t.py::a (teardown)"): ["postgres"],
-                       ("between-tests", "after t.py::a (setup)"): ["redis"]}
+    test = report["tests"]["t.py::a"]
+    assert test["phases"] == {"setup": ["redis"], "call": ["postgres"], "teardown": []}
+    assert test["evidence"]["postgres"]["gaps"] == ["call->teardown"]
+    assert test["evidence"]["redis"]["gaps"] == ["setup->call"]
+    first = test["evidence"]["postgres"]["first"]
+    assert (first["phase"], first["gap"]) == ("call", "call->teardown")
+    assert report["unattributed"] == []
+
+
+def test_gap_after_a_failed_setup_leads_to_teardown_even_before_its_marker_arrived():
+    ms = 1_000_000
+    att = Attributor(ServiceMap())
+    for record in phase(100, "t.py::a", "setup", 1000 * ms, 1010 * ms, outcome="failed"):
+        att.add(record)
+    att.add(ev(1015 * ms, PG))
+    att.flush(1016 * ms)  # teardown's start marker (1020 ms) is not known yet
+    for record in phase(100, "t.py::a", "teardown", 1020 * ms, 1030 * ms):
+        att.add(record)
+    report = build_report(att.finish(), RunInfo("test"), Config())
+    evidence = report["tests"]["t.py::a"]["evidence"]["postgres"]
+    assert evidence["gaps"] == ["setup->teardown"]
+    # in a gap, the offset counts from the end of the phase before it
+    assert (evidence["first"]["phase"], evidence["first"]["offset_ms"]) == ("setup", 5.0)
+
+
+def test_traffic_outside_tests_is_labelled_by_where_it_fell():
+    records = ([Marker(0, 0, 100, None, "", "session", "start"),
+                Marker(9000, 0, 100, None, "", "session", "end")]
+               + phase(100, "", "collection", 10, 500)    # nested in the session window
+               + windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
+               + [ev(-5, PG), ev(100, PG), ev(700, PG), ev(1500, PG), ev(2600, PG),
+                  ev(9500, PG)])
+    report = attribute(records)
+    reasons = {(u["reason"], u["detail"]) for u in report["unattributed"]}
+    assert reasons == {
+        ("outside-session", "before pytest's session started"),
+        ("collection", "while pytest collected tests"),
+        ("session", "session start, before the first test"),
+        ("between-tests", "after t.py::a (teardown)"),
+        ("between-tests", "after t.py::b (teardown)"),
+        ("outside-session", "after pytest's session ended"),
+    }
+    assert all(t["services"] == [] for t in report["tests"].values())
 
 
 def test_subprocess_and_threads_belong_to_the_owning_pytest_process():
@@ -193,3 +233,105 @@ def test_incidental_service_flagged_as_baseline_candidate():
     incidental = report["summary"]["incidental"]
     assert {"service": "redis", "via": f"fixture {fx}", "share": 1.0, "tests": 10} in incidental
     assert all(item["service"] != "postgres" for item in incidental)
+
+
+def test_thread_born_in_a_finished_test_outlived_it():
+    rdk = dict(pid=100, tid=101, comm="rdk:broker-1")
+    records = (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
+               + [ProcessEvent("thread", 1025, None, 100, ppid=100, tid=101),
+                  ev(1045, KAFKA, **rdk),            # still a's teardown: a's own
+                  ev(2025, KAFKA, **rdk),            # during b: not b's
+                  ev(1500, KAFKA, **rdk)])           # between tests: still a's leftover
+    report = attribute(records)
+    assert report["tests"]["t.py::a"]["services"] == ["kafka"]
+    assert report["tests"]["t.py::a"]["evidence"]["kafka"]["first"]["born_in"] == "t.py::a"
+    assert report["tests"]["t.py::b"]["services"] == []
+    (entry,) = report["unattributed"]
+    assert entry["reason"] == "outlived-test" and entry["services"] == ["kafka"]
+    assert entry["detail"] == "thread started in t.py::a"
+    assert entry["evidence"]["kafka"]["connects"] == 2
+
+
+def test_threads_born_in_wider_fixtures_outside_tests_or_unknown_keep_the_window_rule():
+    fx = "::kafka_session"
+    records = (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
+               + [FixtureMarker(1002, 0, 100, fx, "session", "setup", "start"),
+                  FixtureMarker(1008, 0, 100, fx, "session", "setup", "end"),
+                  ProcessEvent("thread", 1005, None, 100, ppid=100, tid=101),  # in fixture
+                  ProcessEvent("thread", 500, None, 100, ppid=100, tid=102),   # no test
+                  ev(2021, KAFKA, tid=101), ev(2022, REDIS, tid=102),
+                  ev(2023, PG, tid=103)])                                     # no record
+    report = attribute(records)
+    assert report["tests"]["t.py::b"]["services"] == ["kafka", "postgres", "redis"]
+    assert report["unattributed"] == []
+
+
+def test_a_reused_tid_is_a_new_thread():
+    records = (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
+               + [ProcessEvent("thread", 1025, None, 100, ppid=100, tid=101),
+                  ProcessEvent("thread", 2021, None, 100, ppid=100, tid=101),
+                  ev(2025, KAFKA, tid=101)])
+    report = attribute(records)
+    assert report["tests"]["t.py::b"]["services"] == ["kafka"]
+    assert report["tests"]["t.py::b"]["evidence"]["kafka"]["first"]["born_in"] == "t.py::b"
+
+
+def test_a_reused_pid_belongs_to_its_new_parent_and_test():
+    records = (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
+               + [ProcessEvent("fork", 1021, None, 200, 100),
+                  ProcessEvent("exec", 1022, None, 200, 100, "psql", ("psql", "old")),
+                  ev(1023, PG, pid=200),
+                  ProcessEvent("exit", 1024, None, 200, 100),
+                  ProcessEvent("fork", 2021, None, 200, 100, "python"),
+                  ev(2025, REDIS, pid=200)])
+    report = attribute(records)  # every event is attributed after all process records
+    assert report["tests"]["t.py::a"]["services"] == ["postgres"]
+    assert report["tests"]["t.py::b"]["services"] == ["redis"]
+    assert report["tests"]["t.py::b"]["evidence"]["redis"]["first"]["cmdline"] == "python"
+    assert report["unattributed"] == []
+
+
+def test_an_exited_pid_seen_again_without_a_fork_is_not_its_old_self():
+    records = (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
+               + [ProcessEvent("fork", 1021, None, 200, 100),
+                  ProcessEvent("exit", 1024, None, 200, 100),
+                  ev(2025, REDIS, pid=200)])
+    report = attribute(records)
+    assert report["tests"]["t.py::b"]["services"] == []
+    assert [u["reason"] for u in report["unattributed"]] == ["not-under-pytest"]
+
+
+def test_a_daemon_whose_parent_exited_still_belongs_to_the_test_that_started_it():
+    records = windows_of(100, "t.py::a", 1000) + [
+        ProcessEvent("fork", 1021, None, 200, 100),
+        ProcessEvent("fork", 1022, None, 300, 200),
+        ProcessEvent("exit", 1023, None, 200, 100),
+        ev(1025, PG, pid=300)]
+    assert attribute(records)["tests"]["t.py::a"]["services"] == ["postgres"]
+
+
+def test_probes_and_failed_lookups_are_evidence_not_needs():
+    uuidd = Destination("unix", "unix", "/run/uuidd/request")
+    missing = Destination("unix", "unix", "/run/app/missing.sock")
+    resolver = Destination("inet", "udp", "10.255.255.53", 53)
+    metadata = Destination("inet", "other", "169.254.169.254", 80)  # eBPF: no handshake
+    records = windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000) + [
+        ev(1021, uuidd, result=-errno.ENOENT),
+        ev(1022, missing, result=-errno.ENOENT),
+        ev(1023, resolver, result=-errno.ENETUNREACH),
+        ev(1024, metadata, result=-errno.ENETUNREACH),
+        ev(1025, Destination("inet", "udp", "10.0.0.2", 53)),              # noise
+        ev(2021, Destination("inet", "udp", "10.0.0.2", 53), kind="send", result=40),
+        ev(2022, Destination("inet", "other", "10.0.0.9", 80), result=-errno.ECONNREFUSED)]
+    report = attribute(records)
+    a, b = report["tests"]["t.py::a"], report["tests"]["t.py::b"]
+    assert a["services"] == [] and a["needs"] == []
+    assert sorted(a["failed_probes"]) == ["169.254.169.254:80", "dns",
+                                          "unix:/run/app/missing.sock"]
+    dns = a["failed_probes"]["dns"]
+    assert dns["phases"] == ["call"] and dns["destinations"] == ["10.255.255.53:53"]
+    assert dns["first"]["result"] == "enetunreach"
+    assert b["services"] == ["dns", "tcp:10.0.0.9:80"] and b["needs"] == b["services"]
+    assert b["failed_probes"] == {}
+    assert report["run"]["events"]["noise"] == 2
+    assert report["run"]["events"]["failed_probes"] == 3

@@ -5,10 +5,14 @@ Rules (README "Attribution rules"):
   markers (main pytest or an xdist worker), so subprocesses and C-library threads count.
 - Within that process it belongs to the test phase window (setup/call/teardown) containing
   its timestamp, boundaries included.
-- A subprocess forked inside a test's window whose traffic comes after that window ended
-  "outlived" its test: reported, not charged to whatever test runs next.
-- Anything else (collection, session start/end, gaps, processes outside pytest) is kept as
-  unattributed traffic with a reason.
+- A test owns its whole protocol: traffic between the end of one of its phases and the
+  start of the next belongs to the phase before the gap, and the evidence names the gap.
+- A subprocess forked, or a thread born, inside a test (threads: not inside a wider-scoped
+  fixture) whose traffic comes after that test ended "outlived" its test: reported, not
+  charged to whatever test runs next.
+- What is a contact, a failed probe or noise is services.ServiceMap.judge's one rule.
+- Anything else (collection, session start/end, between tests, processes outside pytest)
+  is kept as unattributed traffic with a reason.
 The Attributor is incremental: feed records as they arrive, flush(watermark) attributes the
 events older than the watermark and forgets them, so memory stays bounded on long runs.
 """
@@ -23,7 +27,8 @@ from typing import Callable
 
 from svctrace.events import (TEST_PHASES, Event, FixtureMarker, Marker, ProcessEvent,
                              TestInfo)
-from svctrace.services import ServiceMap
+from svctrace.lineage import Lineage
+from svctrace.services import NOISE, PROBE, ServiceMap
 
 _MAX_THREADS = 8
 
@@ -76,11 +81,12 @@ class Contact:
     destinations: set = field(default_factory=set)
     fixtures: set = field(default_factory=set)   # fixture windows the events fell in
     outside_fixtures: bool = False               # some event fell in no fixture window
+    gaps: set = field(default_factory=set)       # gaps between phases the events fell in
     first: dict | None = None
     first_ts: int | None = None
 
-    def add(self, ev: Event, ts: int, evidence: Callable[[], dict], fixture: str | None
-            ) -> None:
+    def add(self, ev: Event, ts: int, evidence: Callable[[], dict], fixture: str | None,
+            label: str, gap: str | None = None) -> None:
         """Count ev; evidence() describes it and is only called when ev is the first."""
         if ev.kind == "connect_result":
             # the later failure of a connect already counted (same time and thread)
@@ -100,7 +106,9 @@ class Contact:
         if len(self.threads) < _MAX_THREADS:
             self.threads.add(ev.comm)
         if len(self.destinations) < _MAX_THREADS:
-            self.destinations.add(ev.dest.label())
+            self.destinations.add(label)
+        if gap:
+            self.gaps.add(gap)
         if fixture:
             self.fixtures.add(fixture)
         else:
@@ -117,6 +125,7 @@ class Contact:
         self.destinations |= other.destinations
         self.fixtures |= other.fixtures
         self.outside_fixtures |= other.outside_fixtures
+        self.gaps |= other.gaps
         if other.first_ts is not None and (self.first_ts is None
                                            or other.first_ts < self.first_ts):
             self.first_ts, self.first = other.first_ts, other.first
@@ -131,6 +140,7 @@ class TestRecord:
     outcomes: dict = field(default_factory=dict)    # phase -> outcome
     durations: dict = field(default_factory=dict)   # phase -> seconds
     phases: dict = field(default_factory=lambda: {p: {} for p in TEST_PHASES})  # phase->svc->Contact
+    probes: dict = field(default_factory=lambda: {p: {} for p in TEST_PHASES})  # failed probes
     info: TestInfo | None = None
     ran: bool = False
 
@@ -144,6 +154,7 @@ class Attribution:
     fixture_services: dict[str, dict[str, Contact]]  # wider-scoped fixture -> service -> evidence
     fixture_scopes: dict[str, str]
     counts: dict[str, int]
+    unattributed_probes: dict[tuple[str, str], dict[str, Contact]] = field(default_factory=dict)
 
 
 class Attributor:
@@ -162,14 +173,15 @@ class Attributor:
         self._teardown_cursor: dict[int, int] = {}
         self.fixture_scopes: dict[str, str] = {}
         self.fixture_services: dict[str, dict[str, Contact]] = {}
-        self.parents: dict[int, tuple[int, int | None]] = {}  # pid -> (ppid, fork ts)
+        self.lineage = Lineage()
         self.cmdlines: dict[int, str] = {}
         self.comms: dict[int, str] = {}
         self.listeners: dict[int, set[int]] = {}
         self.pending: collections.deque[Event] = collections.deque()
         self.unattributed: dict[tuple[str, str], dict[str, Contact]] = {}
+        self.unattributed_probes: dict[tuple[str, str], dict[str, Contact]] = {}
         self.counts = {"events": 0, "attributed": 0, "unattributed": 0, "noise": 0,
-                       "self_loopback": 0, "markers": 0}
+                       "self_loopback": 0, "failed_probes": 0, "markers": 0}
 
     # -- feeding -------------------------------------------------------------------------
     def _ts(self, record) -> int | None:
@@ -204,8 +216,16 @@ class Attributor:
         self.pending.append(ev)
 
     def _add_process(self, pe: ProcessEvent) -> None:
+        ts = self._ts(pe)
         if pe.kind == "fork" and pe.ppid and pe.pid != pe.ppid:
-            self.parents.setdefault(pe.pid, (pe.ppid, self._ts(pe)))
+            if self.lineage.fork(pe.pid, pe.ppid, ts):
+                # A reused pid: the old program's command line is not this process's.
+                self.cmdlines.pop(pe.pid, None)
+        elif pe.kind == "exit":
+            self.lineage.exit(pe.pid, ts)
+        elif pe.kind == "thread" and pe.tid and pe.tid != pe.pid:
+            self.lineage.thread(pe.tid, pe.pid, ts)
+            return  # its comm is the creating thread's; the process keeps its own
         if pe.cmdline:
             self.cmdlines[pe.pid] = " ".join(pe.cmdline)
         if pe.comm:
@@ -272,21 +292,22 @@ class Attributor:
     def finish(self) -> Attribution:
         self.flush(None)
         return Attribution(self.tests, self.unattributed, self.fixture_services,
-                           self.fixture_scopes, dict(self.counts))
+                           self.fixture_scopes, dict(self.counts), self.unattributed_probes)
 
-    def _owner(self, pid: int) -> tuple[int | None, int]:
-        """(nearest marker-writing ancestor-or-self, the child of it on the path: the pid
-        whose fork time tells which window started the subprocess)."""
-        seen, child = 0, pid
-        current: int | None = pid
-        while current is not None and seen < 64:
+    def _owner(self, pid: int, ts: int) -> tuple[int | None, int | None]:
+        """(nearest marker-writing ancestor-or-self of `pid` as it was at `ts`, the fork time
+        of the branch below it: which window started the subprocess)."""
+        current, at, fork_ts = pid, ts, None
+        for _ in range(64):
             if current in self.windows or current in self.outer:
-                return current, child
-            child = current
-            parent = self.parents.get(current)
-            current = parent[0] if parent else None
-            seen += 1
-        return None, pid
+                return current, fork_ts
+            parent = self.lineage.parent(current, at)
+            if parent is None:
+                return None, None
+            current, fork_ts = parent
+            # the ancestor as it was when it forked this branch (it may have exited since)
+            at = fork_ts if fork_ts is not None else at
+        return None, None
 
     def _is_self_traffic(self, ev: Event) -> bool:
         ports = self.listeners.get(ev.pid)
@@ -301,21 +322,48 @@ class Attributor:
                 return False
         return False
 
-    def _started_in(self, owner: int, child: int) -> Window | None:
-        """The test window of `owner` in which the subprocess branch `child` was forked."""
-        fork_ts = self.parents.get(child, (0, None))[1]
-        if child == owner or fork_ts is None:
-            return None
-        return self._window(self.windows.get(owner, []), fork_ts)[0]
-
-    def _window(self, bucket: list[Window], ts: int) -> tuple[Window | None, Window | None]:
-        """(window containing ts, the last window that started before ts)."""
+    def _locate(self, owner: int, ts: int) -> tuple[Window | None, str | None, Window | None]:
+        """(the test window of `owner` that owns ts, the gap's name when ts falls between
+        two phases of that test, the last window that started before ts)."""
+        bucket = self.windows.get(owner, ())
         index = bisect.bisect_right(bucket, ts, key=_start) - 1
         if index < 0:
-            return None, None
-        if bucket[index].contains(ts):
-            return bucket[index], bucket[index]
-        return None, bucket[index]
+            return None, None, None
+        window = bucket[index]
+        if window.contains(ts):
+            return window, None, window
+        if window.phase == "teardown":
+            return None, None, window
+        # pytest's protocol always goes on with the same test: call if setup passed, then
+        # teardown. The next phase's start marker may not have arrived yet.
+        following = bucket[index + 1] if index + 1 < len(bucket) else None
+        if following is not None:
+            if following.nodeid != window.nodeid:
+                return None, None, window  # a broken protocol (a crashed worker): not its gap
+            after = following.phase
+        else:
+            after = "call" if window.phase == "setup" and window.outcome in (None, "passed") \
+                else "teardown"
+        return window, f"{window.phase}->{after}", window
+
+    def _origin(self, owner: int, ev: Event, ts: int, fork_ts: int | None
+                ) -> tuple[str, Window | None]:
+        """("process" or "thread", the test window the event's process or thread was started
+        in, if the outlived-test rule applies to it)."""
+        if ev.pid != owner:
+            return "process", None if fork_ts is None else self._locate(owner, fork_ts)[0]
+        if ev.tid == ev.pid:
+            return "thread", None
+        birth = self.lineage.thread_birth(ev.tid, ev.pid, ts)
+        if birth is None:
+            return "thread", None
+        return "thread", self._locate(owner, birth)[0]
+
+    def _thread_outlives(self, owner: int, ev: Event, ts: int) -> bool:
+        """A thread born inside a wider-scoped fixture serves the tests that use it."""
+        birth = self.lineage.thread_birth(ev.tid, ev.pid, ts)
+        scope = self._fixture_at(owner, birth)[1] if birth is not None else None
+        return scope in (None, "function")
 
     def _fixture_at(self, pid: int, ts: int) -> tuple[str | None, str | None]:
         bucket = self.fixture_windows.get(pid, ())
@@ -329,75 +377,96 @@ class Attributor:
         return None, None
 
     def _attribute(self, ev: Event) -> None:
-        service = self.map.classify(ev.dest)
-        # A UDP connect sends nothing (glibc's getaddrinfo connects UDP sockets to sort
-        # candidate addresses): only its sends are contacts.
-        if service is None or (ev.kind == "connect" and ev.dest.transport == "udp"):
+        verdict = self.map.judge(ev.kind, ev.dest, ev.result)
+        if verdict.what == NOISE:
             self.counts["noise"] += 1
             return
         if self.ignore_self_loopback and self._is_self_traffic(ev):
             self.counts["self_loopback"] += 1
             return
         ts = self._ts(ev) or 0
-        owner, child = self._owner(ev.pid)
+        name, label, probe = verdict.name, verdict.label, verdict.what == PROBE
+        owner, fork_ts = self._owner(ev.pid, ts)
         if owner is None:
             self._unattributed("not-under-pytest", "process outside the pytest tree",
-                               service, ev, ts)
+                               name, label, probe, ev, ts)
             return
-        window, previous = self._window(self.windows.get(owner, []), ts)
-        started = self._started_in(owner, child) if ev.pid != owner else None
-        if started is not None and (window is None or started.nodeid != window.nodeid):
-            self._unattributed("outlived-test", f"process started in {started.nodeid}",
-                               service, ev, ts)
+        window, gap, previous = self._locate(owner, ts)
+        what, started = self._origin(owner, ev, ts, fork_ts)
+        born_in = started.nodeid if started is not None and what == "thread" else None
+        if started is not None and (window is None or started.nodeid != window.nodeid) \
+                and (what == "process" or self._thread_outlives(owner, ev, ts)):
+            self._unattributed("outlived-test", f"{what} started in {started.nodeid}",
+                               name, label, probe, ev, ts, born_in)
             return
         if window is None:
-            self._outside_tests(owner, ts, previous, service, ev)
+            self._outside_tests(owner, ts, previous, name, label, probe, ev)
             return
+
+        def evidence() -> dict:
+            return self._evidence(ev, window, ts, label, gap, born_in)
+
         fixture, scope = self._fixture_at(owner, ts)
+        if probe:  # evidence, not a need: it stays with the test, whichever fixture ran it
+            test = self._test(window.nodeid)
+            test.probes[window.phase].setdefault(name, Contact()).add(
+                ev, ts, evidence, fixture, label, gap)
+            self.counts["failed_probes"] += 1
+            return
         if fixture and scope and scope != "function":
             # A class/module/session fixture serves every test that requests it, not the
             # test it happens to run in (the last test gets the session teardown): charge it
             # to the fixture; the report lists it as inherited by each dependent test.
-            self.fixture_services.setdefault(fixture, {}).setdefault(service, Contact()).add(
-                ev, ts, lambda: {**self._evidence(ev, window, ts), "test": window.nodeid},
-                fixture)
+            self.fixture_services.setdefault(fixture, {}).setdefault(name, Contact()).add(
+                ev, ts, lambda: {**evidence(), "test": window.nodeid}, fixture, label, gap)
         else:
             test = self._test(window.nodeid)
-            test.phases[window.phase].setdefault(service, Contact()).add(
-                ev, ts, lambda: self._evidence(ev, window, ts), fixture)
+            test.phases[window.phase].setdefault(name, Contact()).add(
+                ev, ts, evidence, fixture, label, gap)
         self.counts["attributed"] += 1
 
-    def _outside_tests(self, owner: int, ts: int, previous: Window | None, service: str,
-                       ev: Event) -> None:
-        outer, _ = self._window(self.outer.get(owner, []), ts)
-        if outer is not None and outer.phase == "collection":
+    def _outside_tests(self, owner: int, ts: int, previous: Window | None, name: str,
+                       label: str, probe: bool, ev: Event) -> None:
+        # Collection is nested in the session window: look for each, not for the latest.
+        inside = {w.phase: w for w in self.outer.get(owner, ()) if w.contains(ts)}
+        session = next((w for w in self.outer.get(owner, ()) if w.phase == "session"), None)
+        if "collection" in inside:
             reason, detail = "collection", "while pytest collected tests"
-        elif previous is not None:
-            reason = "between-tests" if outer is not None else "outside-session"
-            detail = f"after {previous.nodeid} ({previous.phase})"
-        elif outer is not None:
+        elif "session" in inside and previous is not None:
+            reason, detail = "between-tests", f"after {previous.nodeid} ({previous.phase})"
+        elif "session" in inside:
             reason, detail = "session", "session start, before the first test"
+        elif session is not None and session.end is not None and ts > session.end:
+            reason, detail = "outside-session", "after pytest's session ended"
+        elif previous is not None:  # no session window seen: its markers were lost
+            reason, detail = "between-tests", f"after {previous.nodeid} ({previous.phase})"
         else:
             reason, detail = "outside-session", "before pytest's session started"
-        self._unattributed(reason, detail, service, ev, ts)
+        self._unattributed(reason, detail, name, label, probe, ev, ts)
 
-    def _unattributed(self, reason: str, detail: str, service: str, ev: Event, ts: int
-                      ) -> None:
-        bucket = self.unattributed.setdefault((reason, detail), {})
-        bucket.setdefault(service, Contact()).add(ev, ts, lambda: self._evidence(ev, None, ts),
-                                                  None)
-        self.counts["unattributed"] += 1
+    def _unattributed(self, reason: str, detail: str, name: str, label: str, probe: bool,
+                      ev: Event, ts: int, born_in: str | None = None) -> None:
+        where = self.unattributed_probes if probe else self.unattributed
+        bucket = where.setdefault((reason, detail), {})
+        bucket.setdefault(name, Contact()).add(
+            ev, ts, lambda: self._evidence(ev, None, ts, label, None, born_in), None, label)
+        self.counts["failed_probes" if probe else "unattributed"] += 1
 
-    def _evidence(self, ev: Event, window: Window | None, ts: int) -> dict:
+    def _evidence(self, ev: Event, window: Window | None, ts: int, label: str,
+                  gap: str | None, born_in: str | None) -> dict:
+        # In a gap the offset counts from the end of the phase before it.
+        since = (window.end if gap else window.start) if window else None
         return {
             "phase": window.phase if window else None,
-            "offset_ms": round((ts - window.start) / 1e6, 3) if window else None,
+            "gap": gap,
+            "offset_ms": round((ts - since) / 1e6, 3) if since is not None else None,
             "pid": ev.pid,
             "tid": ev.tid,
             "thread": ev.comm,
             "background": ev.tid != ev.pid,
+            "born_in": born_in,
             "cmdline": self.cmdlines.get(ev.pid) or self.comms.get(ev.pid, ""),
-            "destination": ev.dest.label(),
+            "destination": label,
             "kind": ev.kind,
             "result": result_text(ev.kind, ev.result),
         }

@@ -29,8 +29,21 @@ def _contact_json(contact: Contact) -> dict:
         "threads": sorted(t for t in contact.threads if t),
         "destinations": sorted(contact.destinations),
         "fixtures": sorted(contact.fixtures),
+        "gaps": sorted(contact.gaps),
         "first": contact.first,
     }
+
+
+def _by_phase(per_phase: dict[str, dict[str, Contact]]) -> dict[str, dict]:
+    """{service: its evidence merged over the phases it was seen in, with those phases}."""
+    out = {}
+    for service in sorted(set().union(*map(set, per_phase.values()))):
+        where = [p for p in TEST_PHASES if service in per_phase[p]]
+        merged = Contact()
+        for p in where:
+            merged.merge(per_phase[p][service])
+        out[service] = {"phases": where, **_contact_json(merged)}
+    return out
 
 
 def _outcome(test: TestRecord) -> str:
@@ -104,13 +117,7 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
     for nodeid, test in att.tests.items():
         phases = {p: sorted(test.phases[p]) for p in TEST_PHASES}
         observed = sorted(set().union(*map(set, phases.values())))
-        evidence = {}
-        for service in observed:
-            where = [p for p in TEST_PHASES if service in test.phases[p]]
-            merged = Contact()
-            for p in where:
-                merged.merge(test.phases[p][service])
-            evidence[service] = {"phases": where, **_contact_json(merged)}
+        evidence = _by_phase(test.phases)
         inherited: dict[str, list[str]] = {}
         for fid in (test.info.fixtures if test.info else ()):
             for service in att.fixture_services.get(fid, {}):
@@ -129,11 +136,16 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             "declared": declared,
             "baseline": sorted(union & baseline),
             "needs": sorted(union - baseline),
+            "failed_probes": _by_phase(test.probes),
         }
     unattributed = []
-    for (reason, detail), services in sorted(att.unattributed.items()):
-        unattributed.append({"reason": reason, "detail": detail, "services": sorted(services),
-                             "evidence": {s: _contact_json(c) for s, c in sorted(services.items())}})
+    for key in sorted(set(att.unattributed) | set(att.unattributed_probes)):
+        services = att.unattributed.get(key, {})
+        probes = att.unattributed_probes.get(key, {})
+        unattributed.append({"reason": key[0], "detail": key[1], "services": sorted(services),
+                             "evidence": {s: _contact_json(c) for s, c in sorted(services.items())},
+                             "failed_probes": {s: _contact_json(c)
+                                               for s, c in sorted(probes.items())}})
     stats = dict(stats or {})
     report = {
         "schema": REPORT_SCHEMA,
