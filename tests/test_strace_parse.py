@@ -258,6 +258,32 @@ def test_thread_maps_tid_to_tgid_and_its_exit_is_not_a_process_exit():
     assert 4985 not in {p.pid for p in procs(records)}
 
 
+def test_a_new_thread_is_announced_with_its_birth_time_and_creator():
+    births = [p for p in procs(parse(BASIC)) if p.kind == "thread"]
+    assert births == [ProcessEvent("thread", None, 1795275713355049064, 4983, 4983, "python",
+                                   tid=4985)]
+    # unfinished clone3: born at the call's entry, before the thread's first line
+    threads = [(p.tid, p.pid, p.ppid, p.wall_ns) for p in procs(parse(THREADS))
+               if p.kind == "thread"]
+    assert threads == [(5193, 5192, 5192, 1795275743124065132),
+                       (5194, 5192, 5192, 1795275743124645708),
+                       (5195, 5192, 5192, 1795275743125294340),
+                       (5197, 5192, 5192, 1795275743340118836)]
+
+
+def test_a_thread_created_by_a_thread_names_its_creator_and_a_reused_tid_is_announced_again():
+    log = r"""
+100  1700000000.000000001 execve("/bin/py", ["py"], 0x7f /* 1 var */) = 0
+100  1700000000.000000002 clone3({flags=CLONE_VM|CLONE_FILES|CLONE_THREAD, exit_signal=0} => {parent_tid=[101]}, 88) = 101
+101  1700000000.000000003 clone3({flags=CLONE_VM|CLONE_FILES|CLONE_THREAD, exit_signal=0} => {parent_tid=[102]}, 88) = 102
+102  1700000000.000000004 +++ exited with 0 +++
+100  1700000000.000000005 clone3({flags=CLONE_VM|CLONE_FILES|CLONE_THREAD, exit_signal=0} => {parent_tid=[102]}, 88) = 102
+"""
+    threads = [(p.tid, p.ppid, p.wall_ns % 10) for p in procs(parse(log))
+               if p.kind == "thread"]
+    assert threads == [(101, 100, 2), (102, 101, 3), (102, 100, 5)]
+
+
 def test_vfork_child_lines_before_the_parent_return_are_replayed_after_the_fork():
     records = [p for p in procs(parse(BASIC)) if p.pid == 4986]
     assert records == [
@@ -305,7 +331,7 @@ def test_sendfile_and_netlink():
 
 
 def test_killed_child_and_exec_from_a_thread():
-    records = procs(parse(THREADS))
+    records = [p for p in procs(parse(THREADS)) if p.kind != "thread"]
     assert [(p.kind, p.pid, p.comm, p.cmdline) for p in records] == [
         ("exec", 5192, "python", ("/work/main/.venv/bin/python", "prog2.py")),
         ("fork", 5196, "python", ()),
@@ -402,8 +428,10 @@ def test_clone_parent_and_numeric_flags():
 101  1700000000.000000003 clone(child_stack=NULL, flags=CLONE_PARENT|SIGCHLD) = 102
 """
     out = procs(parse(log, root_ppid=1))
-    assert [(p.kind, p.pid, p.ppid) for p in out] == [
-        ("fork", 100, 1), ("exec", 100, 1), ("fork", 102, 1)]
+    assert [(p.kind, p.pid, p.ppid, p.tid) for p in out] == [
+        ("fork", 100, 1, 0), ("exec", 100, 1, 0),
+        ("thread", 100, 100, 101),   # 0x10000 is CLONE_THREAD
+        ("fork", 102, 1, 0)]
 
 
 def test_microsecond_timestamps_and_signals_and_garbage():

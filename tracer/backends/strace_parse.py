@@ -308,7 +308,7 @@ class StraceParser:
         return out + self._dispatch(tid, ts, rest)
 
     def _adopt(self, tid: int, ppid: int, parent: _Task | None, flags: int = 0,
-               ts: int | None = None) -> list[Record]:
+               ts: int | None = None, creator: int = 0) -> list[Record]:
         """Register a new task (from a clone result, or parentless) and replay its lines."""
         out: list[Record] = []
         if parent is None:
@@ -317,6 +317,10 @@ class StraceParser:
             self._ppid[tid] = ppid
         elif flags & _CLONE_THREAD:
             self._tasks[tid] = _Task(parent.tgid, parent.files, parent.comm)
+            # Attribution needs the thread's birth (issue 11: a thread outliving its test);
+            # a reused tid is announced again by its new clone.
+            out.append(ProcessEvent("thread", None, ts, parent.tgid, creator, parent.comm,
+                                    tid=tid))
         else:
             files = parent.files if flags & _CLONE_FILES else dict(parent.files)
             self._tasks[tid] = _Task(tid, files, parent.comm)
@@ -394,7 +398,7 @@ class StraceParser:
         ppid = parent.tgid
         if flags & _CLONE_PARENT:
             ppid = self._ppid.get(parent.tgid, 0)
-        return self._adopt(child, ppid, parent, flags, ts)
+        return self._adopt(child, ppid, parent, flags, ts, tid)
 
     def _execve(self, tid: int, ts: int, args: str, ret: str) -> list[Record]:
         value, _ = _result(ret)
