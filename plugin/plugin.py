@@ -11,11 +11,14 @@ import warnings
 
 import pytest
 
+from pytest_svctrace import owner
 from pytest_svctrace.sinks import MemorySink, PipeSink
 from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE
 from svctrace.events import FixtureMarker, Marker, TestInfo
 
 STATE = pytest.StashKey["Tracer"]()
+PASSIVE = pytest.StashKey[PipeSink]()  # a nested pytest's sink for the in-process backend
+CLAIMED = pytest.StashKey[bool]()  # this config made its process the pipe's owner
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -233,27 +236,53 @@ def _inprocess_install(sink) -> None:
     inprocess.install(sink.event)
 
 
+def _open_pipe(pipe: str):
+    try:
+        return PipeSink(pipe)
+    except OSError as exc:
+        warnings.warn(f"svctrace: cannot open marker pipe {pipe}: {exc.strerror}; "
+                      "tracing disabled for this process")
+        return None
+
+
+def _passive(config: pytest.Config, pipe: str) -> None:
+    """A nested pytest under the in-process backend: no markers, but its socket events
+    and its ancestry, so its traffic is charged to the owner's test that started it."""
+    sink = _open_pipe(pipe)
+    if sink is None:
+        return
+    for record in owner.ancestry(int(os.environ[ENV_OWNER])):
+        sink(record, urgent=False)
+    config.stash[PASSIVE] = sink
+    _inprocess_install(sink)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from pytest_svctrace import select
     config.pluginmanager.register(select, "svctrace-select")
     pipe = os.environ.get(ENV_PIPE)
     report = config.getoption("svctrace_report") or None
-    if pipe and os.environ.get(ENV_OWNER) == str(os.getpid()):
-        # A pytest run inside a traced pytest process (pytester's in-process runs): the
-        # outer session owns the pipe; inner node ids would corrupt its windows.
+    role = owner.role(config)
+    if pipe and role == "nested":
+        # A pytest run inside a test of the owner: its node ids are not the run's. In the
+        # owner's own process (pytester in process) the owner's patch already sees it.
+        if (not report and os.environ.get(ENV_BACKEND) == "inprocess"
+                and os.environ.get(ENV_OWNER) != str(os.getpid())):
+            _passive(config, pipe)
         pipe = None
         if not report:
             return
     if pipe:
-        try:
-            sink = PipeSink(pipe)
-        except OSError as exc:
-            warnings.warn(f"svctrace: cannot open marker pipe {pipe}: {exc.strerror}; "
-                          "tracing disabled for this process")
+        sink = _open_pipe(pipe)
+        if sink is None:
             return
         inprocess = os.environ.get(ENV_BACKEND) == "inprocess"
-        os.environ[ENV_OWNER] = str(os.getpid())
-    elif report or hasattr(config, "workerinput") and config.workerinput.get("svctrace_report"):
+        if role == "owner":
+            owner.claim()
+            config.stash[CLAIMED] = True
+            if config.pluginmanager.hasplugin("xdist"):
+                config.pluginmanager.register(owner.XdistOwner(), "svctrace-xdist-owner")
+    elif report:
         sink, inprocess = MemorySink(), True
     else:
         return
@@ -286,18 +315,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus):
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     tracer = config.stash.get(STATE, None)
-    if tracer is None:
+    sink = tracer.sink if tracer else config.stash.get(PASSIVE, None)
+    if sink is None:
         return
-    if tracer.inprocess:
+    if tracer is None or tracer.inprocess:
         from svctrace.backends import inprocess
         inprocess.uninstall()
     try:
-        tracer.sink.close()
+        sink.close()
     except Exception:
         pass
-    del config.stash[STATE]
-    if os.environ.get(ENV_OWNER) == str(os.getpid()) and tracer.sink.__class__ is PipeSink:
-        del os.environ[ENV_OWNER]
+    del config.stash[STATE if tracer else PASSIVE]
+    if config.stash.get(CLAIMED, False):
+        owner.release()
 
 
 def is_enabled(config: pytest.Config) -> bool:
