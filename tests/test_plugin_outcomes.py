@@ -132,6 +132,8 @@ def test_second():
                                  no_reraise_ctrlc=True)
     report = json.loads((pytester.path / "r.json").read_text())
     assert _outcomes(report) == {"test_first": "interrupted", "test_second": "not run"}
-    assert report["tests"]["test_stop.py::test_first"]["services"] == []
-    assert [u["detail"] for u in report["unattributed"]] == [
-        "after test_stop.py::test_first (call)"]
+    # The connect came after the call window ended: unattributed, or at most in the gap
+    # after the call (attribution's choice), never inside the call.
+    evidence = report["tests"]["test_stop.py::test_first"]["evidence"]
+    assert [s for s, e in evidence.items() if not e.get("gaps")] == []
+    assert evidence or report["unattributed"]
