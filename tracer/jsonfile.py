@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from svctrace.errors import SvctraceError
-from svctrace.userfiles import write_file
+from svctrace.userfiles import UserFileError, read_file, write_file
 
 
 def read_versioned(path: str | os.PathLike, schema: str, kind: str,
@@ -14,10 +14,9 @@ def read_versioned(path: str | os.PathLike, schema: str, kind: str,
     """Load a JSON object whose "schema" must equal `schema`; a mismatch is a hard, clear
     error (coverage.py's rule for its data files)."""
     try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise error(f"cannot read {kind} {path}: {exc.strerror}") from None
+        data = json.loads(read_file(path))  # under sudo as the user, like every output
+    except UserFileError as exc:
+        raise error(f"cannot read {kind} {path}: {exc.reason}") from None
     except ValueError as exc:
         raise error(f"{kind} {path} is not valid JSON: {exc}") from None
     found = data.get("schema") if isinstance(data, dict) else None

@@ -1,4 +1,4 @@
-"""Output files written with the permissions of the user who ran sudo, never root's (issue 17)."""
+"""Files read and written for the user who ran sudo, with their permissions, never root's (issue 17)."""
 from __future__ import annotations
 
 import errno
@@ -15,12 +15,24 @@ from svctrace.errors import SvctraceError
 SUDO_HINT = "under sudo, svctrace writes files with the permissions of the user who ran sudo"
 
 
-class OutputError(SvctraceError):
-    """An output file was refused or could not be written; `reason` is one clause."""
+class UserFileError(SvctraceError):
+    """A file was refused or could not be read or written; `reason` is one clause."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, what: str = "",
+                 verb: str = "read") -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"cannot {verb} {what + ' to ' if what else ''}{path}: {reason}")
+
+
+class OutputError(UserFileError):
+    """An output file was refused or could not be written."""
 
     def __init__(self, path: str | os.PathLike, reason: str, what: str = "") -> None:
-        self.path, self.reason = str(path), reason
-        super().__init__(f"cannot write {what + ' to ' if what else ''}{path}: {reason}")
+        super().__init__(path, reason, what, "write")
+
+
+class _Failed(Exception):
+    """What went wrong, as one clause, whichever process acted."""
 
 
 class _Refused(Exception):
@@ -78,18 +90,33 @@ def check_writable(*paths: str | os.PathLike, what: str = "") -> None:
     """Early check (before a long command runs): each path could be written now. Creates
     nothing; the write itself checks again."""
     for path in paths:
-        _as_owner(lambda p=path: _check(os.fspath(p)), path, what)
+        _output(lambda p=path: _check(os.fspath(p)), path, what)
 
 
 def write_file(path: str | os.PathLike, data: bytes, mode: int = 0o644, what: str = "") -> Path:
     """Replace `path` atomically: a new file created exclusively next to it, then renamed."""
-    _as_owner(lambda: _write(os.fspath(path), data, mode), path, what)
+    _output(lambda: _write(os.fspath(path), data, mode), path, what)
     return Path(path)
 
 
 def append_file(path: str | os.PathLike, data: bytes, what: str = "") -> None:
     """Append to a regular file of ours (e.g. $GITHUB_STEP_SUMMARY), creating it if absent."""
-    _as_owner(lambda: _append(os.fspath(path), data), path, what)
+    _output(lambda: _append(os.fspath(path), data), path, what)
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """An input (report, plan) read as the user: sudo must not let them read root's files."""
+    try:
+        return _as_owner(lambda: _read(os.fspath(path)))
+    except _Failed as exc:
+        raise UserFileError(path, str(exc)) from None
+
+
+def _output(action: Callable[[], None], path, what: str) -> None:
+    try:
+        _as_owner(action)
+    except _Failed as exc:
+        raise OutputError(path, str(exc), what) from None
 
 
 # -- the acting side: runs as the owner (in a forked child under sudo) --------------------
@@ -201,50 +228,55 @@ def _append(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 # -- the deciding side: who acts, and how their failure becomes one sentence --------------
-def _as_owner(action: Callable[[], None], path, what: str) -> None:
-    """Run `action` as the acting owner. Under sudo that is a forked child with the owner's
-    uid, gid and groups, so the kernel applies that user's permissions to every step (per-
-    thread fsuid is not in Python's os module, and setuid in-process is irreversible)."""
+def _as_owner(action: Callable[[], bytes | None]) -> bytes:
+    """Run `action` as the acting owner; its bytes, or _Failed. Under sudo that is a forked
+    child with the owner's uid, gid and groups, so the kernel applies that user's permissions
+    to every step (per-thread fsuid is not in Python's os module, and setuid in-process is
+    irreversible)."""
     owner = _acting_for
     if owner is None or owner.uid == os.geteuid():
         try:
-            action()
+            return action() or b""
         except _Refused as exc:
-            raise OutputError(path, str(exc), what) from None
+            raise _Failed(str(exc)) from None
         except OSError as exc:
-            raise OutputError(path, _describe(exc.errno, exc.strerror or str(exc), None),
-                              what) from None
-        return
+            raise _Failed(_describe(exc.errno, exc.strerror or str(exc), None)) from None
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never return into the caller's code
         try:
             os.close(rfd)
-            os.write(wfd, _outcome(owner, action))
+            with os.fdopen(wfd, "wb") as out:  # a whole report may exceed the pipe: stream
+                out.write(_outcome(owner, action))
         finally:
             os._exit(0)
     os.close(wfd)
     with os.fdopen(rfd, "rb") as fh:
         answer = fh.read()
     os.waitpid(pid, 0)
-    kind, _, text = answer.decode("utf-8", "replace").partition("\0")
-    if kind == "ok":
-        return
-    if kind in ("refused", "denied"):
-        raise OutputError(path, f"{text} ({SUDO_HINT})" if kind == "denied" else text, what)
+    kind, _, payload = answer.partition(b"\0")
+    if kind == b"ok":
+        return payload
+    text = payload.decode("utf-8", "replace")
+    if kind in (b"refused", b"denied"):
+        raise _Failed(f"{text} ({SUDO_HINT})" if kind == b"denied" else text)
     if kind.isdigit():
-        raise OutputError(path, _describe(int(kind), text, owner), what)
-    raise OutputError(path, text or "the writing process died", what)
+        raise _Failed(_describe(int(kind), text, owner))
+    raise _Failed(text or "the process acting for the user died")
 
 
-def _outcome(owner: Owner, action: Callable[[], None]) -> bytes:
+def _outcome(owner: Owner, action: Callable[[], bytes | None]) -> bytes:
     try:
         os.setgroups(list(owner.groups))
         os.setgid(owner.gid)
         os.setuid(owner.uid)
-        action()
-        return b"ok\0"
+        return b"ok\0" + (action() or b"")
     except _Refused as exc:
         return f"{'denied' if isinstance(exc, _Denied) else 'refused'}\0{exc}".encode()
     except OSError as exc:
@@ -256,4 +288,4 @@ def _outcome(owner: Owner, action: Callable[[], None]) -> bytes:
 def _describe(err: int, text: str, owner: Owner | None) -> str:
     if err in (errno.EACCES, errno.EPERM) and owner is not None:
         return f"permission denied for {owner.name} ({SUDO_HINT})"
-    return text[:1].lower() + text[1:] if text else os.strerror(err)
+    return text or os.strerror(err)
