@@ -5,10 +5,22 @@ import dataclasses
 import itertools
 import os
 import threading
+import weakref
 
 from svctrace import wire
 
 _BATCH = 3072  # below PIPE_BUF: one write of whole lines stays atomic
+_SINKS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # fork() copies a lock another thread held, and that thread does not exist in the
+    # child: without a fresh lock the child's first record waits forever.
+    for sink in list(_SINKS):
+        sink.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Folder:
@@ -57,11 +69,16 @@ class PipeSink:
         self._forked = False
         self._folder = Folder()
         self.errors = 0
+        _SINKS.add(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: its parent's buffer and lock are not its own."""
+        self._buffer, self._size, self.pid = [], 0, os.getpid()
+        self._folder, self._forked, self._lock = Folder(), True, threading.Lock()
 
     def __call__(self, record, urgent: bool = True) -> None:
-        if os.getpid() != self.pid:  # a forked child: its parent's buffer is not its own
-            self._buffer, self._size, self.pid = [], 0, os.getpid()
-            self._folder, self._forked = Folder(), True
+        if os.getpid() != self.pid:  # forked without Python's fork hooks (os.fork runs them)
+            self.after_fork()
         if self._forked:
             urgent = True  # a forked child may leave through os._exit(): never buffer
         with self._lock:
@@ -120,6 +137,11 @@ class MemorySink:
         self._lock = threading.Lock()
         self._folder = Folder()
         self.pid = os.getpid()
+        _SINKS.add(self)
+
+    def after_fork(self) -> None:
+        # The child's records are dropped (see __call__); only the lock needs renewing.
+        self._lock, self._folder = threading.Lock(), Folder()
 
     def __call__(self, record, urgent: bool = True) -> None:
         if os.getpid() != self.pid:

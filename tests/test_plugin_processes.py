@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
+from pytest_svctrace.sinks import MemorySink, PipeSink
+from svctrace import wire
+from svctrace.events import Marker
 from tests.support.backends import backend_marks
 from tests.support.e2e import SVCTRACE
 
@@ -79,3 +86,51 @@ def test_web(n):
     assert {nodeid: test["services"] for nodeid, test in report["tests"].items()} == {
         f"test_work.py::test_web[{n}]": ["web"] for n in range(4)}
     assert {test["worker"] for test in report["tests"].values()} == {"gw0", "gw1"}
+
+
+def _fork_while_locked(sink, in_child) -> int:
+    """Fork while another thread holds the sink's lock; the child runs in_child(). Its exit
+    status, or -1 when it hung (killed after 10 s)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with sink._lock:
+            holding.set()
+            release.wait(10)
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert holding.wait(10)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            in_child()
+        finally:
+            os._exit(0 if sys.exc_info()[0] is None else 1)
+    release.set()
+    thread.join()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return -1
+
+
+def test_a_forked_child_gets_a_fresh_pipe_sink(tmp_path):
+    fifo = tmp_path / "markers"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    sink = PipeSink(str(fifo))
+    marker = Marker(1, 2, 0, None, "t.py::t", "call", "start")
+    assert _fork_while_locked(sink, lambda: (sink(marker), sink.flush())) == 0
+    assert list(wire.Decoder().feed(os.read(reader, 1 << 16))) == [marker]
+    os.close(reader)
+    sink.close()
+
+
+def test_a_forked_child_gets_a_fresh_memory_sink():
+    sink = MemorySink()
+    assert _fork_while_locked(sink, lambda: (sink.flush(), sink.lines())) == 0
