@@ -18,7 +18,8 @@ from tests.support.sudo import NOBODY, SUDO_ENV, sudo_dirs  # noqa: F401 - a fix
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root to act as sudo and drop to nobody")
-SUDO_HINT = "(under sudo, svctrace writes files with the permissions of the user who ran sudo)"
+SUDO_HINT = ("(under sudo, svctrace reads and writes files with the permissions of the "
+             "user who ran sudo)")
 
 
 def sudo_svctrace(base: Path, *args, cwd=None, env=None, **kw):

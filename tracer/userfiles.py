@@ -1,4 +1,4 @@
-"""Files read and written for the user who ran sudo, with their permissions, never root's (issue 17)."""
+"""Files read and written for the user who ran sudo, with their permissions (issue 17)."""
 from __future__ import annotations
 
 import errno
@@ -12,7 +12,8 @@ from typing import Callable
 
 from svctrace.errors import SvctraceError
 
-SUDO_HINT = "under sudo, svctrace writes files with the permissions of the user who ran sudo"
+SUDO_HINT = ("under sudo, svctrace reads and writes files with the permissions of the user "
+             "who ran sudo")
 
 
 class UserFileError(SvctraceError):
@@ -45,7 +46,7 @@ class _Denied(_Refused):
 
 @dataclass(frozen=True)
 class Owner:
-    """The user whose permissions the kernel checks when svctrace writes an output file."""
+    """The user whose permissions the kernel checks when svctrace reads or writes a file."""
 
     uid: int
     gid: int
@@ -80,7 +81,7 @@ _acting_for: Owner | None = None
 
 
 def act_for(owner: Owner | None) -> Owner | None:
-    """Write every later output file as `owner` (None: as this process); returns the old one."""
+    """Read and write every later file as `owner` (None: as this process); returns the old."""
     global _acting_for
     previous, _acting_for = _acting_for, owner
     return previous
