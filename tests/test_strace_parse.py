@@ -497,3 +497,33 @@ def test_odd_lines_never_raise(line):
     parser = StraceParser()
     assert parser.feed(line) == []
     assert parser.finish() == []
+
+
+def test_a_line_that_trips_the_parser_is_counted_and_parsing_goes_on():
+    log = r"""
+100  1700000000.000000001 execve("/bin/sh", ["sh"], 0x7f /* 1 var */) = 0
+100  1700000000.000000002 clone(child_stack=NULL, flags=0CLONE_CHILD_CLEARTID|SIGCHLD, child_tidptr=0x7f) = 101
+100  1700000000.000000003 connect(3<TCP:[5]>, {sa_family=AF_INET, sin_port=htons(6379), sin_addr=inet_addr("10.0.0.2")}, 16) = 0
+"""
+    parser = StraceParser()
+    out: list = []
+    for line in log.strip().splitlines():
+        out += parser.feed(line)
+    assert [e.dest.port for e in events(out)] == [6379]
+
+
+def test_a_parser_bug_on_one_line_never_escapes_feed(monkeypatch):
+    parser = StraceParser()
+    parser.feed('100  1700000000.000000001 execve("/bin/sh", ["sh"], 0x7f) = 0')
+
+    def broken(*args):
+        raise KeyError("bug")
+    monkeypatch.setitem(parser._handlers, "bind", broken)
+    bad = ('100  1700000000.000000002 bind(3<TCP:[5]>, {sa_family=AF_INET, '
+           'sin_port=htons(80), sin_addr=inet_addr("0.0.0.0")}, 16) = 0')
+    assert parser.feed(bad) == []
+    good = ('100  1700000000.000000003 connect(3<TCP:[5]>, {sa_family=AF_INET, '
+            'sin_port=htons(6379), sin_addr=inet_addr("10.0.0.2")}, 16) = 0')
+    assert [e.dest.port for e in events(parser.feed(good))] == [6379]
+    assert parser.stats.errors == 1
+    assert parser.stats.first_error == (bad, "KeyError: 'bug'")

@@ -142,6 +142,8 @@ class StraceBackend(Backend):
         self._detached_ns: int | None = None       # wall time strace was stopped
         self._leftovers: dict[int, str] = {}       # pid -> comm, still running then
         self._drained = False
+        self._pump_errors = 0
+        self._pump_first_error: tuple[str, str] | None = None
 
     @staticmethod
     def _run_user(ctx: RunContext) -> str | None:
@@ -211,7 +213,15 @@ class StraceBackend(Backend):
     def _parse(self, lines: list[bytes]) -> None:
         records: list[Event | ProcessEvent] = []
         for raw in lines:
-            records += self._parser.feed(raw.decode("utf-8", "surrogateescape"))
+            line = raw.decode("utf-8", "surrogateescape")
+            try:
+                records += self._parser.feed(line)
+            except Exception as exc:
+                # Never let a line end the pump: strace would block on the full FIFO and,
+                # with it, every traced process (issue 11). Skip it and say so.
+                self._pump_errors += 1
+                if self._pump_first_error is None:
+                    self._pump_first_error = (line[:300], f"{type(exc).__name__}: {exc}")
         if records:
             with self._lock:
                 self._ready += records
@@ -276,6 +286,12 @@ class StraceBackend(Backend):
             self._drain()  # the root's exit line may still be in the FIFO
         return self._parser.root_status if self._parser.root_exited else None
 
+    def abort(self) -> Iterable[Event | ProcessEvent]:
+        """Stop strace now (the kernel resumes every tracee untraced), then drain."""
+        if self._strace_pid is not None and self._detached_ns is None:
+            self._detach_leftovers()
+        return self.stop()
+
     def stop(self) -> Iterable[Event | ProcessEvent]:
         self._drain()
         rest = self._take()
@@ -296,6 +312,14 @@ class StraceBackend(Backend):
 
     def stats(self) -> dict:
         stats = self._parser.stats
+        errors = stats.errors + self._pump_errors
+        first = stats.first_error or self._pump_first_error
+        notes = []
+        if errors and first:
+            notes.append(f"{errors} strace lines were skipped because the parser failed on "
+                         f"them (first: {first[1]} on {first[0]!r}): traffic in them is "
+                         "missing from this report")
+        leftovers = self._leftover_stats()
         return {
             "events": self._records,
             "lost_events": 0,  # ptrace stops the tracee until strace has written the line
@@ -304,8 +328,11 @@ class StraceBackend(Backend):
             "unparsed_lines": stats.unparsed,
             "unresolved_sends": stats.unresolved_sends,
             "truncated": self._truncated,
+            "parser_errors": errors,
             "leftover_processes_detached": self._detached_ns is not None,
-            **self._leftover_stats(),
+            **leftovers,
+            **({"notes": notes + leftovers.get("notes", [])}
+               if notes or leftovers.get("notes") else {}),
         }
 
     def _leftover_stats(self) -> dict:

@@ -90,6 +90,8 @@ class _Stats:
     unparsed: int = 0
     unresolved_sends: int = 0
     orphans_adopted: int = 0
+    errors: int = 0                              # lines that tripped a parser bug
+    first_error: tuple[str, str] | None = None   # (line, exception) of the first one
 
 
 def _unquote(body: str) -> str:
@@ -216,7 +218,10 @@ def _clone_flags(args: str) -> int:
         elif name == "CLONE_PARENT":
             flags |= _CLONE_PARENT
         elif name[:1].isdigit():
-            flags |= int(name, 0)
+            try:
+                flags |= int(name, 0)
+            except ValueError:
+                pass  # not a number after all; the named flags still count
     return flags
 
 
@@ -268,7 +273,13 @@ class StraceParser:
         if not line:
             return []
         self.stats.lines += 1
-        return self._feed(line)
+        try:
+            return self._feed(line)
+        except Exception as exc:  # one odd line must not end tracing (issue 11): count it
+            self.stats.errors += 1
+            if self.stats.first_error is None:
+                self.stats.first_error = (line[:300], f"{type(exc).__name__}: {exc}")
+            return []
 
     def live_processes(self) -> dict[int, str]:
         """Processes seen starting and not (yet) seen exiting: pid -> comm."""
