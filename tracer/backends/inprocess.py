@@ -27,6 +27,7 @@ BLIND_SPOTS = (
 _REAL = {name: getattr(socket.socket, name) for name in
          ("connect", "connect_ex", "send", "sendall", "sendto", "sendmsg", "listen")}
 _REAL_SSL = {name: ssl.SSLSocket.__dict__[name] for name in ("send", "sendall")}
+_REAL_THREAD_START = threading.Thread.start
 _state: dict = {"sink": None, "errors": 0}
 _peers: "weakref.WeakKeyDictionary[socket.socket, tuple]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -184,6 +185,19 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _thread_start(self):
+    # Announce the thread as the kernel backends do (birth time = the start call), so a
+    # thread that outlives its test is judged alike under every backend (issue 11).
+    # Thread.start returns once the thread runs, when its native_id is set.
+    born_mono, born_wall = time.monotonic_ns(), time.time_ns()
+    creator = threading.get_native_id()
+    result = _REAL_THREAD_START(self)
+    _guard(lambda: _state["sink"] and self.native_id is not None and _state["sink"](
+        ProcessEvent("thread", born_mono, born_wall, os.getpid(), creator, self.name,
+                     tid=self.native_id)))
+    return result
+
+
 def install(sink: Callable) -> None:
     """Start reporting socket operations of this process to sink(Event)."""
     with _lock:
@@ -198,6 +212,7 @@ def install(sink: Callable) -> None:
         # SSLSocket overrides send/sendall and writes through the TLS object, not socket.send.
         ssl.SSLSocket.send = _sender("send", _REAL_SSL["send"])
         ssl.SSLSocket.sendall = _sender("sendall", _REAL_SSL["sendall"])
+        threading.Thread.start = _thread_start
 
 
 def uninstall() -> None:
@@ -211,6 +226,7 @@ def uninstall() -> None:
                 delattr(socket.socket, name)
         for name, real in _REAL_SSL.items():
             setattr(ssl.SSLSocket, name, real)
+        threading.Thread.start = _REAL_THREAD_START
 
 
 def installed() -> bool:
