@@ -6,17 +6,16 @@ Inert unless enabled: by `svctrace run` (environment SVCTRACE_PIPE) or by
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import pytest
 
 from pytest_svctrace import owner
+from pytest_svctrace.markers import Tracer
 from pytest_svctrace.sinks import MemorySink, PipeSink
 from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE
-from svctrace.events import FixtureMarker, Marker, TestInfo
 
-STATE = pytest.StashKey["Tracer"]()
+STATE = pytest.StashKey[Tracer]()
 PASSIVE = pytest.StashKey[PipeSink]()  # a nested pytest's sink for the in-process backend
 CLAIMED = pytest.StashKey[bool]()  # this config made its process the pipe's owner
 
@@ -31,204 +30,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("svctrace_report", "default report path for --svctrace-report", default=None)
     from pytest_svctrace import select
     select.addoption(group)
-
-
-def _worker_id(config: pytest.Config) -> str | None:
-    workerinput = getattr(config, "workerinput", None)
-    return workerinput.get("workerid") if workerinput else None
-
-
-def fixture_id(fixturedef) -> str:
-    return f"{fixturedef.baseid}::{fixturedef.argname}"
-
-
-def phase_outcome(report: pytest.TestReport) -> str:
-    """passed | failed | skipped | xfailed | xpassed: pytest's own reading of one phase
-    (a strict XPASS is already "failed" in the report)."""
-    if hasattr(report, "wasxfail"):
-        if report.skipped:
-            return "xfailed"
-        if report.passed:
-            return "xpassed"
-    return report.outcome
-
-
-def _guess(exc: BaseException | None) -> str:
-    if exc is None:
-        return "passed"
-    if isinstance(exc, pytest.xfail.Exception):
-        return "xfailed"
-    return "skipped" if isinstance(exc, pytest.skip.Exception) else "failed"
-
-
-def _reraised(config: pytest.Config, exc: BaseException | None) -> bool:
-    """Whether pytest lets exc escape the test protocol unreported (its runner's rule)."""
-    if isinstance(exc, pytest.exit.Exception):
-        return True
-    return isinstance(exc, KeyboardInterrupt) and not config.getoption("usepdb", False)
-
-
-def closure(item: pytest.Item) -> frozenset:
-    """Fixture ids in the item's static closure (the definition that applies to it)."""
-    info = getattr(item, "_fixtureinfo", None)
-    return frozenset(fixture_id(defs[-1]) for defs in
-                     (info.name2fixturedefs.values() if info else ()) if defs)
-
-
-def active_fixtures(item: pytest.Item) -> frozenset:
-    """Fixture ids active for the item now, including those pulled by getfixturevalue."""
-    # FixtureRequest._fixture_defs (pytest 7-9; sub-requests share the dict, so a fixture
-    # pulled inside another fixture is there too). Private, hence the fallback.
-    defs = getattr(getattr(item, "_request", None), "_fixture_defs", None)
-    if isinstance(defs, dict):
-        return frozenset(fixture_id(d) for d in defs.values())
-    return fixtures_by_name(item)
-
-
-def fixtures_by_name(item: pytest.Item) -> frozenset:
-    """The same from the public FixtureRequest.fixturenames and the fixture manager."""
-    found = set()
-    request = getattr(item, "_request", None)
-    for name in (request.fixturenames if request else ()):
-        try:
-            visible = item.session._fixturemanager.getfixturedefs(name, item)
-        except Exception:  # another pytest's signature: the closure is all we know
-            visible = None
-        if visible:
-            found.add(fixture_id(visible[-1]))
-    return frozenset(found)
-
-
-class Tracer:
-    """Writes markers (and, for the in-process backend, socket events) to a sink."""
-
-    def __init__(self, config: pytest.Config, sink, inprocess: bool) -> None:
-        self.config = config
-        self.sink = sink
-        self.inprocess = inprocess
-        self.worker = _worker_id(config)
-        self.pid = os.getpid()
-        self._starts: dict[tuple[str, str], int] = {}
-        self._ending: dict[tuple[str, str], str] = {}  # phases awaiting pytest's report
-
-    def _safe(self, record, urgent: bool = True) -> None:
-        try:
-            self.sink(record, urgent)
-        except Exception as exc:  # degrade, never fail the test
-            warnings.warn(f"svctrace: could not record {type(record).__name__}: {exc}")
-
-    def edge(self, nodeid: str, phase: str, edge: str, outcome: str | None = None) -> None:
-        mono, wall = time.monotonic_ns(), time.time_ns()
-        duration = None
-        if edge == "start":
-            self._starts[(nodeid, phase)] = mono
-        else:
-            started = self._starts.pop((nodeid, phase), None)
-            duration = (mono - started) / 1e9 if started is not None else None
-        self._safe(Marker(mono, wall, os.getpid(), self.worker, nodeid, phase, edge, outcome,
-                          duration))
-
-    def fixture(self, fixturedef, when: str, edge: str) -> None:
-        # Wider-scoped fixtures decide inheritance: their edges are written at once (for
-        # the eBPF backend a write is also a fold boundary). Function-scoped ones only
-        # name the fixture in evidence: they travel with the next phase marker.
-        self._safe(FixtureMarker(time.monotonic_ns(), time.time_ns(), os.getpid(),
-                                 fixture_id(fixturedef), fixturedef.scope, when, edge),
-                   urgent=fixturedef.scope != "function")
-
-    def describe(self, item: pytest.Item, pulled: frozenset = frozenset()) -> None:
-        """TestInfo: the fixture closure known at collection, plus `pulled`: fixtures the
-        test activated at run time (request.getfixturevalue, pytest-django's DB setup)."""
-        cls = getattr(item, "cls", None)
-        bases = tuple(c.__name__ for c in cls.__mro__[1:] if c is not object) if cls else ()
-        path = item.nodeid.split("::")[0]
-        self._safe(TestInfo(item.nodeid, tuple(sorted(closure(item) | pulled)),
-                            tuple(sorted({m.name for m in item.iter_markers()})), path,
-                            bases, self.worker), urgent=False)
-
-    # -- hooks ---------------------------------------------------------------------------
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_collection(self, session):
-        self.edge("", "collection", "start")
-        yield
-        self.edge("", "collection", "end")
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items) -> None:
-        for item in items:
-            self.describe(item)
-        # Written before xdist hears this worker finished collecting (so before any test
-        # runs anywhere): a later TestInfo from the worker that ran a test always wins.
-        self._safe_flush()
-
-    def _phase(self, item: pytest.Item, phase: str):
-        self.flush_ends()
-        self.edge(item.nodeid, phase, "start")
-        outcome = yield
-        exc = outcome.excinfo[1] if outcome.excinfo else None
-        if _reraised(item.config, exc):
-            # pytest re-raises it without a report (Ctrl-C, pytest.exit): end the window
-            # now; the test never finished.
-            self.edge(item.nodeid, phase, "end", "interrupted")
-        else:
-            # The outcome is pytest's report, made after this hook: unittest skips and
-            # failures, xfail and strict XPASS raise nothing here (or the wrong thing).
-            self._ending[(item.nodeid, phase)] = _guess(exc)
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Only ends this process left open: an xdist controller sees its workers' reports.
-        if self._ending.pop((report.nodeid, report.when), None) is not None:
-            self.edge(report.nodeid, report.when, "end", phase_outcome(report))
-
-    def flush_ends(self) -> None:
-        """End windows whose report never came (a runner that calls runtestprotocol with
-        log=False) with the outcome the hook's exception suggests."""
-        while self._ending:
-            (nodeid, phase), guess = self._ending.popitem()
-            self.edge(nodeid, phase, "end", guess)
-
-    # tryfirst hookwrappers are outermost: every fixture pytest runs in a phase falls
-    # inside its window (the known failure: setup-fixture traffic lost without this).
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self, item):
-        yield from self._phase(item, "setup")
-
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_call(self, item):
-        yield from self._phase(item, "call")
-
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self, item):
-        # Setup and call are over: every fixture the test pulled is active now.
-        pulled = active_fixtures(item) - closure(item)
-        if pulled:
-            self.describe(item, pulled)
-        yield from self._phase(item, "teardown")
-
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_fixture_setup(self, fixturedef, request):
-        self.fixture(fixturedef, "setup", "start")
-        yield
-        self.fixture(fixturedef, "setup", "end")
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_fixture_post_finalizer(self, fixturedef, request) -> None:
-        self.fixture(fixturedef, "teardown", "end")
-
-    def session_start(self) -> None:
-        self.edge("", "session", "start")
-
-    def _safe_flush(self) -> None:
-        try:
-            self.sink.flush()
-        except Exception:
-            pass
-
-    def session_end(self) -> None:
-        self.flush_ends()
-        self.edge("", "session", "end")
-        self._safe_flush()
 
 
 def _inprocess_install(sink) -> None:

@@ -89,7 +89,7 @@ def test_fallback_by_public_fixture_names_sees_pulled_fixtures(pytester):
     """The fallback for a pytest without FixtureRequest._fixture_defs, on a real item."""
     pytester.makepyfile(test_fallback='''
 import pytest
-from pytest_svctrace.plugin import active_fixtures, fixtures_by_name
+from pytest_svctrace.markers import active_fixtures, fixtures_by_name
 
 @pytest.fixture(scope="module")
 def pulled():
