@@ -10,9 +10,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from svctrace import wire
+from svctrace import pluginpath, wire
 from svctrace.attribution import Attributor
-from svctrace.backends import select_backend
+from svctrace.backends import pidns, select_backend
 from svctrace.backends.base import Backend, RunContext
 from svctrace.config import Config
 from svctrace.contract import ENV_BACKEND, ENV_PIPE
@@ -25,6 +25,10 @@ POLL_S = 0.02          # measured: polling every ~20 ms without wakeups costs ~1
 WATERMARK_NS = 3 * 10**9  # attribute events once markers up to this age have surely arrived
 F_SETPIPE_SZ = 1031
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+NO_MARKERS = ("no pytest process wrote test markers, so nothing could be attributed to "
+              "tests: the command ran no pytest, or its pytest did not load the svctrace "
+              "plugin (see any warning above; `-p no:svctrace` does this, and tox or nox "
+              "must pass SVCTRACE_*, PYTHONPATH and PYTEST_PLUGINS through)")
 
 
 @dataclass
@@ -115,6 +119,14 @@ class MarkerPipe:
         remove_private_dir(self.dir)
 
 
+def _pid_namespace() -> str | None:
+    """The PID namespace the run's pids belong to (a container's or the host's)."""
+    try:
+        return pidns.current().label()
+    except OSError:
+        return None
+
+
 def _exec_child(argv: list[str], env: dict, ident: Identity, gate_r: int, gate_w: int) -> None:
     """In the forked child: wait until tracing is attached, drop privileges, exec."""
     try:
@@ -149,12 +161,12 @@ class Run:
         self.log = log or (lambda msg: print(f"svctrace: {msg}", file=sys.stderr, flush=True))
         self.progress_s = progress_s
         self.ident = invoking_identity(as_root)
-        cls, notes = select_backend(backend)
-        for note in notes:
+        cls, choice_notes = select_backend(backend)
+        for note in choice_notes:
             self.log(note)
         self.backend: Backend = cls()
         self.attributor = Attributor(cfg.service_map(), cls.clock, cfg.ignore_self_loopback)
-        self.notes: list[str] = []
+        self.notes: list[str] = list(choice_notes)  # which backend, why, what was mounted
         self.report: dict | None = None
         self.write_error: str | None = None
         self._tracing = True
@@ -193,6 +205,16 @@ class Run:
             self._tracing = False
             self.notes.append(f"tracing stopped early: {type(exc).__name__}: {exc}")
             self.log(f"WARNING: tracing stopped early ({exc}); the report is incomplete")
+            if not final:
+                self._stop_quietly()
+
+    def _stop_quietly(self) -> None:
+        """Detach a backend whose polling failed (probes attached, nobody draining them;
+        strace leftovers waiting on a full pipe): keep what it still delivers."""
+        try:
+            self._feed(self.backend.abort())
+        except Exception as exc:
+            self.notes.append(f"stopping the backend failed too: {type(exc).__name__}: {exc}")
 
     def _on_signal(self, signum, frame) -> None:
         self._signals.append(signum)
@@ -215,7 +237,9 @@ class Run:
             self.backend.prepare(ctx)
             argv = self.backend.wrap_command(list(self.command))
             drops_itself = self.backend.drops_privileges
-            env = child_environment(self.ident, pipe.path, self.backend.name)
+            env = pluginpath.environment(
+                child_environment(self.ident, pipe.path, self.backend.name),
+                pluginpath.build(pipe.dir, self.ident.uid, self.ident.gid))
             gate_r, gate_w = os.pipe()
             pid = os.fork()
             if pid == 0:
@@ -323,6 +347,9 @@ class Run:
             self.notes.append(f"{pipe.decoder.bad_lines} unreadable and "
                               f"{pipe.decoder.incomplete()} incomplete marker records")
         self.notes.extend(pipe.notes)
+        if not self.attributor.counts["markers"]:
+            self.notes.append(NO_MARKERS)
+            self.log(f"WARNING: {NO_MARKERS}")
         if self._signals:
             names = sorted({signal.Signals(s).name for s in self._signals})
             self.notes.append(f"received {', '.join(names)}: forwarded to the command")
@@ -333,6 +360,7 @@ class Run:
                                   "clock": "monotonic" if self.backend.clock == "mono"
                                   else "wall",
                                   "ran_as": self.ident.user or pwd.getpwuid(os.geteuid())[0],
+                                  "pid_namespace": _pid_namespace(),
                                   "notes": self.notes})
         self.report = build_report(self.attributor.finish(), run, self.cfg, stats)
         try:

@@ -39,11 +39,17 @@ def select_backend(requested: str) -> tuple[type[Backend], list[str]]:
     and says why each better backend was skipped."""
     if requested != "auto":
         cls = backend_class(requested)
+        notes = cls.prepare_host()
         reason = cls.unavailable_reason()
         if reason:
             raise BackendUnavailable(f"can't use backend={requested}: {reason}")
-        return cls, []
+        return cls, notes
     notes = []
+    for name in ORDER:
+        try:
+            notes += backend_class(name).prepare_host()
+        except Exception as exc:  # a broken backend module must not hide the others
+            notes.append(f"cannot prepare the {name} backend: {exc}")
     for name, reason in availability().items():
         if reason is None:
             notes.append(f"backend auto: using {name}")

@@ -32,6 +32,7 @@ class Backend:
                               (the runner releases it only after this returns)
       poll()                  called every ~20 ms while the command runs; returns new records
       stop()                  command exited: drain what is left, detach, return the rest
+      abort()                 poll() failed while the command runs: detach at once
       stats()                 {"events": n, "lost_events": n, ...} for the report
       command_exit_code()     the command's status, if the waited-for process is a wrapper
     """
@@ -42,6 +43,12 @@ class Backend:
     # True when the wrapper the backend runs (strace -u) switches to ctx.run_uid itself, so
     # the runner must start it with its own privileges.
     drops_privileges: ClassVar[bool] = False
+
+    @classmethod
+    def prepare_host(cls) -> list[str]:
+        """Fix what svctrace may fix itself before the availability check (as root: mount
+        tracefs); one note per action taken, for the log and the report."""
+        return []
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -62,6 +69,12 @@ class Backend:
 
     def stop(self) -> Iterable[Event | ProcessEvent]:
         return ()
+
+    def abort(self) -> Iterable[Event | ProcessEvent]:
+        """Polling failed while the command runs: detach now, so nothing waits on a
+        consumer that is gone (a full strace pipe would block every tracee), and return
+        what can still be read. The command goes on untraced."""
+        return self.stop()
 
     def stats(self) -> dict:
         return {}

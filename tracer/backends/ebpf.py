@@ -76,6 +76,19 @@ def _tracefs() -> Path | None:
     return None
 
 
+def mount_tracefs() -> str | None:
+    """As root, mount tracefs where it is missing (a fresh container, `ip netns exec`, which
+    remounts /sys): the note saying so, or None when nothing was done."""
+    if _tracefs() is not None or os.geteuid() != 0:
+        return None
+    target = TRACEFS_DIRS[0]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"tracefs", str(target).encode(), b"tracefs", 0, None) != 0:
+        err = ctypes.get_errno()
+        return f"could not mount tracefs at {target}: {os.strerror(err)}"
+    return f"mounted tracefs at {target} (it was not mounted in this mount namespace)"
+
+
 def _effective_caps() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):
@@ -306,6 +319,11 @@ class EbpfBackend(Backend):
         self._ringbuf_pages = DEFAULT_RINGBUF_PAGES
         self._final_stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._drained_sends = 0  # folded counts read from the map itself at stop()
+
+    @classmethod
+    def prepare_host(cls) -> list[str]:
+        note = mount_tracefs()
+        return [note] if note else []
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -1,0 +1,177 @@
+"""Where users run svctrace: a container's PID namespace, svctrace in a venv of its own,
+a suite on another Python, no tracefs, and commands that run no (traceable) pytest."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from svctrace.backends.pidns import INITIAL_INODE
+from svctrace.runner import NO_MARKERS
+from tests.support import e2e, venvs
+from tests.support.backends import backend_marks, needs_backend
+
+UNSHARE = shutil.which("unshare")
+needs_unshare = pytest.mark.skipif(UNSHARE is None, reason="util-linux unshare is missing")
+CONTAINER = ["unshare", "--pid", "--fork", "--mount-proc"]  # what a container's job gets
+
+
+def _pytest_cmd(python: str = sys.executable) -> list[str]:
+    return [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+
+
+def _run(prefix: list[str], svctrace: list[str], backend: str, suite, env, python=sys.executable,
+         report_name="report.json"):
+    report = suite / report_name
+    cmd = [*prefix, *svctrace, "run", "--backend", backend, "--report", str(report),
+           "--progress", "0", "--", *_pytest_cmd(python)]
+    proc = subprocess.run(cmd, cwd=suite, env=e2e.child_env(env), capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert report.exists(), f"no report; exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(report.read_text()), proc
+
+
+def _assert_same_as_host(report: dict, proc, backend: str) -> None:
+    """What test_e2e_backends asserts of a run on the host, per test and phase."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert report["run"]["backend"] == backend
+    assert report["run"]["lost_events"] == 0
+    assert e2e.observed(report) == e2e.expected(backend)
+    assert e2e.inherited(report) == e2e.expected_inherited(backend)
+
+
+@needs_unshare
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=backend_marks(b))
+                                     for b in ("ebpf", "strace", "inprocess")])
+def test_container_pid_namespace_gives_the_host_answer(sample_suite, sample_env, backend):
+    report, proc = _run(CONTAINER, e2e.SVCTRACE, backend, sample_suite, sample_env)
+    _assert_same_as_host(report, proc, backend)
+    assert "nested" in report["run"]["pid_namespace"]
+    # pids in the evidence are the container's own: the command is pid 2 or so, not a host pid
+    first = report["tests"]["test_sample.py::test_redis_pool_open"]["evidence"]["redis"]["first"]
+    assert first["pid"] < 100 and "pytest" in first["cmdline"]
+
+
+@needs_unshare
+@needs_backend("ebpf")
+@pytest.mark.parametrize("extra", [["--mount", "--uts", "--ipc"], []], ids=["more-ns", "pid-only"])
+def test_ebpf_in_other_namespace_combinations(sample_suite, sample_env, extra):
+    prefix = CONTAINER + extra if extra else ["unshare", "--pid", "--fork"]  # host's /proc
+    report, proc = _run(prefix, e2e.SVCTRACE, "ebpf", sample_suite, sample_env)
+    _assert_same_as_host(report, proc, "ebpf")
+
+
+@needs_backend("ebpf")
+def test_svctrace_in_its_own_venv_traces_a_suite_on_another_python(sample_suite, sample_env):
+    """pipx-style: svctrace alone in one venv (no bcc link, no test extras); the suite's
+    pytest and client libraries in another venv on another Python minor version, with no
+    svctrace installed. auto must pick ebpf and the report must equal the normal one."""
+    python = venvs.other_python()
+    if python is None:
+        pytest.skip("no Python of another minor version (pyenv 3.12/3.13/3.10) here")
+    alone, suite = venvs.svctrace_venv(), venvs.suite_venv(python)
+    check = subprocess.run([str(alone / "bin" / "python"), "-c", "import bcc"],
+                           capture_output=True)
+    assert check.returncode != 0, "the svctrace venv must not see bcc by itself"
+    for pkg in ("svctrace", "pytest_svctrace"):
+        missing = subprocess.run([str(suite / "bin" / "python"), "-c", f"import {pkg}"],
+                                 capture_output=True)
+        assert missing.returncode != 0, f"the suite venv must not have {pkg}"
+    report, proc = _run([], [str(alone / "bin" / "svctrace")], "auto", sample_suite,
+                        sample_env, python=str(suite / "bin" / "python"))
+    _assert_same_as_host(report, proc, "ebpf")
+    assert "backend auto: using ebpf" in proc.stderr
+    assert "svctrace: WARNING" not in proc.stderr
+
+
+def test_installed_plugin_is_registered_once(tmp_path):
+    """svctrace's own venv has the plugin installed: the boot plugin must not add it again
+    (each phase edge would be written twice)."""
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    proc = subprocess.run(e2e.SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--",
+                                          *_pytest_cmd(), "--trace-config", "test_one.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    registered = [line for line in proc.stdout.splitlines()
+                  if line.startswith("PLUGIN registered: <module 'pytest_svctrace.plugin'")]
+    assert len(registered) == 1, proc.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["tests"]["test_one.py::test_one"]["outcome"] == "passed"
+    assert NO_MARKERS not in report["run"]["notes"]
+
+
+def test_command_without_pytest_says_so_and_keeps_its_status(tmp_path):
+    proc = subprocess.run(e2e.SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--",
+                                          "sh", "-c", "exit 3"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert NO_MARKERS in proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert NO_MARKERS in report["run"]["notes"]
+    summary = subprocess.run(e2e.SVCTRACE + ["summary", str(tmp_path / "r.json")],
+                             capture_output=True, text=True, timeout=60)
+    assert NO_MARKERS in summary.stdout
+
+
+def test_blocked_plugin_is_not_forced_and_the_run_says_why(tmp_path):
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    proc = subprocess.run(e2e.SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--",
+                                          *_pytest_cmd(), "-p", "no:svctrace", "test_one.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
+    assert NO_MARKERS in json.loads((tmp_path / "r.json").read_text())["run"]["notes"]
+
+
+def test_interpreter_that_cannot_load_the_plugin_warns_and_runs(tmp_path):
+    """A tested environment on Python 3.9 (svctrace needs 3.10): one warning, the tests
+    still run, the exit status passes through, and the run notes why nothing was traced."""
+    old = venvs.other_python(prefer=("3.9",))
+    if old is None:
+        pytest.skip("no Python 3.9 interpreter (pyenv) to play an unsupported environment")
+    venv = venvs.ensure_venv("pytest-py3.9", old, ("pytest",))
+    (tmp_path / "test_one.py").write_text("def test_one():\n    assert False\n")
+    proc = subprocess.run(e2e.SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--",
+                                          *_pytest_cmd(str(venv / "bin" / "python")),
+                                          "test_one.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the failing test's status
+    assert "1 failed" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines()
+                if "cannot load the svctrace plugin" in line]
+    assert len(warnings) == 1 and "Python 3.9" in warnings[0]
+    assert NO_MARKERS in json.loads((tmp_path / "r.json").read_text())["run"]["notes"]
+
+
+@needs_unshare
+def test_doctor_tells_a_container_from_the_host(tmp_path):
+    host = subprocess.run(e2e.SVCTRACE + ["doctor"], capture_output=True, text=True,
+                          timeout=120)
+    inside = subprocess.run(CONTAINER + e2e.SVCTRACE + ["doctor"], capture_output=True,
+                            text=True, timeout=120)
+    line = lambda out: next(l for l in out.splitlines() if "pid namespace" in l)  # noqa: E731
+    assert f"pid:[{INITIAL_INODE}] initial (host)" in line(host.stdout)
+    assert "nested" in line(inside.stdout) and "ok" in line(inside.stdout)
+    assert inside.returncode == host.returncode
+
+
+@needs_unshare
+@needs_backend("ebpf")
+def test_missing_tracefs_is_mounted_and_noted(tmp_path):
+    """A fresh mount namespace without tracefs (a new container, `ip netns exec`)."""
+    (tmp_path / "test_one.py").write_text(
+        "import socket\n\ndef test_redis():\n"
+        "    socket.socket().connect_ex(('127.0.0.1', 6379))\n")
+    script = ("umount -l /sys/kernel/debug 2>/dev/null; umount -l /sys/kernel/tracing; "
+              "test ! -e /sys/kernel/tracing/events || exit 99; "
+              f"exec {' '.join(e2e.SVCTRACE)} run -b ebpf -o r.json -- "
+              f"{' '.join(_pytest_cmd())} test_one.py")
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert any(n.startswith("mounted tracefs") for n in report["run"]["notes"])
+    assert report["tests"]["test_one.py::test_redis"]["services"] == ["redis"]
