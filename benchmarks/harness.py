@@ -103,8 +103,8 @@ def machine_info() -> dict:
         kb = int(Path("/proc/meminfo").read_text().split()[1])
         info["memory_gib"] = round(kb / 2**20, 1)
     with contextlib.suppress(Exception):
-        import bcc
-        info["bcc"] = getattr(bcc, "__version__", "?")
+        from svctrace.backends.bcc_import import load_bcc
+        info["bcc"] = getattr(load_bcc(), "__version__", "?")
     with contextlib.suppress(Exception):
         out = subprocess.run(["strace", "-V"], capture_output=True, text=True).stdout
         info["strace"] = out.split("version", 1)[1].split()[0]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one setup command for svctrace on Debian 12 (run as root or via sudo; safe to re-run):
 # system packages, kernel headers for bcc, tracefs/debugfs mounts, and the project venv at
-# ./.venv with bcc made importable. PYTHON=/path/to/python3 picks the venv's interpreter.
+# ./.venv (svctrace loads the system's bcc itself). PYTHON=/path/to/python3 picks the venv's interpreter.
 set -Eeuo pipefail
 
 cd "$(dirname "$0")/.."
@@ -148,26 +148,24 @@ say "installing svctrace and its test dependencies into .venv"
 PIP_ROOT_USER_ACTION=ignore .venv/bin/python -m pip install -q --disable-pip-version-check \
     -e '.[test]'
 
-# Link only the bcc package, not all of dist-packages: Debian's other modules (built for
-# the system python) must not shadow the venv's own packages.
-STEP="linking bcc into .venv"
-[ -d "$BCC_SRC" ] || fail "$BCC_SRC is missing although python3-bpfcc is installed."
+# svctrace finds the distribution's bcc by itself (svctrace.backends.bcc_import): no link.
+# Earlier versions of this script linked it into the venv; that link is no longer needed.
+STEP="removing an old bcc link"
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-if [ -d "$SITE/bcc" ] && [ ! -L "$SITE/bcc" ]; then
-    fail "$SITE/bcc is a real package (PyPI's unrelated 'bcc'?): run .venv/bin/pip uninstall bcc, then re-run setup."
+if [ -L "$SITE/bcc" ] && [ "$(readlink "$SITE/bcc")" = "$BCC_SRC" ]; then
+    rm -f "$SITE/bcc"
+    say "removed the old link $SITE/bcc (svctrace loads the system bcc itself)"
 fi
-if [ "$(readlink "$SITE/bcc" || true)" != "$BCC_SRC" ]; then
-    ln -sfn "$BCC_SRC" "$SITE/bcc"
-    say "linked $SITE/bcc -> $BCC_SRC"
-fi
-STEP="checking import bcc"
-.venv/bin/python -c 'import bcc' || fail ".venv/bin/python cannot import bcc (see the error above)."
+[ -d "$BCC_SRC" ] || fail "$BCC_SRC is missing although python3-bpfcc is installed."
+STEP="checking that svctrace finds bcc"
+.venv/bin/python -c 'from svctrace.backends.bcc_import import load_bcc; load_bcc()' \
+    || fail "svctrace cannot load the system bcc (see the error above)."
 
 # A real compile-and-attach proves headers, tracefs and privileges together. eBPF may be
 # unavailable in some containers; svctrace then falls back to strace, so this only warns.
 STEP="eBPF self-check"
-if out=$(timeout 120 .venv/bin/python -c 'from bcc import BPF
-BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return 0; }")' 2>&1); then
+if out=$(timeout 120 .venv/bin/python -c 'from svctrace.backends.bcc_import import load_bcc
+load_bcc().BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return 0; }")' 2>&1); then
     say "eBPF self-check passed (bcc compiled and attached a tracepoint program)"
 else
     say "warning: eBPF self-check failed, the ebpf backend will be unavailable: $(printf '%s\n' "$out" | tail -n 1)"
