@@ -134,6 +134,7 @@ class StraceBackend(Backend):
         self._ready: list[Event | ProcessEvent] = []
         self._thread: threading.Thread | None = None
         self._abort = threading.Event()
+        self._discarding = False  # abort(): keep draining, keep nothing
         self._records = 0
         self._strace_pid: int | None = None
         self._truncated = False
@@ -191,6 +192,8 @@ class StraceBackend(Backend):
         on us for longer than it takes to parse; parse as we go to keep memory bounded."""
         partial = b""
         while not self._abort.is_set():
+            if self._discarding:  # nobody polls any more: the pump ends leftovers' wait
+                self._check_leftovers()
             readable, _, _ = select.select([self._rfd], [], [], 0.05)
             if not readable:
                 continue
@@ -222,7 +225,7 @@ class StraceBackend(Backend):
                 self._pump_errors += 1
                 if self._pump_first_error is None:
                     self._pump_first_error = (line[:300], f"{type(exc).__name__}: {exc}")
-        if records:
+        if records and not self._discarding:
             with self._lock:
                 self._ready += records
 
@@ -287,10 +290,14 @@ class StraceBackend(Backend):
         return self._parser.root_status if self._parser.root_exited else None
 
     def abort(self) -> Iterable[Event | ProcessEvent]:
-        """Stop strace now (the kernel resumes every tracee untraced), then drain."""
-        if self._strace_pid is not None and self._detached_ns is None:
-            self._detach_leftovers()
-        return self.stop()
+        """Nobody will poll again: the pump keeps draining (strace, and so the command,
+        must never block on a full pipe) but drops records, and watches for leftover
+        processes itself. Killing strace instead would orphan the command and lose its
+        exit status (the runner waits on strace). stop() still runs at the end."""
+        self._discarding = True
+        with self._lock:
+            self._ready = []
+        return []
 
     def stop(self) -> Iterable[Event | ProcessEvent]:
         self._drain()
