@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 
 import pytest
 
+from pytest_svctrace.notes import Notes
+from pytest_svctrace.workers import NOTES_KEY, send_back
 from svctrace.events import FixtureMarker, Marker, TestInfo
 
 
@@ -88,12 +89,15 @@ class Tracer:
         self.pid = os.getpid()
         self._starts: dict[tuple[str, str], int] = {}
         self._ending: dict[tuple[str, str], str] = {}  # phases awaiting pytest's report
+        self.notes = Notes()
+        self.notes_in_report = False  # the standalone report's summary prints them
 
     def _safe(self, record, urgent: bool = True) -> None:
         try:
             self.sink(record, urgent)
-        except Exception as exc:  # degrade, never fail the test
-            warnings.warn(f"svctrace: could not record {type(record).__name__}: {exc}")
+        except Exception as exc:  # degrade, never fail the test (nor warn: -W error)
+            self.notes.add("record", f"could not record {type(record).__name__}: "
+                                     f"{type(exc).__name__}: {exc}")
 
     def edge(self, nodeid: str, phase: str, edge: str, outcome: str | None = None) -> None:
         mono, wall = time.monotonic_ns(), time.time_ns()
@@ -202,6 +206,20 @@ class Tracer:
             self.sink.flush()
         except Exception:
             pass
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session) -> None:
+        # Not in session_end: xdist sends workeroutput before outer hookwrappers resume.
+        errors = getattr(self.sink, "errors", 0)
+        if errors:
+            self.notes.add("pipe", f"{errors} writes to the marker pipe failed (did "
+                                   "`svctrace run` stop?)")
+        send_back(self.config, NOTES_KEY, self.notes.export())
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.notes_in_report:
+            for line in self.notes.lines():
+                terminalreporter.write_line(f"svctrace: {line}")
 
     def session_end(self) -> None:
         self.flush_ends()

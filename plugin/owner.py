@@ -6,10 +6,9 @@ import time
 
 import pytest
 
+from pytest_svctrace.workers import OWNER_KEY
 from svctrace.contract import ENV_OWNER
 from svctrace.events import ProcessEvent
-
-OWNER_KEY = "svctrace_owner"  # in xdist's workerinput: the pid of the pipe's owner
 
 
 def role(config: pytest.Config) -> str:
@@ -36,15 +35,6 @@ def claim() -> None:
 def release() -> None:
     if os.environ.get(ENV_OWNER) == str(os.getpid()):
         del os.environ[ENV_OWNER]
-
-
-class XdistOwner:
-    """Registered only when xdist is loaded (pytest-cov's pattern): tells each worker it
-    belongs to this run, which a nested pytest's workers cannot claim."""
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_configure_node(self, node) -> None:
-        node.workerinput[OWNER_KEY] = str(os.getpid())
 
 
 def _parent(pid: int) -> int | None:

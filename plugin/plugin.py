@@ -6,14 +6,15 @@ Inert unless enabled: by `svctrace run` (environment SVCTRACE_PIPE) or by
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 
 import pytest
 
-from pytest_svctrace import owner
+from pytest_svctrace import owner, workers
 from pytest_svctrace.markers import Tracer
 from pytest_svctrace.sinks import MemorySink, PipeSink
 from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE
+from svctrace.userfiles import UserFileError, check_writable
 
 STATE = pytest.StashKey[Tracer]()
 PASSIVE = pytest.StashKey[PipeSink]()  # a nested pytest's sink for the in-process backend
@@ -27,7 +28,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "sockets such as libpq) and write the svctrace JSON report to PATH")
     group.addoption("--svctrace-no-summary", action="store_true", default=False,
                     help="do not print the svctrace summary at the end of the run")
-    parser.addini("svctrace_report", "default report path for --svctrace-report", default=None)
+    parser.addini("svctrace_report", "write the standalone report here on every run, as "
+                  "--svctrace-report does (`-o svctrace_report=` turns it off for one run)",
+                  default=None)
     from pytest_svctrace import select
     select.addoption(group)
 
@@ -41,8 +44,9 @@ def _open_pipe(pipe: str):
     try:
         return PipeSink(pipe)
     except OSError as exc:
-        warnings.warn(f"svctrace: cannot open marker pipe {pipe}: {exc.strerror}; "
-                      "tracing disabled for this process")
+        # One line, not a warning: under -W error a warning here fails the user's run.
+        sys.stderr.write(f"svctrace: cannot open the marker pipe {pipe}: {exc.strerror}; "
+                         "this pytest process is not traced\n")
         return None
 
 
@@ -58,11 +62,24 @@ def _passive(config: pytest.Config, pipe: str) -> None:
     _inprocess_install(sink)
 
 
+def _check_report_path(config: pytest.Config, path: str) -> None:
+    """One sentence before the run rather than a traceback after it."""
+    if hasattr(config, "workerinput"):
+        return  # its controller checked
+    try:
+        check_writable(path, what="the report")
+    except UserFileError as exc:
+        where = ("--svctrace-report" if config.getoption("svctrace_report")
+                 else "svctrace_report (ini)")
+        raise pytest.UsageError(f"{where} {path}: {exc.reason}") from None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from pytest_svctrace import select
     config.pluginmanager.register(select, "svctrace-select")
     pipe = os.environ.get(ENV_PIPE)
-    report = config.getoption("svctrace_report") or None
+    # The ini setting enables it on every run; `-o svctrace_report=` turns that off.
+    report = config.getoption("svctrace_report") or config.getini("svctrace_report") or None
     role = owner.role(config)
     if pipe and role == "nested":
         # A pytest run inside a test of the owner: its node ids are not the run's. In the
@@ -81,19 +98,23 @@ def pytest_configure(config: pytest.Config) -> None:
         if role == "owner":
             owner.claim()
             config.stash[CLAIMED] = True
-            if config.pluginmanager.hasplugin("xdist"):
-                config.pluginmanager.register(owner.XdistOwner(), "svctrace-xdist-owner")
     elif report:
+        _check_report_path(config, report)
         sink, inprocess = MemorySink(), True
     else:
         return
     tracer = Tracer(config, sink, inprocess)
     config.stash[STATE] = tracer
     config.pluginmanager.register(tracer, "svctrace-tracer")
+    standalone = None
     if not pipe:
         from pytest_svctrace.standalone import StandaloneReport
-        config.pluginmanager.register(StandaloneReport(config, tracer, report),
-                                      "svctrace-standalone")
+        standalone = StandaloneReport(config, tracer, os.path.abspath(report), report)
+        config.pluginmanager.register(standalone, "svctrace-standalone")
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        claimed = str(os.getpid()) if config.stash.get(CLAIMED, False) else None
+        config.pluginmanager.register(workers.Controller(tracer, claimed, standalone),
+                                      "svctrace-xdist")
     if inprocess:
         _inprocess_install(sink)
 

@@ -1,19 +1,18 @@
 """`pytest --svctrace-report PATH`: in-process tracing and the report, without `svctrace run`."""
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
 
+from pytest_svctrace.workers import RECORDS_KEY, send_back
 from svctrace import wire
 from svctrace.attribution import Attributor
 from svctrace.backends.inprocess import BLIND_SPOTS
-from svctrace.config import ConfigError, load_config
+from svctrace.config import load_config
 from svctrace.events import RunInfo
 from svctrace.report import build_report, format_summary, write_report
 
-WORKER_KEY = "svctrace_records"
 STANDALONE_BLIND_SPOTS = BLIND_SPOTS + (
     "forked children (standalone mode keeps records in memory; use `svctrace run` to see "
     "them)",)
@@ -23,27 +22,36 @@ class StandaloneReport:
     """Collects this process's records; on xdist workers ships them to the controller,
     which attributes everything and writes the report."""
 
-    def __init__(self, config: pytest.Config, tracer, path: str | None) -> None:
+    def __init__(self, config: pytest.Config, tracer, path: str, shown: str) -> None:
         self.config = config
         self.tracer = tracer
-        self.path = path or config.getini("svctrace_report") or "svctrace-report.json"
+        self.path = path    # absolute: a test that changes directory does not move it
+        self.shown = shown  # as the user wrote it
         self.is_worker = hasattr(config, "workerinput")
         self.worker_lines: list[str] = []
         self.report = None
-        if config.pluginmanager.hasplugin("xdist") and not self.is_worker:
-            config.pluginmanager.register(_XdistController(self), "svctrace-xdist")
+        self.error: str | None = None
+        tracer.notes_in_report = not self.is_worker
+
+    def add_worker_lines(self, lines) -> None:
+        self.worker_lines.extend(line if line.endswith("\n") else line + "\n"
+                                 for line in lines)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus) -> None:
         if self.is_worker:
-            self.config.workeroutput[WORKER_KEY] = self.tracer.sink.lines()
+            send_back(self.config, RECORDS_KEY, self.tracer.sink.lines())
             return
         try:
-            cfg = load_config(os.path.join(str(self.config.rootpath), "pyproject.toml")
-                              if (self.config.rootpath / "pyproject.toml").is_file() else None)
-        except ConfigError as exc:
-            self.config.issue_config_time_warning(pytest.PytestWarning(f"svctrace: {exc}"), 2)
-            return
+            self.report = self._build(int(exitstatus))
+            write_report(self.report, self.path)
+        except Exception as exc:  # one line at the end; the tests' own status stands
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            self.error = f"could not write the report to {self.shown}: {reason}"
+
+    def _build(self, exitstatus: int) -> dict:
+        pyproject = self.config.rootpath / "pyproject.toml"
+        cfg = load_config(str(pyproject) if pyproject.is_file() else None)
         attributor = Attributor(cfg.service_map(), "mono", cfg.ignore_self_loopback)
         self.tracer.sink.flush()
         for record in self.tracer.sink.records:
@@ -51,27 +59,16 @@ class StandaloneReport:
         decoder = wire.Decoder()
         for record in decoder.feed("".join(self.worker_lines).encode()):
             attributor.add(record)
-        run = RunInfo("inprocess", tuple(sys.argv), STANDALONE_BLIND_SPOTS, int(exitstatus),
-                      {"mode": "standalone pytest plugin"})
-        self.report = build_report(attributor.finish(), run, cfg,
-                                   {"lost_events": 0, "bad_lines": decoder.bad_lines})
-        write_report(self.report, self.path)
+        run = RunInfo("inprocess", tuple(sys.argv), STANDALONE_BLIND_SPOTS, exitstatus,
+                      {"mode": "standalone pytest plugin", "notes": self.tracer.notes.lines()})
+        return build_report(attributor.finish(), run, cfg,
+                            {"lost_events": 0, "bad_lines": decoder.bad_lines})
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.report is None or self.config.getoption("svctrace_no_summary"):
+        if self.error is None and self.report is not None \
+                and not self.config.getoption("svctrace_no_summary"):
+            terminalreporter.write_sep("-", "svctrace")
+            terminalreporter.write_line(format_summary(self.report, self.shown))  # has notes
             return
-        terminalreporter.write_sep("-", "svctrace")
-        terminalreporter.write_line(format_summary(self.report, self.path))
-
-
-class _XdistController:
-    """Registered only when xdist is loaded (pytest-cov's pattern)."""
-
-    def __init__(self, owner: StandaloneReport) -> None:
-        self.owner = owner
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node, error) -> None:
-        output = getattr(node, "workeroutput", {}) or {}
-        self.owner.worker_lines.extend(line if line.endswith("\n") else line + "\n"
-                                       for line in output.get(WORKER_KEY, []))
+        for line in ([self.error] if self.error else []) + self.tracer.notes.lines():
+            terminalreporter.write_line(f"svctrace: {line}")
