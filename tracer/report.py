@@ -211,7 +211,8 @@ def format_summary(report: dict, path: str | None = None) -> str:
     if summary["services"]:
         lines.append("  tests touching each service: " + ", ".join(
             f"{s} {n}" for s, n in sorted(summary["services"].items(), key=lambda i: -i[1])))
-    lines.append("  tests by needed service set:")
+    if summary["service_sets"]:
+        lines.append("  tests by needed service set:")
     for entry in summary["service_sets"][:12]:
         lines.append(f"    {entry['tests']:6d}  {' + '.join(entry['needs']) or '(none)'}")
     if report["unattributed"]:
