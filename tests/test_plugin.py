@@ -11,39 +11,51 @@ from svctrace.backends import inprocess
 from tests.support.e2e import SVCTRACE
 
 SUITE = '''
-import os, socket, urllib3, pytest, redis
+import os, socket, urllib.request, pytest
+
+WEB, BEFORE, AFTER = (int(os.environ[f"{name}_PORT"]) for name in ("WEB", "BEFORE", "AFTER"))
 
 @pytest.fixture
 def pinged():
-    redis.Redis.from_url(os.environ["SVCTRACE_REDIS_URL"]).ping()
+    socket.socket().connect_ex(("127.0.0.1", BEFORE))
     yield
-    socket.socket().connect_ex(("127.0.0.1", int(os.environ["SVCTRACE_REFUSED_PORT"])))
+    socket.socket().connect_ex(("127.0.0.1", AFTER))
 
 def test_phases(pinged):
-    assert urllib3.PoolManager().request("GET", os.environ["SVCTRACE_HTTP_URL"]).status == 200
+    assert urllib.request.urlopen(f"http://127.0.0.1:{WEB}/").status == 200
 
 @pytest.mark.parametrize("n", range(4))
 def test_many(n):
-    redis.Redis.from_url(os.environ["SVCTRACE_REDIS_URL"]).ping()
+    socket.create_connection(("127.0.0.1", WEB)).close()
 '''
 
 
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
-def suite(pytester, sample_env, monkeypatch):
-    for key, value in sample_env.items():
-        if not key.startswith("_"):
-            monkeypatch.setenv(key, value)
+def suite(pytester, http_url, monkeypatch):
+    """A suite whose services need nothing installed: "web" (a real http.server on
+    127.0.0.1) and two ports nobody listens on, one refused in setup, one in teardown."""
     monkeypatch.delenv("SVCTRACE_PIPE", raising=False)
+    ports = {"web": int(http_url.rsplit(":", 1)[1].strip("/")), "before": _unused_port(),
+             "after": _unused_port()}
+    for name, port in ports.items():
+        monkeypatch.setenv(f"{name.upper()}_PORT", str(port))
     pytester.makepyfile(test_suite=SUITE)
-    pytester.makefile(".toml", pyproject=sample_env["_PYPROJECT"])
+    pytester.makefile(".toml", pyproject="[tool.svctrace.services]\n" + "".join(
+        f'{name} = ["127.0.0.1:{port}"]\n' for name, port in ports.items()))
     return pytester
 
 
 def _check(report):
     phases = report["tests"]["test_suite.py::test_phases"]["phases"]
-    assert phases == {"setup": ["redis"], "call": ["http-api"], "teardown": ["refused-svc"]}
+    assert phases == {"setup": ["before"], "call": ["web"], "teardown": ["after"]}
     for n in range(4):
-        assert report["tests"][f"test_suite.py::test_many[{n}]"]["services"] == ["redis"]
+        assert report["tests"][f"test_suite.py::test_many[{n}]"]["services"] == ["web"]
 
 
 def test_plugin_is_inert_unless_enabled(suite):
@@ -134,19 +146,22 @@ def test_patch_records_refused_and_pooled_sends():
 
 
 INCIDENTAL = '''
-import os, pytest, redis
+import os, socket, pytest
+
+def web():
+    socket.create_connection(("127.0.0.1", int(os.environ["WEB_PORT"]))).close()
 
 @pytest.fixture(autouse=True)
 def flush_after_each_test():
     yield
-    redis.Redis.from_url(os.environ["SVCTRACE_REDIS_URL"]).flushdb()
+    web()
 
 @pytest.mark.parametrize("n", range(9))
 def test_plain(n):
     assert n >= 0
 
-def test_really_uses_redis():
-    assert redis.Redis.from_url(os.environ["SVCTRACE_REDIS_URL"]).ping()
+def test_really_uses_web():
+    web()
 '''
 
 
@@ -156,18 +171,19 @@ def test_autouse_teardown_flush_is_flagged_as_baseline_candidate(suite):
     result.assert_outcomes(passed=10)
     report = json.loads((suite.path / "o.json").read_text())
     incidental = report["summary"]["incidental"]
-    assert incidental == [{"service": "redis", "share": 0.9, "tests": 9,
+    assert incidental == [{"service": "web", "share": 0.9, "tests": 9,
                            "via": "fixture test_suite.py::flush_after_each_test"}]
-    assert report["tests"]["test_suite.py::test_plain[0]"]["phases"]["teardown"] == ["redis"]
-    result.stdout.fnmatch_lines(["*baseline candidate: redis in 90% of tests, only via "
+    assert report["tests"]["test_suite.py::test_plain[0]"]["phases"]["teardown"] == ["web"]
+    result.stdout.fnmatch_lines(["*baseline candidate: web in 90% of tests, only via "
                                  "fixture test_suite.py::flush_after_each_test*"])
     # declared baseline removes it from needs, but keeps the observation
-    suite.makefile(".toml", pyproject='[tool.svctrace]\nbaseline = ["redis"]\n')
+    pyproject = suite.path / "pyproject.toml"
+    pyproject.write_text('[tool.svctrace]\nbaseline = ["web"]\n' + pyproject.read_text())
     suite.runpytest_inprocess("-p", "no:cacheprovider", "--svctrace-report", "b.json")
     report = json.loads((suite.path / "b.json").read_text())
     plain = report["tests"]["test_suite.py::test_plain[0]"]
-    assert plain["services"] == ["redis"] and plain["needs"] == [] \
-        and plain["baseline"] == ["redis"]
+    assert plain["services"] == ["web"] and plain["needs"] == [] \
+        and plain["baseline"] == ["web"]
 
 
 def test_patch_sees_asyncio_transports():
