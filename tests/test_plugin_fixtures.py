@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+
+from tests.support.e2e import SVCTRACE
 
 DYNAMIC = '''
 import socket, pytest
@@ -106,3 +110,19 @@ def test_both(request, static):
     assert found == active_fixtures(request.node)
 ''')
     pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_pulled_fixtures_reach_the_report_through_the_pipe_from_xdist_workers(pytester, web):
+    """Under `svctrace run` with two workers: each worker's re-sent TestInfo wins over the
+    collection-time TestInfo every worker sends for every test."""
+    pytester.makepyfile(test_dynamic=DYNAMIC.format(port=web))
+    proc = subprocess.run(SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--progress",
+                                      "0", "--", sys.executable, "-m", "pytest", "-q", "-p",
+                                      "no:cacheprovider", "-n", "2", "test_dynamic.py"],
+                          cwd=pytester.path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((pytester.path / "r.json").read_text())
+    fixture = {"web": ["test_dynamic.py::web_session"]}
+    assert {nodeid.split("::", 1)[1]: test["inherited"]
+            for nodeid, test in report["tests"].items()} == {
+        "test_first": fixture, "test_unrelated": {}, "test_later": fixture}
