@@ -121,12 +121,18 @@ class Tracer:
     def describe(self, item: pytest.Item, pulled: frozenset = frozenset()) -> None:
         """TestInfo: the fixture closure known at collection, plus `pulled`: fixtures the
         test activated at run time (request.getfixturevalue, pytest-django's DB setup)."""
-        cls = getattr(item, "cls", None)
-        bases = tuple(c.__name__ for c in cls.__mro__[1:] if c is not object) if cls else ()
-        path = item.nodeid.split("::")[0]
-        self._safe(TestInfo(item.nodeid, tuple(sorted(closure(item) | pulled)),
-                            tuple(sorted({m.name for m in item.iter_markers()})), path,
-                            bases, self.worker), urgent=False)
+        try:
+            cls = getattr(item, "cls", None)
+            bases = tuple(c.__name__ for c in cls.__mro__[1:] if c is not object) if cls \
+                else ()
+            info = TestInfo(item.nodeid, tuple(sorted(closure(item) | pulled)),
+                            tuple(sorted({m.name for m in item.iter_markers()})),
+                            item.nodeid.split("::")[0], bases, self.worker)
+        except Exception as exc:  # pytest internals moved: degrade, never fail the test
+            self.notes.add("describe", f"could not describe a test: {type(exc).__name__}: "
+                                       f"{exc}")
+            return
+        self._safe(info, urgent=False)
 
     # -- hooks ---------------------------------------------------------------------------
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -183,7 +189,12 @@ class Tracer:
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item):
         # Setup and call are over: every fixture the test pulled is active now.
-        pulled = active_fixtures(item) - closure(item)
+        try:
+            pulled = active_fixtures(item) - closure(item)
+        except Exception as exc:  # pytest internals moved: the closure is all we know
+            self.notes.add("pulled", f"could not list pulled fixtures: {type(exc).__name__}: "
+                                     f"{exc}")
+            pulled = frozenset()
         if pulled:
             self.describe(item, pulled)
         yield from self._phase(item, "teardown")

@@ -126,3 +126,31 @@ def test_pulled_fixtures_reach_the_report_through_the_pipe_from_xdist_workers(py
     assert {nodeid.split("::", 1)[1]: test["inherited"]
             for nodeid, test in report["tests"].items()} == {
         "test_first": fixture, "test_unrelated": {}, "test_later": fixture}
+
+
+def test_items_that_are_not_functions_are_traced_too(pytester):
+    """Doctests and a plugin's own Item type (no fixture request at all)."""
+    pytester.makeconftest('''
+import pytest
+
+class CheckItem(pytest.Item):
+    def runtest(self):
+        pass
+
+class CheckFile(pytest.File):
+    def collect(self):
+        yield CheckItem.from_parent(self, name="check")
+
+def pytest_collect_file(parent, file_path):
+    if file_path.suffix == ".check":
+        return CheckFile.from_parent(parent, path=file_path)
+''')
+    pytester.makefile(".check", data="")
+    pytester.makepyfile(mod='def f():\n    """\n    >>> 1 + 1\n    2\n    """\n')
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--doctest-modules",
+                                          "--svctrace-report", "r.json")
+    result.assert_outcomes(passed=2)
+    report = json.loads((pytester.path / "r.json").read_text())
+    assert {nodeid: test["outcome"] for nodeid, test in report["tests"].items()} == {
+        "data.check::check": "passed", "mod.py::mod.f": "passed"}
+    assert report["run"]["notes"] == []
