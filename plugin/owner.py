@@ -47,12 +47,14 @@ def _parent(pid: int) -> int | None:
     return int(stat[stat.rindex(b")") + 2:].split()[1])
 
 
-def ancestry(owner: int) -> list[ProcessEvent]:
+def ancestry(owner: str) -> list[ProcessEvent]:
     """Fork records from this process up to the owner: the in-process backend has no
     kernel view of the process tree, and attribution follows parents to the owner's test."""
+    if not owner.isdigit():
+        return []
     now_mono, now_wall = time.monotonic_ns(), time.time_ns()
-    records, pid = [], os.getpid()
-    while pid != owner and pid > 1 and len(records) < 64:
+    records, pid, stop = [], os.getpid(), int(owner)
+    while pid != stop and pid > 1 and len(records) < 64:
         parent = _parent(pid)
         if parent is None:
             break

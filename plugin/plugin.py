@@ -1,7 +1,8 @@
 """pytest plugin: phase markers for svctrace, and standalone in-process tracing.
 
-Inert unless enabled: by `svctrace run` (environment SVCTRACE_PIPE) or by
-`pytest --svctrace-report PATH`. A tracing failure never fails a user's test.
+Inert unless enabled: by `svctrace run` (environment SVCTRACE_PIPE), by
+`pytest --svctrace-report PATH` or the `svctrace_report` ini setting. A tracing failure
+never fails a user's test.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def _passive(config: pytest.Config, pipe: str) -> None:
     sink = _open_pipe(pipe)
     if sink is None:
         return
-    for record in owner.ancestry(int(os.environ[ENV_OWNER])):
+    for record in owner.ancestry(os.environ[ENV_OWNER]):
         sink(record, urgent=False)
     config.stash[PASSIVE] = sink
     _inprocess_install(sink)
