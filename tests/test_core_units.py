@@ -118,7 +118,7 @@ startup_s = 5
 
 
 PURE_CORE = ["events.py", "wire.py", "services.py", "attribution.py", "report.py", "config.py",
-             "explain.py", "errors.py", "merge.py", "tiers.py"]
+             "explain.py", "errors.py", "merge.py", "tiers.py", "lineage.py"]
 
 
 @pytest.mark.parametrize("name", PURE_CORE)

@@ -347,23 +347,18 @@ class Attributor:
         return window, f"{window.phase}->{after}", window
 
     def _origin(self, owner: int, ev: Event, ts: int, fork_ts: int | None
-                ) -> tuple[str, Window | None]:
+                ) -> tuple[str, Window | None, bool]:
         """("process" or "thread", the test window the event's process or thread was started
-        in, if the outlived-test rule applies to it)."""
+        in, whether its traffic after that test ended outlived the test)."""
         if ev.pid != owner:
-            return "process", None if fork_ts is None else self._locate(owner, fork_ts)[0]
-        if ev.tid == ev.pid:
-            return "thread", None
-        birth = self.lineage.thread_birth(ev.tid, ev.pid, ts)
+            started = None if fork_ts is None else self._locate(owner, fork_ts)[0]
+            return "process", started, True
+        birth = self.lineage.thread_birth(ev.tid, ev.pid, ts) if ev.tid != ev.pid else None
         if birth is None:
-            return "thread", None
-        return "thread", self._locate(owner, birth)[0]
-
-    def _thread_outlives(self, owner: int, ev: Event, ts: int) -> bool:
-        """A thread born inside a wider-scoped fixture serves the tests that use it."""
-        birth = self.lineage.thread_birth(ev.tid, ev.pid, ts)
-        scope = self._fixture_at(owner, birth)[1] if birth is not None else None
-        return scope in (None, "function")
+            return "thread", None, False
+        # A thread born inside a wider-scoped fixture serves every test that uses it.
+        scope = self._fixture_at(owner, birth)[1]
+        return "thread", self._locate(owner, birth)[0], scope in (None, "function")
 
     def _fixture_at(self, pid: int, ts: int) -> tuple[str | None, str | None]:
         bucket = self.fixture_windows.get(pid, ())
@@ -392,10 +387,10 @@ class Attributor:
                                name, label, probe, ev, ts)
             return
         window, gap, previous = self._locate(owner, ts)
-        what, started = self._origin(owner, ev, ts, fork_ts)
+        what, started, outlives = self._origin(owner, ev, ts, fork_ts)
         born_in = started.nodeid if started is not None and what == "thread" else None
-        if started is not None and (window is None or started.nodeid != window.nodeid) \
-                and (what == "process" or self._thread_outlives(owner, ev, ts)):
+        if outlives and started is not None and (window is None
+                                                 or started.nodeid != window.nodeid):
             self._unattributed("outlived-test", f"{what} started in {started.nodeid}",
                                name, label, probe, ev, ts, born_in)
             return
