@@ -32,6 +32,8 @@ def backend(monkeypatch):
     sleeper = subprocess.Popen(["sleep", "60"])  # stands in for strace's pid
     backend.child_started(sleeper.pid)
     yield backend
+    if not backend._drained:  # the test failed before stop(): end the pump, drop the FIFO
+        backend.stop()
     sleeper.kill()
     sleeper.wait()
 
