@@ -59,6 +59,7 @@ def _passive(config: pytest.Config, pipe: str) -> None:
         return
     for record in owner.ancestry(os.environ[ENV_OWNER]):
         sink(record, urgent=False)
+    sink.flush()  # the links first: events that follow are batched
     config.stash[PASSIVE] = sink
     _inprocess_install(sink)
 
