@@ -13,6 +13,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from svctrace.backends.base import RunContext
@@ -168,8 +169,9 @@ def test_cli_under_sudo_runs_command_as_user_and_detaches_leftover(tmp_path):
     os.chmod(shared, 0o777)
     who = os.path.join(shared, "who")
     try:
+        # The report is written as the user too (issue 17): in their folder, not root's.
         rc, took, report, output = run_cli(
-            tmp_path, ["sh", "-c", f"id -u > {who}; {' '.join(sleeper)} & exit 4"],
+            Path(shared), ["sh", "-c", f"id -u > {who}; {' '.join(sleeper)} & exit 4"],
             env_extra={"SUDO_UID": str(user.pw_uid), "SUDO_GID": str(user.pw_gid),
                        "SUDO_USER": user.pw_name}, cwd="/")
         assert rc == 4, output
