@@ -175,3 +175,25 @@ def test_missing_tracefs_is_mounted_and_noted(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert any(n.startswith("mounted tracefs") for n in report["run"]["notes"])
     assert report["tests"]["test_one.py::test_redis"]["services"] == ["redis"]
+
+
+def test_svctrace_run_inside_a_traced_test_has_its_own_report(tmp_path):
+    """svctrace's own kind of suite: a traced test that runs `svctrace run` on a suite.
+    The inner run has its own pipe, so the outer owner in the environment is not its."""
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "test_inner.py").write_text("def test_inner():\n    pass\n")
+    cmd = e2e.SVCTRACE + ["run", "-b", "inprocess", "-o", str(inner / "r.json"), "--",
+                          *_pytest_cmd(), str(inner / "test_inner.py")]
+    (tmp_path / "test_outer.py").write_text(
+        "import subprocess\n\n"
+        f"def test_outer():\n    subprocess.run({cmd!r}, check=True)\n")
+    proc = subprocess.run(e2e.SVCTRACE + ["run", "-b", "inprocess", "-o", "outer.json", "--",
+                                          *_pytest_cmd(), "test_outer.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    inner_report = json.loads((inner / "r.json").read_text())
+    assert [k.split("::")[-1] for k in inner_report["tests"]] == ["test_inner"]
+    assert inner_report["tests"][next(iter(inner_report["tests"]))]["outcome"] == "passed"
+    outer_report = json.loads((tmp_path / "outer.json").read_text())
+    assert [k.split("::")[-1] for k in outer_report["tests"]] == ["test_outer"]

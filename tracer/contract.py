@@ -10,5 +10,6 @@ ENV_PIPE = "SVCTRACE_PIPE"
 ENV_BACKEND = "SVCTRACE_BACKEND"
 # Pid of the pytest process that owns the pipe. A pytest started below it that is not one
 # of its xdist workers (pytester's runpytest_subprocess, a test that runs pytest) leaves the
-# pipe alone: its node ids are not the run's.
+# pipe alone: its node ids are not the run's. The owner's own xdist workers are told
+# apart by workerinput["svctrace_owner"], which the owner fills (plugin/owner.py).
 ENV_OWNER = "SVCTRACE_PIPE_OWNER"

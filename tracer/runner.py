@@ -15,7 +15,7 @@ from svctrace.attribution import Attributor
 from svctrace.backends import pidns, select_backend
 from svctrace.backends.base import Backend, RunContext
 from svctrace.config import Config
-from svctrace.contract import ENV_BACKEND, ENV_PIPE
+from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE
 from svctrace.events import Event, ProcessEvent, RunInfo
 from svctrace.report import build_report, write_report
 from svctrace.rundirs import make_private_dir, remove_private_dir, sweep_leftovers
@@ -67,6 +67,7 @@ def child_environment(ident: Identity, pipe: str, backend: str) -> dict[str, str
     env = dict(os.environ)
     env[ENV_PIPE] = pipe
     env[ENV_BACKEND] = backend
+    env.pop(ENV_OWNER, None)  # a run inside a traced test has a pipe (and owner) of its own
     if ident.drops:
         env.update({"HOME": ident.home or "/", "USER": ident.user or str(ident.uid),
                     "LOGNAME": ident.user or str(ident.uid)})
