@@ -335,3 +335,21 @@ def test_probes_and_failed_lookups_are_evidence_not_needs():
     assert b["failed_probes"] == {}
     assert report["run"]["events"]["noise"] == 2
     assert report["run"]["events"]["failed_probes"] == 3
+
+
+def test_a_thread_seen_while_its_session_fixture_still_runs_is_judged_again_later():
+    fx = "::kafka_session"
+    att = Attributor(ServiceMap())
+    for record in (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000))[:1]:
+        att.add(record)  # a's setup has started; the fixture is being set up
+    att.add(FixtureMarker(1002, 0, 100, fx, "session", "setup", "start"))
+    att.add(ProcessEvent("thread", 1003, None, 100, ppid=100, tid=101))
+    att.add(ev(1004, KAFKA, tid=101))
+    att.flush(1005)
+    for record in ([FixtureMarker(1008, 0, 100, fx, "session", "setup", "end")]
+                   + (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000))[1:]
+                   + [ev(2025, KAFKA, tid=101)]):
+        att.add(record)
+    report = build_report(att.finish(), RunInfo("test"), Config())
+    assert report["tests"]["t.py::b"]["services"] == ["kafka"]  # the fixture's thread
+    assert report["unattributed"] == []

@@ -174,6 +174,7 @@ class Attributor:
         self.fixture_scopes: dict[str, str] = {}
         self.fixture_services: dict[str, dict[str, Contact]] = {}
         self.lineage = Lineage()
+        self._thread_origins: dict[tuple[int, int], tuple] = {}  # (tid, birth) -> _origin()
         self.cmdlines: dict[int, str] = {}
         self.comms: dict[int, str] = {}
         self.listeners: dict[int, set[int]] = {}
@@ -356,9 +357,19 @@ class Attributor:
         birth = self.lineage.thread_birth(ev.tid, ev.pid, ts) if ev.tid != ev.pid else None
         if birth is None:
             return "thread", None, False
-        # A thread born inside a wider-scoped fixture serves every test that uses it.
-        scope = self._fixture_at(owner, birth)[1]
-        return "thread", self._locate(owner, birth)[0], scope in (None, "function")
+        key = (ev.tid, birth)
+        origin = self._thread_origins.get(key)
+        if origin is None:
+            # A thread born inside a wider-scoped fixture serves every test that uses it.
+            scope = self._fixture_at(owner, birth)[1]
+            origin = ("thread", self._locate(owner, birth)[0], scope in (None, "function"))
+            # Settled once the test it was born in has ended (a fixture's window is known
+            # only at its end marker): only then is it worth keeping.
+            if origin[1] is None or origin[1].end is not None:
+                if len(self._thread_origins) >= 65536:
+                    self._thread_origins.clear()
+                self._thread_origins[key] = origin
+        return origin
 
     def _fixture_at(self, pid: int, ts: int) -> tuple[str | None, str | None]:
         bucket = self.fixture_windows.get(pid, ())

@@ -246,7 +246,7 @@ class ServiceMap:
     def judge(self, kind: str, dest: Destination, result: int) -> Verdict:
         """The contact rule (README "Attribution rules") for a connect, connect_result or
         send with this result: contact, probe or noise, and under which name."""
-        key = (kind, dest, min(result, 0))  # a send's byte count does not matter
+        key = (kind, dest, result if result < 0 else 0)  # a send's byte count does not matter
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = self._judge(kind, canonical(dest), result)
