@@ -183,7 +183,7 @@ def test_the_sweep_follows_no_planted_link(sudo_dirs):
     dead = _dead_pid()
     tmp = sudo_dirs / "tmp"
     (tmp / f"svctrace-run-{dead}-link").symlink_to(target_dir)
-    planted = tmp / f"svctrace-run-{dead}-dir"
+    planted = tmp / f"svctrace-strace-{dead}-dir"  # any kind: a backend's folder as well
     planted.mkdir()
     (planted / "markers").symlink_to(target_dir / "data")
     (planted / "sub").symlink_to(target_dir)

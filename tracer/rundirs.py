@@ -3,18 +3,22 @@ those a killed runner (SIGKILL runs no cleanup) left behind."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import tempfile
 
-PREFIX = "svctrace-run-"
+# svctrace-<kind>-<runner pid>-<random>: "run" for the runner's, others for a backend's own.
+_NAME = re.compile(r"^svctrace-([a-z]+)-([0-9]+)-")
 RUNNER_FILE = "runner"  # "pid <pid>\nstart <ticks>\npidns <inode>\n": who made the folder
 
 
-def make_private_dir(uid: int | None = None, gid: int | None = None) -> str:
-    """A new 0700 folder `svctrace-run-<pid>-<random>` in the temp dir, owned by `uid` (the
-    user whose processes write into it) when given."""
-    path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")  # 0700, created exclusively
+def make_private_dir(uid: int | None = None, gid: int | None = None, kind: str = "run") -> str:
+    """A new 0700 folder `svctrace-<kind>-<pid>-<random>` in the temp dir, owned by `uid`
+    (the user whose processes write into it) when given."""
+    assert re.fullmatch(r"[a-z]+", kind), kind
+    # 0700, created exclusively
+    path = tempfile.mkdtemp(prefix=f"svctrace-{kind}-{os.getpid()}-")
     me = _identity(os.getpid())
     fd = os.open(os.path.join(path, RUNNER_FILE),
                  os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -37,14 +41,13 @@ def sweep_leftovers(folder: str | None = None) -> list[str]:
     folder = folder or tempfile.gettempdir()
     notes = []
     try:
-        entries = [e for e in os.scandir(folder) if e.name.startswith(PREFIX)]
+        entries = [(e, m) for e in os.scandir(folder) if (m := _NAME.match(e.name))]
     except OSError:
         return notes
-    for entry in entries:
-        pid_text = entry.name[len(PREFIX):].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+    for entry, match in entries:
+        pid = int(match.group(2))
+        if pid == os.getpid():
             continue
-        pid = int(pid_text)
         if not entry.is_dir(follow_symlinks=False):
             notes.append(f"left alone {entry.path}: named like a run folder of svctrace, but "
                          "not a folder")
