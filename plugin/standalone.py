@@ -7,11 +7,11 @@ import pytest
 
 from pytest_svctrace.workers import RECORDS_KEY, send_back
 from svctrace import wire
-from svctrace.attribution import Attributor
+from svctrace.collect import Collector
 from svctrace.backends.inprocess import BLIND_SPOTS
-from svctrace.config import load_config
+from svctrace.config import find_pyproject, load_config
 from svctrace.events import RunInfo
-from svctrace.report import build_report, format_summary, write_report
+from svctrace.views.summary import format_summary
 
 STANDALONE_BLIND_SPOTS = BLIND_SPOTS + (
     "forked children (standalone mode keeps records in memory; use `svctrace run` to see "
@@ -43,26 +43,27 @@ class StandaloneReport:
             send_back(self.config, RECORDS_KEY, self.tracer.sink.lines())
             return
         try:
-            self.report = self._build(int(exitstatus))
-            write_report(self.report, self.path)
+            collector = self._build(int(exitstatus))
+            self.report = collector.report
+            collector.write(self.path)
         except Exception as exc:  # one line at the end; the tests' own status stands
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
             self.error = f"could not write the report to {self.shown}: {reason}"
 
-    def _build(self, exitstatus: int) -> dict:
-        pyproject = self.config.rootpath / "pyproject.toml"
-        cfg = load_config(str(pyproject) if pyproject.is_file() else None)
-        attributor = Attributor(cfg.service_map(), "mono", cfg.ignore_self_loopback)
+    def _build(self, exitstatus: int) -> Collector:
+        # The nearest pyproject.toml above pytest's rootdir, as `svctrace run` looks
+        # above its working directory (config.find_pyproject).
+        collector = Collector(load_config(find_pyproject(self.config.rootpath)), "mono")
         self.tracer.sink.flush()
         for record in self.tracer.sink.records:
-            attributor.add(record)
+            collector.add(record)
         decoder = wire.Decoder()
         for record in decoder.feed("".join(self.worker_lines).encode()):
-            attributor.add(record)
+            collector.add(record)
         run = RunInfo("inprocess", tuple(sys.argv), STANDALONE_BLIND_SPOTS, exitstatus,
                       {"mode": "standalone pytest plugin", "notes": self.tracer.notes.lines()})
-        return build_report(attributor.finish(), run, cfg,
-                            {"lost_events": 0, "bad_lines": decoder.bad_lines})
+        collector.finish(run, {"lost_events": 0, "bad_lines": decoder.bad_lines})
+        return collector
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.error is None and self.report is not None \

@@ -212,9 +212,9 @@ def _tiny_report(base: Path) -> Path:
 def test_merge_output_is_written_as_the_user_and_refused_where_they_cannot_write(sudo_dirs):
     report = _tiny_report(sudo_dirs)
     proc = sudo_svctrace(sudo_dirs, "merge", "-o", str(sudo_dirs / "m.json"), str(report))
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # an output path the user may not write: nothing done
     assert proc.stderr.strip().splitlines() == [
-        f"Error: cannot write {sudo_dirs / 'm.json'}: nobody may not create files in "
+        f"svctrace: error: cannot write {sudo_dirs / 'm.json'}: nobody may not create files in "
         f"{sudo_dirs} {SUDO_HINT}"]
     assert not (sudo_dirs / "m.json").exists()
     proc = sudo_svctrace(sudo_dirs, "merge", "-o", "m.json", str(report))
@@ -246,7 +246,7 @@ def test_tiers_outputs_are_the_users_and_all_are_checked_before_any_is_written(s
     (home / "summary.md").symlink_to(summary)
     args = ["tiers", "--one-tier", "--plan-out", "plan.json", "--lists-dir", "lists"]
     proc = sudo_svctrace(sudo_dirs, *args, "--summary-out", "summary.md")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "summary.md: it is a symbolic link" in proc.stderr
     assert not (home / "plan.json").exists() and not (home / "lists").exists()
     assert summary.read_text() == ""

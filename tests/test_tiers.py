@@ -349,7 +349,7 @@ def test_cli_tiers_without_report_or_with_one_tier(tmp_path) -> None:
 def test_cli_tiers_without_configured_tiers_shows_an_example(tmp_path) -> None:
     config, report = _project(tmp_path, "[tool.svctrace]\nbaseline = []\n")
     result = CliRunner().invoke(tiers_command, [report, "--config", config])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a configuration problem: nothing was done
     assert "no tiers configured" in result.output
     assert "[[tool.svctrace.tiers]]" in result.output and "startup_s" in result.output
 
@@ -364,7 +364,7 @@ def test_cli_tiers_errors(tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[[tool.svctrace.tiers]]\nservices = ['x']\n")
     result = CliRunner().invoke(tiers_command, ["--config", str(bad)])
-    assert result.exit_code == 1 and "needs name" in result.output
+    assert result.exit_code == 2 and "needs name" in result.output  # configuration
     assert "--svctrace-plan" in CliRunner().invoke(tiers_command, ["--help"]).output
 
 

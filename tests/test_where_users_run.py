@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from svctrace.backends.pidns import INITIAL_INODE
-from svctrace.runner import NO_MARKERS
+from svctrace.collect import NO_MARKERS
 from tests.support import e2e, venvs
 from tests.support.backends import backend_marks, needs_backend
 

@@ -7,11 +7,10 @@ import click
 
 from svctrace import __version__
 from svctrace.backends import CHOICES
+from svctrace.cli_common import (EXIT_CODES_HELP, EXIT_DOCTOR_UNUSABLE, EXIT_INPUT,
+                                 EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, fail)
 from svctrace.errors import SvctraceError
 
-# Exit codes of svctrace itself. `svctrace run` otherwise returns the command's own status.
-EXIT_USAGE = 2      # bad option, config or backend: nothing was run
-EXIT_INTERNAL = 3   # svctrace failed after the command succeeded (e.g. report not written)
 
 RUN_HELP = """Run COMMAND under a tracer and write the per-test services report.
 
@@ -28,7 +27,8 @@ not start (bad option/config/backend), 3 means svctrace failed after a successfu
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="svctrace")
 def main() -> None:
     """svctrace: which external services does each pytest test really contact?
@@ -45,12 +45,7 @@ def main() -> None:
         # root is needed for tracing, not for choosing where files go (issue 17).
         act_for(invoking_user())
     except SvctraceError as exc:
-        _fail(exc)
-
-
-def _fail(exc: Exception, code: int = EXIT_USAGE) -> None:
-    click.echo(f"svctrace: error: {exc}", err=True)
-    sys.exit(code)
+        fail(exc, EXIT_USAGE)
 
 
 @main.command(help=RUN_HELP, context_settings={"ignore_unknown_options": True,
@@ -69,7 +64,7 @@ def _fail(exc: Exception, code: int = EXIT_USAGE) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def run(backend, report_path, as_root, config_path, progress, quiet, command) -> None:
     from svctrace.config import load_config
-    from svctrace.report import format_summary
+    from svctrace.views.summary import format_summary
     from svctrace.runner import Run
     from svctrace.userfiles import check_writable
 
@@ -84,22 +79,18 @@ def run(backend, report_path, as_root, config_path, progress, quiet, command) ->
                                 f"{', '.join(CHOICES)}")
         runner = Run(list(command), chosen, report_path, cfg, as_root, progress)
     except SvctraceError as exc:
-        _fail(exc)
+        fail(exc, EXIT_USAGE)
     try:
         code = runner.execute()
     except SvctraceError as exc:
-        if runner.report is None and not getattr(runner, "pid", 0):
-            _fail(exc)  # nothing ran
-        click.echo(f"svctrace: error: {exc}", err=True)
-        sys.exit(EXIT_INTERNAL)
+        ran = runner.report is not None or getattr(runner, "pid", 0)
+        fail(exc, EXIT_INTERNAL if ran else EXIT_USAGE)
     except OSError as exc:
         if runner.report is None:
-            click.echo(f"svctrace: error: {exc}", err=True)
-            sys.exit(EXIT_INTERNAL if getattr(runner, "pid", 0) else EXIT_USAGE)
+            fail(str(exc), EXIT_INTERNAL if getattr(runner, "pid", 0) else EXIT_USAGE)
         raise
     if runner.write_error:
-        click.echo(f"svctrace: error: {runner.write_error}", err=True)
-        sys.exit(code or EXIT_INTERNAL)
+        fail(runner.write_error, code or EXIT_INTERNAL)
     if runner.report is not None and not quiet:
         click.echo(format_summary(runner.report, runner.report_path), err=True)
     sys.exit(code)
@@ -114,23 +105,23 @@ def doctor() -> None:
     for line, good in doctor_lines():
         ok &= good
         click.echo(line)
-    sys.exit(0 if ok else 1)
+    sys.exit(EXIT_OK if ok else EXIT_DOCTOR_UNUSABLE)
 
 
 def _report_view(render, *args) -> None:
-    """Load a report, print render(report, *args); report errors exit 1 with one line."""
+    """Load a report, print render(report, *args); input errors exit 1 with one line."""
     from svctrace.report import load_report
     try:
         click.echo(render(load_report(args[0]), *args[1:]))
     except SvctraceError as exc:
-        _fail(exc, 1)
+        fail(exc, EXIT_INPUT)
 
 
 @main.command()
 @click.argument("report", type=click.Path(dir_okay=False))
 def summary(report) -> None:
     """Print the summary of a report (as at the end of `svctrace run`)."""
-    from svctrace.report import format_summary
+    from svctrace.views.summary import format_summary
     _report_view(lambda data: format_summary(data, report), report)
 
 
@@ -144,7 +135,7 @@ def explain(report, nodeid) -> None:
     Example:
       svctrace explain svctrace-report.json "tests/test_orders.py::test_save"
     """
-    from svctrace.explain import explain_test
+    from svctrace.views.explain import explain_test
     _report_view(explain_test, report, nodeid)
 
 
@@ -152,7 +143,7 @@ def explain(report, nodeid) -> None:
 @click.argument("report", type=click.Path(dir_okay=False))
 def drift(report) -> None:
     """Hidden dependencies (observed, not declared) and stale declarations, by file."""
-    from svctrace.explain import drift_text
+    from svctrace.views.explain import drift_text
     _report_view(lambda data: drift_text(data)[0], report)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from svctrace import REPORT_SCHEMA
+from svctrace.cli_common import EXIT_USAGE, fail
 from svctrace.config import load_config
 from svctrace.errors import SvctraceError
 from svctrace.merge import merge_reports
@@ -28,10 +29,6 @@ startup_s = 20
 name = "full"
 services = ["postgres", "redis", "kafka", "clickhouse", "snuba"]
 startup_s = 280"""
-
-
-def _fail(exc: SvctraceError) -> click.ClickException:
-    return click.ClickException(str(exc))
 
 
 @click.command("merge", epilog="""\b
@@ -58,7 +55,7 @@ def merge_command(output: str, allow_mixed: bool, reports: tuple[str, ...]) -> N
         merged = merge_reports(loaded, allow_mixed=allow_mixed)
         write_report(merged, output)
     except SvctraceError as exc:
-        raise _fail(exc) from None
+        fail(exc)
     summary = merged["summary"]
     click.echo(f"svctrace merge: {len(reports)} inputs, {len(merged['run']['runs'])} runs, "
                f"{summary['tests_ran']} tests ran / {summary['tests']} collected, "
@@ -122,8 +119,8 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
         cfg = load_config(config_path)
         if not cfg.tiers:
             where = cfg.path or "pyproject.toml"
-            raise click.ClickException(f"no tiers configured in {where}; add for example:\n\n"
-                                       f"{TIERS_EXAMPLE}")
+            fail(f"no tiers configured in {where}; add for example:\n\n{TIERS_EXAMPLE}",
+                 EXIT_USAGE)
         data = load_report(report) if report else {"schema": REPORT_SCHEMA, "tests": {}}
         tiers = list(cfg.tiers)
         # Every output checked before any is written: no plan without its matrix.
@@ -144,7 +141,7 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
             # Append: $GITHUB_STEP_SUMMARY may already hold other steps' text.
             append_file(summary_out, summary.encode())
     except SvctraceError as exc:
-        raise _fail(exc) from None
+        fail(exc)
     if not summary_out:
         click.echo(summary, nl=False)
     if not report:

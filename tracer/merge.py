@@ -8,7 +8,7 @@ from typing import Any
 from svctrace import REPORT_SCHEMA, __version__
 from svctrace.errors import SvctraceError
 from svctrace.events import TEST_PHASES
-from svctrace.report import summarize
+from svctrace.analysis import summarize
 
 
 class MergeError(SvctraceError):

@@ -11,24 +11,19 @@ import time
 from dataclasses import dataclass, field
 
 from svctrace import pluginpath, wire
-from svctrace.attribution import Attributor
 from svctrace.backends import pidns, select_backend
 from svctrace.backends.base import Backend, RunContext
 from svctrace.config import Config
 from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE
 from svctrace.events import Event, ProcessEvent, RunInfo
-from svctrace.report import build_report, write_report
+from svctrace.collect import NO_MARKERS, Collector
 from svctrace.rundirs import make_private_dir, remove_private_dir, sweep_leftovers
-from svctrace.userfiles import OutputError
+from svctrace.userfiles import OutputError, invoking_user
 
 POLL_S = 0.02          # measured: polling every ~20 ms without wakeups costs ~1.03-1.14x
 WATERMARK_NS = 3 * 10**9  # attribute events once markers up to this age have surely arrived
 F_SETPIPE_SZ = 1031
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-NO_MARKERS = ("no pytest process wrote test markers, so nothing could be attributed to "
-              "tests: the command ran no pytest, or its pytest did not load the svctrace "
-              "plugin (see any warning above; `-p no:svctrace` does this, and tox or nox "
-              "must pass SVCTRACE_*, PYTHONPATH and PYTEST_PLUGINS through)")
 
 
 @dataclass
@@ -47,20 +42,15 @@ class Identity:
 
 
 def invoking_identity(as_root: bool) -> Identity:
-    """Under sudo (euid 0 with SUDO_UID), the invoking user unless --as-root."""
-    if as_root or os.geteuid() != 0 or not os.environ.get("SUDO_UID"):
-        return Identity()
-    uid = int(os.environ["SUDO_UID"])
-    if uid == 0:
+    """Under sudo, the invoking user (userfiles.invoking_user), unless --as-root."""
+    owner = None if as_root else invoking_user()
+    if owner is None:
         return Identity()
     try:
-        entry = pwd.getpwuid(uid)
-        gid = int(os.environ.get("SUDO_GID", entry.pw_gid))
-        return Identity(uid, gid, entry.pw_name, entry.pw_dir,
-                        os.getgrouplist(entry.pw_name, gid))
+        home = pwd.getpwuid(owner.uid).pw_dir
     except KeyError:
-        gid = int(os.environ.get("SUDO_GID", uid))
-        return Identity(uid, gid, os.environ.get("SUDO_USER"), "/", [gid])
+        home = "/"
+    return Identity(owner.uid, owner.gid, owner.name, home, list(owner.groups))
 
 
 def child_environment(ident: Identity, pipe: str, backend: str) -> dict[str, str]:
@@ -166,7 +156,8 @@ class Run:
         for note in choice_notes:
             self.log(note)
         self.backend: Backend = cls()
-        self.attributor = Attributor(cfg.service_map(), cls.clock, cfg.ignore_self_loopback)
+        self.collector = Collector(cfg, cls.clock)
+        self.attributor = self.collector.attributor  # fed and flushed while the command runs
         self.notes: list[str] = list(choice_notes)  # which backend, why, what was mounted
         self.report: dict | None = None
         self.write_error: str | None = None
@@ -348,9 +339,6 @@ class Run:
             self.notes.append(f"{pipe.decoder.bad_lines} unreadable and "
                               f"{pipe.decoder.incomplete()} incomplete marker records")
         self.notes.extend(pipe.notes)
-        if not self.attributor.counts["markers"]:
-            self.notes.append(NO_MARKERS)
-            self.log(f"WARNING: {NO_MARKERS}")
         if self._signals:
             names = sorted({signal.Signals(s).name for s in self._signals})
             self.notes.append(f"received {', '.join(names)}: forwarded to the command")
@@ -363,11 +351,13 @@ class Run:
                                   "ran_as": self.ident.user or pwd.getpwuid(os.geteuid())[0],
                                   "pid_namespace": _pid_namespace(),
                                   "notes": self.notes})
-        self.report = build_report(self.attributor.finish(), run, self.cfg, stats)
+        self.report = self.collector.finish(run, stats)
+        if NO_MARKERS in self.report["run"]["notes"]:
+            self.log(f"WARNING: {NO_MARKERS}")
         try:
             # Under sudo as the invoking user (cli.main: userfiles.act_for), so the kernel
             # refuses what they could not write themselves; the file is theirs, no chown.
-            write_report(self.report, self.report_path)
+            self.collector.write(self.report_path)
         except OutputError as exc:
             # The command has run: keep its exit status; the CLI reports this separately.
             self.write_error = f"cannot write the report to {self.report_path}: {exc.reason}"
