@@ -1,7 +1,6 @@
 """Pure-core units: wire protocol, service rules, config validation, layering."""
 from __future__ import annotations
 
-import ast
 import pathlib
 
 import pytest
