@@ -353,3 +353,39 @@ def test_a_thread_seen_while_its_session_fixture_still_runs_is_judged_again_late
     report = build_report(att.finish(), RunInfo("test"), Config())
     assert report["tests"]["t.py::b"]["services"] == ["kafka"]  # the fixture's thread
     assert report["unattributed"] == []
+
+
+def test_evidence_counts_each_destination_and_tells_processes_from_threads():
+    """Issue 14: a failed unix connect and a working TCP one are both named, with their
+    counts; a child process is a process (pid, parent, command line), not a thread."""
+    pg_unix = Destination("unix", "unix", "/var/run/postgresql/.s.PGSQL.5432")
+    records = windows_of(100, "t.py::a", 1000) + [
+        ProcessEvent("fork", 1021, None, 200, ppid=100),
+        ProcessEvent("exec", 1021, None, 200, comm="rqworker", cmdline=("rqworker", "-q")),
+        ev(1022, pg_unix, result=-errno.ENOENT),
+        ev(1023, PG), ev(1024, PG, kind="send"), ev(1025, PG, kind="send", tid=101,
+                                                   comm="bg"),
+        ev(1026, PG, pid=200, comm="rqworker")]
+    cfg = Config()
+    report = attribute(records, cfg)
+    evidence = report["tests"]["t.py::a"]["evidence"]["postgres"]
+    assert evidence["by_destination"] == {
+        "tcp:127.0.0.1:5432": {"connects": 2, "failed_connects": 0, "sends": 2, "errors": {}},
+        "unix:/var/run/postgresql/.s.PGSQL.5432": {"connects": 1, "failed_connects": 1,
+                                                   "sends": 0, "errors": {"enoent": 1}}}
+    assert evidence["processes"]["100"]["role"] == "pytest"
+    assert evidence["processes"]["100"]["threads"] == ["bg", "python"]
+    assert evidence["processes"]["200"] == {"ppid": 100, "cmdline": "rqworker -q",
+                                            "role": "subprocess", "threads": ["rqworker"]}
+
+
+def test_ignored_traffic_is_counted_against_the_test_whose_window_it_fell_in():
+    records = windows_of(100, "t.py::a", 1000) + [
+        Event("listen", 1001, None, 100, 100, "python", Destination("inet", "tcp",
+                                                                     "127.0.0.1", 8000)),
+        ev(1022, Destination("inet", "tcp", "127.0.0.1", 8000)),
+        ev(1023, NSCD), ev(1024, NSCD), ev(1200, NSCD)]   # the last one is after the test
+    report = attribute(records)
+    assert report["tests"]["t.py::a"]["ignored"] == {
+        "noise": {"unix:/var/run/nscd/socket": 2},
+        "self_loopback": {"tcp:127.0.0.1:8000": 1}}

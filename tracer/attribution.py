@@ -84,23 +84,56 @@ class Contact:
     gaps: set = field(default_factory=set)       # gaps between phases the events fell in
     first: dict | None = None
     first_ts: int | None = None
+    # Per destination label: connects, failed connects, sends, and failures by result, so
+    # a reader sees where each count went (issue 14); the first _MAX_THREADS labels only.
+    by_destination: dict = field(default_factory=dict)
+    # Per pid: the process's parent, command line and role ("pytest" or "subprocess"),
+    # with the thread names seen in it, so threads and child processes are told apart.
+    processes: dict = field(default_factory=dict)
+
+    def _dest(self, label: str) -> dict | None:
+        entry = self.by_destination.get(label)
+        if entry is None and len(self.by_destination) < _MAX_THREADS:
+            entry = self.by_destination[label] = {"connects": 0, "failed_connects": 0,
+                                                  "sends": 0, "errors": {}}
+        return entry
+
+    def _failed(self, label: str, result: str) -> None:
+        self.failed_connects += 1
+        entry = self._dest(label)
+        if entry is not None:
+            entry["failed_connects"] += 1
+            entry["errors"][result] = entry["errors"].get(result, 0) + 1
 
     def add(self, ev: Event, ts: int, evidence: Callable[[], dict], fixture: str | None,
-            label: str, gap: str | None = None) -> None:
-        """Count ev; evidence() describes it and is only called when ev is the first."""
+            label: str, gap: str | None = None,
+            process: Callable[[], dict] | None = None) -> None:
+        """Count ev; evidence() describes it and is only called when ev is the first;
+        process() describes ev's process, called the first time its pid is seen."""
         if ev.kind == "connect_result":
             # the later failure of a connect already counted (same time and thread)
             if ev.result < 0:
-                self.failed_connects += 1
+                self._failed(label, result_text(ev.kind, ev.result))
                 if self.first and self.first_ts == ts and self.first["kind"] == "connect":
                     self.first["result"] = result_text(ev.kind, ev.result)
             return
+        entry = self._dest(label)
         if ev.kind == "connect":
             self.connects += 1
+            if entry is not None:
+                entry["connects"] += 1
             if ev.result not in (0, -errno.EINPROGRESS):
-                self.failed_connects += 1
+                self._failed(label, result_text(ev.kind, ev.result))
         else:
             self.sends += ev.count
+            if entry is not None:
+                entry["sends"] += ev.count
+        proc = self.processes.get(ev.pid)
+        if proc is None and len(self.processes) < _MAX_THREADS:
+            proc = self.processes[ev.pid] = {**(process() if process else {}),
+                                             "threads": set()}
+        if proc is not None and len(proc["threads"]) < _MAX_THREADS:
+            proc["threads"].add(ev.comm)
         if ev.tid != ev.pid:
             self.background = True
         if len(self.threads) < _MAX_THREADS:
@@ -129,6 +162,20 @@ class Contact:
         if other.first_ts is not None and (self.first_ts is None
                                            or other.first_ts < self.first_ts):
             self.first_ts, self.first = other.first_ts, other.first
+        for label, theirs in other.by_destination.items():
+            mine = self._dest(label)
+            if mine is None:
+                continue
+            for key in ("connects", "failed_connects", "sends"):
+                mine[key] += theirs[key]
+            for result, n in theirs["errors"].items():
+                mine["errors"][result] = mine["errors"].get(result, 0) + n
+        for pid, theirs in other.processes.items():
+            mine = self.processes.get(pid)
+            if mine is None and len(self.processes) < _MAX_THREADS:
+                mine = self.processes[pid] = {**theirs, "threads": set()}
+            if mine is not None:
+                mine["threads"] |= theirs["threads"]
 
 
 @dataclass
@@ -143,6 +190,9 @@ class TestRecord:
     probes: dict = field(default_factory=lambda: {p: {} for p in TEST_PHASES})  # failed probes
     info: TestInfo | None = None
     ran: bool = False
+    # Traffic in this test's windows that the rules set aside: {"self_loopback" | "noise":
+    # {destination: count}}, so `explain` can say why an expected call is missing.
+    ignored: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -386,9 +436,11 @@ class Attributor:
         verdict = self.map.judge(ev.kind, ev.dest, ev.result)
         if verdict.what == NOISE:
             self.counts["noise"] += 1
+            self._ignored(ev, "noise")
             return
         if self.ignore_self_loopback and self._is_self_traffic(ev):
             self.counts["self_loopback"] += 1
+            self._ignored(ev, "self_loopback")
             return
         ts = self._ts(ev) or 0
         name, label, probe = verdict.name, verdict.label, verdict.what == PROBE
@@ -412,11 +464,14 @@ class Attributor:
         def evidence() -> dict:
             return self._evidence(ev, window, ts, label, gap, born_in)
 
+        def process() -> dict:
+            return self._process(ev, owner, ts)
+
         fixture, scope = self._fixture_at(owner, ts)
         if probe:  # evidence, not a need: it stays with the test, whichever fixture ran it
             test = self._test(window.nodeid)
             test.probes[window.phase].setdefault(name, Contact()).add(
-                ev, ts, evidence, fixture, label, gap)
+                ev, ts, evidence, fixture, label, gap, process)
             self.counts["failed_probes"] += 1
             return
         if fixture and scope and scope != "function":
@@ -424,11 +479,12 @@ class Attributor:
             # test it happens to run in (the last test gets the session teardown): charge it
             # to the fixture; the report lists it as inherited by each dependent test.
             self.fixture_services.setdefault(fixture, {}).setdefault(name, Contact()).add(
-                ev, ts, lambda: {**evidence(), "test": window.nodeid}, fixture, label, gap)
+                ev, ts, lambda: {**evidence(), "test": window.nodeid}, fixture, label, gap,
+                process)
         else:
             test = self._test(window.nodeid)
             test.phases[window.phase].setdefault(name, Contact()).add(
-                ev, ts, evidence, fixture, label, gap)
+                ev, ts, evidence, fixture, label, gap, process)
         self.counts["attributed"] += 1
 
     def _outside_tests(self, owner: int, ts: int, previous: Window | None, name: str,
@@ -455,8 +511,29 @@ class Attributor:
         where = self.unattributed_probes if probe else self.unattributed
         bucket = where.setdefault((reason, detail), {})
         bucket.setdefault(name, Contact()).add(
-            ev, ts, lambda: self._evidence(ev, None, ts, label, None, born_in), None, label)
+            ev, ts, lambda: self._evidence(ev, None, ts, label, None, born_in), None, label,
+            None, lambda: self._process(ev, None, ts))
         self.counts["failed_probes" if probe else "unattributed"] += 1
+
+    def _ignored(self, ev: Event, why: str) -> None:
+        """Count traffic the rules set aside against the test whose window it fell in."""
+        ts = self._ts(ev) or 0
+        owner = self._owner(ev.pid, ts)[0]
+        window = self._locate(owner, ts)[0] if owner is not None else None
+        if window is None:
+            return
+        labels = self._test(window.nodeid).ignored.setdefault(why, {})
+        label = ev.dest.label()
+        if label not in labels and len(labels) >= _MAX_THREADS:
+            label = "other"
+        labels[label] = labels.get(label, 0) + max(ev.count, 1)
+
+    def _process(self, ev: Event, owner: int | None, ts: int) -> dict:
+        parent = self.lineage.parent(ev.pid, ts)
+        return {"ppid": parent[0] if parent else None,
+                "cmdline": self.cmdlines.get(ev.pid) or self.comms.get(ev.pid, ""),
+                "role": ("pytest" if ev.pid == owner else
+                         "subprocess" if owner is not None else "outside pytest")}
 
     def _evidence(self, ev: Event, window: Window | None, ts: int, label: str,
                   gap: str | None, born_in: str | None) -> dict:

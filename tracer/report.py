@@ -30,6 +30,10 @@ def _contact_json(contact: Contact) -> dict:
         "fixtures": sorted(contact.fixtures),
         "gaps": sorted(contact.gaps),
         "first": contact.first,
+        "by_destination": {label: {**entry, "errors": dict(sorted(entry["errors"].items()))}
+                           for label, entry in sorted(contact.by_destination.items())},
+        "processes": {str(pid): {**proc, "threads": sorted(t for t in proc["threads"] if t)}
+                      for pid, proc in sorted(contact.processes.items())},
     }
 
 
@@ -68,6 +72,8 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             "baseline": touched_baseline,
             "needs": needs,
             "failed_probes": _by_phase(test.probes),
+            "ignored": {why: dict(sorted(labels.items()))
+                        for why, labels in sorted(test.ignored.items())},
         }
     unattributed = []
     for key in sorted(set(att.unattributed) | set(att.unattributed_probes)):
