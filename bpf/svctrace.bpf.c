@@ -19,8 +19,6 @@
  * that read, in the command's own context, moves its kernel tgid to `traced`.
  * sched_process_fork extends `traced` to every descendant process.
  */
-#include <uapi/linux/ptrace.h>
-#include <linux/socket.h>
 #include "svctrace.h"
 
 #if !defined(OFF_SKC_DADDR) || !defined(OFF_SKC_DPORT) || !defined(OFF_SKC_NUM) || \
@@ -43,6 +41,13 @@
 #define AGGS_MAX 16384
 #endif
 
+/* Address families (include/linux/socket.h, ABI). Spelled here instead of including
+ * <linux/socket.h> and <uapi/linux/ptrace.h>: parsing those kernel headers was ~0.4 s of
+ * the ~1.5 s bcc compile on every run (issue 13); bcc's own preamble declares the rest. */
+#define SVCT_AF_UNSPEC 0
+#define SVCT_AF_UNIX 1
+#define SVCT_AF_INET 2
+#define SVCT_AF_INET6 10
 /* include/net/tcp_states.h; stable values, spelled here to not depend on the headers */
 #define SVCT_TCP_ESTABLISHED 1
 #define SVCT_TCP_SYN_SENT 2
@@ -249,17 +254,17 @@ static __always_inline void read_sockaddr(struct svct_event *e, const char *uadd
 	if (!uaddr || len < 2 || bpf_probe_read_user(&family, sizeof(family), uaddr))
 		return;
 	e->family = family;
-	if (family == AF_INET && len >= 8) {
+	if (family == SVCT_AF_INET && len >= 8) {
 		bpf_probe_read_user(&port, 2, uaddr + 2);
 		if (!bpf_probe_read_user(e->addr.v4, 4, uaddr + 4))
 			e->addr_len = 4;
 		e->dport = bpf_ntohs(port);
-	} else if (family == AF_INET6 && len >= 24) { /* 24: SIN6_LEN_RFC2133, no scope id */
+	} else if (family == SVCT_AF_INET6 && len >= 24) { /* 24: SIN6_LEN_RFC2133, no scope id */
 		bpf_probe_read_user(&port, 2, uaddr + 2);
 		if (!bpf_probe_read_user(e->addr.v6, 16, uaddr + 8))
 			e->addr_len = 16;
 		e->dport = bpf_ntohs(port);
-	} else if (family == AF_UNIX) {
+	} else if (family == SVCT_AF_UNIX) {
 		__u64 n = (__u32)(len - 2); /* sun_path bytes; abstract names are exactly this long */
 		if (n > SVCT_PATH_LEN)
 			n = SVCT_PATH_LEN;
@@ -460,7 +465,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 		return 0; /* stamped at entry: when the attempt began */
 	p.fd = args->fd;
 	read_sockaddr(&p.e, (const char *)args->uservaddr, args->addrlen);
-	if (p.e.family == AF_UNIX)
+	if (p.e.family == SVCT_AF_UNIX)
 		p.e.proto = SVCT_P_UNIX;
 	connecting.update(&tid, &p);
 	return 0;
@@ -475,12 +480,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 
 	if (!p)
 		return 0;
-	if (p->e.family == AF_UNSPEC) /* dissolves a UDP association: not a contact */
+	if (p->e.family == SVCT_AF_UNSPEC) /* dissolves a UDP association: not a contact */
 		goto out;
 	/* inet_sock_set_state marks TCP (SYN_SENT) during the call; otherwise (a datagram
 	 * socket, or a TCP connect that failed before its handshake: ENETUNREACH) the socket's
 	 * own type tells */
-	if ((p->e.family == AF_INET || p->e.family == AF_INET6) && !p->e.proto)
+	if ((p->e.family == SVCT_AF_INET || p->e.family == SVCT_AF_INET6) && !p->e.proto)
 		p->e.proto = socket_proto(p->fd);
 	e = reserve();
 	if (e) {
@@ -588,7 +593,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	e->family = args->family;
 	e->proto = SVCT_P_TCP;
 	e->lport = args->sport; /* the tracepoint stores it in host order */
-	if (args->family == AF_INET6) {
+	if (args->family == SVCT_AF_INET6) {
 		bpf_probe_read_kernel(e->addr.v6, 16, args->saddr_v6);
 		e->addr_len = 16;
 	} else {
@@ -704,7 +709,7 @@ static __always_inline void inet_dest(struct svct_event *e, const char *sk)
 	bpf_probe_read_kernel(&dport, 2, sk + OFF_SKC_DPORT);
 	bpf_probe_read_kernel(&num, 2, sk + OFF_SKC_NUM);
 	e->lport = num; /* skc_num is host order */
-	if (e->family == AF_INET) {
+	if (e->family == SVCT_AF_INET) {
 		bpf_probe_read_kernel(&v4, 4, sk + OFF_SKC_DADDR);
 		if (v4) {
 			__builtin_memcpy(e->addr.v4, &v4, 4);
@@ -753,7 +758,7 @@ static __always_inline void unix_dest(struct svct_event *e, const char *sk)
 
 static __always_inline __u8 proto_of(__u16 family, __u16 protocol)
 {
-	if (family == AF_UNIX)
+	if (family == SVCT_AF_UNIX)
 		return SVCT_P_UNIX;
 	if (protocol == SVCT_IPPROTO_TCP)
 		return SVCT_P_TCP;
@@ -829,7 +834,7 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 
 	/* netlink (glibc name lookups), packet, vsock...: never a service; dropped here so
 	 * they cost no ring buffer space */
-	if (family != AF_INET && family != AF_INET6 && family != AF_UNIX)
+	if (family != SVCT_AF_INET && family != SVCT_AF_INET6 && family != SVCT_AF_UNIX)
 		return 0;
 	if (!is_traced(current_tgid()))
 		return 0;
@@ -847,7 +852,7 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 	sc = sending.lookup(&tid);
 	if (sc && sc->how == HOW_NONE) /* a send outside the syscalls above (splice...) */
 		sc = 0;
-	if (family == AF_UNIX) {
+	if (family == SVCT_AF_UNIX) {
 		unix_dest(e, (const char *)args->sk);
 	} else {
 		inet_dest(e, (const char *)args->sk);
