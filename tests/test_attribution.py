@@ -169,6 +169,7 @@ def test_session_fixture_traffic_is_inherited_by_every_dependent_test():
     a, b = report["tests"]["t.py::a"], report["tests"]["t.py::b"]
     assert a["services"] == [] and a["inherited"] == {"postgres": [fx]}
     assert report["fixtures"][fx]["evidence"]["postgres"]["first"]["test"] == "t.py::a"
+    assert report["fixtures"][fx]["tests"] == {"t.py::a": ["setup"]}  # where it ran
     assert b["services"] == [] and b["inherited"] == {"postgres": [fx]}
     assert b["needs"] == ["postgres"]
     assert report["tests"]["t.py::c"]["ran"] is False

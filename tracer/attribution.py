@@ -205,6 +205,9 @@ class Attribution:
     fixture_scopes: dict[str, str]
     counts: dict[str, int]
     unattributed_probes: dict[tuple[str, str], dict[str, Contact]] = field(default_factory=dict)
+    # wider-scoped fixture -> {test whose window its traffic fell in: {phases}}: a session
+    # fixture set up in one test and torn down in another is found from either (explain)
+    fixture_tests: dict[str, dict[str, set]] = field(default_factory=dict)
 
 
 class Attributor:
@@ -223,6 +226,7 @@ class Attributor:
         self._teardown_cursor: dict[int, int] = {}
         self.fixture_scopes: dict[str, str] = {}
         self.fixture_services: dict[str, dict[str, Contact]] = {}
+        self.fixture_tests: dict[str, dict[str, set]] = {}
         self.lineage = Lineage()
         self._thread_origins: dict[tuple[int, int], tuple] = {}  # (tid, birth) -> _origin()
         self.cmdlines: dict[int, str] = {}
@@ -343,7 +347,8 @@ class Attributor:
     def finish(self) -> Attribution:
         self.flush(None)
         return Attribution(self.tests, self.unattributed, self.fixture_services,
-                           self.fixture_scopes, dict(self.counts), self.unattributed_probes)
+                           self.fixture_scopes, dict(self.counts), self.unattributed_probes,
+                           self.fixture_tests)
 
     def _owner(self, pid: int, ts: int) -> tuple[int | None, int | None]:
         """(nearest marker-writing ancestor-or-self of `pid` as it was at `ts`, the fork time
@@ -481,6 +486,9 @@ class Attributor:
             self.fixture_services.setdefault(fixture, {}).setdefault(name, Contact()).add(
                 ev, ts, lambda: {**evidence(), "test": window.nodeid}, fixture, label, gap,
                 process)
+            seen_in = self.fixture_tests.setdefault(fixture, {})
+            if window.nodeid in seen_in or len(seen_in) < 64:
+                seen_in.setdefault(window.nodeid, set()).add(window.phase)
         else:
             test = self._test(window.nodeid)
             test.phases[window.phase].setdefault(name, Contact()).add(

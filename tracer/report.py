@@ -104,6 +104,9 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
         "unattributed": unattributed,
         "fixtures": {fid: {"scope": att.fixture_scopes.get(fid, "?"),
                            "services": sorted(svcs),
+                           "tests": {nodeid: [p for p in TEST_PHASES if p in phases]
+                                     for nodeid, phases in sorted(
+                                         att.fixture_tests.get(fid, {}).items())},
                            "evidence": {s: _contact_json(c) for s, c in sorted(svcs.items())}}
                      for fid, svcs in sorted(att.fixture_services.items())},
     }
