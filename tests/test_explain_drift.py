@@ -1,6 +1,7 @@
 """`svctrace explain`, `drift` and `summary` on a real traced run of the sample suite."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -31,20 +32,82 @@ def test_explain_names_threads_phase_and_result(traced):
     suite, report = traced
     proc = cli(suite, "explain", "report.json", "test_sample.py::test_thread_talks_to_redis")
     assert proc.returncode == 0, proc.stderr
-    assert "needs: redis" in proc.stdout
-    assert "redis: 1 send from thread" in proc.stdout and "in call" in proc.stdout  # pooled
+    lines = proc.stdout.splitlines()
+    assert "  needs: redis  (observed redis)" in lines
+    assert any(l.startswith("  redis: ") and l.endswith(" in call") for l in lines)  # pooled
+    first = next(l for l in lines if l.strip().startswith("first:"))
+    assert " by thread " in first and "ms into call" in first
     if BEST == "inprocess":
-        assert "from thread bg-redis" in proc.stdout
+        assert "by thread bg-redis" in first
 
 
 @pytest.mark.skipif(BEST != "ebpf", reason=f"needs the ebpf backend for librdkafka's threads "
                                             f"(best here: {BEST})")
 def test_explain_kafka_refused_from_librdkafka_threads(traced):
-    suite, _ = traced
+    suite, report = traced
     proc = cli(suite, "explain", "report.json", "test_sample.py::test_kafka_refused")
-    line = next(l for l in proc.stdout.splitlines() if l.strip().startswith("kafka:"))
-    assert "connects refused from thread rdk:" in line and "in call" in line
-    assert "ms into call" in line
+    lines = proc.stdout.splitlines()
+    n = report["tests"]["test_sample.py::test_kafka_refused"]["evidence"]["kafka"]["connects"]
+    assert f"  kafka: {n} connects refused in call" in lines
+    assert f"      to tcp:127.0.0.1:9092: {n} connects refused" in lines
+    first = next(l for l in lines if l.strip().startswith("first:"))
+    assert "by thread rdk:" in first and "ms into call" in first
+    # a librdkafka thread of the pytest process: a thread, not a process of its own
+    assert any("(the test's pytest process), threads " in l and "rdk:" in l for l in lines)
+
+
+@pytest.mark.skipif(BEST == "inprocess", reason="the in-process backend cannot see libpq")
+def test_explain_tells_a_subprocess_from_a_thread_with_its_whole_command_line(traced):
+    suite, report = traced
+    nodeid = "test_sample.py::test_subprocess_queries_postgres"
+    proc = cli(suite, "explain", "report.json", nodeid)
+    ev = report["tests"][nodeid]["evidence"]["postgres"]
+    (pid, child), = [(p, c) for p, c in ev["processes"].items() if c["role"] == "subprocess"]
+    line = next(l for l in proc.stdout.splitlines() if f"from pid {pid} " in l)
+    assert f"(a subprocess, parent pid {child['ppid']})" in line
+    assert line.endswith("c.close()")  # whole: not cut mid-word
+    assert "pytest process" not in line
+
+
+@pytest.mark.skipif(BEST == "inprocess", reason="the in-process backend cannot see libpq")
+def test_explain_points_to_traffic_reported_elsewhere(traced):
+    suite, _ = traced
+    out = cli(suite, "explain", "report.json", "test_sample.py::test_outliving_process").stdout
+    assert "unattributed 'outlived-test' (process started in " \
+           "test_sample.py::test_outliving_process)" in out
+    assert "(a subprocess, parent pid" in out and "      postgres: 1 connect" in out
+    assert "no contact observed in this test's own windows (backend " in out
+    assert "see traffic reported elsewhere above" in out
+    first = cli(suite, "explain", "report.json",
+                "test_sample.py::test_session_fixture_first").stdout
+    assert "session-scoped fixture ::pg_session ran in this test's setup: postgres " \
+           "(this test uses it, so they are inherited)" in first
+
+
+@pytest.mark.skipif(BEST == "inprocess", reason="librdkafka's mock broker is invisible "
+                                                "in-process")
+def test_explain_summarises_ignored_self_loopback_traffic(traced):
+    suite, _ = traced
+    out = cli(suite, "explain", "report.json",
+              "test_sample.py::test_kafka_inprocess_mock_is_not_a_service").stdout
+    line = next(l for l in out.splitlines() if l.startswith("  ignored "))
+    assert "sent to its own listeners over loopback" in line and "tcp:127.0.0.1:" in line
+    assert "see ignored traffic above" in out
+
+
+def test_explain_selects_by_file_prefix_and_keyword_and_speaks_json(traced):
+    suite, report = traced
+    whole = cli(suite, "explain", "report.json", "test_sample.py").stdout
+    heads = [l for l in whole.splitlines() if l.startswith("test_sample.py::")]
+    assert len(heads) == len(report["tests"])
+    proc = cli(suite, "explain", "report.json", "-k", "kafka and not mock", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["schema"] == "svctrace-explain/1"
+    assert [t["nodeid"] for t in data["tests"]] == ["test_sample.py::test_kafka_refused"]
+    prefix = cli(suite, "explain", "report.json", "test_sample.py::test_pg_pool").stdout
+    assert [l.split(":")[2] for l in prefix.splitlines() if l.startswith("test_sample")] == [
+        "test_pg_pool_open", "test_pg_pool_reuse"]
 
 
 def test_explain_inherited_and_declared(traced):
@@ -54,14 +117,16 @@ def test_explain_inherited_and_declared(traced):
     if BEST != "inprocess":
         later = cli(suite, "explain", "report.json",
                     "test_sample.py::test_session_fixture_later").stdout
-        assert "postgres (inherited): set up or torn down by ::pg_session" in later
+        assert "postgres (inherited, not observed in this test): set up or torn down by " \
+               "::pg_session" in later
 
 
 def test_explain_unknown_test_suggests_close_names(traced):
     suite, _ = traced
-    proc = cli(suite, "explain", "report.json", "test_sample.py::test_pg_tcp_psycopg")
+    proc = cli(suite, "explain", "report.json", "test_sample.py::test_pg_tcp_psycopg3")
     assert proc.returncode == 1
     assert "did you mean test_sample.py::test_pg_tcp_psycopg2" in proc.stderr
+    assert cli(suite, "explain", "report.json", "-k", "nothing_like_it").returncode == 1
 
 
 def test_drift_lists_hidden_dependencies_and_stale_declarations(traced):

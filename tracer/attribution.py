@@ -460,7 +460,7 @@ class Attributor:
         if outlives and started is not None and (window is None
                                                  or started.nodeid != window.nodeid):
             self._unattributed("outlived-test", f"{what} started in {started.nodeid}",
-                               name, label, probe, ev, ts, born_in)
+                               name, label, probe, ev, ts, born_in, owner)
             return
         if window is None:
             self._outside_tests(owner, ts, previous, name, label, probe, ev)
@@ -512,15 +512,16 @@ class Attributor:
             reason, detail = "between-tests", f"after {previous.nodeid} ({previous.phase})"
         else:
             reason, detail = "outside-session", "before pytest's session started"
-        self._unattributed(reason, detail, name, label, probe, ev, ts)
+        self._unattributed(reason, detail, name, label, probe, ev, ts, None, owner)
 
     def _unattributed(self, reason: str, detail: str, name: str, label: str, probe: bool,
-                      ev: Event, ts: int, born_in: str | None = None) -> None:
+                      ev: Event, ts: int, born_in: str | None = None,
+                      owner: int | None = None) -> None:
         where = self.unattributed_probes if probe else self.unattributed
         bucket = where.setdefault((reason, detail), {})
         bucket.setdefault(name, Contact()).add(
             ev, ts, lambda: self._evidence(ev, None, ts, label, None, born_in), None, label,
-            None, lambda: self._process(ev, None, ts))
+            None, lambda: self._process(ev, owner, ts))
         self.counts["failed_probes" if probe else "unattributed"] += 1
 
     def _ignored(self, ev: Event, why: str) -> None:

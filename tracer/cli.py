@@ -127,16 +127,33 @@ def summary(report) -> None:
 
 @main.command()
 @click.argument("report", type=click.Path(dir_okay=False))
-@click.argument("nodeid")
-def explain(report, nodeid) -> None:
-    """Why does this test touch each of its services? Evidence for one test.
+@click.argument("tests", nargs=-1)
+@click.option("-k", "keyword", metavar="EXPR", default=None,
+              help="tests whose node id matches EXPR: words (substrings) with and/or/not, "
+                   "as pytest -k")
+@click.option("--json", "as_json", is_flag=True, help="the evidence as JSON, for tools")
+def explain(report, tests, keyword, as_json) -> None:
+    """Why does each test touch each of its services? Evidence per test.
+
+    TESTS are node ids, node id prefixes, or files and folders (every test in them).
 
     \b
-    Example:
+    Examples:
       svctrace explain svctrace-report.json "tests/test_orders.py::test_save"
+      svctrace explain svctrace-report.json tests/test_orders.py
+      svctrace explain svctrace-report.json -k "kafka and not mock" --json
     """
-    from svctrace.views.explain import explain_test
-    _report_view(explain_test, report, nodeid)
+    import json as json_
+
+    from svctrace.views.explain import explain_data, explain_text, select_tests
+
+    def render(data: dict) -> str:
+        chosen = select_tests(data, tests, keyword)
+        if as_json:
+            return json_.dumps({"schema": "svctrace-explain/1", "report": report,
+                                "tests": [explain_data(data, n) for n in chosen]}, indent=1)
+        return explain_text(data, chosen)
+    _report_view(render, report)
 
 
 @main.command()

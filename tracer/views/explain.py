@@ -7,68 +7,329 @@ from collections import defaultdict
 from svctrace.report import ReportError
 
 
+# What a user cannot guess from the report's own words (issue 14).
+_IGNORED_WHY = {
+    "self_loopback": "sent to its own listeners over loopback (a server the test process runs "
+                     "itself: not an external service; ignore_self_loopback)",
+    "noise": "of library and system probes (nscd, uuidd, syslog, D-Bus, netlink, UDP "
+             "connects of name lookups: the default noise list and `ignore`)",
+}
+_RELATED_WHY = {
+    "outlived-test": "a process or thread this test started, after the test ended",
+    "between-tests": "right after this test, before the next one started",
+}
+
+
 def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _contact_line(service: str, ev: dict) -> str:
-    parts = []
-    if ev["connects"]:
-        failed = ev.get("failed_connects", 0)
-        text = _count(ev["connects"], "connect")
-        if failed == ev["connects"]:
-            text += f" {ev['first']['result']}" if ev.get("first") else " failed"
-        elif failed:
-            text += f" ({failed} failed)"
-        parts.append(text)
-    if ev["sends"]:
-        parts.append(_count(ev["sends"], "send"))
+def cut(text: str, limit: int = 160) -> str:
+    """A command line whole, or cut at a word boundary with an ellipsis (never mid-word)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    head = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
+    return head + " …"
+
+
+def when_text(first: dict) -> str:
+    """'4 ms into call' or, in a gap between phases, '3 ms after call ended'."""
+    offset = first.get("offset_ms")
+    if offset is None or not first.get("phase"):
+        return ""
+    if first.get("gap"):
+        after = first["gap"].split("->", 1)[-1]
+        return f"{offset:.0f} ms after {first['phase']} ended (before {after})"
+    return f"{offset:.0f} ms into {first['phase']}"
+
+
+def _connect_text(connects: int, failed: int, errors: dict, first_result: str | None) -> str:
+    text = _count(connects, "connect")
+    if not failed:
+        return text
+    why = ", ".join(f"{r} {n}" if len(errors) > 1 else r for r, n in errors.items()) \
+        or first_result or "failed"
+    return f"{text} {why}" if failed == connects else f"{text} ({failed} failed: {why})"
+
+
+def _destination_lines(ev: dict) -> list[str]:
     first = ev.get("first") or {}
-    threads = [t for t in ev.get("threads", []) if t]
-    who = (f"from thread {first.get('thread')}" if first.get("background")
-           else f"from main thread {first.get('thread')!s}")
-    if len(threads) > 1:
-        who += f" (threads: {', '.join(threads)})"
-    where = f"in {', '.join(ev['phases'])}"
-    if first.get("offset_ms") is not None:
-        where += f", first {first['offset_ms']:.0f} ms into {first['phase']}"
-    line = f"  {service}: {' and '.join(parts)} {who} {where}"
-    detail = f"pid {first.get('pid')}"
-    if first.get("cmdline"):
-        detail += f": {first['cmdline'][:100]}"
-    line += f"\n      to {first.get('destination')} ({detail})"
+    by_dest = ev.get("by_destination")
+    if not by_dest:  # a report from before per-destination counts: the labels only
+        return [f"      to {d}" for d in ev.get("destinations") or [first.get("destination")]]
+    lines = []
+    for label, counts in by_dest.items():
+        parts = []
+        if counts["connects"] or counts["failed_connects"]:
+            parts.append(_connect_text(max(counts["connects"], counts["failed_connects"]),
+                                       counts["failed_connects"], counts.get("errors", {}),
+                                       None))
+        if counts["sends"]:
+            parts.append(_count(counts["sends"], "send"))
+        lines.append(f"      to {label}: {', '.join(parts) or 'seen'}")
+    more = len(ev.get("destinations", [])) - len(by_dest)
+    if more > 0:
+        lines.append(f"      … and {more} more destinations")
+    return lines
+
+
+def _process_lines(ev: dict) -> list[str]:
+    first = ev.get("first") or {}
+    procs = ev.get("processes")
+    if not procs:  # an older report: what the first event says
+        what = "thread" if first.get("background") else "main thread"
+        return [f"      from pid {first.get('pid')} ({what} {first.get('thread')}): "
+                f"{cut(first.get('cmdline') or '?')}"]
+    lines = []
+    for pid, proc in procs.items():
+        role = proc.get("role")
+        if role == "pytest":
+            who = f"pid {pid} (the test's pytest process)"
+        elif role == "subprocess":
+            who = f"pid {pid} (a subprocess, parent pid {proc.get('ppid') or '?'})"
+        else:
+            who = f"pid {pid} (not under pytest, parent pid {proc.get('ppid') or '?'})"
+        threads = ", ".join(proc.get("threads", [])) or "?"
+        lines.append(f"      from {who}, threads {threads}: {cut(proc.get('cmdline') or '?')}")
+    return lines
+
+
+def _contact_lines(service: str, ev: dict, label: str | None = None,
+                   current: str | None = None) -> list[str]:
+    parts = []
+    first = ev.get("first") or {}
+    if ev.get("connects") or ev.get("failed_connects"):
+        errors: dict = {}
+        for counts in (ev.get("by_destination") or {}).values():
+            for result, n in counts.get("errors", {}).items():
+                errors[result] = errors.get(result, 0) + n
+        parts.append(_connect_text(max(ev.get("connects", 0), ev.get("failed_connects", 0)),
+                                   ev.get("failed_connects", 0), errors,
+                                   first.get("result") if first.get("kind") == "connect"
+                                   else None))
+    if ev.get("sends"):
+        parts.append(_count(ev["sends"], "send"))
+    where = f" in {', '.join(ev['phases'])}" if ev.get("phases") else ""
+    if ev.get("gaps"):
+        where += f" (and between phases: {', '.join(ev['gaps'])})"
+    lines = [f"  {label or service}: {' and '.join(parts) or 'seen'}{where}"]
+    lines += _destination_lines(ev)
+    lines += _process_lines(ev)
+    if first:
+        thread = first.get("thread")
+        kind = "thread" if first.get("background") else "main thread"
+        text = (f"      first: {first.get('kind')} to {first.get('destination')} "
+                f"({first.get('result')}) by {kind} {thread} (pid {first.get('pid')}, "
+                f"tid {first.get('tid')})")
+        when = when_text(first)
+        if when:
+            text += f", {when}"
+        if first.get("born_in") and first["born_in"] != current:
+            text += f"; thread born in {first['born_in']}"
+        lines.append(text)
     if ev.get("fixtures"):
-        line += f"\n      inside fixture(s): {', '.join(ev['fixtures'])}"
-    return line
+        lines.append(f"      inside fixture(s): {', '.join(ev['fixtures'])}")
+    return lines
+
+
+# -- selecting tests ---------------------------------------------------------------------
+def _keyword_matcher(expr: str):
+    """A `pytest -k`-like expression: words (case-insensitive substrings of the node id)
+    joined by and, or, not and parentheses."""
+    import re
+    tokens = re.findall(r"\(|\)|[^\s()]+", expr)
+    pos = 0
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take():
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def atom():
+        token = peek()
+        if token is None:
+            raise ReportError(f"-k {expr!r}: expression ends too early")
+        take()
+        if token == "not":
+            inner = atom()
+            return lambda s: not inner(s)
+        if token == "(":
+            inner = either()
+            if take_if(")") is None:
+                raise ReportError(f"-k {expr!r}: missing ')'")
+            return inner
+        if token in ("and", "or", ")"):
+            raise ReportError(f"-k {expr!r}: unexpected {token!r}")
+        word = token.lower()
+        return lambda s: word in s
+
+    def take_if(token):
+        return take() if peek() == token else None
+
+    def both():
+        left = atom()
+        while take_if("and"):
+            right, prev = atom(), left
+            left = (lambda a, b: lambda s: a(s) and b(s))(prev, right)
+        return left
+
+    def either():
+        left = both()
+        while take_if("or"):
+            right, prev = both(), left
+            left = (lambda a, b: lambda s: a(s) or b(s))(prev, right)
+        return left
+
+    matcher = either()
+    if peek() is not None:
+        raise ReportError(f"-k {expr!r}: unexpected {peek()!r}")
+    return lambda nodeid: matcher(nodeid.lower())
+
+
+def select_tests(report: dict, selectors: list[str] | tuple = (), keyword: str | None = None
+                 ) -> list[str]:
+    """Node ids chosen by exact node ids, node id prefixes, file or folder paths, and/or a
+    -k-like expression; in report order. Nothing found is an error with close names."""
+    tests = report["tests"]
+    chosen: list[str] = []
+    for sel in selectors:
+        if sel in tests:
+            found = [sel]
+        else:
+            path = sel.rstrip("/")
+            found = [n for n in tests if n.startswith(sel) or n.split("::")[0] == path
+                     or n.startswith(path + "/")]
+        if not found:
+            close = difflib.get_close_matches(sel, list(tests), n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ReportError(f"test {sel!r} is not in the report{hint}")
+        chosen += found
+    if keyword is not None:
+        matcher = _keyword_matcher(keyword)
+        chosen = [n for n in (chosen if selectors else tests) if matcher(n)]
+        if not chosen:
+            raise ReportError(f"no test in the report matches -k {keyword!r}")
+    if not selectors and keyword is None:
+        raise ReportError("name a test: a node id, a node id prefix, a file, or -k EXPR")
+    return list(dict.fromkeys(chosen))
+
+
+# -- what explain knows about one test ---------------------------------------------------
+def related(report: dict, nodeid: str) -> dict:
+    """Traffic that involves the test but is not in its own evidence: traffic of processes
+    and threads it started after it ended, traffic right after it, and wider-scoped
+    fixtures whose own traffic fell in its windows."""
+    found = {"unattributed": [], "fixtures": []}
+    for entry in report.get("unattributed", []):
+        detail = entry.get("detail", "")
+        if (entry["reason"] == "outlived-test" and detail.endswith(f" started in {nodeid}")) \
+                or (entry["reason"] == "between-tests"
+                    and detail.startswith(f"after {nodeid} (")):
+            found["unattributed"].append(entry)
+    uses = {f for fids in report["tests"].get(nodeid, {}).get("inherited", {}).values()
+            for f in fids}
+    for fid, fixture in report.get("fixtures", {}).items():
+        phases = fixture.get("tests", {}).get(nodeid)
+        if phases is None:
+            firsts = [e.get("first") or {} for e in fixture.get("evidence", {}).values()]
+            if not any(f.get("test") == nodeid for f in firsts):
+                continue
+            phases = sorted({f.get("phase") for f in firsts if f.get("test") == nodeid})
+        found["fixtures"].append({"fixture": fid, "scope": fixture.get("scope"),
+                                  "services": fixture.get("services", []), "phases": phases,
+                                  "used_by_test": fid in uses,
+                                  "evidence": fixture.get("evidence", {})})
+    return found
+
+
+def explain_data(report: dict, nodeid: str) -> dict:
+    """Everything `explain` says about one test, for `explain --json`."""
+    test = report["tests"][nodeid]
+    return {"nodeid": nodeid, "backend": report["run"].get("backend"), **test,
+            "related": related(report, nodeid)}
+
+
+def explain_one(report: dict, nodeid: str) -> str:
+    data = explain_data(report, nodeid)
+    head = f"{nodeid}: {data['outcome']}"
+    if data.get("duration_s"):
+        head += f" in {data['duration_s']:.2f} s"
+    if data.get("worker"):
+        head += f" on {data['worker']}"
+    lines = [head, f"  needs: {', '.join(data['needs']) or 'no services'}"]
+    sources = []
+    if data["services"]:
+        sources.append(f"observed {', '.join(data['services'])}")
+    if data.get("inherited"):
+        sources.append(f"inherited {', '.join(data['inherited'])}")
+    if data.get("declared"):
+        sources.append(f"declared {', '.join(data['declared'])}")
+    if sources:
+        lines[-1] += f"  ({'; '.join(sources)})"
+    if not data["ran"]:
+        lines.append("  (collected but not run in this report: needs come from declarations)")
+    for service, ev in data["evidence"].items():
+        lines += _contact_lines(service, ev, current=nodeid)
+    for service, fixtures in data.get("inherited", {}).items():
+        lines.append(f"  {service} (inherited, not observed in this test): set up or torn "
+                     f"down by {', '.join(fixtures)}, a wider-scoped fixture this test uses")
+    if data.get("declared"):
+        lines.append(f"  declared in [tool.svctrace.declare]: {', '.join(data['declared'])}")
+    if data.get("baseline"):
+        lines.append(f"  baseline, not counted in needs: {', '.join(data['baseline'])}")
+    probes = data.get("failed_probes") or {}
+    if probes:
+        lines.append("  failed probes (attempts that reached nothing; not needs):")
+        for name, ev in probes.items():
+            lines += ["  " + line for line in _contact_lines(name, ev)]
+    rel = data["related"]
+    if rel["unattributed"] or rel["fixtures"]:
+        lines.append("  traffic involving this test, reported elsewhere (not in its needs):")
+    for entry in rel["unattributed"]:
+        why = _RELATED_WHY.get(entry["reason"], entry["reason"])
+        lines.append(f"    unattributed '{entry['reason']}' ({entry['detail']}): {why}")
+        for service, ev in entry.get("evidence", {}).items():
+            lines += ["    " + line for line in _contact_lines(service, ev)]
+        for name, ev in entry.get("failed_probes", {}).items():
+            lines += ["    " + line for line in _contact_lines(name, ev, f"{name} (failed probe)")]
+    for fx in rel["fixtures"]:
+        uses = ("this test uses it, so they are inherited" if fx["used_by_test"]
+                else "this test does not use it: charged to the fixture")
+        lines.append(f"    {fx['scope']}-scoped fixture {fx['fixture']} ran in this test's "
+                     f"{', '.join(fx['phases'])}: {', '.join(fx['services'])} ({uses})")
+        for service, ev in fx.get("evidence", {}).items():
+            lines += ["    " + line for line in _contact_lines(service, ev)]
+    ignored = data.get("ignored") or {}
+    for why, labels in ignored.items():
+        total = sum(labels.values())
+        lines.append(f"  ignored {_count(total, 'event')} {_IGNORED_WHY.get(why, why)}: "
+                     + ", ".join(f"{label} {n}" for label, n in labels.items()))
+    if not data["evidence"] and data["ran"]:
+        pointers = []
+        if probes:
+            pointers.append("failed probes")
+        if rel["unattributed"] or rel["fixtures"]:
+            pointers.append("traffic reported elsewhere")
+        if ignored:
+            pointers.append("ignored traffic")
+        text = f"  no contact observed in this test's own windows (backend {data['backend']})"
+        if pointers:
+            text += f"; see {' and '.join(pointers)} above"
+        lines.append(text)
+    return "\n".join(lines)
 
 
 def explain_test(report: dict, nodeid: str) -> str:
-    tests = report["tests"]
-    if nodeid not in tests:
-        close = difflib.get_close_matches(nodeid, list(tests), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ReportError(f"test {nodeid!r} is not in the report{hint}")
-    test = tests[nodeid]
-    head = f"{nodeid}: {test['outcome']}"
-    if test.get("duration_s"):
-        head += f" in {test['duration_s']:.2f} s"
-    if test.get("worker"):
-        head += f" on {test['worker']}"
-    lines = [head, f"  needs: {', '.join(test['needs']) or 'no services'}"]
-    if not test["ran"]:
-        lines.append("  (collected but not run in this report: needs come from declarations)")
-    for service, ev in test["evidence"].items():
-        lines.append(_contact_line(service, ev))
-    for service, fixtures in test.get("inherited", {}).items():
-        lines.append(f"  {service} (inherited): set up or torn down by "
-                     f"{', '.join(fixtures)}, which this test uses")
-    if test.get("declared"):
-        lines.append(f"  declared in [tool.svctrace.declare]: {', '.join(test['declared'])}")
-    if test.get("baseline"):
-        lines.append(f"  baseline, not counted in needs: {', '.join(test['baseline'])}")
-    if not test["evidence"] and test["ran"]:
-        lines.append(f"  no contact observed (backend {report['run']['backend']})")
-    return "\n".join(lines)
+    """`svctrace explain REPORT NODEID` for one selector (kept for callers of one test)."""
+    return explain_text(report, select_tests(report, [nodeid]))
+
+
+def explain_text(report: dict, nodeids: list[str]) -> str:
+    return "\n\n".join(explain_one(report, n) for n in nodeids)
 
 
 def drift(report: dict) -> dict[str, dict[str, dict[str, list[str]]]]:

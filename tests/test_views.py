@@ -1,0 +1,129 @@
+"""The report views on small hand-made reports: explain, summary, html (pure)."""
+from __future__ import annotations
+
+import pytest
+
+from svctrace.report import ReportError
+from svctrace.views import explain
+
+
+def contact(phases=("call",), **kw):
+    ev = {"phases": list(phases), "connects": 0, "sends": 0, "failed_connects": 0,
+          "background": False, "threads": [], "destinations": [], "fixtures": [], "gaps": [],
+          "first": None, "by_destination": {}, "processes": {}}
+    ev.update(kw)
+    return ev
+
+
+def first(**kw):
+    base = {"phase": "call", "gap": None, "offset_ms": 4.2, "pid": 10, "tid": 10,
+            "thread": "pytest", "background": False, "born_in": None, "cmdline": "pytest",
+            "destination": "tcp:127.0.0.1:5432", "kind": "connect", "result": "ok"}
+    base.update(kw)
+    return base
+
+
+def test_entry(**kw):
+    entry = {"services": [], "phases": {"setup": [], "call": [], "teardown": []},
+             "outcome": "passed", "ran": True, "duration_s": 0.5, "worker": None,
+             "evidence": {}, "inherited": {}, "declared": [], "baseline": [], "needs": [],
+             "failed_probes": {}, "ignored": {}}
+    entry.update(kw)
+    return entry
+
+
+test_entry.__test__ = False
+
+
+def report(tests, unattributed=(), fixtures=None):
+    return {"run": {"backend": "ebpf", "lost_events": 0, "blind_spots": []}, "tests": tests,
+            "unattributed": list(unattributed), "fixtures": fixtures or {}}
+
+
+PG_TWO_WAYS = contact(
+    connects=2, sends=3, failed_connects=1, threads=["pytest", "rqworker"],
+    destinations=["tcp:127.0.0.1:5432", "unix:/var/run/postgresql/.s.PGSQL.5432"],
+    by_destination={
+        "tcp:127.0.0.1:5432": {"connects": 1, "failed_connects": 0, "sends": 3, "errors": {}},
+        "unix:/var/run/postgresql/.s.PGSQL.5432": {"connects": 1, "failed_connects": 1,
+                                                   "sends": 0, "errors": {"enoent": 1}}},
+    processes={"10": {"ppid": 1, "cmdline": "python -m pytest -q", "role": "pytest",
+                      "threads": ["pytest"]},
+               "22": {"ppid": 10, "cmdline": "rqworker " + "--queue default " * 20,
+                      "role": "subprocess", "threads": ["rqworker"]}},
+    first=first(destination="unix:/var/run/postgresql/.s.PGSQL.5432", result="enoent"))
+
+
+def test_explain_shows_every_destination_and_tells_processes_from_threads():
+    rep = report({"t.py::a": test_entry(services=["postgres"], needs=["postgres"],
+                                        evidence={"postgres": PG_TWO_WAYS})})
+    lines = explain.explain_text(rep, ["t.py::a"]).splitlines()
+    assert "  postgres: 2 connects (1 failed: enoent) and 3 sends in call" in lines
+    assert "      to tcp:127.0.0.1:5432: 1 connect, 3 sends" in lines
+    assert "      to unix:/var/run/postgresql/.s.PGSQL.5432: 1 connect enoent" in lines
+    assert ("      from pid 10 (the test's pytest process), threads pytest: "
+            "python -m pytest -q") in lines
+    child = next(l for l in lines if l.startswith("      from pid 22 "))
+    assert child.startswith("      from pid 22 (a subprocess, parent pid 10), threads rqworker:")
+    shown = child.split("threads rqworker: ", 1)[1]
+    full = PG_TWO_WAYS["processes"]["22"]["cmdline"]
+    assert shown.endswith(" …") and full.startswith(shown[:-2])
+    assert full[len(shown) - 2] == " "  # cut between words, never inside one
+
+
+def test_cut_keeps_words_whole():
+    assert explain.cut("a b c", 10) == "a b c"
+    assert explain.cut("python -m pytest -p no:cacheprovider", 20) == "python -m pytest -p …"
+    assert explain.cut("x" * 30, 10) == "x" * 10 + " …"
+
+
+def test_an_event_in_a_gap_counts_from_the_end_of_the_phase_before_it():
+    assert explain.when_text(first(gap="call->teardown", offset_ms=3.4)) == \
+        "3 ms after call ended (before teardown)"
+    assert explain.when_text(first()) == "4 ms into call"
+
+
+def test_failed_probes_fixture_teardown_and_outlived_traffic_are_pointed_to():
+    probe = contact(connects=1, failed_connects=1, destinations=["unix:/run/app.sock"],
+                    first=first(destination="unix:/run/app.sock", result="enoent"))
+    rep = report(
+        {"t.py::a": test_entry(failed_probes={"unix:/run/app.sock": probe}),
+         "t.py::b": test_entry()},
+        unattributed=[{"reason": "outlived-test", "detail": "thread started in t.py::a",
+                       "services": ["redis"], "failed_probes": {},
+                       "evidence": {"redis": contact(phases=(), sends=2)}},
+                      {"reason": "outlived-test", "detail": "thread started in t.py::ab",
+                       "services": ["kafka"], "failed_probes": {},
+                       "evidence": {"kafka": contact(phases=(), sends=2)}}],
+        fixtures={"::pg": {"scope": "session", "services": ["postgres"],
+                           "tests": {"t.py::b": ["teardown"]},
+                           "evidence": {"postgres": contact(phases=(), sends=1)}}})
+    a = explain.explain_text(rep, ["t.py::a"])
+    assert "failed probes (attempts that reached nothing; not needs):" in a
+    assert "    unix:/run/app.sock: 1 connect enoent" in a
+    assert "unattributed 'outlived-test' (thread started in t.py::a)" in a
+    assert "kafka" not in a  # t.py::ab's thread is not t.py::a's
+    assert a.endswith("see failed probes and traffic reported elsewhere above")
+    b = explain.explain_text(rep, ["t.py::b"])
+    assert ("session-scoped fixture ::pg ran in this test's teardown: postgres (this test "
+            "does not use it: charged to the fixture)") in b
+
+
+def test_selection_by_prefix_file_folder_and_keyword():
+    rep = report({n: test_entry() for n in (
+        "tests/a/test_x.py::test_kafka_one", "tests/a/test_x.py::T::test_mock",
+        "tests/b/test_y.py::test_kafka_mock", "tests/b/test_y.py::test_pg")})
+    assert explain.select_tests(rep, ["tests/a/test_x.py"]) == [
+        "tests/a/test_x.py::test_kafka_one", "tests/a/test_x.py::T::test_mock"]
+    assert explain.select_tests(rep, ["tests/b/"]) == [
+        "tests/b/test_y.py::test_kafka_mock", "tests/b/test_y.py::test_pg"]
+    assert explain.select_tests(rep, keyword="kafka and not mock") == [
+        "tests/a/test_x.py::test_kafka_one"]
+    assert explain.select_tests(rep, keyword="(T or pg) and not kafka") == [
+        "tests/a/test_x.py::T::test_mock", "tests/b/test_y.py::test_pg"]
+    assert explain.select_tests(rep, ["tests/b"], keyword="pg") == ["tests/b/test_y.py::test_pg"]
+    for bad in ("kafka and", "(kafka", "or kafka", "kafka pg"):
+        with pytest.raises(ReportError, match="-k"):
+            explain.select_tests(rep, keyword=bad)
+    with pytest.raises(ReportError, match="not in the report"):
+        explain.select_tests(rep, ["tests/c"])
