@@ -148,3 +148,15 @@ def test_summary_matches_the_report(traced):
     assert proc.returncode == 0
     assert f"backend {BEST}, {report['summary']['tests_ran']} tests ran" in proc.stdout
     assert "traffic outside tests: " in proc.stdout and "collection" in proc.stdout
+    spots = report["run"]["blind_spots"]
+    # the blind spots: one pointer line by default, listed with -v
+    assert "blind spot:" not in proc.stdout
+    assert f"  {len(spots)} blind spots of the {BEST} backend: listed by `svctrace summary " \
+           "-v`" in proc.stdout
+    verbose = cli(suite, "summary", "-v", "report.json").stdout
+    assert all(f"  blind spot: {spot}" in verbose.splitlines() for spot in spots)
+    markdown = cli(suite, "summary", "--markdown", "report.json").stdout
+    assert markdown.startswith("## svctrace\n")
+    assert f"| {report['summary']['service_sets'][0]['tests']} | " in markdown
+    if BEST != "inprocess":  # the session fixture's libpq traffic
+        assert "postgres 9 (2 inherited from wider-scoped fixtures)" in proc.stdout

@@ -127,3 +127,47 @@ def test_selection_by_prefix_file_folder_and_keyword():
             explain.select_tests(rep, keyword=bad)
     with pytest.raises(ReportError, match="not in the report"):
         explain.select_tests(rep, ["tests/c"])
+
+
+def summary_report(tests, blind_spots=("a", "b", "c", "d", "e", "f")):
+    from svctrace.analysis import summarize
+    rep = report(tests)
+    rep["run"].update({"blind_spots": list(blind_spots), "notes": [], "events": {}})
+    rep["summary"] = summarize(rep, [])
+    return rep
+
+
+def test_summary_is_short_and_says_what_a_reader_cannot_guess():
+    from svctrace.views.summary import format_summary
+    tests = {f"t.py::obs{i}": test_entry(services=["redis"], needs=["redis"])
+             for i in range(3)}
+    tests["t.py::inh"] = test_entry(inherited={"redis": ["::r"]}, needs=["redis"])
+    tests["t.py::dns"] = test_entry(services=["dns"], needs=["dns"], failed_probes={
+        "tcp:10.255.255.53:53": contact()})
+    for i in range(10):  # ten distinct sets: more than the default shows
+        tests[f"t.py::s{i}"] = test_entry(needs=[f"svc{i}"], declared=[f"svc{i}"])
+    rep = summary_report(tests)
+    text = format_summary(rep, "r.json")
+    lines = text.splitlines()
+    assert lines[0] == "svctrace: backend ebpf, 15 tests ran, 0 lost events, report r.json"
+    assert "redis 4 (1 inherited from wider-scoped fixtures)" in lines[1]
+    assert "dns 1 [name lookups on port 53]" in lines[1]
+    assert "svc0 1 (1 declared)" in lines[1]
+    assert ("  failed probes (attempts that reached nothing; not needs): "
+            "tcp:10.255.255.53:53 in 1 tests") in lines
+    assert "         4  in 4 more sets (-v lists them)" in lines
+    assert not any("blind spot:" in l for l in lines)
+    assert lines[-1] == ("  6 blind spots of the ebpf backend: listed by `svctrace summary -v` "
+                         "and in the report's run.blind_spots")
+    verbose = format_summary(rep, "r.json", verbose=True).splitlines()
+    assert [l for l in verbose if l.startswith("  blind spot: ")] == [
+        f"  blind spot: {s}" for s in "abcdef"]
+    assert not any("more sets" in l for l in verbose)
+
+
+def test_summary_markdown_tables_escape_pipes():
+    from svctrace.views.summary import markdown_summary
+    rep = summary_report({"t.py::a": test_entry(services=["a|b"], needs=["a|b"])})
+    text = markdown_summary(rep)
+    assert "| a\\|b | 1 | 1 | 0 | 0 |" in text
+    assert "<details><summary>6 blind spots of the ebpf backend</summary>" in text

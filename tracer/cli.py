@@ -61,8 +61,11 @@ def main() -> None:
 @click.option("--progress", metavar="SECONDS", type=float, default=60.0, show_default=True,
               help="print a progress line this often (0: never)")
 @click.option("--quiet", "-q", is_flag=True, help="no summary at the end")
+@click.option("--verbose", "-v", is_flag=True,
+              help="a longer summary at the end (blind spots, every service set)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def run(backend, report_path, as_root, config_path, progress, quiet, command) -> None:
+def run(backend, report_path, as_root, config_path, progress, quiet, verbose,
+        command) -> None:
     from svctrace.config import load_config
     from svctrace.views.summary import format_summary
     from svctrace.runner import Run
@@ -92,7 +95,7 @@ def run(backend, report_path, as_root, config_path, progress, quiet, command) ->
     if runner.write_error:
         fail(runner.write_error, code or EXIT_INTERNAL)
     if runner.report is not None and not quiet:
-        click.echo(format_summary(runner.report, runner.report_path), err=True)
+        click.echo(format_summary(runner.report, runner.report_path, verbose), err=True)
     sys.exit(code)
 
 
@@ -119,10 +122,18 @@ def _report_view(render, *args) -> None:
 
 @main.command()
 @click.argument("report", type=click.Path(dir_okay=False))
-def summary(report) -> None:
+@click.option("--verbose", "-v", is_flag=True,
+              help="also the backend's blind spots, every service set, each traffic "
+                   "bucket outside tests and the event counts")
+@click.option("--markdown", is_flag=True,
+              help="Markdown for a CI job summary (e.g. >> \"$GITHUB_STEP_SUMMARY\")")
+def summary(report, verbose, markdown) -> None:
     """Print the summary of a report (as at the end of `svctrace run`)."""
-    from svctrace.views.summary import format_summary
-    _report_view(lambda data: format_summary(data, report), report)
+    from svctrace.views.summary import format_summary, markdown_summary
+    if markdown:
+        _report_view(lambda data: markdown_summary(data, report).rstrip("\n"), report)
+    else:
+        _report_view(lambda data: format_summary(data, report, verbose), report)
 
 
 @main.command()

@@ -1,36 +1,175 @@
-"""The terminal summary of a report (printed at the end of `svctrace run`, `svctrace summary`)."""
+"""The summary of a report: short terminal text (end of `svctrace run`, `svctrace summary`),
+a verbose variant, and Markdown for a CI job summary (pure: a report dict in, text out)."""
 from __future__ import annotations
 
 from collections import Counter
 
+SETS_SHOWN = 8        # the default summary lists this many needed service sets
+# Words for what a reader cannot guess from a service's name (issue 14).
+SERVICE_WORDS = {"dns": "name lookups on port 53"}
 
-def format_summary(report: dict, path: str | None = None) -> str:
-    """The short terminal summary printed at the end of a run."""
+
+def service_rows(report: dict) -> list[dict]:
+    """Per service: tests that contacted it in their own windows (observed), tests that need
+    it, and why the difference (inherited from wider-scoped fixtures, declared)."""
+    observed, needed, inherited, declared = Counter(), Counter(), Counter(), Counter()
+    for test in report["tests"].values():
+        if not test.get("ran"):
+            continue
+        seen = set(test.get("services", []))
+        observed.update(seen)
+        needed.update(test.get("needs", []))
+        for service in test.get("needs", []):
+            if service in seen:
+                continue
+            if service in test.get("inherited", {}):
+                inherited[service] += 1
+            else:
+                declared[service] += 1
+    rows = []
+    for service in sorted(set(observed) | set(needed), key=lambda s: (-needed[s], -observed[s], s)):
+        rows.append({"service": service, "observed": observed[service],
+                     "needs": needed[service], "inherited": inherited[service],
+                     "declared": declared[service], "about": SERVICE_WORDS.get(service)})
+    return rows
+
+
+def probe_rows(report: dict) -> list[tuple[str, int]]:
+    """(failed probe name, tests it was seen in), most frequent first."""
+    counts = Counter(name for t in report["tests"].values()
+                     for name in t.get("failed_probes", {}))
+    return counts.most_common()
+
+
+def _service_text(row: dict) -> str:
+    text = f"{row['service']} {row['needs']}"
+    why = []
+    if row["inherited"]:
+        why.append(f"{row['inherited']} inherited from wider-scoped fixtures")
+    if row["declared"]:
+        why.append(f"{row['declared']} declared")
+    if row["observed"] != row["needs"] and not why:
+        why.append(f"{row['observed']} observed, some in baseline")
+    if why:
+        text += f" ({', '.join(why)})"
+    if row["about"]:
+        text += f" [{row['about']}]"
+    return text
+
+
+def _notes(run: dict) -> list[str]:
+    return list(run.get("notes", [])) + list(run.get("backend_stats", {}).get("notes", []))
+
+
+def _unattributed(report: dict) -> Counter:
+    reasons: Counter = Counter()
+    for entry in report.get("unattributed", []):
+        reasons[entry["reason"]] += 1
+    return reasons
+
+
+def format_summary(report: dict, path: str | None = None, verbose: bool = False) -> str:
+    """The terminal summary: what ran, lost events, services, sets, notes that matter;
+    blind spots as one pointer line (listed with verbose)."""
     run, summary = report["run"], report["summary"]
-    lines = [f"svctrace: backend {run['backend']}, {summary['tests_ran']} tests ran, "
-             f"{run['lost_events']} lost events"
-             + (f", report {path}" if path else "")]
+    collected = summary["tests"]
+    head = (f"svctrace: backend {run['backend']}, {summary['tests_ran']} tests ran"
+            + (f" ({collected} collected)" if collected != summary["tests_ran"] else "")
+            + f", {run['lost_events']} lost events" + (f", report {path}" if path else ""))
+    lines = [head]
     if run["lost_events"]:
         lines.append(f"  WARNING: {run['lost_events']} events were lost: services may be "
                      "missing (raise ringbuf_pages in [tool.svctrace])")
-    if summary["services"]:
-        lines.append("  tests touching each service: " + ", ".join(
-            f"{s} {n}" for s, n in sorted(summary["services"].items(), key=lambda i: -i[1])))
-    if summary["service_sets"]:
+    rows = service_rows(report)
+    if rows:
+        lines.append("  tests needing each service (observed in the test, unless said): "
+                     + ", ".join(_service_text(r) for r in rows))
+    probes = probe_rows(report)
+    if probes:
+        shown = probes if verbose else probes[:3]
+        lines.append("  failed probes (attempts that reached nothing; not needs): "
+                     + ", ".join(f"{name} in {n} tests" for name, n in shown)
+                     + (f", {len(probes) - len(shown)} more (-v)" if len(probes) > len(shown)
+                        else ""))
+    sets = summary["service_sets"]
+    if sets:
         lines.append("  tests by needed service set:")
-    for entry in summary["service_sets"][:12]:
+    shown_sets = sets if verbose else sets[:SETS_SHOWN]
+    for entry in shown_sets:
         lines.append(f"    {entry['tests']:6d}  {' + '.join(entry['needs']) or '(none)'}")
-    if report["unattributed"]:
-        reasons = Counter()
-        for entry in report["unattributed"]:
-            reasons[entry["reason"]] += 1
+    if len(sets) > len(shown_sets):
+        rest = sum(e["tests"] for e in sets[len(shown_sets):])
+        lines.append(f"    {rest:6d}  in {len(sets) - len(shown_sets)} more sets (-v lists them)")
+    reasons = _unattributed(report)
+    if reasons:
         lines.append("  traffic outside tests: " + ", ".join(
-            f"{r} ({n})" for r, n in sorted(reasons.items())) + " — see report 'unattributed'")
+            f"{r} ({n})" for r, n in sorted(reasons.items())) + " — see report 'unattributed'"
+            + ("" if verbose else " or `svctrace explain` of a test"))
+        if verbose:
+            for entry in report["unattributed"]:
+                names = entry["services"] + list(entry.get("failed_probes", {}))
+                lines.append(f"    {entry['reason']}: {entry['detail']}: {', '.join(names)}")
     for item in summary.get("incidental", []):
         lines.append(f"  baseline candidate: {item['service']} in {item['share']:.0%} of tests, "
                      f"only via {item['via']} (mark it baseline in [tool.svctrace] if not needed)")
-    for note in run.get("notes", []) + run.get("backend_stats", {}).get("notes", []):
+    for note in _notes(run):
         lines.append(f"  note: {note}")
-    for spot in run.get("blind_spots", []):
-        lines.append(f"  blind spot: {spot}")
+    spots = run.get("blind_spots", [])
+    if verbose:
+        events = run.get("events", {})
+        if events:
+            lines.append("  events: " + ", ".join(f"{k} {v}" for k, v in events.items())
+                         + " (noise and self_loopback are ignored by the rules)")
+        for spot in spots:
+            lines.append(f"  blind spot: {spot}")
+    elif spots:
+        lines.append(f"  {len(spots)} blind spots of the {run['backend']} backend: listed by "
+                     "`svctrace summary -v` and in the report's run.blind_spots")
     return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_summary(report: dict, path: str | None = None) -> str:
+    """The same content for a CI job summary ($GITHUB_STEP_SUMMARY)."""
+    run, summary = report["run"], report["summary"]
+    lines = ["## svctrace", "",
+             f"Backend **{run['backend']}**, {summary['tests_ran']} tests ran of "
+             f"{summary['tests']} collected, **{run['lost_events']} lost events**"
+             + (f", report `{path}`" if path else "") + "."]
+    if run["lost_events"]:
+        lines += ["", f"> **Warning:** {run['lost_events']} events were lost: services may "
+                  "be missing (raise `ringbuf_pages` in `[tool.svctrace]`)."]
+    rows = service_rows(report)
+    if rows:
+        lines += ["", "| service | tests that need it | observed in the test | inherited from "
+                  "fixtures | declared |", "|---|---:|---:|---:|---:|"]
+        for r in rows:
+            name = r["service"] + (f" ({r['about']})" if r["about"] else "")
+            lines.append(f"| {_md(name)} | {r['needs']} | {r['observed']} | {r['inherited']} "
+                         f"| {r['declared']} |")
+    if summary["service_sets"]:
+        lines += ["", "| tests | needed service set |", "|---:|---|"]
+        for entry in summary["service_sets"]:
+            lines.append(f"| {entry['tests']} | {_md(' + '.join(entry['needs']) or '(none)')} |")
+    probes = probe_rows(report)
+    if probes:
+        lines += ["", "Failed probes (attempts that reached nothing; not needs): "
+                  + ", ".join(f"`{_md(n)}` in {c} tests" for n, c in probes) + "."]
+    reasons = _unattributed(report)
+    if reasons:
+        lines += ["", "Traffic outside tests (report `unattributed`): " + ", ".join(
+            f"{r} ({n})" for r, n in sorted(reasons.items())) + "."]
+    for item in summary.get("incidental", []):
+        lines += ["", f"Baseline candidate: **{item['service']}** in {item['share']:.0%} of "
+                  f"tests, only via {_md(item['via'])}."]
+    notes = _notes(run)
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {_md(n)}" for n in notes]
+    spots = run.get("blind_spots", [])
+    if spots:
+        lines += ["", f"<details><summary>{len(spots)} blind spots of the {run['backend']} "
+                  "backend</summary>", ""] + [f"- {_md(s)}" for s in spots] + ["", "</details>"]
+    return "\n".join(lines) + "\n"
