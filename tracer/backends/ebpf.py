@@ -100,6 +100,13 @@ def _effective_caps() -> int:
 
 def sock_common_offsets() -> dict[str, int]:
     """{-D name: byte offset} of every kernel struct member the program reads (BtfError)."""
+    return dict(_offsets())
+
+
+@lru_cache(maxsize=1)
+def _offsets() -> dict[str, int]:
+    # Parsing vmlinux BTF costs ~65 ms, and the availability check, the explicit backend
+    # check and the compile each asked: once per process (the running kernel's BTF).
     offsets = {define: btf.member_offset("sock_common", member)
                for define, member in SOCK_COMMON_DEFINES.items()}
     offsets.update({define: btf.member_offset(struct, member)
