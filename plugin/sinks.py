@@ -31,6 +31,11 @@ class Folder:
     def __init__(self) -> None:
         self._open: dict[tuple, list] = {}
 
+    @property
+    def open(self) -> bool:
+        """Whether any send is folded (a drain would have something to report)."""
+        return bool(self._open)
+
     def add(self, event) -> object | None:
         """The event to record now, or None when it was folded."""
         if event.kind != "send":
@@ -66,6 +71,7 @@ class PipeSink:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self.pid = os.getpid()
+        self._chunk_id = f"{self.pid}-{next(self._ids)}"  # the next chunked record's id
         self._forked = False
         self._folder = Folder()
         self.errors = 0
@@ -74,6 +80,7 @@ class PipeSink:
     def after_fork(self) -> None:
         """In a forked child: its parent's buffer and lock are not its own."""
         self._buffer, self._size, self.pid = [], 0, os.getpid()
+        self._chunk_id = f"{self.pid}-{next(self._ids)}"
         self._folder, self._forked, self._lock = Folder(), True, threading.Lock()
 
     def __call__(self, record, urgent: bool = True) -> None:
@@ -82,7 +89,7 @@ class PipeSink:
         if self._forked:
             urgent = True  # a forked child may leave through os._exit(): never buffer
         with self._lock:
-            if urgent:  # a phase edge: the sends folded before it are reported first
+            if urgent and self._folder.open:  # the sends folded before an edge go first
                 for tail in self._folder.drain():
                     self._append_locked(tail)
             self._append_locked(record)
@@ -90,7 +97,10 @@ class PipeSink:
                 self._flush_locked()
 
     def _append_locked(self, record) -> None:
-        for line in wire.encode(record, f"{self.pid}-{next(self._ids)}"):
+        lines = wire.encode(record, self._chunk_id)
+        if len(lines) > 1:  # chunked: every record needs its own id
+            self._chunk_id = f"{self.pid}-{next(self._ids)}"
+        for line in lines:
             if self._size + len(line) > _BATCH:
                 self._flush_locked()
             self._buffer.append(line)

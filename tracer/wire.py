@@ -16,6 +16,7 @@ import base64
 import json
 import os
 from dataclasses import fields
+from operator import attrgetter
 from typing import Iterator
 
 from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessEvent,
@@ -30,15 +31,22 @@ _TUPLES = {cls: tuple(i for i, name in enumerate(_FIELDS[cls])
 _DEST_INDEX = _FIELDS[Event].index("dest")
 _CHUNK_DATA = 2900  # raw bytes per chunk: base64 makes 3868, plus the envelope < PIPE_BUF
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+# json's C scanner itself: json.loads adds two whitespace regex matches per line
+_scan = json.JSONDecoder().scan_once
 
 
 class ProtocolError(ValueError):
     """A line on the marker pipe is not a record svctrace wrote."""
 
 
+# (tag, getter of all fields in order) per type: one C call per record, not a generator
+# over getattr (the plugin encodes ~10 records per test; issue 13)
+_GETTERS = {cls: ((tag,), attrgetter(*_FIELDS[cls])) for cls, tag in _TAGS.items()}
+
+
 def _values(record) -> list:
-    values = [_TAGS[type(record)]]
-    values.extend(getattr(record, name) for name in _FIELDS[type(record)])
+    tag, getter = _GETTERS[type(record)]
+    values = [*tag, *getter(record)]
     if type(record) is Event:
         dest = record.dest
         values[_DEST_INDEX + 1] = [dest.family, dest.transport, dest.address, dest.port]
@@ -49,7 +57,7 @@ def encode(record, chunk_id: str = "") -> list[bytes]:
     """Lines (each ending in a newline, each <= PIPE_BUF bytes) that carry one record.
 
     chunk_id must be unique per writing process (e.g. "<pid>-<counter>")."""
-    data = b"\x1e" + _dumps(_values(record)).encode() + b"\n"
+    data = f"\x1e{_dumps(_values(record))}\n".encode()
     if len(data) <= PIPE_BUF:
         return [data]
     body = data[1:-1]
@@ -76,6 +84,15 @@ def _record(values: list):
     return cls(*args)
 
 
+def _loads(text: str) -> list:
+    """One JSON array that fills the whole text (json.loads' rule, without its regexes)."""
+    text = text.rstrip()
+    values, end = _scan(text, 0)  # StopIteration: not JSON at all
+    if end != len(text) or type(values) is not list:
+        raise ProtocolError("not one JSON array")
+    return values
+
+
 class Decoder:
     """Turns pipe bytes back into records, reassembling chunked ones."""
 
@@ -89,21 +106,26 @@ class Decoder:
         *lines, self._partial = self._partial.split(b"\n")
         for raw in lines:
             if raw.strip():
-                yield from self._line(raw)
+                record = self._line(raw)
+                if record is not None:
+                    yield record
 
-    def _line(self, raw: bytes) -> Iterator:
+    def _line(self, raw: bytes):
+        """The record a line completes, or None (a chunk of one still incomplete, or a bad
+        line, counted)."""
         try:
             if raw[:1] != b"\x1e":
                 raise ProtocolError("not a svctrace record")
-            values = json.loads(raw[1:].decode())  # str: skips json's encoding detection
+            values = _loads(raw[1:].decode())  # str: skips json's encoding detection
             if values[0] == "c":
                 whole = self._chunk(values)
                 if whole is None:
-                    return
-                values = json.loads(whole)
-            yield _record(values)
-        except (ValueError, TypeError, KeyError, IndexError):
+                    return None
+                values = _loads(whole)
+            return _record(values)
+        except (ValueError, TypeError, KeyError, IndexError, StopIteration):
             self.bad_lines += 1
+            return None
 
     def _chunk(self, values: list) -> str | None:
         _, chunk_id, index, count, data = values
