@@ -20,23 +20,29 @@ MICRO = {
 SUITES = {
     "suite": ([], "pytest suite of small PostgreSQL/Redis tests, serial"),
     "suite-n2": (["-n", "2"], "the same suite with pytest-xdist -n 2"),
+    "realistic": ([], "realistic suite: 10-50 ms tests, PostgreSQL/Redis work, fixtures, "
+                      "a subprocess in one test of five, serial"),
 }
+# Whole runs, not windows: what a traced run of a one-test project costs beyond pytest.
+STARTUP = {"startup": "fixed cost: a trivial pytest run (start, attach, stop, detach, report)"}
 PROBES = {
     "capacity": "eBPF capacity: highest zero-loss send rate, folded and unfolded",
     "memory": "eBPF tracer RSS while >= 1M ring buffer records are consumed",
 }
-ALL = list(MICRO) + list(SUITES) + list(PROBES)
+ALL = list(MICRO) + list(SUITES) + list(STARTUP) + list(PROBES)
 
 SIZES = {
     "cpu": 5_000_000, "libpq-tcp": 20_000, "libpq-unix": 20_000, "redis": 20_000,
     "kafka": 400_000, "suite": 2_000,   # suite: tests (serial and -n 2)
+    "realistic": 300, "startup": 5,     # startup: runs of the trivial project per round
     "step_s": 2.0,          # capacity: seconds per rate step
     "memory": 1_000_000,    # ring buffer records for the memory check
     "memory_rate": 0,       # their rate; 0: a third of the probe's zero-loss rate, >= 20k
 }
 QUICK_SIZES = {
     "cpu": 300_000, "libpq-tcp": 1_000, "libpq-unix": 1_000, "redis": 1_000,
-    "kafka": 20_000, "suite": 200, "step_s": 0.5, "memory": 50_000,
+    "kafka": 20_000, "suite": 200, "realistic": 40, "startup": 2, "step_s": 0.5,
+    "memory": 50_000,
     "memory_rate": 0,
 }
 # Total target rates (sends/s over all sender processes) tried in turn; the probe stops
