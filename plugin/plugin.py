@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 
 from pytest_svctrace import owner, workers
 from pytest_svctrace.markers import Tracer
 from pytest_svctrace.sinks import MemorySink, PipeSink
-from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE
+from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE, progress_path
 from svctrace.userfiles import UserFileError, check_writable
 
 STATE = pytest.StashKey[Tracer]()
@@ -34,6 +35,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   default=None)
     from pytest_svctrace import select
     select.addoption(group)
+
+
+class Progress:
+    """Prints `svctrace run`'s progress line between tests with pytest's own terminal
+    writer, on a line of its own (the runner leaves it in a file next to the pipe)."""
+
+    def __init__(self, config: pytest.Config, path: str) -> None:
+        self.config, self.path, self.next_check = config, path, 0.0
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self) -> None:
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + 1.0  # one open() a second at most, not one per test
+        try:
+            with open(self.path, encoding="utf-8") as source:
+                text = source.read().strip()
+            os.unlink(self.path)  # taken: the runner prints nothing itself
+        except OSError:
+            return
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or not text:
+            return
+        writer = getattr(reporter, "_tw", None)
+        # write_line ends a line only when a file name opened it: under -q the dots run
+        # without one, so end the open line by its width (pytest's own count of it).
+        if writer is not None and getattr(writer, "width_of_current_line", 0):
+            writer.line()
+        reporter.write_line(text)
 
 
 def _inprocess_install(sink) -> None:
@@ -100,6 +131,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if role == "owner":
             owner.claim()
             config.stash[CLAIMED] = True
+            config.pluginmanager.register(Progress(config, progress_path(pipe)),
+                                          "svctrace-progress")
     elif report:
         _check_report_path(config, report)
         sink, inprocess = MemorySink(), True

@@ -4,6 +4,8 @@ The runner and the pytest plugin both import these names; neither spells them it
 """
 from __future__ import annotations
 
+import os
+
 # Path of the marker FIFO every pytest process of the run writes to (wire.py records).
 ENV_PIPE = "SVCTRACE_PIPE"
 # The backend that runs ("ebpf", "strace", "inprocess"): inprocess makes the plugin patch.
@@ -13,3 +15,10 @@ ENV_BACKEND = "SVCTRACE_BACKEND"
 # pipe alone: its node ids are not the run's. The owner's own xdist workers are told
 # apart by workerinput["svctrace_owner"], which the owner fills (plugin/owner.py).
 ENV_OWNER = "SVCTRACE_PIPE_OWNER"
+
+
+def progress_path(pipe: str) -> str:
+    """The file next to the marker pipe where the runner leaves its progress line; the
+    owner pytest prints it between tests with its own terminal writer, then removes it,
+    so the line never lands inside pytest's dot line (issue 14)."""
+    return os.path.join(os.path.dirname(pipe), "progress")

@@ -14,7 +14,7 @@ from svctrace import pluginpath, wire
 from svctrace.backends import pidns, select_backend
 from svctrace.backends.base import Backend, RunContext
 from svctrace.config import Config
-from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE
+from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE, progress_path
 from svctrace.events import Event, ProcessEvent, RunInfo
 from svctrace.collect import NO_MARKERS, Collector
 from svctrace.rundirs import make_private_dir, remove_private_dir, sweep_leftovers
@@ -323,8 +323,37 @@ class Run:
                 last_progress = time.monotonic()
                 counts = self.attributor.counts
                 ran = sum(1 for t in self.attributor.tests.values() if t.ran)
-                self.log(f"{ran} tests so far, {counts['events']} events, "
-                         f"{self.backend.stats().get('lost_events', 0)} lost")
+                self._progress(pipe, f"{ran} tests so far, {counts['events']} events, "
+                               f"{self.backend.stats().get('lost_events', 0)} lost")
+
+    def _progress(self, pipe: MarkerPipe, text: str) -> None:
+        """Hand the progress line to the owner pytest (plugin.Progress prints it between
+        tests); with no plugin writing markers, or one that left a line untaken for long,
+        print it here, on a line of its own."""
+        path = progress_path(pipe.path)
+        try:
+            # The plugin looks once a second, between tests: a line left much longer means
+            # no plugin takes them (or one test runs for long): print them here from now on.
+            if time.time() - os.lstat(path).st_mtime > max(10.0, 2 * self.progress_s):
+                self._print_progress = True
+        except OSError:
+            pass
+        if getattr(self, "_print_progress", False) or not self.attributor.counts["markers"]:
+            # pytest's dot line is usually open on the terminal: start a line of our own
+            print(f"\nsvctrace: {text}", file=sys.stderr, flush=True)
+            return
+        # Created exclusively and renamed over the target: a link planted in the user's
+        # run folder is replaced, never written through (we may be root).
+        temp = path + ".new"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "w") as out:
+                out.write(f"svctrace: {text}\n")
+            os.rename(temp, path)
+        except OSError:
+            self._print_progress = True
+            print(f"\nsvctrace: {text}", file=sys.stderr, flush=True)
 
     def _finish(self, pipe: MarkerPipe, exit_code: int | None, started_wall: float) -> None:
         """Always runs: whatever was traced is written, even after errors or Ctrl-C."""
