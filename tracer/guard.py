@@ -1,0 +1,398 @@
+"""The tier guard's kernel side: a cgroup v2 holding only the command's tree, the
+CGROUP_SOCK_ADDR programs of bpf/guard.bpf.c attached to it, their refusals as events, and
+the sweep of cgroups left by killed runs (issue 12)."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import importlib.resources
+import ipaddress
+import os
+import re
+import struct
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from svctrace.backends import pidns
+from svctrace.backends.bcc_import import load_bcc
+from svctrace.events import Destination, Event
+from svctrace.guard_rules import (MAX_PATHS, MAX_RULES, PATTERN_MAX, DenySpec, GuardError,
+                                  Table)
+
+# enum bpf_attach_type (include/uapi/linux/bpf.h); bcc 0.26 has no name for the unix hook.
+ATTACH = {"connect4": 10, "connect6": 11, "sendmsg4": 14, "sendmsg6": 15, "connect_unix": 49}
+PROG_TYPE_CGROUP_SOCK_ADDR = 18
+PROGRAMS = {"connect4": b"guard_connect4", "connect6": b"guard_connect6",
+            "sendmsg4": b"guard_sendmsg4", "sendmsg6": b"guard_sendmsg6",
+            "connect_unix": b"guard_connect_unix"}
+OWN_MOUNT = Path("/run/svctrace/cgroup2")  # where svctrace mounts cgroup2 if none is
+_NAME = re.compile(r"^svctrace-guard-([0-9]+)-([0-9]+)$")
+# struct guard_event in bpf/guard.bpf.c (176 bytes).
+_EVENT = struct.Struct("<QIIiHHBBBB16s128sI")
+_PROTOS = {6: "tcp", 17: "udp"}
+RINGBUF_PAGES = 64
+_CAP_SYS_ADMIN, _CAP_BPF, _CAP_NET_ADMIN = 21, 39, 12
+
+
+def cgroup2_mount() -> Path | None:
+    """Where a cgroup v2 hierarchy is mounted in this mount namespace, if anywhere."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1].replace("\\040", " "))
+    return None
+
+
+def mount_cgroup2() -> tuple[Path, str | None]:
+    """The cgroup2 mount, mounting one (as root) where none is: (path, note or None)."""
+    found = cgroup2_mount()
+    if found is not None:
+        return found, None
+    OWN_MOUNT.mkdir(parents=True, exist_ok=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"cgroup2", str(OWN_MOUNT).encode(), b"cgroup2", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise GuardError(f"no cgroup v2 hierarchy is mounted and mounting one at {OWN_MOUNT} "
+                         f"failed ({os.strerror(err)}): the guard needs cgroup v2 "
+                         "(a container needs --privileged or a writable /sys/fs/cgroup)")
+    return OWN_MOUNT, f"mounted cgroup2 at {OWN_MOUNT} (none was mounted)"
+
+
+def _own_cgroup(mount: Path) -> Path:
+    """The runner's own cgroup v2 folder (so the guard's cgroup stays inside whatever
+    limits the runner has), else the hierarchy's root."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                folder = mount / line[3:].lstrip("/")
+                if folder.is_dir():
+                    return folder
+    except OSError:
+        pass
+    return mount
+
+
+def _start_ticks(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _evacuate(folder: Path, parent: Path) -> int:
+    """Move the processes still in `folder` (a test's leaked daemon) to `parent`."""
+    moved = 0
+    for _ in range(10):  # a process may fork while we move its siblings
+        try:
+            pids = (folder / "cgroup.procs").read_text().split()
+        except OSError:
+            return moved
+        if not pids:
+            return moved
+        for pid in pids:
+            try:
+                (parent / "cgroup.procs").write_text(pid)
+                moved += 1
+            except OSError:
+                pass  # gone meanwhile
+    return moved
+
+
+def _remove(folder: Path, parent: Path) -> str | None:
+    """rmdir the cgroup after moving out what is left; None, or why it could not be."""
+    for attempt in range(50):
+        _evacuate(folder, parent)
+        try:
+            folder.rmdir()
+            return None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                return exc.strerror
+            time.sleep(0.02)  # an exiting process leaves the cgroup a moment later
+    return "still busy"
+
+
+def sweep_cgroups(parent: Path) -> list[str]:
+    """Remove guard cgroups whose runner is dead (SIGKILL runs no cleanup): one note each.
+    Their programs go with them; processes still in one are moved to `parent`."""
+    notes = []
+    try:
+        entries = [(e, m) for e in os.scandir(parent) if (m := _NAME.match(e.name))]
+    except OSError:
+        return notes
+    for entry, match in entries:
+        pid, start = int(match.group(1)), match.group(2)
+        if _start_ticks(pid) == start:
+            continue  # a live runner's (a concurrent run)
+        reason = _remove(Path(entry.path), parent)
+        notes.append(f"removed the guard cgroup {entry.path}, left by a killed svctrace run "
+                     f"(pid {pid})" if reason is None else
+                     f"could not remove the guard cgroup {entry.path} left by a killed "
+                     f"svctrace run (pid {pid}): {reason}")
+    return notes
+
+
+def unavailable_reason() -> str | None:
+    """None if the kernel guard can work here, else what is missing and the fix."""
+    if os.geteuid() != 0:
+        return ("the guard needs root (CAP_BPF and CAP_NET_ADMIN to attach cgroup programs, "
+                "CAP_SYS_ADMIN to create a cgroup): run svctrace with sudo")
+    try:
+        load_bcc()
+    except Exception as exc:
+        return f"bcc is not importable ({exc}): apt-get install python3-bpfcc"
+    mount = cgroup2_mount()
+    if mount is None:
+        return None  # svctrace mounts one (mount_cgroup2)
+    if not os.access(_own_cgroup(mount), os.W_OK):
+        return (f"the cgroup v2 folder {_own_cgroup(mount)} is not writable: run the "
+                "container with --privileged (or a writable cgroup namespace)")
+    return None
+
+
+def _program_source():
+    return importlib.resources.files("svctrace.bpf") / "guard.bpf.c"
+
+
+def _key(fields: tuple) -> bytes:
+    stage, family, proto, port, prefixlen, addr = fields
+    return struct.pack("<IBBBB", prefixlen, stage, family, proto, 0) + \
+        struct.pack(">H", port) + addr + b"\0\0"
+
+
+class Guard:
+    """One run's guard: start() before the command forks, enter(pid) before it is released,
+    poll() while it runs, stop() after it exited (idempotent, also on every error path)."""
+
+    def __init__(self, spec: DenySpec, table: Table) -> None:
+        self.spec = spec
+        self.table = table
+        self.notes: list[str] = list(table.notes)
+        self.cgroup: Path | None = None
+        self.parent: Path | None = None
+        self.refusal = "EPERM"
+        self.hooks: list[str] = []
+        self._bpf = None
+        self._fd: int | None = None
+        self._attached: list[tuple[object, int]] = []
+        self._pending: list[Event] = []
+        self._errors: list[str] = []
+        self._wall_offset = time.time_ns() - time.monotonic_ns()
+        self._final: dict = {}
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        reason = unavailable_reason()
+        if reason:
+            raise GuardError(f"--deny/--allow/--guard need the kernel guard: {reason}")
+        mount, note = mount_cgroup2()
+        if note:
+            self.notes.append(note)
+        self.parent = _own_cgroup(mount)
+        self.notes += sweep_cgroups(self.parent)
+        start = _start_ticks(os.getpid())
+        self.cgroup = self.parent / f"svctrace-guard-{os.getpid()}-{start}"
+        try:
+            self.cgroup.mkdir(mode=0o755)
+            self._fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._load(self.cgroup.stat().st_ino, len(self.cgroup.relative_to(mount).parts))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _compile(self, cgid: int, level: int, set_retval: bool):
+        bcc = load_bcc()
+        ns = pidns.current()
+        flags = [f"-DPIDNS_DEV={ns.kernel_dev}ULL", f"-DPIDNS_INO={ns.inode}ULL",
+                 f"-DGUARD_CGID={cgid}ULL", f"-DGUARD_LEVEL={level}",
+                 f"-DSTAGES={self.table.stages}", f"-DN_PATTERNS={len(self.table.unix_patterns)}",
+                 f"-DMAX_RULES={MAX_RULES}", f"-DMAX_PATHS={MAX_PATHS}",
+                 f"-DMAX_SERVICES={max(1, len(self.table.services))}",
+                 f"-DRINGBUF_PAGES={RINGBUF_PAGES}"]
+        if set_retval:
+            flags.append("-DHAS_SET_RETVAL=1")
+        with ExitStack() as stack:
+            source = stack.enter_context(importlib.resources.as_file(_program_source()))
+            bpf = bcc.BPF(src_file=str(source).encode(), cflags=flags)
+        try:
+            functions = {hook: bpf.load_func(name, PROG_TYPE_CGROUP_SOCK_ADDR,
+                                             attach_type=ATTACH[hook])
+                         for hook, name in PROGRAMS.items() if hook != "connect_unix"}
+        except Exception:
+            bpf.cleanup()
+            raise
+        return bpf, functions
+
+    def _load(self, cgid: int, level: int) -> None:
+        try:
+            self._bpf, functions = self._compile(cgid, level, True)
+            self.refusal = "ECONNREFUSED (tcp, unix), EPERM (udp)"
+        except Exception as first:
+            # bpf_set_retval in sock_addr programs came with Linux 5.19: else EPERM
+            try:
+                self._bpf, functions = self._compile(cgid, level, False)
+            except Exception as exc:
+                raise GuardError(f"the guard's BPF programs did not load: {exc}") from first
+            self.notes.append("this kernel refuses bpf_set_retval in connect programs: "
+                              "refused connects fail with EPERM, not ECONNREFUSED")
+        self._fill()
+        bcc = load_bcc()
+        for hook, fn in functions.items():
+            bcc.BPF.attach_func(fn, self._fd, ATTACH[hook])
+            self._attached.append((fn, ATTACH[hook]))
+            self.hooks.append(hook)
+        try:  # BPF_CGROUP_UNIX_CONNECT: Linux 6.7+
+            fn = self._bpf.load_func(PROGRAMS["connect_unix"], PROG_TYPE_CGROUP_SOCK_ADDR,
+                                     attach_type=ATTACH["connect_unix"])
+            bcc.BPF.attach_func(fn, self._fd, ATTACH["connect_unix"])
+            self._attached.append((fn, ATTACH["connect_unix"]))
+            self.hooks.append("connect_unix")
+        except Exception as exc:
+            if self.table.unix_exact or self.table.unix_patterns:
+                self.notes.append(f"this kernel has no unix connect hook ({exc}): unix "
+                                  "sockets of denied services are not refused")
+        self._bpf[b"refusals"].open_ring_buffer(self._on_event)
+
+    def _fill(self) -> None:
+        rules = self._bpf[b"inet_rules"]
+        for fields, (action, service, rank) in self.table.inet.items():
+            key = rules.Key.from_buffer_copy(_key(fields))
+            rules[key] = rules.Leaf(action, service, rank)
+        exact = self._bpf[b"unix_exact"]
+        for path, (action, service, rank) in self.table.unix_exact.items():
+            key = exact.Key()
+            ctypes.memmove(ctypes.addressof(key), path, len(path))
+            exact[key] = exact.Leaf(action, service, rank)
+        patterns = self._bpf[b"unix_patterns"]
+        for i, (prefix, is_exact, action, service, rank) in enumerate(self.table.unix_patterns):
+            leaf = patterns.Leaf()
+            leaf.len, leaf.exact = len(prefix), int(is_exact)
+            leaf.verdict.action, leaf.verdict.service, leaf.verdict.rank = action, service, rank
+            leaf.prefix = prefix[:PATTERN_MAX]
+            patterns[ctypes.c_int(i)] = leaf
+
+    def enter(self, pid: int) -> None:
+        """Put the forked command (blocked on its gate) into the guard's cgroup: it and
+        everything it starts are guarded from its first instruction on."""
+        assert self.cgroup is not None, "start() first"
+        try:
+            (self.cgroup / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            raise GuardError(f"cannot put the command into {self.cgroup}: {exc.strerror}"
+                             ) from exc
+
+    def poll(self) -> list[Event]:
+        if self._bpf is None:
+            return []
+        self._bpf.ring_buffer_consume()
+        events, self._pending = self._pending, []
+        return events
+
+    def stop(self) -> list[Event]:
+        """Drain, detach, remove the cgroup (moving leftovers out): every exit path."""
+        events = []
+        if self._bpf is not None:
+            try:
+                events = self.poll()
+                self._final = self._counters()
+            except Exception as exc:
+                self.notes.append(f"guard: reading the last refusals failed: {exc}")
+        bcc = load_bcc() if self._attached else None
+        for fn, attach_type in self._attached:
+            try:
+                bcc.BPF.detach_func(fn, self._fd, attach_type)
+            except Exception:
+                pass  # removing the cgroup releases its programs anyway
+        self._attached = []
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.cgroup is not None and self.parent is not None and self.cgroup.exists():
+            moved = _evacuate(self.cgroup, self.parent)
+            if moved:
+                self.notes.append(f"guard: {moved} processes of the command outlived it; "
+                                  "they were moved out of the guard's cgroup")
+            reason = _remove(self.cgroup, self.parent)
+            if reason:
+                self.notes.append(f"guard: could not remove {self.cgroup}: {reason}")
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+        if self._errors:
+            self.notes.append(f"guard: {len(self._errors)} undecodable refusal records "
+                              f"({self._errors[0]})")
+            self._errors = []
+        return events
+
+    # -- records -------------------------------------------------------------------------
+    def _on_event(self, _ctx, data, size: int) -> int:
+        try:
+            self._pending.append(self.decode(ctypes.string_at(data, size)))
+        except Exception as exc:  # ctypes swallows exceptions raised in callbacks
+            self._errors.append(str(exc))
+        return 0
+
+    def decode(self, raw: bytes) -> Event:
+        (ts, pid, tid, result, _service, port, kind, family, proto, addr_len, comm,
+         addr, _pad) = _EVENT.unpack(raw)
+        if family == 1:
+            path = addr[:addr_len]
+            text = ("@" + path[1:].decode(errors="replace") if path[:1] == b"\0"
+                    else path.split(b"\0", 1)[0].decode(errors="replace"))
+            dest = Destination("unix", "unix", text)
+        else:
+            address = (ipaddress.IPv4Address(addr[:4]) if family == 2
+                       else ipaddress.IPv6Address(addr[:16]))
+            dest = Destination("inet" if family == 2 else "inet6",
+                               _PROTOS.get(proto, "other"), str(address), port)
+        return Event("denied", ts, ts + self._wall_offset, pid, tid,
+                     comm.split(b"\0", 1)[0].decode(errors="replace"), dest, result)
+
+    def _counters(self) -> dict:
+        denials = self._bpf[b"denials"]
+        per = {name: int(denials.sum(i).value) for i, name in enumerate(self.table.services)}
+        return {"refusals": {k: v for k, v in per.items() if v},
+                "lost_refusal_records": int(self._bpf[b"lost"].sum(0).value)}
+
+    def info(self) -> dict:
+        """run.guard in the report."""
+        counters = self._counters() if self._bpf is not None else self._final
+        return {"mode": self.spec.mode, "denied": list(self.spec.denied),
+                "allowed": list(self.spec.allowed), "tier": self.spec.tier,
+                "plan": self.spec.plan, "refusal": self.refusal, "hooks": list(self.hooks),
+                "refusals": counters.get("refusals", {}),
+                "lost_refusal_records": counters.get("lost_refusal_records", 0)}
+
+
+def diagnose() -> list[tuple[str, bool, str]]:
+    """(check, ok, detail or fix) for `svctrace doctor`: can the guard deny here?"""
+    results = []
+    reason = unavailable_reason()
+    mount = cgroup2_mount()
+    results.append(("cgroup v2", mount is not None or os.geteuid() == 0,
+                    str(mount) if mount else
+                    f"none mounted; svctrace mounts one at {OWN_MOUNT} when run as root"))
+    if reason:
+        results.append(("guard usable", False, reason))
+        return results
+    from svctrace.guard_rules import DenySpec as _Spec, Table as _Table
+    probe = Guard(_Spec("deny", ()), _Table(services=["probe"]))
+    try:
+        probe.start()
+        results.append(("guard attach", True, f"hooks {', '.join(probe.hooks)}; refused "
+                                              f"connects fail with {probe.refusal}"))
+    except Exception as exc:
+        results.append(("guard attach", False, f"{exc}: run as root in a privileged "
+                                               "container with cgroup v2"))
+    finally:
+        probe.stop()
+    return results
