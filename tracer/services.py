@@ -152,6 +152,7 @@ def environment_noise(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 
 CONTACT, PROBE, NOISE = "contact", "probe", "noise"
+DENIED = "denied"  # the guard refused it (issue 12): the test tried a service, so it needs it
 # Failed before anything left this machine: no route, no such local address, or refused by
 # local policy (firewall, cgroup). Nothing was reached, whatever the transport.
 _LOCAL_FAILURES = frozenset(-e for e in (
@@ -170,7 +171,8 @@ class Verdict:
 
     what: CONTACT (a service was tried: counts in services and needs), PROBE (failed
           without reaching anything, or at a unix path no rule names: evidence only) or
-          NOISE. name: the service, or the label when no rule names it. label: the
+          NOISE; DENIED (svctrace's guard refused it: a need, kept apart as evidence of
+          the refusal). name: the service, or the label when no rule names it. label: the
           destination as every backend labels it ("tcp:10.0.0.5:80"; probes of inet
           destinations carry no transport, which a backend may not know: "10.0.0.5:80").
     """
@@ -225,6 +227,11 @@ class ServiceMap:
         self._cache: dict[Destination, str | None] = {}
         self._verdicts: dict[tuple, Verdict] = {}
 
+    @property
+    def user_rule_count(self) -> int:
+        """How many of `rules` (first) are the user's: they win over every default."""
+        return self._user_rules
+
     def classify(self, dest: Destination) -> str | None:
         """Service name, the destination's label when no rule matches, None for noise."""
         if dest in self._cache:
@@ -255,6 +262,9 @@ class ServiceMap:
         return verdict
 
     def _judge(self, kind: str, dest: Destination, result: int) -> Verdict:
+        if kind == "denied":  # the guard's own record: it refused exactly what a rule names
+            name = self.classify(dest)
+            return _NOISE if name is None else Verdict(DENIED, name, dest.label())
         if dest.family == "unix":
             name = self.classify(dest)
             if name is None:
