@@ -57,10 +57,11 @@ def inherited_services(test: TestRecord, att: Attribution) -> dict[str, list[str
     return {k: sorted(v) for k, v in sorted(inherited.items())}
 
 
-def needs(observed: list[str], inherited: dict, declared: list[str], baseline: set[str]
-          ) -> tuple[list[str], list[str]]:
-    """(needs, baseline touched): observed, inherited and declared, less the baseline."""
-    union = set(observed) | set(inherited) | set(declared)
+def needs(observed: list[str], inherited: dict, declared: list[str], baseline: set[str],
+          denied: list[str] = ()) -> tuple[list[str], list[str]]:
+    """(needs, baseline touched): observed, inherited, declared and denied (the guard
+    refused it: the test tried it), less the baseline."""
+    union = set(observed) | set(inherited) | set(declared) | set(denied)
     return sorted(union - baseline), sorted(union & baseline)
 
 
@@ -103,4 +104,19 @@ def summarize(report: dict, incidental: list | None = None) -> dict:
         "service_sets": [{"needs": list(k), "tests": v} for k, v in sets.most_common()],
         "incidental": incidental if incidental is not None
         else report.get("summary", {}).get("incidental", []),
+        "denied": denied_tests(tests),
     }
+
+
+def denied_tests(tests: dict[str, dict]) -> list[dict]:
+    """The tests that tried a service the guard refused: one entry per test and service,
+    with the first refusal's evidence (thread, destination, phase)."""
+    found = []
+    for nodeid, test in sorted(tests.items()):
+        for service, evidence in sorted(test.get("denied_evidence", {}).items()):
+            first = evidence.get("first") or {}
+            found.append({"test": nodeid, "service": service,
+                          "refusals": evidence.get("connects", 0) + evidence.get("sends", 0),
+                          "thread": first.get("thread"), "destination":
+                          first.get("destination"), "phase": first.get("phase")})
+    return found

@@ -28,7 +28,7 @@ from typing import Callable
 from svctrace.events import (TEST_PHASES, Event, FixtureMarker, Marker, ProcessEvent,
                              TestInfo)
 from svctrace.lineage import Lineage
-from svctrace.services import NOISE, PROBE, ServiceMap
+from svctrace.services import DENIED, NOISE, PROBE, ServiceMap
 
 _MAX_THREADS = 8
 
@@ -118,7 +118,7 @@ class Contact:
                     self.first["result"] = result_text(ev.kind, ev.result)
             return
         entry = self._dest(label)
-        if ev.kind == "connect":
+        if ev.kind in ("connect", "denied"):  # a refusal by the guard is a failed attempt
             self.connects += 1
             if entry is not None:
                 entry["connects"] += 1
@@ -188,6 +188,7 @@ class TestRecord:
     durations: dict = field(default_factory=dict)   # phase -> seconds
     phases: dict = field(default_factory=lambda: {p: {} for p in TEST_PHASES})  # phase->svc->Contact
     probes: dict = field(default_factory=lambda: {p: {} for p in TEST_PHASES})  # failed probes
+    denied: dict = field(default_factory=lambda: {p: {} for p in TEST_PHASES})  # guard refusals
     info: TestInfo | None = None
     ran: bool = False
     # Traffic in this test's windows that the rules set aside: {"self_loopback" | "noise":
@@ -473,6 +474,11 @@ class Attributor:
             return self._process(ev, owner, ts)
 
         fixture, scope = self._fixture_at(owner, ts)
+        if verdict.what == DENIED:  # refused by the guard: the test that tried it needs it
+            self._test(window.nodeid).denied[window.phase].setdefault(name, Contact()).add(
+                ev, ts, evidence, fixture, label, gap, process)
+            self.counts["denied"] = self.counts.get("denied", 0) + 1
+            return
         if probe:  # evidence, not a need: it stays with the test, whichever fixture ran it
             test = self._test(window.nodeid)
             test.probes[window.phase].setdefault(name, Contact()).add(

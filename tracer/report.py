@@ -58,7 +58,9 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
         observed = sorted(set().union(*map(set, phases.values())))
         inherited = analysis.inherited_services(test, att)
         declared = analysis.declared_services(test, cfg)
-        needs, touched_baseline = analysis.needs(observed, inherited, declared, baseline)
+        denied = sorted(set().union(*map(set, test.denied.values())))
+        needs, touched_baseline = analysis.needs(observed, inherited, declared, baseline,
+                                                 denied)
         tests[nodeid] = {
             "services": observed,
             "phases": phases,
@@ -72,6 +74,8 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             "baseline": touched_baseline,
             "needs": needs,
             "failed_probes": _by_phase(test.probes),
+            "denied": denied,                         # refused by the guard (issue 12)
+            "denied_evidence": _by_phase(test.denied),
             "ignored": {why: dict(sorted(labels.items()))
                         for why, labels in sorted(test.ignored.items())},
         }
