@@ -281,6 +281,8 @@ def explain_one(report: dict, nodeid: str) -> str:
         lines.append(f"  declared in [tool.svctrace.declare]: {', '.join(data['declared'])}")
     if data.get("baseline"):
         lines.append(f"  baseline, not counted in needs: {', '.join(data['baseline'])}")
+    for name, ev in (data.get("denied_evidence") or {}).items():  # the guard, issue 12
+        lines += _contact_lines(name, ev, f"{name} (refused by svctrace's guard; a need)")
     probes = data.get("failed_probes") or {}
     if probes:
         lines.append("  failed probes (attempts that reached nothing; not needs):")

@@ -68,6 +68,23 @@ def _unattributed(report: dict) -> Counter:
     return reasons
 
 
+def denied_lines(report: dict, verbose: bool = False, shown: int = 10) -> list[str]:
+    """The guard (issue 12): what it refused, and each test that tried a denied service
+    with its first refusal (thread, destination, phase)."""
+    run, found = report["run"], report["summary"].get("denied", [])
+    if not run.get("guard"):
+        return []
+    lines = [f"  guard: denied {', '.join(run.get('denied_services', [])) or 'nothing'}; "
+             f"{len({d['test'] for d in found})} tests tried a denied service"]
+    for entry in found if verbose else found[:shown]:
+        lines.append(f"    {entry['test']}: {entry['service']} ({entry['refusals']} refused, "
+                     f"first from thread {entry['thread']} to {entry['destination']} in "
+                     f"{entry['phase'] or 'no phase'})")
+    if len(found) > len(lines) - 1:
+        lines.append(f"    ... {len(found) - len(lines) + 1} more (-v lists them)")
+    return lines
+
+
 def format_summary(report: dict, path: str | None = None, verbose: bool = False) -> str:
     """The terminal summary: what ran, lost events, services, sets, notes that matter;
     blind spots as one pointer line (listed with verbose)."""
@@ -91,6 +108,7 @@ def format_summary(report: dict, path: str | None = None, verbose: bool = False)
                      + ", ".join(f"{name} in {n} tests" for name, n in shown)
                      + (f", {len(probes) - len(shown)} more (-v)" if len(probes) > len(shown)
                         else ""))
+    lines += denied_lines(report, verbose)
     sets = summary["service_sets"]
     if sets:
         lines.append("  tests by needed service set:")
