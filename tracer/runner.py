@@ -145,8 +145,10 @@ class Run:
     """One traced run of a command."""
 
     def __init__(self, command: list[str], backend: str, report_path: str, cfg: Config,
-                 as_root: bool = False, progress_s: float = 60.0, log=None) -> None:
+                 as_root: bool = False, progress_s: float = 60.0, log=None,
+                 guard=None) -> None:
         self.command = command
+        self.guard = guard  # svctrace.guard.Guard: refuses denied services (issue 12)
         self.cfg = cfg
         self.report_path = report_path
         self.log = log or (lambda msg: print(f"svctrace: {msg}", file=sys.stderr, flush=True))
@@ -189,6 +191,8 @@ class Run:
                                          .decode("utf-8", "replace"))
 
     def _poll_backend(self, final: bool = False) -> None:
+        if self.guard is not None:  # its refusals, whatever happened to tracing
+            self._feed(self.guard.stop() if final else self.guard.poll())
         if not self._tracing:
             return
         try:
@@ -227,6 +231,8 @@ class Run:
         exit_code: int | None = None
         try:
             self.backend.prepare(ctx)
+            if self.guard is not None:
+                self.guard.start()  # its cgroup and programs, before anything forks
             argv = self.backend.wrap_command(list(self.command))
             drops_itself = self.backend.drops_privileges
             env = pluginpath.environment(
@@ -247,6 +253,8 @@ class Run:
             tty = self._give_terminal(pid)
             try:
                 try:
+                    if self.guard is not None:
+                        self.guard.enter(pid)  # guarded before its first instruction
                     self.backend.child_started(pid)
                     os.write(gate_w, b"g")  # probes attached: the command may start now
                 finally:
@@ -269,6 +277,8 @@ class Run:
                     self._finish(pipe, exit_code, started_wall)
             finally:
                 pipe.close()
+                if self.guard is not None:
+                    self.guard.stop()  # idempotent: also when nothing ran
         return exit_code if exit_code is not None else 1
 
     def _reap(self, pid: int) -> None:
@@ -368,6 +378,10 @@ class Run:
             self.notes.append(f"{pipe.decoder.bad_lines} unreadable and "
                               f"{pipe.decoder.incomplete()} incomplete marker records")
         self.notes.extend(pipe.notes)
+        guard = {}
+        if self.guard is not None:
+            self.notes.extend(self.guard.notes)
+            guard = {"guard": self.guard.info(), "denied_services": list(self.guard.spec.denied)}
         if self._signals:
             names = sorted({signal.Signals(s).name for s in self._signals})
             self.notes.append(f"received {', '.join(names)}: forwarded to the command")
@@ -379,7 +393,7 @@ class Run:
                                   else "wall",
                                   "ran_as": self.ident.user or pwd.getpwuid(os.geteuid())[0],
                                   "pid_namespace": _pid_namespace(),
-                                  "notes": self.notes})
+                                  "notes": self.notes, **guard})
         self.report = self.collector.finish(run, stats)
         if NO_MARKERS in self.report["run"]["notes"]:
             self.log(f"WARNING: {NO_MARKERS}")
