@@ -369,6 +369,7 @@ class Guard:
         return {"mode": self.spec.mode, "denied": list(self.spec.denied),
                 "allowed": list(self.spec.allowed), "tier": self.spec.tier,
                 "plan": self.spec.plan, "refusal": self.refusal, "hooks": list(self.hooks),
+                "cgroup": str(self.cgroup) if self.cgroup else None,
                 "refusals": counters.get("refusals", {}),
                 "lost_refusal_records": counters.get("lost_refusal_records", 0)}
 
@@ -396,3 +397,30 @@ def diagnose() -> list[tuple[str, bool, str]]:
     finally:
         probe.stop()
     return results
+
+
+def from_options(smap, baseline: list[str], deny: tuple[str, ...], allow: tuple[str, ...],
+                 guard: bool, plan_path: str | None, tier: str | None,
+                 command: list[str]) -> tuple[Guard | None, dict | None]:
+    """The run's guard from `svctrace run` options, and the plan of a tier run: --guard takes
+    --plan/--tier, else the command's own --svctrace-plan/--svctrace-tier."""
+    from svctrace.guard_rules import compile_table, deny_spec, plan_from_command
+    from svctrace.tiers import load_plan
+    if (plan_path or tier) and not guard:
+        raise GuardError("--plan and --tier go with --guard")
+    tier_spec, plan = None, None
+    if guard:
+        from_command = plan_from_command(command)
+        plan_path, tier = plan_path or from_command[0], tier or from_command[1]
+        if not (plan_path and tier):
+            raise GuardError("--guard needs the tier to guard: give --plan PLAN --tier NAME, "
+                             "or run pytest with --svctrace-plan PLAN --svctrace-tier NAME")
+        plan = load_plan(plan_path)
+        if tier not in plan["tiers"]:
+            raise GuardError(f"--guard: the plan {plan_path} has no tier {tier!r} (it has "
+                             f"{', '.join(plan['tiers'])})")
+        tier_spec = (tier, plan["tiers"][tier]["services"], plan_path)
+    spec = deny_spec(smap, list(deny), list(allow), baseline, tier_spec)
+    if spec is None:
+        return None, None
+    return Guard(spec, compile_table(smap, spec.denied)), plan

@@ -89,6 +89,7 @@ class Table:
     unix_exact: dict = field(default_factory=dict)
     unix_patterns: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    skipped_globs: list[str] = field(default_factory=list)  # allow rules the kernel skips
 
     @property
     def stages(self) -> int:
@@ -182,6 +183,13 @@ def compile_table(smap: ServiceMap, denied: tuple[str, ...] | list[str]) -> Tabl
                     value = ranked[which]
                     if key not in table.inet or table.inet[key][2] > value[2]:
                         table.inet[key] = value
+    denies_unix = any(v[0] == ACT_DENY for v in table.unix_exact.values()) or \
+        any(p[2] == ACT_DENY for p in table.unix_patterns)
+    if denies_unix and table.skipped_globs:
+        table.notes.append(
+            f"the guard cannot match {len(table.skipped_globs)} unix globs of ignored or "
+            f"allowed sockets ({', '.join(table.skipped_globs[:3])}...): a path they share "
+            "with a denied service's rule is refused")
     if len(table.inet) > MAX_RULES:
         raise GuardError(f"the service map needs {len(table.inet)} kernel table entries "
                          f"(limit {MAX_RULES}): narrow its port ranges")
@@ -213,6 +221,45 @@ def _add_unix(table: Table, rule: Rule, value: tuple[int, int, int]) -> None:
             f"unix rule {rule.spec!r} of denied service {rule.name}: the kernel guard matches "
             "exact paths and '*/<name prefix>*' only; give the socket's exact path in "
             "[tool.svctrace.services], or do not deny this service")
-    # An allow rule only matters where it shadows a denied one.
-    table.notes.append(f"unix rule {rule.spec!r} ({rule.name}) is not consulted by the "
-                       "kernel guard (a glob it cannot match)")
+    # An allow rule only matters where it shadows a denied one (compile_table says so).
+    table.skipped_globs.append(rule.spec)
+
+
+def plan_from_command(command: list[str]) -> tuple[str | None, str | None]:
+    """(--svctrace-plan, --svctrace-tier) as the command's pytest will read them."""
+    found: dict[str, str] = {}
+    for i, arg in enumerate(command):
+        for option in ("--svctrace-plan", "--svctrace-tier"):
+            if arg == option and i + 1 < len(command):
+                found[option] = command[i + 1]
+            elif arg.startswith(option + "="):
+                found[option] = arg.split("=", 1)[1]
+    return found.get("--svctrace-plan"), found.get("--svctrace-tier")
+
+
+def covering_tier(plan: dict, needs: list[str]) -> str | None:
+    """The cheapest tier of the plan whose services cover `needs` (None: no tier does)."""
+    for name in plan["order"]:
+        if set(needs) <= set(plan["tiers"][name]["services"]):
+            return name
+    return None
+
+
+def misplaced_lines(report: dict, plan: dict | None, spec: DenySpec) -> list[str]:
+    """One line per test that tried a denied service: what it tried and, for a tier run,
+    the tier it belongs in."""
+    lines = []
+    for nodeid, test in sorted(report.get("tests", {}).items()):
+        denied = test.get("denied") or []
+        if not denied:
+            continue
+        tried = ", ".join(denied)
+        if spec.mode == "tier" and plan is not None:
+            home = covering_tier(plan, test.get("needs", []))
+            where = (f"it belongs in tier {home!r}" if home else
+                     f"no tier of the plan starts {', '.join(test.get('needs', []))}")
+            lines.append(f"guard: {nodeid} tried {tried}, which tier {spec.tier!r} does not "
+                         f"start: {where}")
+        else:
+            lines.append(f"guard: {nodeid} tried {tried}, denied by --{spec.mode}")
+    return lines
