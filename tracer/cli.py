@@ -24,6 +24,12 @@ Under sudo the command runs as the invoking user (SUDO_UID), not as root, unless
 the report is always written as that user (a path they may not write is refused).
 The exit status is the command's own (128+N if killed by signal N); 2 means svctrace could
 not start (bad option/config/backend), 3 means svctrace failed after a successful command.
+
+\b
+The guard (root; cgroup v2): --deny kafka,snuba refuses those services at once
+(ECONNREFUSED) to the command's whole tree; --allow postgres,redis refuses every other
+named service; --guard refuses what a tier of a plan does not start:
+  sudo .venv/bin/svctrace run --guard -- .venv/bin/pytest --svctrace-plan plan.json --svctrace-tier db
 """
 
 
@@ -63,9 +69,21 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="no summary at the end")
 @click.option("--verbose", "-v", is_flag=True,
               help="a longer summary at the end (blind spots, every service set)")
+@click.option("--deny", multiple=True, metavar="SVC[,SVC]",
+              help="refuse, in the kernel, every connect and UDP send of the command's tree "
+                   "to these services (the service map's names)")
+@click.option("--allow", multiple=True, metavar="SVC[,SVC]",
+              help="refuse every other named service (baseline services stay allowed; "
+                   "destinations no rule names stay allowed)")
+@click.option("--guard", "guard_tier", is_flag=True,
+              help="refuse what the tier does not start: the tier of --plan/--tier, else "
+                   "the command's own --svctrace-plan/--svctrace-tier")
+@click.option("--plan", "plan_path", metavar="PLAN", default=None,
+              help="with --guard: the tiers plan (svctrace tiers --plan-out)")
+@click.option("--tier", metavar="NAME", default=None, help="with --guard: the tier to guard")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def run(backend, report_path, as_root, config_path, progress, quiet, verbose,
-        command) -> None:
+def run(backend, report_path, as_root, config_path, progress, quiet, verbose, deny, allow,
+        guard_tier, plan_path, tier, command) -> None:
     from svctrace.config import load_config
     from svctrace.views.summary import format_summary
     from svctrace.runner import Run
@@ -80,7 +98,10 @@ def run(backend, report_path, as_root, config_path, progress, quiet, verbose,
         if chosen not in CHOICES:
             raise SvctraceError(f"{cfg.path}: tool.svctrace.backend {chosen!r} is not one of "
                                 f"{', '.join(CHOICES)}")
-        runner = Run(list(command), chosen, report_path, cfg, as_root, progress)
+        from svctrace.guard import from_options
+        guard, plan = from_options(cfg.service_map(), cfg.baseline, deny, allow, guard_tier,
+                                   plan_path, tier, list(command))
+        runner = Run(list(command), chosen, report_path, cfg, as_root, progress, guard=guard)
     except SvctraceError as exc:
         fail(exc, EXIT_USAGE)
     try:
@@ -96,6 +117,10 @@ def run(backend, report_path, as_root, config_path, progress, quiet, verbose,
         fail(runner.write_error, code or EXIT_INTERNAL)
     if runner.report is not None and not quiet:
         click.echo(format_summary(runner.report, runner.report_path, verbose), err=True)
+    if runner.report is not None and guard is not None:
+        from svctrace.guard_rules import misplaced_lines
+        for line in misplaced_lines(runner.report, plan, guard.spec):
+            click.echo(f"svctrace: {line}", err=True)
     sys.exit(code)
 
 
