@@ -31,4 +31,23 @@ def doctor_lines() -> list[tuple[str, bool]]:
         for check, ok, detail in _details(name):
             lines.append((f"  {name}: {'ok  ' if ok else 'FAIL'} {check}"
                           + (f": {detail}" if detail else ""), True))
+    lines += guard_lines()
+    return lines
+
+
+def guard_lines() -> list[tuple[str, bool]]:
+    """Can `svctrace run --deny/--allow/--guard` refuse services here (issue 12)? It does
+    not change doctor's exit status: tracing works without it."""
+    try:
+        from svctrace.guard import diagnose
+        checks = diagnose()
+    except Exception as exc:
+        checks = [("guard", False, f"cannot load the guard: {exc}")]
+    usable = all(ok for _check, ok, _detail in checks)
+    failed = next((detail for _check, ok, detail in checks if not ok), "")
+    lines = [("guard      usable (--deny, --allow, --guard)" if usable else
+              f"guard      NOT usable: {failed}", True)]
+    for check, ok, detail in checks:
+        lines.append((f"  guard: {'ok  ' if ok else 'FAIL'} {check}"
+                      + (f": {detail}" if detail else ""), True))
     return lines
