@@ -83,6 +83,22 @@ else
     say "system packages already installed"
 fi
 
+# ---------------------------------------------------------------- optional: chromium
+# Headless Chromium runs the HTML report's browser tests (tests/test_html.py). Optional:
+# where the package is unavailable, setup goes on and those tests are skipped, saying why.
+STEP="installing chromium (optional)"
+if ! installed chromium; then
+    if apt-cache show chromium >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-cache show chromium >/dev/null 2>&1; }; then
+        if env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null 2>&1; then
+            say "installed chromium (for the HTML report's browser tests)"
+        else
+            say "could not install chromium: the HTML report's browser tests will be skipped"
+        fi
+    else
+        say "no chromium package here: the HTML report's browser tests will be skipped"
+    fi
+fi
+
 # ---------------------------------------------------------------- kernel headers for bcc
 STEP="linking kernel headers"
 MOD=/lib/modules/$KVER

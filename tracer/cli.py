@@ -200,6 +200,48 @@ def drift(report) -> None:
     _report_view(lambda data: drift_text(data)[0], report)
 
 
+@main.command("html", epilog="""\b
+Examples:
+  svctrace html svctrace-report.json -o svctrace-html
+  svctrace html merged.json -o site --plan plan.json --compare last-night.json
+
+\b
+The page is one file, DIR/index.html, with everything inlined: it opens
+from file:// or a CI artifact, no server and nothing fetched. Filters
+live in the address (#service=kafka&outcome=failed&q=orders).""")
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, metavar="DIR",
+              help="folder to write index.html into (created if missing)")
+@click.option("--plan", "plan_path", metavar="PLAN", default=None,
+              help="a tiers plan (svctrace tiers --plan-out): each test's tier, and the "
+                   "tests that keep a file or class out of a cheaper tier")
+@click.option("--compare", "old_path", metavar="OLD", default=None,
+              help="an older report: what changed per test")
+@click.option("--title", default=None, help="the page's title")
+def html_command(report, output, plan_path, old_path, title) -> None:
+    """Write a static, self-contained HTML report of REPORT: a tests x services matrix."""
+    import os
+
+    from svctrace.report import load_report
+    from svctrace.tiers import load_plan
+    from svctrace.userfiles import make_dir, write_file
+    from svctrace.views.html import build_page
+    try:
+        data = load_report(report)
+        plan = load_plan(plan_path) if plan_path else None
+        old = load_report(old_path) if old_path else None
+    except SvctraceError as exc:
+        fail(exc, EXIT_INPUT)
+    page = build_page(data, plan, old, title)
+    target = os.path.join(output, "index.html")
+    try:
+        make_dir(output, what="the HTML report's folder")
+        write_file(target, page.encode("utf-8"), what="the HTML report")
+    except SvctraceError as exc:
+        fail(exc, EXIT_USAGE)
+    click.echo(f"svctrace html: {len(data['tests'])} tests, {len(page) // 1024} KiB -> {target}")
+
+
 def _register_plan_commands() -> None:
     from svctrace.cli_plan import merge_command, tiers_command
     main.add_command(merge_command, "merge")

@@ -100,6 +100,11 @@ def write_file(path: str | os.PathLike, data: bytes, mode: int = 0o644, what: st
     return Path(path)
 
 
+def make_dir(path: str | os.PathLike, what: str = "") -> None:
+    """Create a folder (and its parents) for outputs, as the user (`svctrace html -o`)."""
+    _output(lambda: os.makedirs(os.fspath(path), mode=0o755, exist_ok=True), path, what)
+
+
 def append_file(path: str | os.PathLike, data: bytes, what: str = "") -> None:
     """Append to a regular file of ours (e.g. $GITHUB_STEP_SUMMARY), creating it if absent."""
     _output(lambda: _append(os.fspath(path), data), path, what)
