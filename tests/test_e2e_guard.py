@@ -110,13 +110,14 @@ def _wait_for(predicate, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def _guard_cgroups() -> set[str]:
+def _guard_cgroups(runner: int) -> set[str]:
+    """The guard cgroups of this runner pid only: concurrent runs have their own."""
     from svctrace.guard import _own_cgroup, cgroup2_mount
     mount = cgroup2_mount()
     if mount is None:
         return set()
     parent = _own_cgroup(mount)
-    return {str(p) for p in parent.glob("svctrace-guard-*")}
+    return {str(p) for p in parent.glob(f"svctrace-guard-{runner}-*")}
 
 
 SLEEPY = """
@@ -136,9 +137,9 @@ def _start_sleepy(tmp_path: Path, report: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
 
-def _new_cgroup(before: set[str]) -> Path:
+def _new_cgroup(proc: subprocess.Popen) -> Path:
     found: list[str] = []
-    _wait_for(lambda: bool(found.extend(_guard_cgroups() - before) or found))
+    _wait_for(lambda: bool(found.extend(_guard_cgroups(proc.pid)) or found))
     return Path(found[0])
 
 
@@ -156,9 +157,8 @@ def _pytest_in(cgroup: Path) -> int:
 @needs("ebpf")
 @pytest.mark.parametrize("how", ["ctrl-c", "killed-pytest"])
 def test_cgroup_is_removed_after_ctrl_c_and_a_killed_pytest(tmp_path, how):
-    before = _guard_cgroups()
     proc = _start_sleepy(tmp_path, "r.json")
-    cgroup = _new_cgroup(before)
+    cgroup = _new_cgroup(proc)
     pytest_pid = _pytest_in(cgroup)
     time.sleep(1)  # let it reach the sleep
     if how == "ctrl-c":
@@ -173,9 +173,8 @@ def test_cgroup_is_removed_after_ctrl_c_and_a_killed_pytest(tmp_path, how):
 
 @needs("ebpf")
 def test_cgroup_of_a_killed_runner_is_swept_by_the_next_run(tmp_path):
-    before = _guard_cgroups()
     proc = _start_sleepy(tmp_path, "r.json")
-    cgroup = _new_cgroup(before)
+    cgroup = _new_cgroup(proc)
     pytest_pid = _pytest_in(cgroup)
     proc.kill()  # SIGKILL: svctrace runs no cleanup
     proc.wait(timeout=30)
