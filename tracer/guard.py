@@ -31,7 +31,7 @@ _NAME = re.compile(r"^svctrace-guard-([0-9]+)-([0-9]+)$")
 # struct guard_event in bpf/guard.bpf.c (176 bytes).
 _EVENT = struct.Struct("<QIIiHHBBBB16s128sI")
 _PROTOS = {6: "tcp", 17: "udp"}
-RINGBUF_PAGES = 64
+RINGBUF_PAGES = 256  # 1 MiB: a tight loop of 20k refusals lost records with 256 KiB
 _CAP_SYS_ADMIN, _CAP_BPF, _CAP_NET_ADMIN = 21, 39, 12
 
 
@@ -327,6 +327,10 @@ class Guard:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+        lost = self._final.get("lost_refusal_records", 0)
+        if lost:
+            self.notes.append(f"guard: {lost} refusal records were lost (a burst faster than "
+                              "they were read); run.guard.refusals still counts every one")
         if self._errors:
             self.notes.append(f"guard: {len(self._errors)} undecodable refusal records "
                               f"({self._errors[0]})")
