@@ -492,7 +492,7 @@ class Bench:
             cmd = lambda rate: sender + ["127.0.0.1", str(receiver_port), "2", str(rate),
                                          str(step_s), arg]
             base = self.run(UNTRACED, cmd(0), cwd, f"capacity-{mode}", pyproject)
-            sent = json.loads(base.stderr_tail.strip().splitlines()[-1])
+            sent = _last_json(base.stderr_tail)
             steps, lossy_in_row = [], 0
             for rate in ladders[mode]:
                 try:
@@ -500,7 +500,7 @@ class Bench:
                 except RuntimeError as exc:
                     self.error(f"capacity {mode} {rate}/s", exc)
                     break
-                got = json.loads(res.stderr_tail.strip().splitlines()[-1])
+                got = _last_json(res.stderr_tail)
                 rep = res.report or {}
                 seen = sum(c.get("sends", 0) for e in rep.get("unattributed", [])
                            for c in (e.get("evidence") or {}).values())
@@ -636,6 +636,12 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------- output
+
+def _last_json(text: str) -> dict:
+    """The sender's result: the last JSON line (svctrace may print notes after it)."""
+    return json.loads(next(line for line in reversed(text.strip().splitlines())
+                           if line.startswith("{")))
+
 
 def _shown_python() -> str:
     exe = Path(sys.executable)

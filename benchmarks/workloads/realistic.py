@@ -48,8 +48,8 @@ KINDS = (
      '    for j in range(300):\n'
      '        pipe.hset(key, str(j), j * {i})\n'
      '    pipe.execute()\n'
-     '    data = redis_client.hgetall(key)\n'
-     '    assert sorted(int(v) for v in data.values())[-1] >= 0\n'
+     '    data = redis_client.hgetall(key)  # not compared: a shared Redis may be flushed\n'
+     '    assert all(int(v) >= 0 for v in data.values())\n'
      '    redis_client.delete(key)\n'),
     ('def test_{i:04d}_report(pg_conn):\n'
      '    cur = pg_conn.cursor()\n'
