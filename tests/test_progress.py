@@ -33,7 +33,10 @@ def test_progress_is_printed_by_pytests_terminal_writer_on_its_own_line(tmp_path
     assert progress, proc.stdout  # 1.5 s of tests, a line every 0.3 s
     assert all(re.fullmatch(r"svctrace: \d+ tests so far, \d+ events, \d+ lost", l)
                for l in progress), progress
-    assert "tests so far" not in proc.stderr  # the plugin took every line
+    # the plugin took every line once pytest had started (before its first marker arrives,
+    # the runner cannot know a plugin will take them, and prints them itself)
+    assert all(l.startswith("svctrace: 0 tests so far") for l in proc.stderr.splitlines()
+               if "tests so far" in l), proc.stderr
     # the dots go on after it, and add up to every test
     assert sum(l.count(".") for l in lines if re.fullmatch(r"(test_slow\.py )?\.+.*", l)
                and "svctrace" not in l) >= 30
