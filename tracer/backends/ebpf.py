@@ -385,13 +385,10 @@ class EbpfBackend(Backend):
 
     def prepare(self, ctx: RunContext) -> None:
         super().prepare(ctx)
+        # Checked once, where they come from: ringbuf_pages by config.py, availability by
+        # select_backend(); a failed compile still raises BackendUnavailable below.
         pages = int(ctx.settings.get("ringbuf_pages", DEFAULT_RINGBUF_PAGES))
-        if pages < 1 or pages & (pages - 1):
-            raise BackendUnavailable(f"ringbuf_pages must be a power of two, got {pages}")
         self._ringbuf_pages = pages
-        reason = self.unavailable_reason()
-        if reason:
-            raise BackendUnavailable(reason)
         # aggs_max: size of the send-folding map; tests shrink it to force evictions
         self._bpf = _compile(pages, ctx.settings.get("aggs_max"))
         self._bpf[b"events"].open_ring_buffer(self._on_event)
