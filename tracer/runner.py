@@ -160,7 +160,8 @@ class Run:
         self.backend: Backend = cls()
         self.collector = Collector(cfg, cls.clock)
         self.attributor = self.collector.attributor  # fed and flushed while the command runs
-        self.notes: list[str] = list(choice_notes)  # which backend, why, what was mounted
+        # Why better backends were skipped, what was mounted; "using X" is run.backend.
+        self.notes: list[str] = [n for n in choice_notes if " using " not in n]
         self.report: dict | None = None
         self.write_error: str | None = None
         self._tracing = True
