@@ -54,10 +54,16 @@ def _check_known(names: list[str], smap: ServiceMap, option: str) -> None:
                          f"service (it knows {', '.join(known)})")
 
 
+# Services of the machine, not of a tier: --allow and tier guards never refuse them (a
+# refused resolver breaks every name lookup); `--deny dns` still can.
+MACHINE_SERVICES = frozenset({"dns"})
+
+
 def deny_spec(smap: ServiceMap, deny: list[str], allow: list[str], baseline: list[str],
               tier: tuple[str, list[str], str] | None = None) -> DenySpec | None:
     """--deny A,B | --allow A,B | a plan's tier (name, its services, plan path); baseline
-    services (every job has them) are never denied by --allow or a tier."""
+    services (every job has them) and MACHINE_SERVICES are never denied by --allow or a
+    tier."""
     deny, allow = _split(deny), _split(allow)
     given = [n for n, v in (("--deny", deny), ("--allow", allow), ("--guard", tier)) if v]
     if len(given) > 1:
@@ -67,12 +73,12 @@ def deny_spec(smap: ServiceMap, deny: list[str], allow: list[str], baseline: lis
         return DenySpec("deny", tuple(sorted(set(deny))))
     if allow:
         _check_known(allow, smap, "--allow")
-        keep = set(allow) | set(baseline)
+        keep = set(allow) | set(baseline) | MACHINE_SERVICES
         return DenySpec("allow", tuple(n for n in named_services(smap) if n not in keep),
                         tuple(sorted(set(allow))))
     if tier:
         name, services, plan = tier
-        keep = set(services) | set(baseline)
+        keep = set(services) | set(baseline) | MACHINE_SERVICES
         return DenySpec("tier", tuple(n for n in named_services(smap) if n not in keep),
                         tuple(sorted(set(services))), name, plan)
     return None
