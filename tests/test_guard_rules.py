@@ -81,6 +81,10 @@ def test_deny_allow_and_tier_specs():
     assert {"kafka", "http-api", "clickhouse"} <= set(allow.denied)
     tier = deny_spec(smap, [], [], [], ("db", ["postgres"], "plan.json"))
     assert tier.mode == "tier" and "redis" in tier.denied and "postgres" not in tier.denied
+    # the machine's resolver is no tier's service: refused only when asked for by name
+    assert "dns" not in tier.denied
+    assert "dns" not in deny_spec(smap, [], ["postgres"], []).denied
+    assert deny_spec(smap, ["dns"], [], []).denied == ("dns",)
     with pytest.raises(GuardError, match="no such service"):
         deny_spec(smap, ["kafak"], [], [])
     with pytest.raises(GuardError, match="exclude each other"):
