@@ -118,9 +118,9 @@ startup_s = 5
 
 # The pure core (STYLE.md): records -> attribution -> analysis -> report -> merge/tiers and
 # the views over a report. None may pull in bcc, pytest, click or psutil, even indirectly.
-PURE_CORE = ["events", "wire", "contract", "services", "config", "lineage", "attribution", "collect",
-             "analysis", "report", "merge", "tiers", "errors", "views.summary",
-             "views.explain", "views.html", "views.html_assets"]
+PURE_CORE = ["events", "wire", "contract", "services", "config", "lineage", "attribution",
+             "collect", "analysis", "report", "merge", "tiers", "guard_rules", "errors",
+             "views.summary", "views.explain", "views.html", "views.html_assets"]
 
 
 def test_pure_core_imports_neither_bcc_pytest_nor_click():
