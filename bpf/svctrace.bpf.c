@@ -13,6 +13,10 @@
  *       tid reported is the one seen there (a container's own pids, not the host's)
  *   RINGBUF_PAGES   ring buffer size in pages (power of two)
  *   HAS_GROUP_DEAD  sched_process_exit has the group_dead field (6.x tracefs format)
+ *   SVCT_STACKS     `svctrace run --stacks` (issue 16): stop a process (SIGSTOP) right
+ *       after its first contact with a destination, and a thread's creator right after
+ *       the clone, once per marker epoch; user space dumps its Python stacks and resumes
+ *       it. Without the define none of this is compiled.
  * Only thread groups in `traced` (keyed by host tgid, the kernel's own) are reported. The
  * runner knows the command only by its pid in the runner's namespace, while the command
  * waits in a read() on a gate pipe: the runner puts that pid in `seeds`, and the return of
@@ -156,6 +160,20 @@ BPF_PERCPU_ARRAY(agg_scratch, struct agg, 1);
 BPF_PERCPU_ARRAY(send_scratch, struct svct_event, 1);
 BPF_ARRAY(epoch, __u64, 1);
 
+#ifdef SVCT_STACKS
+#define SVCT_SIGSTOP 19
+/* (process, destination or creating thread) -> marker epoch + 1 of its last stop */
+struct freeze_key {
+	__u32 tgid;
+	__u16 family; /* 0xFFFF: a thread creation, a0 = the creating thread */
+	__u16 dport;
+	__u64 a0;
+	__u64 a1;
+	__u64 path_hash; /* unix paths: the whole path, not only its first 16 bytes */
+};
+BPF_TABLE("lru_hash", struct freeze_key, __u64, frozen_at, 16384);
+#endif
+
 static __always_inline __u32 current_tgid(void)
 {
 	return bpf_get_current_pid_tgid() >> 32;
@@ -278,6 +296,73 @@ static __always_inline void read_sockaddr(struct svct_event *e, const char *uadd
 	}
 }
 
+/* ---- --stacks: stop the process at its first contact (issue 16) ------------------- */
+#ifdef SVCT_STACKS
+static __always_inline __u64 current_epoch(void)
+{
+	__u32 zero = 0;
+	__u64 *value = epoch.lookup(&zero);
+
+	return value ? *value : 0;
+}
+
+/* Stop the current process (every thread: SIGSTOP is a group stop, taken when this
+ * thread returns to user space, so its stack is the one of the contact) and tell user
+ * space, which dumps the Python stacks and sends SIGCONT. The record is reserved first:
+ * a process is never stopped without a record that makes user space resume it. */
+static __always_inline void freeze_now(const struct svct_event *src, struct freeze_key *key)
+{
+	__u64 mark = current_epoch() + 1;
+	__u64 *seen = frozen_at.lookup(key);
+	struct svct_event *f;
+
+	if (seen && *seen == mark)
+		return; /* stopped for this already since the last marker write */
+	f = reserve();
+	if (!f)
+		return;
+	__builtin_memcpy(f, src, sizeof(*f));
+	f->result = src->kind; /* what triggered it */
+	f->kind = SVCT_FREEZE;
+	f->count = (__u32)mark;
+	if (bpf_send_signal(SVCT_SIGSTOP)) { /* a kernel thread, an exiting task */
+		events.ringbuf_discard(f, BPF_RB_NO_WAKEUP);
+		return;
+	}
+	frozen_at.update(key, &mark);
+	submit(f);
+}
+
+static __always_inline void freeze_contact(const struct svct_event *e)
+{
+	struct freeze_key key = {.tgid = e->pid, .family = e->family, .dport = e->dport};
+	__u64 hash = 14695981039346656037ULL; /* FNV-1a */
+
+	__builtin_memcpy(&key.a0, e->addr.path, 8);
+	__builtin_memcpy(&key.a1, e->addr.path + 8, 8);
+	if (e->family == SVCT_AF_UNIX) {
+#pragma unroll
+		for (int i = 16; i < SVCT_PATH_LEN; i++) {
+			if (i >= e->addr_len)
+				break;
+			hash = (hash ^ (__u8)e->addr.path[i]) * 1099511628211ULL;
+		}
+		key.path_hash = hash;
+	}
+	freeze_now(e, &key);
+}
+
+static __always_inline void freeze_thread(const struct svct_event *e)
+{
+	struct freeze_key key = {.tgid = e->pid, .family = 0xFFFF, .a0 = e->ppid};
+
+	freeze_now(e, &key);
+}
+#else
+#define freeze_contact(e) do { } while (0)
+#define freeze_thread(e) do { } while (0)
+#endif
+
 /* ---- process tree ---------------------------------------------------------------- */
 
 /* Children and threads are announced from the creating thread when its clone-family call
@@ -337,6 +422,8 @@ static __always_inline int clone_returns(long ret)
 				e->pid = ret;
 				e->tid = ret;
 			}
+			if (thread)
+				freeze_thread(e);
 			submit(e);
 		}
 	}
@@ -492,6 +579,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 		__builtin_memcpy(e, &p->e, sizeof(*e));
 		e->result = ret;
 		submit(e);
+		freeze_contact(&p->e);
 	}
 	if (ret == -SVCT_EINPROGRESS && p->e.proto == SVCT_P_TCP && p->sk) {
 		__u64 key = p->sk;
@@ -871,5 +959,6 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 		return 0;
 	__builtin_memcpy(out, e, sizeof(*out));
 	submit(out);
+	freeze_contact(e);
 	return 0;
 }

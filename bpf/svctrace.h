@@ -21,6 +21,9 @@ enum svct_kind {
 	SVCT_CONNECT_RESULT = 7, /* a non-blocking TCP connect failed later: a copy of its
 	                          * CONNECT (same ts, pid, tid, destination), result = -errno */
 	SVCT_THREAD = 8,  /* thread tid was born in process pid, created by thread ppid */
+	SVCT_FREEZE = 9,  /* --stacks: process pid was stopped (SIGSTOP) right after the record
+	                   * this copies (result = its kind: CONNECT, SEND or THREAD; count =
+	                   * marker epoch + 1); user space must send SIGCONT */
 };
 
 /* proto: transport, decoded from sk_protocol (sends) or from the connect's TCP state

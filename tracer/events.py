@@ -135,6 +135,45 @@ class TestInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Freeze:
+    """--stacks, eBPF: the kernel stopped process `pid` (SIGSTOP) right after thread `tid`'s
+    record at mono_ns: its first contact with `dest` since the last marker write (trigger
+    "connect" | "send"), or its creation by thread `creator` (trigger "thread"). Whoever
+    reads this must resume the process (SIGCONT). epoch: the marker epoch, for dedupe."""
+
+    mono_ns: int
+    pid: int
+    tid: int
+    comm: str
+    trigger: str
+    dest: Destination | None = None
+    creator: int = 0
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """--stacks: the Python stacks of process `pid` for thread `tid`'s record at mono_ns
+    (trigger "connect" | "send" | "thread": then `creator` created thread tid).
+
+    threads: ({"tid": int, "name": str, "frames": [{"file", "line", "function"}, ...]}, ...),
+    innermost frame first; only threads running Python. late_ms: None when taken while the
+    process was held at the record (frozen, or inside the call itself in-process), else how
+    long after it. held_ms: how long the process was stopped for it. error: why no stacks."""
+
+    mono_ns: int | None
+    pid: int
+    tid: int
+    trigger: str
+    creator: int = 0
+    threads: tuple = ()
+    how: str = "frozen"           # "frozen" (eBPF SIGSTOP) | "in-call" (in-process patch)
+    late_ms: float | None = None
+    held_ms: float | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RunInfo:
     """Backend-independent facts about the traced run (filled by the runner or plugin)."""
 
@@ -145,4 +184,4 @@ class RunInfo:
     extra: dict = field(default_factory=dict)
 
 
-Record = Event | ProcessEvent | Marker | FixtureMarker | TestInfo
+Record = Event | ProcessEvent | Marker | FixtureMarker | TestInfo | Freeze | Stack

@@ -19,12 +19,12 @@ from typing import ClassVar
 from svctrace.backends import btf, pidns
 from svctrace.backends.base import Backend, BackendFailed, BackendUnavailable, RunContext
 from svctrace.backends.bcc_import import load_bcc
-from svctrace.events import Destination, Event, ProcessEvent
+from svctrace.events import Destination, Event, Freeze, ProcessEvent
 
 # struct svct_event in bpf/svctrace.h (fixed width, no implicit padding, 160 bytes).
 _EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
 _KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
-          7: "connect_result", 8: "thread"}
+          7: "connect_result", 8: "thread", 9: "freeze"}
 _PROCESS_KINDS = {"fork", "exit", "exec", "thread"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
 _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
@@ -191,13 +191,15 @@ _CHECKS = (("privileges", _check_privileges), ("bcc", _check_bcc),
 
 
 def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
-                    aggs_max: int | None = None) -> list[str]:
+                    aggs_max: int | None = None, stacks: bool = False) -> list[str]:
     tracefs = _tracefs() or TRACEFS_DIRS[0]
     exit_format = tracefs / "events/sched/sched_process_exit/format"
     flags = [f"-D{name}={value}" for name, value in offsets.items()]
     flags.append(f"-DRINGBUF_PAGES={ringbuf_pages}")
     if aggs_max:
         flags.append(f"-DAGGS_MAX={aggs_max}")
+    if stacks:  # off: the freeze code is not compiled at all (issue 16)
+        flags.append("-DSVCT_STACKS=1")
     ns = pidns.current()
     flags += [f"-DPIDNS_DEV={ns.kernel_dev}ULL", f"-DPIDNS_INO={ns.inode}ULL"]
     try:  # group_dead appeared in the tracepoint's format in 6.x; older ones lack it
@@ -208,11 +210,11 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
     return flags
 
 
-def _compile(ringbuf_pages: int, aggs_max: int | None = None):
+def _compile(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool = False):
     """Compile and load bpf/svctrace.bpf.c (TRACEPOINT_PROBEs attach themselves)."""
     bcc = load_bcc()
 
-    flags = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max)
+    flags = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
     with ExitStack() as stack:
         source = stack.enter_context(importlib.resources.as_file(
             importlib.resources.files("svctrace.bpf") / "svctrace.bpf.c"))
@@ -275,11 +277,17 @@ def _destination(family: int, proto: int, addr_len: int, addr: bytes, dport: int
     return Destination(fam, transport, "", dport if fam in ("inet", "inet6") else None)
 
 
-def decode(raw: bytes) -> Event | ProcessEvent:
+def decode(raw: bytes) -> Event | ProcessEvent | Freeze:
     """One ring buffer record -> Event / ProcessEvent. Noise is the core's to judge."""
     (ts, pid, tid, ppid, result, comm, dport, lport, kind, family, proto, addr_len, addr,
      count) = _EVENT.unpack(raw)
     name = _KINDS.get(kind, "?")
+    if name == "freeze":  # result: the kind of the record it copies (issue 16)
+        trigger = _KINDS.get(result, "?")
+        if trigger == "thread":
+            return Freeze(ts, pid, tid, _text(comm), trigger, None, ppid, count)
+        return Freeze(ts, pid, tid, _text(comm), trigger,
+                      _destination(family, proto, addr_len, addr, dport), 0, count)
     if name in _PROCESS_KINDS:
         return ProcessEvent(name, ts, None, pid, ppid=ppid, comm=_text(comm),
                             cmdline=_exec_cmdline(pid, _text(comm), addr[:addr_len])
@@ -390,7 +398,9 @@ class EbpfBackend(Backend):
         pages = int(ctx.settings.get("ringbuf_pages", DEFAULT_RINGBUF_PAGES))
         self._ringbuf_pages = pages
         # aggs_max: size of the send-folding map; tests shrink it to force evictions
-        self._bpf = _compile(pages, ctx.settings.get("aggs_max"))
+        # stacks: the runner holds a stack taker that resumes every stopped process
+        self._bpf = _compile(pages, ctx.settings.get("aggs_max"),
+                             bool(ctx.settings.get("stacks")))
         self._bpf[b"events"].open_ring_buffer(self._on_event)
 
     def _on_event(self, _ctx, data, size: int) -> int:
