@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from svctrace.events import (TEST_PHASES, Event, FixtureMarker, Marker, ProcessEvent,
-                             TestInfo)
+                             Stack, TestInfo)
 from svctrace.lineage import Lineage
 from svctrace.services import DENIED, NOISE, PROBE, ServiceMap
+from svctrace.stacks import StackIndex
 
 _MAX_THREADS = 8
 
@@ -236,6 +237,7 @@ class Attributor:
         self.pending: collections.deque[Event] = collections.deque()
         self.unattributed: dict[tuple[str, str], dict[str, Contact]] = {}
         self.unattributed_probes: dict[tuple[str, str], dict[str, Contact]] = {}
+        self.stacks = StackIndex()  # --stacks: Python call sites (issue 16)
         self.counts = {"events": 0, "attributed": 0, "unattributed": 0, "noise": 0,
                        "self_loopback": 0, "failed_probes": 0, "markers": 0}
 
@@ -254,6 +256,8 @@ class Attributor:
             self._add_process(record)
         elif isinstance(record, TestInfo):
             self._test(record.nodeid).info = record
+        elif isinstance(record, Stack):
+            self.stacks.add(record)
 
     def note_cmdline(self, pid: int, cmdline: str) -> None:
         self.cmdlines.setdefault(pid, cmdline)
@@ -281,6 +285,7 @@ class Attributor:
             self.lineage.exit(pe.pid, ts)
         elif pe.kind == "thread" and pe.tid and pe.tid != pe.pid:
             self.lineage.thread(pe.tid, pe.pid, ts)
+            self.stacks.thread(pe, ts)
             return  # its comm is the creating thread's; the process keeps its own
         if pe.cmdline:
             self.cmdlines[pe.pid] = " ".join(pe.cmdline)
@@ -554,7 +559,10 @@ class Attributor:
                   gap: str | None, born_in: str | None) -> dict:
         # In a gap the offset counts from the end of the phase before it.
         since = (window.end if gap else window.start) if window else None
-        return {
+        found = self.stacks.evidence(ev.pid, ev.tid, ts, ev.comm,
+                                     window.nodeid.split("::")[0] if window else None
+                                     ) if self.stacks else None
+        evidence = {
             "phase": window.phase if window else None,
             "gap": gap,
             "offset_ms": round((ts - since) / 1e6, 3) if since is not None else None,
@@ -568,3 +576,6 @@ class Attributor:
             "kind": ev.kind,
             "result": result_text(ev.kind, ev.result),
         }
+        if found:
+            evidence["stack"] = found
+        return evidence
