@@ -81,9 +81,13 @@ def main() -> None:
 @click.option("--plan", "plan_path", metavar="PLAN", default=None,
               help="with --guard: the tiers plan (svctrace tiers --plan-out)")
 @click.option("--tier", metavar="NAME", default=None, help="with --guard: the tier to guard")
+@click.option("--stacks/--no-stacks", default=None,
+              help="record the Python call site of each test's first contact with each "
+                   "service (ebpf: the process is stopped for a py-spy dump, ~35 ms; "
+                   "default: [tool.svctrace] stacks)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def run(backend, report_path, as_root, config_path, progress, quiet, verbose, deny, allow,
-        guard_tier, plan_path, tier, command) -> None:
+        guard_tier, plan_path, tier, stacks, command) -> None:
     from svctrace.config import load_config
     from svctrace.views.summary import format_summary
     from svctrace.runner import Run
@@ -101,7 +105,8 @@ def run(backend, report_path, as_root, config_path, progress, quiet, verbose, de
         from svctrace.guard import from_options
         guard, plan = from_options(cfg.service_map(), cfg.baseline, deny, allow, guard_tier,
                                    plan_path, tier, list(command))
-        runner = Run(list(command), chosen, report_path, cfg, as_root, progress, guard=guard)
+        runner = Run(list(command), chosen, report_path, cfg, as_root, progress, guard=guard,
+                     stacks=cfg.stacks if stacks is None else stacks)
     except SvctraceError as exc:
         fail(exc, EXIT_USAGE)
     try:

@@ -16,7 +16,8 @@ from svctrace.services import RuleError, ServiceMap, environment_noise, parse_ru
 DEFAULT_REPORT = "svctrace-report.json"
 _DECLARE_KINDS = ("markers", "fixtures", "paths", "bases")
 _TOP_KEYS = {"backend", "report", "services", "ignore", "baseline", "declare", "tiers",
-             "ignore_self_loopback", "default_services", "ringbuf_pages", "incidental_share"}
+             "ignore_self_loopback", "default_services", "ringbuf_pages", "incidental_share",
+             "stacks"}
 
 
 class ConfigError(SvctraceError):
@@ -44,6 +45,7 @@ class Config:
     tiers: list[Tier] = field(default_factory=list)
     ringbuf_pages: int | None = None
     incidental_share: float = 0.8
+    stacks: bool = False  # svctrace run --stacks (issue 16)
 
     def service_map(self) -> ServiceMap:
         return ServiceMap(self.services, self.ignore, self.default_services,
@@ -83,7 +85,7 @@ def _parse(table: dict, where: str) -> Config:
             if not isinstance(table[key], str):
                 raise ConfigError(f"{where}.{key} must be a string")
             setattr(cfg, key, table[key])
-    for key in ("default_services", "ignore_self_loopback"):
+    for key in ("default_services", "ignore_self_loopback", "stacks"):
         if key in table:
             if not isinstance(table[key], bool):
                 raise ConfigError(f"{where}.{key} must be true or false")

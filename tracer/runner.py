@@ -15,7 +15,7 @@ from svctrace.backends import pidns, select_backend
 from svctrace.backends.base import Backend, RunContext
 from svctrace.config import Config
 from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE, progress_path
-from svctrace.events import Event, ProcessEvent, RunInfo
+from svctrace.events import Event, Freeze, ProcessEvent, RunInfo
 from svctrace.collect import NO_MARKERS, Collector
 from svctrace.rundirs import make_private_dir, remove_private_dir, sweep_leftovers
 from svctrace.userfiles import OutputError, invoking_user
@@ -146,7 +146,7 @@ class Run:
 
     def __init__(self, command: list[str], backend: str, report_path: str, cfg: Config,
                  as_root: bool = False, progress_s: float = 60.0, log=None,
-                 guard=None) -> None:
+                 guard=None, stacks: bool = False) -> None:
         self.command = command
         self.guard = guard  # svctrace.guard.Guard: refuses denied services (issue 12)
         self.cfg = cfg
@@ -167,13 +167,47 @@ class Run:
         self._tracing = True
         self._signals: list[int] = []
         self._cmdline_seen: set[int] = set()
+        self.stacks = self._stack_taker(cfg) if stacks else None  # --stacks (issue 16)
 
     # -- helpers -------------------------------------------------------------------------
+    def _stack_taker(self, cfg: Config):
+        """The taker that dumps and resumes processes the kernel stops, or None (noted)."""
+        from svctrace import stacks
+        if self.backend.name != "ebpf":
+            self._note(f"--stacks: not taken with the {self.backend.name} backend (the "
+                       "ebpf backend takes them; inprocess takes Python-socket ones itself)"
+                       if self.backend.name != "inprocess" else None)
+            return None
+        if stacks.find_py_spy() is None:
+            self._note(stacks.INSTALL_HINT)
+            return None
+        service_map = cfg.service_map()
+
+        def judge(kind, dest):
+            verdict = service_map.judge(kind, dest, 0)
+            return verdict.name if verdict.what != "noise" else None
+        return stacks.StackTaker(judge)
+
+    def _note(self, text: str | None) -> None:
+        if text:
+            self.notes.append(text)
+            self.log(text)
+
     def _now(self) -> int:
         return time.monotonic_ns() if self.backend.clock == "mono" else time.time_ns()
 
     def _feed(self, records) -> None:
         for record in records:
+            if type(record) is Freeze:  # stopped by the kernel: dump, resume (always)
+                stack = self.stacks.take(record) if self.stacks else None
+                if self.stacks is None:  # not compiled without a taker; never left stopped
+                    try:
+                        os.kill(record.pid, signal.SIGCONT)
+                    except OSError:
+                        pass
+                if stack is not None:
+                    self.attributor.add(stack)
+                continue
             if isinstance(record, (Event, ProcessEvent)) and record.pid not in self._cmdline_seen:
                 self._cmdline_seen.add(record.pid)
                 self._learn_cmdline(record.pid)
@@ -226,7 +260,8 @@ class Run:
         self.pid = 0
         pipe = MarkerPipe(self.ident)
         ctx = RunContext(list(self.command), self.ident.uid, self.ident.gid, self.ident.user,
-                         {k: v for k, v in {"ringbuf_pages": self.cfg.ringbuf_pages}.items()
+                         {k: v for k, v in {"ringbuf_pages": self.cfg.ringbuf_pages,
+                                            "stacks": self.stacks is not None or None}.items()
                           if v is not None})
         started_wall = time.time()
         exit_code: int | None = None
@@ -278,6 +313,8 @@ class Run:
                     self._finish(pipe, exit_code, started_wall)
             finally:
                 pipe.close()
+                if self.stacks is not None:
+                    self.stacks.resume_all()  # no process stays stopped, whatever failed
                 if self.guard is not None:
                     self.guard.stop()  # idempotent: also when nothing ran
         return exit_code if exit_code is not None else 1
@@ -383,6 +420,8 @@ class Run:
         if self.guard is not None:
             self.notes.extend(self.guard.notes)
             guard = {"guard": self.guard.info(), "denied_services": list(self.guard.spec.denied)}
+        if self.stacks is not None:
+            stats["stacks"] = self.stacks.stats()
         if self._signals:
             names = sorted({signal.Signals(s).name for s in self._signals})
             self.notes.append(f"received {', '.join(names)}: forwarded to the command")
