@@ -79,7 +79,7 @@ def test_a_c_thread_is_traced_to_the_python_stack_that_created_it():
     assert chain[0]["by_name"] == "rdk:main" and chain[0]["taken_ms_before"] == 5.0
     assert found["call_site"] == {"file": "tests/test_k.py", "line": 12, "function": "test_k"}
     assert call_site("kafka", found).startswith(
-        "kafka: rdk:broker-1 runs no Python code; it was created (through 1 more thread "
+        "kafka: rdk:broker-1 runs no Python code; that thread was created (through 1 more thread "
         "creation(s)) at tests/test_k.py:12 in test_k")
 
 

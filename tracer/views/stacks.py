@@ -53,12 +53,13 @@ def call_site(service: str, stack: dict) -> str:
         links = stack.get("created", [])
         first = links[0] if links else {}
         text = (f"{service}: {stack.get('contacting_thread', 'a thread with no Python code')}"
-                f"; it was created")
+                f"; that thread was created")
         if len(links) > 1:
             text += f" (through {len(links) - 1} more thread creation(s))"
         text += f" at {_where(site)}"
         if first.get("taken_ms_before"):
-            text += f" (stack of its creator's first thread creation, {first['taken_ms_before']:.0f} ms earlier)"
+            text += (f" (the stack of its creator's first thread creation then, "
+                     f"{first['taken_ms_before']:.0f} ms before)")
     elif stack.get("via") == "none" or not site:
         why = stack.get("why_not") or stack.get("contacting_thread") or \
             "no frame of the project's own code on the stack"
