@@ -5,6 +5,7 @@ import difflib
 from collections import defaultdict
 
 from svctrace.report import ReportError
+from svctrace.views.stacks import test_call_sites
 
 
 # What a user cannot guess from the report's own words (issue 14).
@@ -272,6 +273,9 @@ def explain_one(report: dict, nodeid: str) -> str:
         lines[-1] += f"  ({'; '.join(sources)})"
     if not data["ran"]:
         lines.append("  (collected but not run in this report: needs come from declarations)")
+    sites = test_call_sites(report, nodeid)  # svctrace run --stacks (issue 16): first
+    if sites:
+        lines += ["  where in the code (Python stacks of each first contact):", *sites]
     for service, ev in data["evidence"].items():
         lines += _contact_lines(service, ev, current=nodeid)
     for service, fixtures in data.get("inherited", {}).items():
