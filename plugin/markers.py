@@ -9,7 +9,8 @@ import pytest
 
 from pytest_svctrace.notes import Notes
 from pytest_svctrace.workers import NOTES_KEY, send_back
-from svctrace.events import FixtureMarker, Marker, TestInfo
+from pytest_svctrace.pools import PoolWatch
+from svctrace.events import FixtureMarker, Marker, ProcessEvent, TestInfo
 
 
 def _worker_id(config: pytest.Config) -> str | None:
@@ -91,6 +92,7 @@ class Tracer:
         self._ending: dict[tuple[str, str], str] = {}  # phases awaiting pytest's report
         self.notes = Notes()
         self.notes_in_report = False  # the standalone report's summary prints them
+        self.pools = PoolWatch()
 
     def _safe(self, record, urgent: bool = True) -> None:
         try:
@@ -180,7 +182,22 @@ class Tracer:
     # inside its window (the known failure: setup-fixture traffic lost without this).
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item):
+        self.report_pool_workers()
         yield from self._phase(item, "setup")
+
+    def report_pool_workers(self) -> None:
+        """Pool workers started so far (by an earlier test or at import) run what this and
+        later tests submit: say so before the test starts (plugin/pools.py)."""
+        try:
+            workers = self.pools.new_workers()
+        except Exception as exc:  # threading internals moved: the outlived rule applies
+            self.notes.add("pools", f"could not list pool workers: {type(exc).__name__}: {exc}")
+            return
+        if workers:
+            mono, wall, pid = time.monotonic_ns(), time.time_ns(), os.getpid()
+            for native, name in workers:
+                self._safe(ProcessEvent("pool", mono, wall, pid, comm=name, tid=native),
+                           urgent=False)
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item):

@@ -390,3 +390,37 @@ def test_ignored_traffic_is_counted_against_the_test_whose_window_it_fell_in():
     assert report["tests"]["t.py::a"]["ignored"] == {
         "noise": {"unix:/var/run/nscd/socket": 2},
         "self_loopback": {"tcp:127.0.0.1:8000": 1}}
+
+
+def test_a_pool_worker_born_in_an_earlier_test_works_for_the_running_test():
+    """asgiref/asyncio/concurrent.futures: a worker started lazily in test a runs what test
+    b submits later. The plugin names such threads ("pool" records); their traffic belongs
+    to the test it happens in, while a plain thread born in a keeps the outlived rule."""
+    records = (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
+               + [ProcessEvent("thread", 1025, None, 100, ppid=100, tid=101),
+                  ProcessEvent("thread", 1026, None, 100, ppid=100, tid=102),
+                  ProcessEvent("pool", 2000, None, 100, comm="ThreadPoolExecutor-0_0",
+                               tid=101),
+                  ev(1027, PG, tid=101),            # a's own work in its pool thread
+                  ev(2025, PG, tid=101),            # b's work in the same pool thread
+                  ev(2026, KAFKA, tid=102)])        # a's leaked client thread during b
+    report = attribute(records)
+    assert report["tests"]["t.py::a"]["services"] == ["postgres"]
+    assert report["tests"]["t.py::b"]["services"] == ["postgres"]
+    first = report["tests"]["t.py::b"]["evidence"]["postgres"]["first"]
+    assert first["tid"] == 101 and first["born_in"] == "t.py::a"
+    (entry,) = report["unattributed"]
+    assert entry["reason"] == "outlived-test" and entry["services"] == ["kafka"]
+
+
+def test_a_pool_mark_for_an_older_thread_with_the_same_tid_does_not_count():
+    records = (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
+               + windows_of(100, "t.py::c", 3000)
+               + [ProcessEvent("thread", 1025, None, 100, ppid=100, tid=101),
+                  ProcessEvent("pool", 2000, None, 100, comm="ThreadPoolExecutor-0_0",
+                               tid=101),
+                  ProcessEvent("thread", 2025, None, 100, ppid=100, tid=101),  # reused tid
+                  ev(3025, KAFKA, tid=101)])
+    report = attribute(records)
+    assert report["tests"]["t.py::c"]["services"] == []
+    assert report["unattributed"][0]["detail"] == "thread started in t.py::b"

@@ -9,7 +9,9 @@ Rules (README "Attribution rules"):
   start of the next belongs to the phase before the gap, and the evidence names the gap.
 - A subprocess forked, or a thread born, inside a test (threads: not inside a wider-scoped
   fixture) whose traffic comes after that test ended "outlived" its test: reported, not
-  charged to whatever test runs next.
+  charged to whatever test runs next. Except pool workers (the plugin's "pool" records:
+  concurrent.futures, asyncio's default executor, multiprocessing's ThreadPool): they run
+  what the running test submits, so their traffic is that test's.
 - What is a contact, a failed probe or noise is services.ServiceMap.judge's one rule.
 - Anything else (collection, session start/end, between tests, processes outside pytest)
   is kept as unattributed traffic with a reason.
@@ -231,6 +233,7 @@ class Attributor:
         self.fixture_tests: dict[str, dict[str, set]] = {}
         self.lineage = Lineage()
         self._thread_origins: dict[tuple[int, int], tuple] = {}  # (tid, birth) -> _origin()
+        self._pool_workers: dict[tuple[int, int], int] = {}  # (pid, tid) -> marked at
         self.cmdlines: dict[int, str] = {}
         self.comms: dict[int, str] = {}
         self.listeners: dict[int, set[int]] = {}
@@ -287,6 +290,11 @@ class Attributor:
             self.lineage.thread(pe.tid, pe.pid, ts)
             self.stacks.thread(pe, ts)
             return  # its comm is the creating thread's; the process keeps its own
+        elif pe.kind == "pool":
+            # A pool worker (the plugin saw its Python target): since `ts` it runs what any
+            # test submits, so its traffic is the running test's, wherever it was born.
+            self._pool_workers[(pe.pid, pe.tid)] = ts if ts is not None else 0
+            return
         if pe.cmdline:
             self.cmdlines[pe.pid] = " ".join(pe.cmdline)
         if pe.comm:
@@ -418,6 +426,9 @@ class Attributor:
         birth = self.lineage.thread_birth(ev.tid, ev.pid, ts) if ev.tid != ev.pid else None
         if birth is None:
             return "thread", None, False
+        marked = self._pool_workers.get((ev.pid, ev.tid))
+        if marked is not None and marked >= birth:  # this very thread, not a reused tid
+            return "thread", self._locate(owner, birth)[0], False
         key = (ev.tid, birth)
         origin = self._thread_origins.get(key)
         if origin is None:

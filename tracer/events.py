@@ -68,8 +68,9 @@ class Event:
 class ProcessEvent:
     """Process lifecycle from a backend: kind "fork" (pid is the child, ppid the parent),
     "exec" (pid now runs comm/cmdline), "exit", or "thread": a new thread `tid` was born in
-    process `pid`, created by thread `ppid`. A reused pid or tid is always announced by a
-    new fork or thread record, which replaces what was known of the old one."""
+    process `pid`, created by thread `ppid`. From the plugin, "pool": thread `tid` of `pid`
+    is a worker of an executor pool (comm = its Python name). A reused pid or tid is always
+    announced by a new fork or thread record, which replaces what was known of the old one."""
 
     kind: str
     mono_ns: int | None
