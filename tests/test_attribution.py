@@ -424,3 +424,21 @@ def test_a_pool_mark_for_an_older_thread_with_the_same_tid_does_not_count():
     report = attribute(records)
     assert report["tests"]["t.py::c"]["services"] == []
     assert report["unattributed"][0]["detail"] == "thread started in t.py::b"
+
+
+def test_outlived_and_between_tests_evidence_says_how_long_after_the_test_ended():
+    ms = 1_000_000
+
+    def test_windows(nodeid, t0):  # setup, call, teardown of 10 ms each, 10 ms apart
+        return [m for i, name in enumerate(("setup", "call", "teardown"))
+                for m in phase(100, nodeid, name, (t0 + 20 * i) * ms, (t0 + 20 * i + 10) * ms)]
+
+    rdk = dict(pid=100, tid=101, comm="rdk:broker-1")
+    records = (test_windows("t.py::a", 1000) + test_windows("t.py::b", 3000)
+               + [ProcessEvent("thread", 1025 * ms, None, 100, ppid=100, tid=101),
+                  ev(1250 * ms, REDIS),                 # a's teardown ended at 1050 ms
+                  ev(3025 * ms, KAFKA, **rdk)])         # during b: a's thread
+    report = attribute(records)
+    after = {u["reason"]: next(iter(u["evidence"].values()))["first"]["after_ms"]
+             for u in report["unattributed"]}
+    assert after == {"between-tests": 200.0, "outlived-test": 1975.0}

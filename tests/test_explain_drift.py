@@ -81,7 +81,7 @@ def test_explain_points_to_traffic_reported_elsewhere(traced):
     first = cli(suite, "explain", "report.json",
                 "test_sample.py::test_session_fixture_first").stdout
     assert "session-scoped fixture ::pg_session ran in this test's setup: postgres " \
-           "(this test uses it, so they are inherited)" in first
+           "(this test uses it: inherited, in its needs)" in first
 
 
 @pytest.mark.skipif(BEST == "inprocess", reason="librdkafka's mock broker is invisible "

@@ -106,7 +106,7 @@ def test_failed_probes_fixture_teardown_and_outlived_traffic_are_pointed_to():
     assert a.endswith("see failed probes and traffic reported elsewhere above")
     b = explain.explain_text(rep, ["t.py::b"])
     assert ("session-scoped fixture ::pg ran in this test's teardown: postgres (this test "
-            "does not use it: charged to the fixture)") in b
+            "does not use it: charged to the fixture, not in its needs)") in b
 
 
 def test_selection_by_prefix_file_folder_and_keyword():
@@ -171,3 +171,20 @@ def test_summary_markdown_tables_escape_pipes():
     text = markdown_summary(rep)
     assert "| a\\|b | 1 | 1 | 0 | 0 |" in text
     assert "<details><summary>6 blind spots of the ebpf backend</summary>" in text
+
+
+def test_inherited_and_observed_do_not_contradict_and_outlived_says_when():
+    rep = report(
+        {"t.py::a": test_entry(services=["redis"], needs=["redis"],
+                               inherited={"redis": ["::redis_session"]},
+                               evidence={"redis": contact(connects=1, first=first(
+                                   destination="tcp:127.0.0.1:6379"))})},
+        unattributed=[{"reason": "outlived-test", "detail": "process started in t.py::a",
+                       "services": ["redis"], "failed_probes": {},
+                       "evidence": {"redis": contact(phases=(), sends=1, first=first(
+                           phase=None, offset_ms=None, after_ms=312.4, kind="send",
+                           destination="tcp:127.0.0.1:6379"))}}])
+    text = explain.explain_text(rep, ["t.py::a"])
+    assert "redis (also inherited): set up or torn down by ::redis_session" in text
+    assert "not observed in this test" not in text
+    assert "312 ms after the test ended" in text

@@ -477,7 +477,8 @@ class Attributor:
         if outlives and started is not None and (window is None
                                                  or started.nodeid != window.nodeid):
             self._unattributed("outlived-test", f"{what} started in {started.nodeid}",
-                               name, label, probe, ev, ts, born_in, owner)
+                               name, label, probe, ev, ts, born_in, owner,
+                               lambda: self._test_end(owner, started))
             return
         if window is None:
             self._outside_tests(owner, ts, previous, name, label, probe, ev)
@@ -534,15 +535,32 @@ class Attributor:
             reason, detail = "between-tests", f"after {previous.nodeid} ({previous.phase})"
         else:
             reason, detail = "outside-session", "before pytest's session started"
-        self._unattributed(reason, detail, name, label, probe, ev, ts, None, owner)
+        ended = previous.end if previous is not None and reason == "between-tests" else None
+        self._unattributed(reason, detail, name, label, probe, ev, ts, None, owner,
+                           lambda: ended)
+
+    def _test_end(self, owner: int, window: Window) -> int | None:
+        """When the test of `window` ended: the end of its last phase window seen."""
+        ends = [w.end for w in self.windows.get(owner, ())
+                if w.nodeid == window.nodeid and w.end is not None]
+        return max(ends) if ends else window.end
 
     def _unattributed(self, reason: str, detail: str, name: str, label: str, probe: bool,
                       ev: Event, ts: int, born_in: str | None = None,
-                      owner: int | None = None) -> None:
+                      owner: int | None = None, ended=lambda: None) -> None:
+        """`ended()`: when the test the detail names ended, for `after_ms` (the first
+        event's evidence only: called once per bucket and service)."""
         where = self.unattributed_probes if probe else self.unattributed
         bucket = where.setdefault((reason, detail), {})
+
+        def evidence() -> dict:
+            found = self._evidence(ev, None, ts, label, None, born_in)
+            since = ended()
+            found["after_ms"] = round((ts - since) / 1e6, 3) if since is not None else None
+            return found
+
         bucket.setdefault(name, Contact()).add(
-            ev, ts, lambda: self._evidence(ev, None, ts, label, None, born_in), None, label,
+            ev, ts, evidence, None, label,
             None, lambda: self._process(ev, owner, ts))
         self.counts["failed_probes" if probe else "unattributed"] += 1
 

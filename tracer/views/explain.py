@@ -35,8 +35,11 @@ def cut(text: str, limit: int = 160) -> str:
 
 
 def when_text(first: dict) -> str:
-    """'4 ms into call' or, in a gap between phases, '3 ms after call ended'."""
+    """'4 ms into call', in a gap between phases '3 ms after call ended', outside tests
+    '2 ms after the test ended' (after_ms: since the end of the test the entry names)."""
     offset = first.get("offset_ms")
+    if first.get("after_ms") is not None and not first.get("phase"):
+        return f"{first['after_ms']:.0f} ms after the test ended"
     if offset is None or not first.get("phase"):
         return ""
     if first.get("gap"):
@@ -279,8 +282,10 @@ def explain_one(report: dict, nodeid: str) -> str:
     for service, ev in data["evidence"].items():
         lines += _contact_lines(service, ev, current=nodeid)
     for service, fixtures in data.get("inherited", {}).items():
-        lines.append(f"  {service} (inherited, not observed in this test): set up or torn "
-                     f"down by {', '.join(fixtures)}, a wider-scoped fixture this test uses")
+        how = "also inherited" if service in data["services"] else \
+            "inherited, not observed in this test"
+        lines.append(f"  {service} ({how}): set up or torn down by {', '.join(fixtures)}, "
+                     "a wider-scoped fixture this test uses")
     if data.get("declared"):
         lines.append(f"  declared in [tool.svctrace.declare]: {', '.join(data['declared'])}")
     if data.get("baseline"):
@@ -294,17 +299,18 @@ def explain_one(report: dict, nodeid: str) -> str:
             lines += ["  " + line for line in _contact_lines(name, ev)]
     rel = data["related"]
     if rel["unattributed"] or rel["fixtures"]:
-        lines.append("  traffic involving this test, reported elsewhere (not in its needs):")
+        lines.append("  traffic involving this test, reported elsewhere:")
     for entry in rel["unattributed"]:
         why = _RELATED_WHY.get(entry["reason"], entry["reason"])
-        lines.append(f"    unattributed '{entry['reason']}' ({entry['detail']}): {why}")
+        lines.append(f"    unattributed '{entry['reason']}' ({entry['detail']}): {why} "
+                     "(not in its needs)")
         for service, ev in entry.get("evidence", {}).items():
             lines += ["    " + line for line in _contact_lines(service, ev)]
         for name, ev in entry.get("failed_probes", {}).items():
             lines += ["    " + line for line in _contact_lines(name, ev, f"{name} (failed probe)")]
     for fx in rel["fixtures"]:
-        uses = ("this test uses it, so they are inherited" if fx["used_by_test"]
-                else "this test does not use it: charged to the fixture")
+        uses = ("this test uses it: inherited, in its needs" if fx["used_by_test"]
+                else "this test does not use it: charged to the fixture, not in its needs")
         lines.append(f"    {fx['scope']}-scoped fixture {fx['fixture']} ran in this test's "
                      f"{', '.join(fx['phases'])}: {', '.join(fx['services'])} ({uses})")
         for service, ev in fx.get("evidence", {}).items():
