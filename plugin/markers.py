@@ -86,6 +86,10 @@ class Tracer:
         self.config = config
         self.sink = sink
         self.inprocess = inprocess
+        self._new_epoch = None  # in-process --stacks: a phase edge re-arms first contacts
+        if inprocess:
+            from svctrace.backends.inprocess import new_epoch
+            self._new_epoch = new_epoch
         self.worker = _worker_id(config)
         self.pid = os.getpid()
         self._starts: dict[tuple[str, str], int] = {}
@@ -111,6 +115,8 @@ class Tracer:
             duration = (mono - started) / 1e9 if started is not None else None
         self._safe(Marker(mono, wall, os.getpid(), self.worker, nodeid, phase, edge, outcome,
                           duration))
+        if self._new_epoch is not None:
+            self._new_epoch()
 
     def fixture(self, fixturedef, when: str, edge: str) -> None:
         # Wider-scoped fixtures decide inheritance: their edges are written at once (for

@@ -15,7 +15,8 @@ import pytest
 from pytest_svctrace import owner, workers
 from pytest_svctrace.markers import Tracer
 from pytest_svctrace.sinks import MemorySink, PipeSink
-from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE, progress_path
+from svctrace.contract import (ENV_BACKEND, ENV_OWNER, ENV_PIPE, ENV_STACKS,
+                               progress_path)
 from svctrace.userfiles import UserFileError, check_writable
 
 STATE = pytest.StashKey[Tracer]()
@@ -69,7 +70,8 @@ class Progress:
 
 def _inprocess_install(sink) -> None:
     from svctrace.backends import inprocess
-    inprocess.install(sink.event)
+    # svctrace run --stacks: stacks taken in the patched call (records, not events: no fold)
+    inprocess.install(sink.event, sink if os.environ.get(ENV_STACKS) == "1" else None)
 
 
 def _open_pipe(pipe: str):

@@ -33,12 +33,12 @@ def runs(tmp_path_factory, sample_env):
     return out
 
 
-def _run(suite, env, svctrace_args):
+def _run(suite, env, svctrace_args, backend="ebpf"):
     import json
     import subprocess
     import sys
     report = suite / "report.json"
-    cmd = e2e.SVCTRACE + ["run", *svctrace_args, "--backend", "ebpf", "--report", str(report),
+    cmd = e2e.SVCTRACE + ["run", *svctrace_args, "--backend", backend, "--report", str(report),
                           "--progress", "0", "--", sys.executable, "-m", "pytest", "-q",
                           "-p", "no:cacheprovider"]
     proc = subprocess.run(cmd, cwd=suite, env=e2e.child_env(env), capture_output=True,
@@ -114,3 +114,21 @@ def test_the_process_goes_on_normally_after_each_stop(runs):
     # what the stops held (all of it inside tests at most), plus noise of a shared machine
     assert slower <= stats["held_ms"] / 1000 + 2.0, (slower, stats)
     assert "stack" not in str(plain["tests"])  # off: nothing recorded
+
+
+def test_inprocess_stacks_are_taken_inside_the_call(sample_suite, sample_env):
+    """The in-process backend takes the stack in the patched socket call itself: exact
+    (not late, nothing stopped), Python sockets only, no py-spy involved."""
+    report, proc = _run(sample_suite, sample_env, ("--stacks",), backend="inprocess")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    src, conftest = sample_suite / "test_sample.py", sample_suite / "conftest.py"
+    opened = _stack(report, "test_redis_pool_open", "redis")
+    assert opened["how"] == "in-call" and opened["late_ms"] is None
+    assert opened["test_frame"]["line"] == _line(src, "def test_redis_pool_open", ".ping(")
+    reuse = _stack(report, "test_redis_pool_reuse", "redis")
+    assert reuse["test_frame"]["line"] == _line(src, "def test_redis_pool_reuse", ".set(")
+    thread = _stack(report, "test_thread_talks_to_redis", "redis")
+    assert thread["via"] == "contacting thread" and thread["threads"][0]["name"] == "bg-redis"
+    teardown = _stack(report, "test_teardown_only", "redis")
+    assert teardown["call_site"]["file"] == "conftest.py"
+    assert "stacks" not in report["run"]["backend_stats"]  # no py-spy dumps were needed

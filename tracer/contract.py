@@ -22,3 +22,6 @@ def progress_path(pipe: str) -> str:
     owner pytest prints it between tests with its own terminal writer, then removes it,
     so the line never lands inside pytest's dot line (issue 14)."""
     return os.path.join(os.path.dirname(pipe), "progress")
+# "1" under `svctrace run --stacks` with the in-process backend: the plugin takes the
+# Python stack of each first contact inside the patched socket call itself.
+ENV_STACKS = "SVCTRACE_STACKS"

@@ -14,7 +14,8 @@ from svctrace import pluginpath, wire
 from svctrace.backends import pidns, select_backend
 from svctrace.backends.base import Backend, RunContext
 from svctrace.config import Config
-from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE, progress_path
+from svctrace.contract import (ENV_BACKEND, ENV_OWNER, ENV_PIPE, ENV_STACKS,
+                               progress_path)
 from svctrace.events import Event, Freeze, ProcessEvent, RunInfo
 from svctrace.collect import NO_MARKERS, Collector
 from svctrace.rundirs import make_private_dir, remove_private_dir, sweep_leftovers
@@ -53,11 +54,15 @@ def invoking_identity(as_root: bool) -> Identity:
     return Identity(owner.uid, owner.gid, owner.name, home, list(owner.groups))
 
 
-def child_environment(ident: Identity, pipe: str, backend: str) -> dict[str, str]:
+def child_environment(ident: Identity, pipe: str, backend: str,
+                      stacks: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env[ENV_PIPE] = pipe
     env[ENV_BACKEND] = backend
     env.pop(ENV_OWNER, None)  # a run inside a traced test has a pipe (and owner) of its own
+    env.pop(ENV_STACKS, None)
+    if stacks and backend == "inprocess":
+        env[ENV_STACKS] = "1"
     if ident.drops:
         env.update({"HOME": ident.home or "/", "USER": ident.user or str(ident.uid),
                     "LOGNAME": ident.user or str(ident.uid)})
@@ -167,6 +172,7 @@ class Run:
         self._tracing = True
         self._signals: list[int] = []
         self._cmdline_seen: set[int] = set()
+        self.want_stacks = stacks
         self.stacks = self._stack_taker(cfg) if stacks else None  # --stacks (issue 16)
 
     # -- helpers -------------------------------------------------------------------------
@@ -272,7 +278,8 @@ class Run:
             argv = self.backend.wrap_command(list(self.command))
             drops_itself = self.backend.drops_privileges
             env = pluginpath.environment(
-                child_environment(self.ident, pipe.path, self.backend.name),
+                child_environment(self.ident, pipe.path, self.backend.name,
+                                  self.want_stacks),
                 pluginpath.build(pipe.dir, self.ident.uid, self.ident.gid))
             gate_r, gate_w = os.pipe()
             pid = os.fork()

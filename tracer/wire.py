@@ -19,15 +19,17 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Iterator
 
-from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessEvent,
+from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessEvent, Stack,
                              TestInfo)
 
 PIPE_BUF = 4096
-_TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p"}
+_TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p",
+         Stack: "s"}
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (*_TAGS, Destination)}
 _TUPLES = {cls: tuple(i for i, name in enumerate(_FIELDS[cls])
-                      if name in ("fixtures", "markers", "bases", "cmdline")) for cls in _TAGS}
+                      if name in ("fixtures", "markers", "bases", "cmdline", "threads"))
+            for cls in _TAGS}
 _DEST_INDEX = _FIELDS[Event].index("dest")
 _CHUNK_DATA = 2900  # raw bytes per chunk: base64 makes 3868, plus the envelope < PIPE_BUF
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode

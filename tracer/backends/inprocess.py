@@ -10,13 +10,14 @@ import errno
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 import weakref
 from typing import Callable
 
 from svctrace.backends.base import Backend
-from svctrace.events import Destination, Event, ProcessEvent
+from svctrace.events import Destination, Event, ProcessEvent, Stack
 
 BLIND_SPOTS = (
     "C-extension sockets (libpq via psycopg2/psycopg, librdkafka via confluent-kafka, "
@@ -28,7 +29,8 @@ _REAL = {name: getattr(socket.socket, name) for name in
          ("connect", "connect_ex", "send", "sendall", "sendto", "sendmsg", "listen")}
 _REAL_SSL = {name: ssl.SSLSocket.__dict__[name] for name in ("send", "sendall")}
 _REAL_THREAD_START = threading.Thread.start
-_state: dict = {"sink": None, "errors": 0}
+_state: dict = {"sink": None, "errors": 0, "stacks": None, "stacked": set()}
+_MAX_FRAMES = 40
 _peers: "weakref.WeakKeyDictionary[socket.socket, tuple]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
@@ -80,8 +82,47 @@ def _emit(kind: str, dest: Destination | None, result: int, local: int | None,
     sink = _state["sink"]
     if sink is None or dest is None:
         return
-    sink(Event(kind, started, time.time_ns(), os.getpid(), threading.get_native_id(),
+    tid = threading.get_native_id()
+    sink(Event(kind, started, time.time_ns(), os.getpid(), tid,
                threading.current_thread().name, dest, result, local))
+    stack_sink = _state["stacks"]
+    if stack_sink is not None and (tid, dest) not in _state["stacked"]:
+        # --stacks: taken inside the call itself, so exact; once per thread and
+        # destination between two phase edges (new_epoch), as the eBPF backend freezes.
+        _state["stacked"].add((tid, dest))
+        stack_sink(Stack(started, os.getpid(), tid, kind, threads=_python_stacks(tid),
+                         how="in-call"))
+
+
+def _python_stacks(tid: int) -> tuple:
+    """The Python stacks of the calling thread (without svctrace's own frames) and of the
+    main thread, innermost frame first, in py-spy's shape (svctrace.stacks)."""
+    native = {t.ident: (t.native_id, t.name) for t in threading.enumerate()}
+    main = threading.main_thread()
+    out = []
+    for ident, frame in sys._current_frames().items():
+        native_id, name = native.get(ident, (None, ""))
+        if native_id != tid and ident != main.ident:
+            continue
+        frames = []
+        while frame is not None and len(frames) < _MAX_FRAMES:
+            code = frame.f_code
+            if code.co_filename != __file__:  # our wrappers are not the user's call site
+                frames.append({"file": _relative(code.co_filename), "line": frame.f_lineno,
+                               "function": code.co_name})
+            frame = frame.f_back
+        out.append({"tid": native_id or 0, "name": name, "frames": frames})
+    return tuple(out)
+
+
+def _relative(path: str) -> str:
+    cwd = os.getcwd()
+    return path[len(cwd) + 1:] if path.startswith(cwd + os.sep) else path
+
+
+def new_epoch() -> None:
+    """A phase edge: the next contact of each thread and destination gets a stack again."""
+    _state["stacked"].clear()
 
 
 def _guard(fn: Callable) -> None:
@@ -198,10 +239,13 @@ def _thread_start(self):
     return result
 
 
-def install(sink: Callable) -> None:
-    """Start reporting socket operations of this process to sink(Event)."""
+def install(sink: Callable, stack_sink: Callable | None = None) -> None:
+    """Start reporting socket operations of this process to sink(Event); with stack_sink,
+    also the Python stacks of each first contact (svctrace run --stacks)."""
     with _lock:
         _state["sink"] = sink
+        _state["stacks"] = stack_sink
+        _state["stacked"] = set()
         socket.socket.connect = _connect
         socket.socket.connect_ex = _connect_ex
         socket.socket.send = _sender("send", _REAL["send"])
@@ -219,6 +263,7 @@ def uninstall() -> None:
     """Restore the real socket methods."""
     with _lock:
         _state["sink"] = None
+        _state["stacks"] = None
         for name in _REAL:
             # The real ones are inherited from _socket.socket: deleting our override
             # restores exactly the original lookup.
