@@ -122,7 +122,10 @@ class _Sampler(threading.Thread):
 
 def svctrace_command(backend: str, report: Path, config: Path, command: list[str],
                      progress_s: float = 0) -> list[str]:
-    return [sys.executable, "-m", "svctrace", "run", "--backend", backend, "--report",
+    """backend: a backend name, or NAME+stacks for `svctrace run --stacks` (issue 16)."""
+    name, _, option = backend.partition("+")
+    extra = ["--stacks"] if option == "stacks" else []
+    return [sys.executable, "-m", "svctrace", "run", "--backend", name, *extra, "--report",
             str(report), "--config", str(config), "--progress", str(progress_s), "-q",
             "--"] + command
 
