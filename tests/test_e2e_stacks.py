@@ -1,6 +1,13 @@
 """End to end: `svctrace run --stacks` on the sample suite with real services (issue 16)."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
 import pytest
 
 from tests.support import e2e
@@ -34,9 +41,6 @@ def runs(tmp_path_factory, sample_env):
 
 
 def _run(suite, env, svctrace_args, backend="ebpf"):
-    import json
-    import subprocess
-    import sys
     report = suite / "report.json"
     cmd = e2e.SVCTRACE + ["run", *svctrace_args, "--backend", backend, "--report", str(report),
                           "--progress", "0", "--", sys.executable, "-m", "pytest", "-q",
@@ -132,3 +136,55 @@ def test_inprocess_stacks_are_taken_inside_the_call(sample_suite, sample_env):
     teardown = _stack(report, "test_teardown_only", "redis")
     assert teardown["call_site"]["file"] == "conftest.py"
     assert "stacks" not in report["run"]["backend_stats"]  # no py-spy dumps were needed
+
+
+TWO_TESTS = '''\
+import os
+import socket
+
+
+def _touch():
+    socket.create_connection(("127.0.0.1", int(os.environ["STACKS_PORT"])), timeout=5).close()
+
+
+def test_one():
+    _touch()
+
+
+def test_two():
+    _touch()
+'''
+
+
+@needs("ebpf")
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux unshare is missing")
+def test_stacks_in_a_container_pid_namespace_with_xdist_workers(tmp_path):
+    """The kernel's stop records carry the namespace's pids, which py-spy is given; xdist
+    workers are stopped and dumped like the main pytest."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    (tmp_path / "test_two.py").write_text(TWO_TESTS)
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.svctrace.services]\nlocal-svc = ["127.0.0.1:{port}"]\n')
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc", *e2e.SVCTRACE, "run", "--stacks",
+           "-b", "ebpf", "-o", "r.json", "--progress", "0", "--", sys.executable, "-m",
+           "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "test_two.py"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "STACKS_PORT": str(port)})
+    listener.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "nested" in report["run"]["pid_namespace"]
+    touch = _line(tmp_path / "test_two.py", "def _touch", "create_connection")
+    for name, line in (("test_one", 10), ("test_two", 14)):
+        test = report["tests"][f"test_two.py::{name}"]
+        assert test["worker"] in ("gw0", "gw1")
+        stack = test["evidence"]["local-svc"]["first"]["stack"]
+        assert stack["how"] == "frozen" and stack["late_ms"] is None
+        assert stack["call_site"] == {"file": "test_two.py", "line": touch,
+                                      "function": "_touch"}
+        frames = stack["threads"][0]["frames"]  # the contacting (main) thread, innermost first
+        assert {"file": "test_two.py", "line": line, "function": name} in \
+            [{k: f[k] for k in ("file", "line", "function")} for f in frames]
