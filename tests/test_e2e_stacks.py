@@ -133,8 +133,9 @@ def test_inprocess_stacks_are_taken_inside_the_call(sample_suite, sample_env):
     assert reuse["test_frame"]["line"] == _line(src, "def test_redis_pool_reuse", ".set(")
     thread = _stack(report, "test_thread_talks_to_redis", "redis")
     assert thread["via"] == "contacting thread" and thread["threads"][0]["name"] == "bg-redis"
-    teardown = _stack(report, "test_teardown_only", "redis")
-    assert teardown["call_site"]["file"] == "conftest.py"
+    teardown = _stack(report, "test_teardown_only", "redis")  # the fixture's FLUSHDB
+    assert teardown["call_site"] == {"file": "conftest.py", "function": "flush_redis",
+                                     "line": _line(conftest, "def flush_redis", "flushdb(")}
     assert "stacks" not in report["run"]["backend_stats"]  # no py-spy dumps were needed
 
 
