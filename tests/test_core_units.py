@@ -118,7 +118,8 @@ startup_s = 5
 
 # The pure core (STYLE.md): records -> attribution -> analysis -> report -> merge/tiers and
 # the views over a report. None may pull in bcc, pytest, click or psutil, even indirectly.
-PURE_CORE = ["events", "wire", "contract", "services", "config", "lineage", "attribution",
+PURE_CORE = ["events", "wire", "contract", "services", "config", "lineage", "evidence",
+             "attribution",
              "collect", "analysis", "report", "merge", "tiers", "guard_rules", "errors",
              "views.summary", "views.explain", "views.html", "views.html_assets"]
 

@@ -7,7 +7,8 @@ import random
 import pytest
 from click.testing import CliRunner
 
-from svctrace.attribution import Attribution, Contact, TestRecord
+from svctrace.attribution import Attribution, TestRecord
+from svctrace.evidence import Contact
 from svctrace.cli_plan import merge_command
 from svctrace.config import Config
 from svctrace.errors import SvctraceError

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from svctrace import REPORT_SCHEMA, __version__
 from svctrace import analysis
-from svctrace.attribution import Attribution, Contact
+from svctrace.attribution import Attribution
+from svctrace.evidence import Contact
 from svctrace.config import Config
 from svctrace.errors import SvctraceError
 from svctrace.events import TEST_PHASES, RunInfo
