@@ -121,7 +121,8 @@ startup_s = 5
 PURE_CORE = ["events", "wire", "contract", "services", "config", "lineage", "evidence",
              "attribution",
              "collect", "analysis", "report", "merge", "tiers", "guard_rules", "errors",
-             "views.summary", "views.explain", "views.html", "views.html_assets"]
+             "views.summary", "views.explain", "views.html", "views.html_assets",
+             "views.stacks"]
 
 
 def test_pure_core_imports_neither_bcc_pytest_nor_click():
