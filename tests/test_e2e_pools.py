@@ -3,16 +3,11 @@ sync_to_async, asyncio's default executor): that later test is the one that need
 service, not "a thread that outlived test one"."""
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 
+from tests.support import e2e
 from tests.support.backends import backend_marks
-from tests.support.e2e import SVCTRACE
 
 SUITE = '''\
 import os
@@ -53,29 +48,15 @@ def test_d_runs_while_the_leak_talks():
 @pytest.mark.parametrize("backend", [pytest.param(b, marks=backend_marks(b))
                                      for b in ("ebpf", "inprocess")])
 def test_pool_work_belongs_to_the_submitting_test(tmp_path, backend):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    (tmp_path / "test_pool.py").write_text(SUITE)
-    (tmp_path / "pyproject.toml").write_text(
-        f'[tool.svctrace.services]\npooled-svc = ["127.0.0.1:{port}"]\n')
-    proc = subprocess.run(SVCTRACE + ["run", "-b", backend, "-o", "r.json", "--progress", "0",
-                                      "--", sys.executable, "-m", "pytest", "-q", "-p",
-                                      "no:cacheprovider", "test_pool.py"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "POOLED_PORT": str(port)})
-    listener.close()
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    tests = {k.split("::")[-1]: v for k, v in
-             json.loads((tmp_path / "r.json").read_text())["tests"].items()}
+    report, _ = e2e.run_one_file(tmp_path, "test_pool.py", SUITE, "pooled-svc",
+                                 ["-b", backend], port_env="POOLED_PORT")
+    tests = {k.split("::")[-1]: v for k, v in report["tests"].items()}
     assert tests["test_a_starts_the_pool"]["services"] == []
     assert tests["test_b_submits_work"]["services"] == ["pooled-svc"]
     first = tests["test_b_submits_work"]["evidence"]["pooled-svc"]["first"]
     assert first["born_in"] == "test_pool.py::test_a_starts_the_pool"
     # a plain thread leaked by test c still outlives it: not test d's need
     assert tests["test_d_runs_while_the_leak_talks"]["services"] == []
-    report = json.loads((tmp_path / "r.json").read_text())
     outlived = [u for u in report["unattributed"] if u["reason"] == "outlived-test"]
     assert [u["detail"] for u in outlived] == \
         ["thread started in test_pool.py::test_c_leaks_a_plain_thread"]

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -162,21 +160,9 @@ def test_two():
 def test_stacks_in_a_container_pid_namespace_with_xdist_workers(tmp_path):
     """The kernel's stop records carry the namespace's pids, which py-spy is given; xdist
     workers are stopped and dumped like the main pytest."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    (tmp_path / "test_two.py").write_text(TWO_TESTS)
-    (tmp_path / "pyproject.toml").write_text(
-        f'[tool.svctrace.services]\nlocal-svc = ["127.0.0.1:{port}"]\n')
-    cmd = ["unshare", "--pid", "--fork", "--mount-proc", *e2e.SVCTRACE, "run", "--stacks",
-           "-b", "ebpf", "-o", "r.json", "--progress", "0", "--", sys.executable, "-m",
-           "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "test_two.py"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "STACKS_PORT": str(port)})
-    listener.close()
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads((tmp_path / "r.json").read_text())
+    report, _ = e2e.run_one_file(
+        tmp_path, "test_two.py", TWO_TESTS, "local-svc", ["--stacks", "-b", "ebpf"],
+        ("-n", "2"), ("unshare", "--pid", "--fork", "--mount-proc"), port_env="STACKS_PORT")
     assert "nested" in report["run"]["pid_namespace"]
     touch = _line(tmp_path / "test_two.py", "def _touch", "create_connection")
     for name, line in (("test_one", 10), ("test_two", 14)):
