@@ -3,7 +3,6 @@ sync_to_async, asyncio's default executor): that later test is the one that need
 service, not "a thread that outlived test one"."""
 from __future__ import annotations
 
-
 import pytest
 
 from tests.support import e2e
