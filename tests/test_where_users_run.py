@@ -3,6 +3,7 @@ a suite on another Python, no tracefs, and commands that run no (traceable) pyte
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,10 @@ def test_ebpf_in_other_namespace_combinations(sample_suite, sample_env, extra):
     prefix = CONTAINER + extra if extra else ["unshare", "--pid", "--fork"]  # host's /proc
     report, proc = _run(prefix, e2e.SVCTRACE, "ebpf", sample_suite, sample_env)
     _assert_same_as_host(report, proc, "ebpf")
+    # pids are the namespace's; with the host's /proc, /proc/<pid> is another process:
+    # evidence names the program from the kernel's exec record, never that other process
+    first = report["tests"]["test_sample.py::test_redis_pool_open"]["evidence"]["redis"]["first"]
+    assert first["cmdline"].split()[0] == sys.executable, first["cmdline"]
 
 
 @needs_backend("ebpf")
@@ -197,3 +202,16 @@ def test_svctrace_run_inside_a_traced_test_has_its_own_report(tmp_path):
     assert inner_report["tests"][next(iter(inner_report["tests"]))]["outcome"] == "passed"
     outer_report = json.loads((tmp_path / "outer.json").read_text())
     assert [k.split("::")[-1] for k in outer_report["tests"]] == ["test_outer"]
+
+
+def test_command_lines_are_not_read_from_another_namespaces_proc():
+    """With the host's /proc in a child PID namespace, /proc/<pid> is another process."""
+    from svctrace.config import Config
+    from svctrace.runner import Run
+    run = Run(["true"], "inprocess", "r.json", Config(), log=lambda msg: None)
+    run._proc_is_ours = False
+    run._learn_cmdline(os.getpid())
+    assert os.getpid() not in run.attributor.cmdlines
+    run._proc_is_ours = True
+    run._learn_cmdline(os.getpid())
+    assert "pytest" in run.attributor.cmdlines[os.getpid()]

@@ -172,6 +172,7 @@ class Run:
         self._tracing = True
         self._signals: list[int] = []
         self._cmdline_seen: set[int] = set()
+        self._proc_is_ours = pidns.proc_is_ours()
         self.want_stacks = stacks
         self.stacks = self._stack_taker(cfg) if stacks else None  # --stacks (issue 16)
 
@@ -220,7 +221,9 @@ class Run:
             self.attributor.add(record)
 
     def _learn_cmdline(self, pid: int) -> None:
-        if len(self._cmdline_seen) > 100_000:
+        # /proc of another PID namespace (unshare --pid without --mount-proc) shows
+        # another process under this pid: better no command line than a wrong one.
+        if len(self._cmdline_seen) > 100_000 or not self._proc_is_ours:
             return
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
