@@ -174,19 +174,18 @@ def _keyword_matcher(expr: str):
     def take_if(token):
         return take() if peek() == token else None
 
+    def joined(operand, word: str, join):
+        """operand (word operand)*, left to right: and binds tighter than or."""
+        terms = [operand()]
+        while take_if(word):
+            terms.append(operand())
+        return terms[0] if len(terms) == 1 else (lambda s: join(t(s) for t in terms))
+
     def both():
-        left = atom()
-        while take_if("and"):
-            right, prev = atom(), left
-            left = (lambda a, b: lambda s: a(s) and b(s))(prev, right)
-        return left
+        return joined(atom, "and", all)
 
     def either():
-        left = both()
-        while take_if("or"):
-            right, prev = both(), left
-            left = (lambda a, b: lambda s: a(s) or b(s))(prev, right)
-        return left
+        return joined(both, "or", any)
 
     matcher = either()
     if peek() is not None:
