@@ -19,6 +19,7 @@ from svctrace.backends.bcc_import import load_bcc
 from svctrace.events import Destination, Event
 from svctrace.guard_rules import (MAX_PATHS, MAX_RULES, PATTERN_MAX, DenySpec, GuardError,
                                   Table)
+from svctrace.rundirs import running_since
 
 # enum bpf_attach_type (include/uapi/linux/bpf.h); bcc 0.26 has no name for the unix hook.
 ATTACH = {"connect4": 10, "connect6": 11, "sendmsg4": 14, "sendmsg6": 15, "connect_unix": 49}
@@ -77,15 +78,6 @@ def _own_cgroup(mount: Path) -> Path:
     return mount
 
 
-def _start_ticks(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 def _evacuate(folder: Path, parent: Path) -> int:
     """Move the processes still in `folder` (a test's leaked daemon) to `parent`."""
     moved = 0
@@ -131,7 +123,7 @@ def sweep_cgroups(parent: Path) -> list[str]:
         return notes
     for entry, match in entries:
         pid, start = int(match.group(1)), match.group(2)
-        if _start_ticks(pid) == start:
+        if running_since(pid) == start:
             continue  # a live runner's (a concurrent run)
         reason = _remove(Path(entry.path), parent)
         notes.append(f"removed the guard cgroup {entry.path}, left by a killed svctrace run "
@@ -199,7 +191,7 @@ class Guard:
             self.notes.append(note)
         self.parent = _own_cgroup(mount)
         self.notes += sweep_cgroups(self.parent)
-        start = _start_ticks(os.getpid())
+        start = running_since(os.getpid())
         self.cgroup = self.parent / f"svctrace-guard-{os.getpid()}-{start}"
         try:
             self.cgroup.mkdir(mode=0o755)

@@ -8,6 +8,8 @@ import shutil
 import stat
 import tempfile
 
+from svctrace.backends import pidns
+
 # svctrace-<kind>-<runner pid>-<random>: "run" for the runner's, others for a backend's own.
 _NAME = re.compile(r"^svctrace-([a-z]+)-([0-9]+)-")
 RUNNER_FILE = "runner"  # "pid <pid>\nstart <ticks>\npidns <inode>\n": who made the folder
@@ -103,8 +105,15 @@ def _identity(pid: int) -> tuple[str, str] | None:
     return fields[19], fields[0]  # proc(5): field 22 starttime, field 3 state
 
 
+def running_since(pid: int) -> str | None:
+    """The start time of `pid` if it runs (not gone, not a zombie): with the pid, it names
+    one process across pid reuse (what a leftover of a killed runner records)."""
+    found = _identity(pid)
+    return None if found is None or found[1] in ("Z", "X") else found[0]
+
+
 def _pidns() -> int:
     try:
-        return os.stat("/proc/self/ns/pid").st_ino
+        return pidns.current().inode
     except OSError:
         return 0
