@@ -10,7 +10,10 @@ import pytest
 from pytest_svctrace.notes import Notes
 from pytest_svctrace.workers import NOTES_KEY, send_back
 from pytest_svctrace.pools import PoolWatch
-from svctrace.events import FixtureMarker, Marker, ProcessEvent, TestInfo
+from svctrace import wire
+from svctrace.events import FixtureMarker, FixtureWindows, Marker, ProcessEvent, TestInfo
+
+_DEFERRED_ENDS = frozenset({"setup", "call"})  # see Tracer.edge
 
 
 def _worker_id(config: pytest.Config) -> str | None:
@@ -91,6 +94,12 @@ class Tracer:
             from svctrace.backends.inprocess import new_epoch
             self._new_epoch = new_epoch
         self.worker = _worker_id(config)
+        self._worker_json = wire.json_text(self.worker)
+        self._json_of: dict[str, str] = {}
+        self._fixture_starts: dict[int, tuple[int, int]] = {}  # id(fixturedef) -> start
+        self._windows: list[tuple] = []  # function-scoped fixture windows of this phase
+        self._windows_when = "setup"
+        self._cursor = (0, 0)  # where the next finalizer's teardown began (mono, wall)
         self.pid = os.getpid()
         self._starts: dict[tuple[str, str], int] = {}
         self._ending: dict[tuple[str, str], str] = {}  # phases awaiting pytest's report
@@ -99,32 +108,76 @@ class Tracer:
         self.pools = PoolWatch()
 
     def _safe(self, record, urgent: bool = True) -> None:
+        """Write a record, or a line wire.marker_line already built."""
         try:
-            self.sink(record, urgent)
+            if type(record) is bytes:
+                self.sink.line(record, urgent)
+            else:
+                self.sink(record, urgent)
         except Exception as exc:  # degrade, never fail the test (nor warn: -W error)
-            self.notes.add("record", f"could not record {type(record).__name__}: "
-                                     f"{type(exc).__name__}: {exc}")
+            what = "a marker line" if type(record) is bytes else type(record).__name__
+            self.notes.add("record", f"could not record {what}: {type(exc).__name__}: {exc}")
+
+    def _json(self, text: str) -> str:
+        """text as JSON, cached: every node id and fixture id is written several times."""
+        found = self._json_of.get(text)
+        if found is None:
+            found = self._json_of[text] = wire.json_text(text)
+        return found
 
     def edge(self, nodeid: str, phase: str, edge: str, outcome: str | None = None) -> None:
-        mono, wall = time.monotonic_ns(), time.time_ns()
+        mono, wall, pid = time.monotonic_ns(), time.time_ns(), os.getpid()
         duration = None
         if edge == "start":
             self._starts[(nodeid, phase)] = mono
         else:
             started = self._starts.pop((nodeid, phase), None)
             duration = (mono - started) / 1e9 if started is not None else None
-        self._safe(Marker(mono, wall, os.getpid(), self.worker, nodeid, phase, edge, outcome,
-                          duration))
+        # The end of setup and of call travel with the next phase's start, a moment later
+        # (one write, not two; for the eBPF backend that write is the fold boundary). A
+        # teardown's end is written at once: traffic after it is between tests.
+        deferred = edge == "end" and phase in _DEFERRED_ENDS and outcome != "interrupted"
+        if edge == "end":
+            self._write_windows()
+        elif phase == "teardown":
+            self._cursor = (mono, wall)
+        line = wire.marker_line(mono, wall, pid, self._worker_json, self._json(nodeid),
+                                phase, edge, outcome, duration)
+        self._safe(line if line is not None else
+                   Marker(mono, wall, pid, self.worker, nodeid, phase, edge, outcome,
+                          duration), urgent=not deferred)
         if self._new_epoch is not None:
             self._new_epoch()
 
     def fixture(self, fixturedef, when: str, edge: str) -> None:
-        # Wider-scoped fixtures decide inheritance: their edges are written at once (for
-        # the eBPF backend a write is also a fold boundary). Function-scoped ones only
-        # name the fixture in evidence: they travel with the next phase marker.
-        self._safe(FixtureMarker(time.monotonic_ns(), time.time_ns(), os.getpid(),
-                                 fixture_id(fixturedef), fixturedef.scope, when, edge),
-                   urgent=fixturedef.scope != "function")
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        fid, scope = fixture_id(fixturedef), fixturedef.scope
+        if scope == "function":
+            # They only name the fixture in evidence: their windows travel in one record
+            # per phase, written with the phase's end (FixtureWindows).
+            if edge == "start":
+                self._fixture_starts[id(fixturedef)] = (mono, wall)
+                return
+            start = self._fixture_starts.pop(id(fixturedef), None) if when == "setup" \
+                else self._cursor
+            if self._windows and self._windows_when != when:
+                self._write_windows()
+            self._windows.append((fid, *(start or (mono, wall)), mono, wall))
+            self._windows_when = when
+        else:
+            # Wider-scoped fixtures decide inheritance: their edges are written at once (for
+            # the eBPF backend a write is also a fold boundary), after the windows before
+            # them (the attributor's teardown cursor moves in write order).
+            self._write_windows()
+            self._safe(FixtureMarker(mono, wall, os.getpid(), fid, scope, when, edge))
+        if when == "teardown":
+            self._cursor = (mono, wall)  # pytest reports only a finalizer's end
+
+    def _write_windows(self) -> None:
+        if self._windows:
+            self._safe(FixtureWindows(os.getpid(), self._windows_when, tuple(self._windows)),
+                       urgent=False)
+            self._windows = []
 
     def describe(self, item: pytest.Item, pulled: frozenset = frozenset()) -> None:
         """TestInfo: the fixture closure known at collection, plus `pulled`: fixtures the

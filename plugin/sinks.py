@@ -84,6 +84,13 @@ class PipeSink:
         self._folder, self._forked, self._lock = Folder(), True, threading.Lock()
 
     def __call__(self, record, urgent: bool = True) -> None:
+        self._put(record, None, urgent)
+
+    def line(self, data: bytes, urgent: bool = True) -> None:
+        """A record already encoded as one line (wire.marker_line)."""
+        self._put(None, data, urgent)
+
+    def _put(self, record, data: bytes | None, urgent: bool) -> None:
         if os.getpid() != self.pid:  # forked without Python's fork hooks (os.fork runs them)
             self.after_fork()
         if self._forked:
@@ -92,7 +99,10 @@ class PipeSink:
             if urgent and self._folder.open:  # the sends folded before an edge go first
                 for tail in self._folder.drain():
                     self._append_locked(tail)
-            self._append_locked(record)
+            if data is None:
+                self._append_locked(record)
+            else:
+                self._append_line_locked(data)
             if urgent:
                 self._flush_locked()
 
@@ -101,10 +111,13 @@ class PipeSink:
         if len(lines) > 1:  # chunked: every record needs its own id
             self._chunk_id = f"{self.pid}-{next(self._ids)}"
         for line in lines:
-            if self._size + len(line) > _BATCH:
-                self._flush_locked()
-            self._buffer.append(line)
-            self._size += len(line)
+            self._append_line_locked(line)
+
+    def _append_line_locked(self, line: bytes) -> None:
+        if self._size + len(line) > _BATCH:
+            self._flush_locked()
+        self._buffer.append(line)
+        self._size += len(line)
 
     def event(self, record) -> None:
         if self._forked or os.getpid() != self.pid:
@@ -160,6 +173,9 @@ class MemorySink:
             if urgent:
                 self.records.extend(self._folder.drain())
             self.records.append(record)
+
+    def line(self, data: bytes, urgent: bool = True) -> None:
+        self(wire.record_of(data), urgent)
 
     def event(self, record) -> None:
         if os.getpid() != self.pid:

@@ -5,8 +5,9 @@ import errno
 
 from svctrace.attribution import Attributor
 from svctrace.config import Config
-from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessEvent, RunInfo,
-                             TestInfo)
+from svctrace.attribution import SETUP_HOLD_MAX_NS
+from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Marker,
+                             ProcessEvent, RunInfo, TestInfo)
 from svctrace.report import build_report
 from svctrace.services import ServiceMap
 
@@ -189,6 +190,47 @@ def test_teardown_fixture_windows_follow_each_other():
     assert test["evidence"]["redis"]["fixtures"] == [fx_fn]
     assert test["services"] == ["redis"]  # the module fixture's kafka is not this test's own
     assert test["inherited"] == {"kafka": [fx_mod]}
+
+
+def test_function_fixture_windows_of_a_phase_come_in_one_record():
+    fx_tmp, fx_db, fx_mod = "t.py::tmp", "t.py::db", "t.py::mod_res"
+    records = (windows_of(100, "t.py::a", 1000)
+               + [TestInfo("t.py::a", (fx_tmp, fx_db, fx_mod)),
+                  ev(1002, PG), ev(1006, REDIS), ev(1040, KAFKA), ev(1042, KAFKA),
+                  ev(1045, PG, kind="send"),
+                  FixtureWindows(100, "setup", ((fx_db, 1001, 0, 1003, 0),
+                                                (fx_tmp, 1005, 0, 1007, 0))),
+                  FixtureWindows(100, "teardown", ((fx_tmp, 1041, 0, 1043, 0),)),
+                  FixtureMarker(1046, 0, 100, fx_mod, "module", "teardown", "end")])
+    report = attribute(records)
+    test = report["tests"]["t.py::a"]
+    assert test["evidence"]["postgres"]["fixtures"] == [fx_db]
+    assert test["evidence"]["redis"]["fixtures"] == [fx_tmp]
+    assert test["evidence"]["kafka"]["fixtures"] == [fx_tmp]  # 1040 is the test's own
+    assert test["evidence"]["kafka"]["connects"] == 2 and "kafka" in test["services"]
+    # the module fixture's teardown began where the function fixture's ended (1043), not
+    # at the teardown's start: kafka at 1040 is not the module fixture's
+    assert test["inherited"] == {"postgres": [fx_mod]}
+
+
+def test_a_long_setup_holds_its_events_until_its_fixture_windows_arrive():
+    att = Attributor(ServiceMap())
+    for record in [Marker(1000, 0, 100, None, "t.py::a", "setup", "start"), ev(1001, PG)]:
+        att.add(record)
+    att.flush(5000)  # long past the event, but the setup is still open
+    assert [e.mono_ns for e in att.pending] == [1001]
+    att.add(FixtureWindows(100, "setup", (("t.py::db", 1000, 0, 1002, 0),)))
+    att.add(Marker(1003, 0, 100, None, "t.py::a", "setup", "end", "passed"))
+    att.flush(5000)
+    assert not att.pending
+    report = build_report(att.finish(), RunInfo("test"), Config())
+    assert report["tests"]["t.py::a"]["evidence"]["postgres"]["fixtures"] == ["t.py::db"]
+    # a setup that never ends (its worker died) holds nothing for ever
+    att = Attributor(ServiceMap())
+    att.add(Marker(1000, 0, 100, None, "t.py::b", "setup", "start"))
+    att.add(ev(1001, PG))
+    att.flush(1000 + SETUP_HOLD_MAX_NS + 10)
+    assert not att.pending
 
 
 def test_declared_baseline_and_needs():

@@ -7,7 +7,7 @@ import pytest
 
 from svctrace import wire
 from svctrace.config import ConfigError, load_config
-from svctrace.events import Destination, Event, Marker, TestInfo
+from svctrace.events import Destination, Event, FixtureWindows, Marker, TestInfo
 from svctrace.services import RuleError, ServiceMap, parse_rule
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -17,12 +17,28 @@ def test_wire_round_trip_and_atomic_line_size():
     dest = Destination("unix", "unix", "@abstract")
     records = [Marker(1, 2, 3, "gw0", "t.py::x", "call", "end", "passed", 0.5),
                Event("send", 5, None, 3, 4, "rdk:main", dest, 10, None),
-               TestInfo("t.py::x", ("::db",), ("slow",), "t.py", ("Base",), None)]
+               TestInfo("t.py::x", ("::db",), ("slow",), "t.py", ("Base",), None),
+               FixtureWindows(3, "setup", (("t.py::tmp", 10, 20, 30, 40),
+                                           ("::db", 31, 41, 50, 60)))]
     data = b"".join(line for r in records for line in wire.encode(r))
     decoder = wire.Decoder()
     out = list(decoder.feed(data[:7])) + list(decoder.feed(data[7:]))
     assert out == records
     assert decoder.incomplete() == 0
+
+
+def test_wire_marker_line_is_the_bytes_encode_makes_or_none_when_too_long():
+    cases = [Marker(1, 2, 3, "gw1", 't/é "q".py::x[a\\b]', "call", "end", "xfailed", 0.00123),
+             Marker(4, 5, 6, None, "t.py::y", "setup", "start"),
+             Marker(7, 8, 9, None, "", "session", "end")]
+    for m in cases:
+        line = wire.marker_line(m.mono_ns, m.wall_ns, m.pid, wire.json_text(m.worker),
+                                wire.json_text(m.nodeid), m.phase, m.edge, m.outcome,
+                                m.duration_s)
+        assert line == wire.encode(m)[0]
+        assert wire.record_of(line) == m
+    huge = wire.json_text("t.py::x[" + "a" * 5000 + "]")
+    assert wire.marker_line(1, 2, 3, "null", huge, "call", "start") is None
 
 
 def test_wire_long_nodeid_is_chunked_below_pipe_buf_and_reassembled():

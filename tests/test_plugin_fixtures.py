@@ -154,3 +154,47 @@ def pytest_collect_file(parent, file_path):
     assert {nodeid: test["outcome"] for nodeid, test in report["tests"].items()} == {
         "data.check::check": "passed", "mod.py::mod.f": "passed"}
     assert report["run"]["notes"] == []
+
+
+FUNCTION_FIXTURES = '''
+import socket, pytest
+
+def _touch(port):
+    socket.create_connection(("127.0.0.1", port)).close()
+
+@pytest.fixture
+def opened():
+    _touch({port})
+    yield
+    _touch({port})
+
+@pytest.fixture
+def plain():
+    return 1
+
+def test_in_fixtures(opened, plain):
+    pass
+
+def test_in_body(plain):
+    _touch({port})
+'''
+
+
+@pytest.mark.parametrize("through", ["pipe", "standalone"])
+def test_function_fixtures_are_named_in_evidence_setup_and_teardown(pytester, web, through):
+    """Their windows travel as one record per phase (issue 13): still named per contact."""
+    pytester.makepyfile(test_fn=FUNCTION_FIXTURES.format(port=web))
+    pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_fn.py"]
+    if through == "pipe":
+        cmd = SVCTRACE + ["run", "-b", "inprocess", "-o", "r.json", "--progress", "0", "--",
+                          sys.executable, *pytest_args]
+    else:
+        cmd = [sys.executable, *pytest_args, "--svctrace-report", "r.json"]
+    proc = subprocess.run(cmd, cwd=pytester.path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tests = json.loads((pytester.path / "r.json").read_text())["tests"]
+    in_fixtures = tests["test_fn.py::test_in_fixtures"]["evidence"]["web"]
+    assert in_fixtures["phases"] == ["setup", "teardown"]
+    assert in_fixtures["fixtures"] == ["test_fn.py::opened"]
+    in_body = tests["test_fn.py::test_in_body"]["evidence"]["web"]
+    assert in_body["phases"] == ["call"] and in_body["fixtures"] == []

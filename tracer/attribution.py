@@ -25,12 +25,15 @@ import collections
 import ipaddress
 from dataclasses import dataclass, field
 
-from svctrace.events import (TEST_PHASES, Event, FixtureMarker, Marker, ProcessEvent,
-                             Stack, TestInfo)
+from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, Marker,
+                             ProcessEvent, Stack, TestInfo)
 from svctrace.evidence import MAX_KEPT, Contact, result_text
 from svctrace.lineage import Lineage
 from svctrace.services import DENIED, NOISE, PROBE, ServiceMap
 from svctrace.stacks import StackIndex
+
+SETUP_HOLD_MAX_NS = 600 * 10**9
+
 
 def _start(window: "Window") -> int:
     return window.start
@@ -103,6 +106,7 @@ class Attributor:
         self.fixture_windows: dict[int, list[tuple]] = {}  # pid -> [(start, end, fid, scope)]
         self._open_fixture: dict[tuple, int] = {}
         self._teardown_cursor: dict[int, int] = {}
+        self._open_setups: dict[tuple[int, str], int] = {}  # (pid, nodeid) -> start
         self.fixture_scopes: dict[str, str] = {}
         self.fixture_services: dict[str, dict[str, Contact]] = {}
         self.fixture_tests: dict[str, dict[str, set]] = {}
@@ -118,24 +122,24 @@ class Attributor:
         self.stacks = StackIndex()  # --stacks: Python call sites (issue 16)
         self.counts = {"events": 0, "attributed": 0, "unattributed": 0, "noise": 0,
                        "self_loopback": 0, "failed_probes": 0, "markers": 0}
+        self._adders = {Event: self._add_event, Marker: self._add_marker,
+                        FixtureMarker: self._add_fixture_marker,
+                        FixtureWindows: self._add_fixture_windows,
+                        ProcessEvent: self._add_process, TestInfo: self._add_info,
+                        Stack: self.stacks.add}
 
     # -- feeding -------------------------------------------------------------------------
     def _ts(self, record) -> int | None:
         return record.mono_ns if self.clock == "mono" else record.wall_ns
 
     def add(self, record) -> None:
-        if isinstance(record, Event):
-            self._add_event(record)
-        elif isinstance(record, Marker):
-            self._add_marker(record)
-        elif isinstance(record, FixtureMarker):
-            self._add_fixture_marker(record)
-        elif isinstance(record, ProcessEvent):
-            self._add_process(record)
-        elif isinstance(record, TestInfo):
-            self._test(record.nodeid).info = record
-        elif isinstance(record, Stack):
-            self.stacks.add(record)
+        # by exact type: the runner feeds ~10 records per test (the record types are final)
+        adder = self._adders.get(type(record))
+        if adder is not None:
+            adder(record)
+
+    def _add_info(self, info: TestInfo) -> None:
+        self._test(info.nodeid).info = info
 
     def note_cmdline(self, pid: int, cmdline: str) -> None:
         self.cmdlines.setdefault(pid, cmdline)
@@ -189,6 +193,11 @@ class Attributor:
                     test.durations[mk.phase] = mk.duration_s
         else:
             bucket = self.outer.setdefault(mk.pid, [])
+        if mk.phase == "setup":  # see flush(): events wait for the setup's fixture windows
+            if mk.edge == "start":
+                self._open_setups[(mk.pid, mk.nodeid)] = ts
+            else:
+                self._open_setups.pop((mk.pid, mk.nodeid), None)
         if mk.edge == "start":
             window = Window(ts, None, mk.nodeid, mk.phase, mk.worker)
             _insert_sorted(bucket, window)
@@ -219,6 +228,19 @@ class Attributor:
         bucket = self.fixture_windows.setdefault(fm.pid, [])
         bucket.insert(bisect.bisect_right(bucket, (start,)), (start, ts, fm.fixture, fm.scope))
 
+    def _add_fixture_windows(self, fw: FixtureWindows) -> None:
+        mono = self.clock == "mono"
+        bucket = self.fixture_windows.setdefault(fw.pid, [])
+        end = None
+        for fid, start_mono, start_wall, end_mono, end_wall in fw.windows:
+            self.fixture_scopes.setdefault(fid, "function")
+            start, end = (start_mono, end_mono) if mono else (start_wall, end_wall)
+            bucket.insert(bisect.bisect_right(bucket, (start,)), (start, end, fid, "function"))
+        if fw.when == "teardown" and end is not None:
+            # the plugin writes them before a wider fixture's teardown end: that one's
+            # window begins where these ended
+            self._teardown_cursor[fw.pid] = max(end, self._teardown_cursor.get(fw.pid, end))
+
     # -- attribution ---------------------------------------------------------------------
     def flush(self, watermark: int | None = None) -> None:
         """Attribute pending events stamped before `watermark` (all when None)."""
@@ -227,6 +249,12 @@ class Attributor:
             for ev in ready:
                 self._attribute(ev)
             return
+        # The function-scoped fixture windows of a setup arrive with its end: a setup that
+        # runs longer than the watermark holds its events until then (the fixture names).
+        # (Not for ever: a worker that died in a setup never ends it.)
+        if self._open_setups:
+            recent = [t for t in self._open_setups.values() if t > watermark - SETUP_HOLD_MAX_NS]
+            watermark = min([watermark, *recent])
         # Events arrive nearly in time order: stop at the first one not old enough. One
         # that arrived late behind it waits for a later flush, which is harmless.
         pending, attr = self.pending, "mono_ns" if self.clock == "mono" else "wall_ns"

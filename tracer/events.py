@@ -121,6 +121,21 @@ class FixtureMarker:
 
 
 @dataclass(frozen=True, slots=True)
+class FixtureWindows:
+    """The function-scoped fixtures' setup (or teardown) windows of one test phase, in one
+    record: their three edge records each were a third of the plugin's records (issue 13).
+
+    when: "setup" | "teardown"; windows: ((fixture id, start mono_ns, start wall_ns,
+    end mono_ns, end wall_ns), ...). A teardown window starts where the previous finalizer
+    (or the teardown phase) ended: pytest reports only a finalizer's end.
+    """
+
+    pid: int
+    when: str
+    windows: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TestInfo:
     """Facts about one collected test, sent at collection; sent again, replacing the first,
     when the test pulled fixtures at run time (request.getfixturevalue)."""

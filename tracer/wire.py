@@ -19,12 +19,12 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Iterator
 
-from svctrace.events import (Destination, Event, FixtureMarker, Marker, ProcessEvent, Stack,
-                             TestInfo)
+from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Marker,
+                             ProcessEvent, Stack, TestInfo)
 
 PIPE_BUF = 4096
 _TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p",
-         Stack: "s"}
+         Stack: "s", FixtureWindows: "w"}
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (*_TAGS, Destination)}
 _TUPLES = {cls: tuple(i for i, name in enumerate(_FIELDS[cls])
@@ -74,6 +74,32 @@ def encode(record, chunk_id: str = "") -> list[bytes]:
     return out
 
 
+def json_text(value) -> str:
+    """One value as the wire's JSON (callers cache it for strings they repeat: node ids,
+    fixture ids)."""
+    return _dumps(value)
+
+
+def _number(value) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _name(value: str | None) -> str:
+    return "null" if value is None else f'"{value}"'
+
+
+# The plugin's hot path: a phase edge per line, built without a record
+# object (the same bytes encode() makes of a Marker: tests hold them equal).
+# Strings passed as *_json are json_text() results; the others are plain names.
+def marker_line(mono_ns: int, wall_ns: int, pid: int, worker_json: str, nodeid_json: str,
+                phase: str, edge: str, outcome: str | None = None,
+                duration_s: float | None = None) -> bytes | None:
+    """A Marker's line, or None when it would exceed PIPE_BUF (use encode(): chunks)."""
+    out = (f'\x1e["m",{mono_ns},{wall_ns},{pid},{worker_json},{nodeid_json},"{phase}",'
+           f'"{edge}",{_name(outcome)},{_number(duration_s)}]\n').encode()
+    return out if len(out) <= PIPE_BUF else None
+
+
 def _record(values: list):
     cls = _TYPES.get(values[0])
     if cls is None:
@@ -81,6 +107,8 @@ def _record(values: list):
     args = values[1:]
     if cls is Event:
         args[_DEST_INDEX] = Destination(*args[_DEST_INDEX])
+    elif cls is FixtureWindows:
+        args[2] = tuple(map(tuple, args[2]))
     for index in _TUPLES[cls]:
         args[index] = tuple(args[index])
     return cls(*args)
@@ -93,6 +121,11 @@ def _loads(text: str) -> list:
     if end != len(text) or type(values) is not list:
         raise ProtocolError("not one JSON array")
     return values
+
+
+def record_of(line: bytes):
+    """The record of one whole line that marker_line() built."""
+    return _record(_loads(line[1:].decode()))
 
 
 class Decoder:
