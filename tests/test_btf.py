@@ -121,3 +121,31 @@ def test_running_kernel_sock_common() -> None:
     # struct sock starts with its sock_common: a dotted path through it agrees
     assert btf.member_offset("sock", "__sk_common.skc_dport") == off["skc_dport"]
     assert btf.member_offset("sock", "sk_protocol") > btf.load().struct_size("sock_common")
+
+
+@pytest.mark.skipif(not HAS_VMLINUX_BTF, reason="no /sys/kernel/btf/vmlinux on this kernel")
+def test_offsets_are_kept_per_kernel_and_only_a_root_only_file_is_believed(tmp_path,
+                                                                            monkeypatch):
+    import json
+    import os
+
+    from svctrace.backends import btf_cache, ebpf
+    monkeypatch.setattr(btf_cache, "CACHE", tmp_path / "run" / "btf-offsets.json")
+    names = {*ebpf.SOCK_COMMON_DEFINES, *ebpf.KERNEL_DEFINES}
+    ebpf._offsets.cache_clear()
+    try:
+        computed = ebpf._offsets()  # from BTF, then kept
+    finally:
+        ebpf._offsets.cache_clear()
+    if os.geteuid() != 0:
+        assert not btf_cache.CACHE.exists()  # only root writes it
+        return
+    assert btf_cache.load(names) == computed
+    assert btf_cache.load(names - {"OFF_SK_ERR"}) is None  # the program's needs changed
+    data = json.loads(btf_cache.CACHE.read_text())
+    data["kernel"] = "another kernel"
+    btf_cache.CACHE.write_text(json.dumps(data))
+    assert btf_cache.load(names) is None
+    btf_cache.store(computed)
+    os.chmod(btf_cache.CACHE, 0o664)  # writable by a group: not believed
+    assert btf_cache.load(names) is None

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
-from svctrace.backends import btf, pidns
+from svctrace.backends import btf, btf_cache, pidns
 from svctrace.backends.base import Backend, BackendFailed, BackendUnavailable, RunContext
 from svctrace.backends.bcc_import import load_bcc
 from svctrace.events import Destination, Event, Freeze, ProcessEvent
@@ -105,12 +105,16 @@ def sock_common_offsets() -> dict[str, int]:
 
 @lru_cache(maxsize=1)
 def _offsets() -> dict[str, int]:
-    # Parsing vmlinux BTF costs ~65 ms, and the availability check, the explicit backend
-    # check and the compile each asked: once per process (the running kernel's BTF).
+    # Parsing vmlinux BTF costs ~0.1 s, and the availability check, the explicit backend
+    # check and the compile each asked: once per process, and once per boot (btf_cache).
+    cached = btf_cache.load({*SOCK_COMMON_DEFINES, *KERNEL_DEFINES})
+    if cached is not None:
+        return cached
     offsets = {define: btf.member_offset("sock_common", member)
                for define, member in SOCK_COMMON_DEFINES.items()}
     offsets.update({define: btf.member_offset(struct, member)
                     for define, (struct, member) in KERNEL_DEFINES.items()})
+    btf_cache.store(offsets)
     return offsets
 
 
