@@ -41,8 +41,9 @@ op("unix_send", lambda: un.send(b"unix"))
 ab = socket.socket(socket.AF_UNIX)
 op("abstract_connect", lambda: ab.connect("\0" + abstract))
 op("abstract_send", lambda: ab.send(b"abs"))
-dup = os.dup(un.fileno())
-op("dup_send", lambda: os.write(dup, b"dup"))
+dup = socket.socket(fileno=os.dup(un.fileno()))
+op("dup_send", lambda: dup.send(b"dup"))
+op("write_send", lambda: os.write(un.fileno(), b"write"))
 def fork_send():
     t0 = time.time_ns()
     pid = os.fork()
@@ -108,10 +109,11 @@ def run_traced(backend: StraceBackend, argv: list[str], until_stdout: bool = Tru
     return records, output, streamed
 
 
-def test_real_run_reports_exact_events(listeners):
+@pytest.mark.parametrize("writes", [False, True], ids=["default", "strace_writes"])
+def test_real_run_reports_exact_events(listeners, writes):
     tcp_port, tcp6_port, refused_port, udp_port, path, abstract = listeners
     backend = StraceBackend()
-    backend.prepare(RunContext(command=[]))
+    backend.prepare(RunContext(command=[], settings={"strace_writes": writes}))
     tmpdir = os.path.dirname(backend._fifo)
     assert stat.S_IMODE(os.stat(tmpdir).st_mode) == 0o700
     assert stat.S_ISFIFO(os.stat(backend._fifo).st_mode)
@@ -132,7 +134,7 @@ def test_real_run_reports_exact_events(listeners):
         return Destination(family, transport, addr, port)
 
     got = [(e.kind, e.pid, e.tid, e.dest, e.result) for e in records if isinstance(e, Event)]
-    assert got == [
+    expected = [
         ("connect", pid, pid, dest("tcp", "127.0.0.1", tcp_port), 0),
         ("send", pid, pid, dest("tcp", "127.0.0.1", tcp_port), 5),
         ("connect", pid, pid, dest("tcp", "127.0.0.1", refused_port), -111),
@@ -143,13 +145,20 @@ def test_real_run_reports_exact_events(listeners):
         ("send", pid, pid, dest("unix", path), 4),
         ("connect", pid, pid, dest("unix", "@" + abstract), 0),
         ("send", pid, pid, dest("unix", "@" + abstract), 3),
-        ("send", pid, pid, dest("unix", path), 3),                  # os.write on a dup
+        ("send", pid, pid, dest("unix", path), 3),                  # on a dup
+        ("send", pid, pid, dest("unix", path), 5),                  # os.write()
         ("send", child, child, dest("unix", path), 5),              # forked child
         ("send", pid, thread, dest("unix", "@" + abstract), 6),     # thread
     ]
     names = ["tcp_connect", "tcp_send", "refused", "tcp6_connect", "tcp6_send",
              "udp_sendto", "unix_connect", "unix_send", "abstract_connect",
-             "abstract_send", "dup_send", "fork_send", "thread_send"]
+             "abstract_send", "dup_send", "write_send", "fork_send", "thread_send"]
+    if not writes:  # write() is not traced by default, and the report says so
+        del expected[11], names[11]
+        assert any("write()" in spot for spot in backend.blind_spots)
+    else:
+        assert not any("write()" in spot for spot in backend.blind_spots)
+    assert got == expected
     for event, name in zip([e for e in records if isinstance(e, Event)], names):
         t0, t1 = ops[name][:2]
         assert t0 <= event.wall_ns <= t1, (name, t0, event.wall_ns, t1)

@@ -527,3 +527,59 @@ def test_a_parser_bug_on_one_line_never_escapes_feed(monkeypatch):
     assert [e.dest.port for e in events(parser.feed(good))] == [6379]
     assert parser.stats.errors == 1
     assert parser.stats.first_error == (bad, "KeyError: 'bug'")
+
+
+# The backend's trace set since issue 13: no close/dup/fcntl/prctl/write, plus
+# set_robust_list (the first call of a glibc thread or fork child). A dup'd fd sends, a
+# thread named with prctl(PR_SET_NAME) sends, and os.write() on the socket is not traced.
+NARROW = r"""
+24128 1795894107.667548607 execve("/work/main/.venv/bin/python", ["/work/main/.venv/bin/python", "newlog.py"], 0x7fffdf19f530 /* 35 vars */) = 0
+24128 1795894107.668266410 set_robust_list(0x7feeb1894e60, 24) = 0
+24128 1795894107.692398599 bind(3<UNIX-STREAM:[1194159]>, {sa_family=AF_UNIX, sun_path="/tmp/st/sock4"}, 16) = 0
+24128 1795894107.692723170 listen(3<UNIX-STREAM:[1194159,"/tmp/st/sock4"]>, 128) = 0
+24128 1795894107.692852282 connect(4<UNIX-STREAM:[1194160]>, {sa_family=AF_UNIX, sun_path="/tmp/st/sock4"}, 16) = 0
+24128 1795894107.692985158 sendto(5<UNIX-STREAM:[1194160]>, "dup", 3, 0, NULL, 0) = 3
+24128 1795894107.693181940 clone3({flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|CLONE_SYSVSEM|CLONE_SETTLS|CLONE_PARENT_SETTID|CLONE_CHILD_CLEARTID, child_tid=0x7feeb0c7e990, parent_tid=0x7feeb0c7e990, exit_signal=0, stack=0x7feeb047e000, stack_size=0x7fff80, tls=0x7feeb0c7e6c0} => {parent_tid=[24129]}, 88) = 24129
+24129 1795894107.693397775 set_robust_list(0x7feeb0c7e9a0, 24) = 0
+24129 1795894107.693637976 sendto(4<UNIX-STREAM:[1194160]>, "thread", 6, 0, NULL, 0) = 6
+24129 1795894107.693849429 +++ exited with 0 +++
+24128 1795894107.699061802 +++ exited with 0 +++
+"""
+
+
+def test_narrow_trace_set_joins_dups_by_inode_and_asks_thread_names_once():
+    asked = []
+
+    def thread_name(tgid: int, tid: int) -> str | None:
+        asked.append((tgid, tid))
+        return "rdk:broker-1"  # what /proc/24128/task/24129/comm said
+    parser = StraceParser(fd_lifetimes=False, thread_name=thread_name)
+    out: list = []
+    for line in NARROW.strip().splitlines():
+        out += parser.feed(line)
+    assert [(e.kind, e.tid, e.comm, e.dest, e.result) for e in events(out)] == [
+        ("listen", 24128, "python", unix("/tmp/st/sock4"), 0),
+        ("connect", 24128, "python", unix("/tmp/st/sock4"), 0),
+        ("send", 24128, "python", unix("/tmp/st/sock4"), 3),       # fd 5: a dup, by inode
+        ("send", 24129, "rdk:broker-1", unix("/tmp/st/sock4"), 6),
+    ]
+    assert asked == [(24128, 24129)]  # threads only, once each
+    assert parser.stats.unparsed == parser.stats.errors == 0
+
+
+def test_a_thread_that_ended_keeps_its_creators_name():
+    parser = StraceParser(fd_lifetimes=False, thread_name=lambda tgid, tid: None)
+    out: list = []
+    for line in NARROW.strip().splitlines():
+        out += parser.feed(line)
+    assert [e.comm for e in events(out, "send")] == ["python", "python"]
+
+
+def test_without_fd_lifetimes_a_bare_fd_number_is_not_trusted():
+    # close() is not traced: fd 3 may have been closed and reused since the connect.
+    log = r"""
+100  1700000000.000000001 connect(3, {sa_family=AF_UNIX, sun_path="/run/a"}, 9) = 0
+100  1700000000.000000002 sendto(3, "x", 1, 0, NULL, 0) = 1
+"""
+    assert [e.wall_ns % 10 for e in events(parse(log), "send")] == [2]  # with close traced
+    assert events(parse(log, fd_lifetimes=False), "send") == []

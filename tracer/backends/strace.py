@@ -15,21 +15,29 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from svctrace.backends import pidns
 from svctrace.backends.base import Backend, BackendUnavailable, RunContext
 from svctrace.events import Event, ProcessEvent
 from svctrace.backends.strace_parse import StraceParser
 
-# Every syscall that can put bytes on a socket (the send paths of sock:sock_send_length),
-# plus what the parser needs to know where they go and who made them. "?" lets strace
-# skip names this architecture lacks (no fork/vfork/send on arm64, no send on x86_64).
+# Only what attribution needs: every stop delays the tracee, and stopping some threads but
+# not others changes races (issue 13: a short-lived librdkafka client was destroyed before
+# its broker thread, stopped on prctl/fcntl, could connect). The send paths of
+# sock:sock_send_length except write/writev (WRITES); no close/dup/fcntl, since -yy names
+# each socket at every call and the parser joins unix peers by inode; no prctl (thread
+# names are read from /proc instead). "?" lets strace skip names this architecture lacks.
 TRACE_SET = (
     "connect", "bind", "listen",
-    "?send", "sendto", "sendmsg", "sendmmsg", "write", "writev", "sendfile", "?sendfile64",
-    "splice",
-    "close", "?close_range", "dup", "dup2", "dup3", "fcntl", "?fcntl64",
+    "?send", "sendto", "sendmsg", "sendmmsg", "sendfile", "?sendfile64", "splice",
     "clone", "?clone3", "?fork", "?vfork", "execve", "execveat",
-    "prctl",  # PR_SET_NAME: thread names ("rdk:broker-1") without reading /proc
+    # strace 6.1 --seccomp-bpf resumes a new thread or process with PTRACE_SYSCALL, so it
+    # stops on every system call until its first traced one; glibc's thread start and
+    # fork child call set_robust_list first thing, which ends that at once.
+    "set_robust_list",
 )
+# pytest writes to pipes, files and ttys all the time (2,000 tests: ~10,000 writes); sends
+# through write() are rare (OpenSSL's socket BIO, Go): traced only on request.
+WRITES = ("write", "writev")
 # -s also caps how many argv elements strace prints for execve: 128 keeps cmdlines whole
 # while send payload previews stay short.
 STRING_LIMIT = 128
@@ -58,6 +66,15 @@ def _try(cmd: list[str]) -> tuple[int, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return -1, str(exc)
     return proc.returncode, proc.stderr.strip()
+
+
+def _thread_name(tgid: int, tid: int) -> str | None:
+    """A thread's name now (pthread_setname_np writes it; strace no longer stops on prctl)."""
+    try:
+        with open(f"/proc/{tgid}/task/{tid}/comm", "rb") as fh:
+            return fh.read().rstrip(b"\n").decode("utf-8", "replace")
+    except OSError:  # the thread has ended: the parser keeps the inherited name
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,13 +113,21 @@ class StraceBackend(Backend):
     blind_spots = (
         "processes not started under the traced command (already running daemons, "
         "services' own processes)",
-        "thread names set by writing /proc/<pid>/task/<tid>/comm (prctl names are seen)",
+        "names of threads that ended before their traffic was parsed (names are read from "
+        "/proc/<pid>/task/<tid>/comm a few ms later): they show their creator's name",
         "server-side replies on accepted unix sockets and socketpair() traffic (no "
         "destination path)",
         "unix sockets connected by an untraced process and passed in (SCM_RIGHTS)",
         "socket I/O submitted through io_uring",
         "the late outcome of a non-blocking connect (libpq, librdkafka): a refusal after "
         "EINPROGRESS is not traced (getsockopt(SO_ERROR)), so it shows as 'in progress'",
+    )
+    WRITES_BLIND_SPOT = (
+        "sends made with write()/writev() (OpenSSL's TLS sockets, Go programs): not traced "
+        "unless strace_writes is set, because pytest writes to its pipes and files far more "
+        "often; their connect is seen, so only a connection opened before a test and written "
+        "to in it is missed (send/sendto/sendmsg, as libpq, librdkafka, redis-py and "
+        "Python's socket use, are seen)"
     )
 
     @classmethod
@@ -129,7 +154,11 @@ class StraceBackend(Backend):
             fcntl.fcntl(self._rfd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
         except OSError:
             pass
-        self._parser = StraceParser()
+        self._writes = bool(ctx.settings.get("strace_writes", False))
+        if not self._writes:
+            self.blind_spots = (*type(self).blind_spots, self.WRITES_BLIND_SPOT)
+        self._parser = StraceParser(fd_lifetimes=False,
+                                    thread_name=_thread_name if pidns.proc_is_ours() else None)
         self._lock = threading.Lock()
         self._ready: list[Event | ProcessEvent] = []
         self._thread: threading.Thread | None = None
@@ -170,7 +199,8 @@ class StraceBackend(Backend):
         # No -I: with "-o FILE PROG" strace blocks SIGINT/SIGTERM/SIGHUP/SIGQUIT, so a
         # Ctrl-C forwarded to the command's process group leaves strace tracing pytest's
         # interrupt handling; _detach_leftovers relies on SIGKILL instead.
-        cmd += ["-e", "signal=none", "-e", "trace=" + ",".join(TRACE_SET),
+        traced = TRACE_SET + (WRITES if self._writes else ())
+        cmd += ["-e", "signal=none", "-e", "trace=" + ",".join(traced),
                 "-s", str(STRING_LIMIT), "-o", self._fifo]
         if self._user:
             cmd += ["-u", self._user]  # strace stays root (ptrace); the command does not
@@ -354,8 +384,8 @@ class StraceBackend(Backend):
                 "were left running untraced; their network activity after that is not in "
                 "this report")
         if self._probe.seccomp_bpf:
-            note += ("; under --seccomp-bpf the system calls strace traced (connect, write, "
-                     "close, clone, execve, ...) now fail with ENOSYS in them")
+            note += ("; under --seccomp-bpf the system calls strace traced (connect, sends, "
+                     "clone, execve, set_robust_list, ...) now fail with ENOSYS in them")
         return {"leftover_processes": [{"pid": pid, "comm": comm}
                                        for pid, comm in self._leftovers.items()],
                 "leftover_detached_at_ns": self._detached_ns,

@@ -82,6 +82,7 @@ class _Task:
     tgid: int
     files: dict[int, _Fd]  # shared by reference between threads / CLONE_FILES tasks
     comm: str = ""
+    named: bool = False    # thread_name() was asked (once per thread)
 
 
 @dataclass(slots=True)
@@ -236,8 +237,15 @@ class StraceParser:
     """
 
     def __init__(self, root_ppid: int = 0, max_orphan_lines: int = 2000,
-                 max_inodes: int = 100_000) -> None:
+                 max_inodes: int = 100_000, fd_lifetimes: bool = True,
+                 thread_name: Callable[[int, int], str | None] | None = None) -> None:
         self.root_ppid = root_ppid  # parent of the first traced process (strace's pid)
+        # Whether close/dup/fcntl are traced: only then can a bare fd number (no -yy
+        # decoration) be trusted to name the socket the table remembers.
+        self.fd_lifetimes = fd_lifetimes
+        # (tgid, tid) -> the thread's name now, or None; asked at a thread's first event
+        # when prctl(PR_SET_NAME) is not traced.
+        self.thread_name = thread_name
         self.root_pid: int | None = None
         # The command's own end, from its "+++ exited with N +++" / "+++ killed by SIG +++"
         # line: strace goes on while processes the command left behind still run.
@@ -512,6 +520,9 @@ class StraceParser:
     def _event(self, kind: str, tid: int, ts: int, dest: Destination, result: int,
                local_port: int | None = None) -> Event:
         task = self._tasks[tid]
+        if not task.named and task.tgid != tid and self.thread_name is not None:
+            task.named = True
+            task.comm = self.thread_name(task.tgid, tid) or task.comm
         return Event(kind, None, ts, task.tgid, tid, task.comm, dest, result, local_port)
 
     def _connect(self, tid: int, ts: int, args: str, ret: str) -> list[Record]:
@@ -555,7 +566,7 @@ class StraceParser:
         if value != 0 or task is None or fd is None:
             return []
         local = sock.local if sock else None
-        entry = task.files.get(fd)
+        entry = task.files.get(fd) if self.fd_lifetimes else None
         if local is None and entry is not None:
             local = entry.local
         if local is None:
@@ -580,7 +591,7 @@ class StraceParser:
         fd, sock, decorated = self._fd_arg(args if fd_args is None else fd_args)
         if fd is None or (decorated and sock is None):
             return []  # a file, pipe, tty...
-        entry = task.files.get(fd)
+        entry = task.files.get(fd) if self.fd_lifetimes else None
         if not decorated and entry is None:
             return []  # no -yy and not a socket we saw connect/bind
         value, _ = _result(ret)
