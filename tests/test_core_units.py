@@ -105,6 +105,9 @@ def test_config_errors_name_file_and_key(tmp_path):
     path.write_text('[tool.svctrace\n')
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
+    path.write_text('[tool.svctrace]\nstrace_writes = "yes"\n')
+    with pytest.raises(ConfigError, match="strace_writes must be true or false"):
+        load_config(path)
     path.write_text('[tool.svctrace]\nbaseline = "redis"\n')
     with pytest.raises(ConfigError, match="baseline must be a list of strings"):
         load_config(path)

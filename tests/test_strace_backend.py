@@ -239,3 +239,28 @@ def test_unavailable_reason_is_none_here():
     assert StraceBackend.unavailable_reason() is None
     assert StraceBackend.name == "strace" and StraceBackend.clock == "wall"
     assert StraceBackend.blind_spots
+
+
+WRITES_SUITE = '''
+import os, socket
+
+# opened at import (collection): only the test's write() on it can put it in the test
+CONN = socket.create_connection(("127.0.0.1", int(os.environ["SERVICE_PORT"])))
+
+def test_writes_on_an_open_connection():
+    assert os.write(CONN.fileno(), b"ping") == 4
+'''
+
+
+@pytest.mark.parametrize("config", ["", "strace_writes = true"], ids=["default", "writes"])
+def test_strace_writes_in_pyproject_reaches_the_backend(tmp_path, config):
+    """`svctrace run`: write() sends are a named blind spot by default, seen when asked."""
+    from tests.support.e2e import run_one_file
+    report, _ = run_one_file(tmp_path, "test_w.py", WRITES_SUITE, "web", ["-b", "strace"],
+                             config=config)
+    test = report["tests"]["test_w.py::test_writes_on_an_open_connection"]
+    writes_blind = any("write()/writev()" in spot for spot in report["run"]["blind_spots"])
+    if config:
+        assert test["phases"]["call"] == ["web"] and not writes_blind
+    else:
+        assert test["phases"]["call"] == [] and writes_blind

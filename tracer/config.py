@@ -17,7 +17,7 @@ DEFAULT_REPORT = "svctrace-report.json"
 _DECLARE_KINDS = ("markers", "fixtures", "paths", "bases")
 _TOP_KEYS = {"backend", "report", "services", "ignore", "baseline", "declare", "tiers",
              "ignore_self_loopback", "default_services", "ringbuf_pages", "incidental_share",
-             "stacks"}
+             "stacks", "strace_writes"}
 
 
 class ConfigError(SvctraceError):
@@ -46,6 +46,7 @@ class Config:
     ringbuf_pages: int | None = None
     incidental_share: float = 0.8
     stacks: bool = False  # svctrace run --stacks (issue 16)
+    strace_writes: bool = False  # the strace backend also traces write()/writev() (slower)
 
     def service_map(self) -> ServiceMap:
         return ServiceMap(self.services, self.ignore, self.default_services,
@@ -85,7 +86,7 @@ def _parse(table: dict, where: str) -> Config:
             if not isinstance(table[key], str):
                 raise ConfigError(f"{where}.{key} must be a string")
             setattr(cfg, key, table[key])
-    for key in ("default_services", "ignore_self_loopback", "stacks"):
+    for key in ("default_services", "ignore_self_loopback", "stacks", "strace_writes"):
         if key in table:
             if not isinstance(table[key], bool):
                 raise ConfigError(f"{where}.{key} must be true or false")

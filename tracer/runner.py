@@ -270,7 +270,9 @@ class Run:
         pipe = MarkerPipe(self.ident)
         ctx = RunContext(list(self.command), self.ident.uid, self.ident.gid, self.ident.user,
                          {k: v for k, v in {"ringbuf_pages": self.cfg.ringbuf_pages,
-                                            "stacks": self.stacks is not None or None}.items()
+                                            "stacks": self.stacks is not None or None,
+                                            "strace_writes": self.cfg.strace_writes or None
+                                            }.items()
                           if v is not None})
         started_wall = time.time()
         exit_code: int | None = None

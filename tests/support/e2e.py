@@ -140,17 +140,18 @@ def unattributed(report: dict) -> dict[str, set[str]]:
 
 def run_one_file(tmp_path: Path, name: str, code: str, service: str,
                  svctrace_args: list[str], pytest_args: tuple = (), prefix: tuple = (),
-                 port_env: str = "SERVICE_PORT") -> tuple[dict, object]:
+                 port_env: str = "SERVICE_PORT", config: str = "") -> tuple[dict, object]:
     """A one-file suite against a TCP listener of the test's own, named `service` in the
-    suite's pyproject; its port is in the suite's environment as `port_env`. Returns the
-    report of `svctrace run SVCTRACE_ARGS -- pytest` (prefixed by PREFIX, e.g. unshare)."""
+    suite's pyproject (plus CONFIG, [tool.svctrace] keys); its port is in the suite's
+    environment as `port_env`. Returns the report of `svctrace run SVCTRACE_ARGS -- pytest`
+    (prefixed by PREFIX, e.g. unshare)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     port = listener.getsockname()[1]
     (tmp_path / name).write_text(code)
     (tmp_path / "pyproject.toml").write_text(
-        f'[tool.svctrace.services]\n{service} = ["127.0.0.1:{port}"]\n')
+        f'[tool.svctrace]\n{config}\n[tool.svctrace.services]\n{service} = ["127.0.0.1:{port}"]\n')
     cmd = [*prefix, *SVCTRACE, "run", *svctrace_args, "-o", "r.json", "--progress", "0", "--",
            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args, name]
     try:
