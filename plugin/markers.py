@@ -115,7 +115,7 @@ class Tracer:
             else:
                 self.sink(record, urgent)
         except Exception as exc:  # degrade, never fail the test (nor warn: -W error)
-            what = "a marker line" if type(record) is bytes else type(record).__name__
+            what = "Marker" if type(record) is bytes else type(record).__name__
             self.notes.add("record", f"could not record {what}: {type(exc).__name__}: {exc}")
 
     def _json(self, text: str) -> str:

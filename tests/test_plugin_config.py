@@ -63,6 +63,10 @@ class Broken:
         if getattr(record, "phase", None) == "call":
             raise RuntimeError("sink is broken")
         self.real(record, urgent)
+    def line(self, data, urgent=True):  # a Marker already encoded (wire.marker_line)
+        if b',"call",' in data:
+            raise RuntimeError("sink is broken")
+        self.real.line(data, urgent)
     def __getattr__(self, name):
         return getattr(self.real, name)
 
