@@ -108,14 +108,15 @@ class Tracer:
         self.pools = PoolWatch()
 
     def _safe(self, record, urgent: bool = True) -> None:
-        """Write a record, or a line wire.marker_line already built."""
+        """Write a record, or its line already built (wire.marker_line, windows_line)."""
         try:
             if type(record) is bytes:
                 self.sink.line(record, urgent)
             else:
                 self.sink(record, urgent)
         except Exception as exc:  # degrade, never fail the test (nor warn: -W error)
-            what = "Marker" if type(record) is bytes else type(record).__name__
+            what = ("FixtureWindows" if record[3:4] == b"w" else "Marker") \
+                if type(record) is bytes else type(record).__name__
             self.notes.add("record", f"could not record {what}: {type(exc).__name__}: {exc}")
 
     def _json(self, text: str) -> str:
@@ -175,8 +176,12 @@ class Tracer:
 
     def _write_windows(self) -> None:
         if self._windows:
-            self._safe(FixtureWindows(os.getpid(), self._windows_when, tuple(self._windows)),
-                       urgent=False)
+            pid, when, windows = os.getpid(), self._windows_when, self._windows
+            line = wire.windows_line(pid, when, [
+                f"[{self._json(fid)},{s_mono},{s_wall},{e_mono},{e_wall}]"
+                for fid, s_mono, s_wall, e_mono, e_wall in windows])
+            self._safe(line if line is not None else
+                       FixtureWindows(pid, when, tuple(windows)), urgent=False)
             self._windows = []
 
     def describe(self, item: pytest.Item, pulled: frozenset = frozenset()) -> None:

@@ -27,7 +27,7 @@ def test_wire_round_trip_and_atomic_line_size():
     assert decoder.incomplete() == 0
 
 
-def test_wire_marker_line_is_the_bytes_encode_makes_or_none_when_too_long():
+def test_wire_fast_lines_are_the_bytes_encode_makes_or_none_when_too_long():
     cases = [Marker(1, 2, 3, "gw1", 't/é "q".py::x[a\\b]', "call", "end", "xfailed", 0.00123),
              Marker(4, 5, 6, None, "t.py::y", "setup", "start"),
              Marker(7, 8, 9, None, "", "session", "end")]
@@ -39,6 +39,11 @@ def test_wire_marker_line_is_the_bytes_encode_makes_or_none_when_too_long():
         assert wire.record_of(line) == m
     huge = wire.json_text("t.py::x[" + "a" * 5000 + "]")
     assert wire.marker_line(1, 2, 3, "null", huge, "call", "start") is None
+    windows = FixtureWindows(7, "teardown", (('t/é.py::"fx"', 1, 2, 3, 4), ("::db", 5, 6, 7, 8)))
+    line = wire.windows_line(7, "teardown", [
+        f"[{wire.json_text(fid)},{a},{b},{c},{d}]" for fid, a, b, c, d in windows.windows])
+    assert line == wire.encode(windows)[0] and wire.record_of(line) == windows
+    assert wire.windows_line(7, "setup", [f"[{huge},1,2,3,4]"]) is None
 
 
 def test_wire_long_nodeid_is_chunked_below_pipe_buf_and_reassembled():

@@ -123,8 +123,14 @@ def _loads(text: str) -> list:
     return values
 
 
+def windows_line(pid: int, when: str, windows_json: list[str]) -> bytes | None:
+    """A FixtureWindows line from its windows already as JSON arrays (see marker_line)."""
+    out = f'\x1e["w",{pid},"{when}",[{",".join(windows_json)}]]\n'.encode()
+    return out if len(out) <= PIPE_BUF else None
+
+
 def record_of(line: bytes):
-    """The record of one whole line that marker_line() built."""
+    """The record of one whole line that marker_line() or windows_line() built."""
     return _record(_loads(line[1:].decode()))
 
 
