@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import os
 import pwd
 import signal
@@ -280,6 +281,9 @@ class Run:
             self.backend.prepare(ctx)
             if self.guard is not None:
                 self.guard.start()  # its cgroup and programs, before anything forks
+            # What start-up built (bcc, the compiled program's tables) lives to the end:
+            # keep the cyclic GC's full scans during the run off it (issue 13).
+            gc.freeze()
             argv = self.backend.wrap_command(list(self.command))
             drops_itself = self.backend.drops_privileges
             env = pluginpath.environment(
