@@ -36,8 +36,10 @@ BCC_SRC=/usr/lib/python3/dist-packages/bcc   # Debian's python3-bpfcc (PyPI's `b
 STEP="checking packages"
 # bpfcc: eBPF backend; strace: strace backend; postgresql, redis-server, libpq5: the real
 # services the test suite talks to.
-want=(python3-bpfcc bpfcc-tools strace postgresql redis-server libpq5 ca-certificates gcc)
-# gcc: the benchmarks compile a small C sender for the eBPF capacity probe
+want=(python3-bpfcc bpfcc-tools strace postgresql redis-server libpq5 ca-certificates gcc
+      valgrind)
+# gcc: the benchmarks compile a small C sender for the eBPF capacity probe; valgrind:
+# benchmarks.plugin_instructions counts the plugin's instructions
 if [ -z "${PYTHON:-}" ] && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     want+=(python3 python3-venv)   # Debian splits venv/ensurepip out of python3
 fi
