@@ -151,6 +151,54 @@ def test_interpreter_that_cannot_load_the_plugin_warns_and_runs(tmp_path):
     assert NO_MARKERS in json.loads((tmp_path / "r.json").read_text())["run"]["notes"]
 
 
+OLDEST_PYTEST_SUITE = '''
+import os, socket, pytest
+
+def _touch():
+    socket.create_connection(("127.0.0.1", int(os.environ["SERVICE_PORT"]))).close()
+
+@pytest.fixture
+def opened():
+    _touch()
+    yield
+    _touch()
+
+def test_in_fixture(opened):
+    pass
+
+def test_in_body():
+    _touch()
+
+@pytest.mark.xfail(strict=False)
+def test_xfails():
+    _touch()
+    assert False
+
+def test_fails():
+    assert False
+'''
+
+
+def test_the_oldest_supported_pytest_and_pluggy(tmp_path):
+    """pytest 7.0.1 with pluggy 1.0.0 (pyproject allows pytest>=7.0): the plugin's hook
+    wrappers in pluggy's old style, phases, outcomes and fixture evidence as with today's."""
+    python = venvs.other_python(prefer=("3.10",))
+    if python is None or "3.10" not in python:
+        pytest.skip("no Python 3.10 interpreter (pyenv) for pytest 7.0.1")
+    venv = venvs.ensure_venv("pytest-7.0", python, ("pytest==7.0.1", "pluggy==1.0.0"))
+    report, proc = e2e.run_one_file(tmp_path, "test_old.py", OLDEST_PYTEST_SUITE, "web",
+                                    ["-b", "inprocess"], expect_status=1,
+                                    python=str(venv / "bin" / "python"))
+    assert "1 failed, 2 passed, 1 xfailed" in proc.stdout
+    tests = {nodeid.split("::")[1]: test for nodeid, test in report["tests"].items()}
+    assert {name: (t["outcome"], t["phases"]) for name, t in tests.items()} == {
+        "test_in_fixture": ("passed", {"setup": ["web"], "call": [], "teardown": ["web"]}),
+        "test_in_body": ("passed", {"setup": [], "call": ["web"], "teardown": []}),
+        "test_xfails": ("xfailed", {"setup": [], "call": ["web"], "teardown": []}),
+        "test_fails": ("failed", {"setup": [], "call": [], "teardown": []})}
+    assert tests["test_in_fixture"]["evidence"]["web"]["fixtures"] == ["test_old.py::opened"]
+
+
 @needs_unshare
 def test_doctor_tells_a_container_from_the_host(tmp_path):
     host = subprocess.run(e2e.SVCTRACE + ["doctor"], capture_output=True, text=True,

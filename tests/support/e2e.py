@@ -140,11 +140,12 @@ def unattributed(report: dict) -> dict[str, set[str]]:
 
 def run_one_file(tmp_path: Path, name: str, code: str, service: str,
                  svctrace_args: list[str], pytest_args: tuple = (), prefix: tuple = (),
-                 port_env: str = "SERVICE_PORT", config: str = "") -> tuple[dict, object]:
+                 port_env: str = "SERVICE_PORT", config: str = "", expect_status: int = 0,
+                 python: str = sys.executable) -> tuple[dict, object]:
     """A one-file suite against a TCP listener of the test's own, named `service` in the
     suite's pyproject (plus CONFIG, [tool.svctrace] keys); its port is in the suite's
-    environment as `port_env`. Returns the report of `svctrace run SVCTRACE_ARGS -- pytest`
-    (prefixed by PREFIX, e.g. unshare)."""
+    environment as `port_env`. Returns the report of `svctrace run SVCTRACE_ARGS -- PYTHON -m
+    pytest` (prefixed by PREFIX, e.g. unshare), which must exit with EXPECT_STATUS."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -153,12 +154,12 @@ def run_one_file(tmp_path: Path, name: str, code: str, service: str,
     (tmp_path / "pyproject.toml").write_text(
         f'[tool.svctrace]\n{config}\n[tool.svctrace.services]\n{service} = ["127.0.0.1:{port}"]\n')
     cmd = [*prefix, *SVCTRACE, "run", *svctrace_args, "-o", "r.json", "--progress", "0", "--",
-           sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args, name]
+           python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args, name]
     try:
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                               env={**os.environ, port_env: str(port)},
                               stdin=subprocess.DEVNULL)
     finally:
         listener.close()
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == expect_status, proc.stdout + proc.stderr
     return json.loads((tmp_path / "r.json").read_text()), proc
