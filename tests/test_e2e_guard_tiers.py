@@ -13,7 +13,7 @@ from svctrace.tiers import plan_tiers
 from tests.support import e2e
 from tests.support.backends import needs_backend as needs
 from tests.support.services import kafka_mock_cluster
-from tests.test_e2e_tiers import ALL, SUITE, TIERS, _free_port, private_redis
+from tests.test_e2e_tiers import ALL, SUITE, _free_port, private_redis, write_config
 
 STALE = "test_tiered.py::TestOrders::test_save_produces_to_kafka"
 RIGHT = {
@@ -47,10 +47,7 @@ def test_guarded_tier_jobs_name_the_misplaced_test_and_the_next_plan_fixes_it(tm
     pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     # Every service is up: only the guard keeps a tier job to its tier's services.
     with private_redis(redis_port) as redis_url, kafka_mock_cluster() as bootstrap:
-        (suite / "pyproject.toml").write_text(
-            "[tool.svctrace.services]\n"
-            f'redis = ["127.0.0.1:{redis_port}"]\nkafka = ["{bootstrap}"]\n'
-            f'postgres = ["{services["pg_port"]}"]\n' + TIERS)
+        write_config(suite, redis_port, bootstrap, services)
         env = e2e.child_env({"SVCTRACE_PG_DSN": services["pg_dsn"],
                              "TIER_REDIS_URL": redis_url, "TIER_KAFKA_BOOTSTRAP": bootstrap})
         runs = {}

@@ -84,6 +84,14 @@ def _ran(junit: Path) -> list[str]:
     return out
 
 
+def write_config(suite, redis_port: int, bootstrap: str, services: dict) -> None:
+    """The suite's services (its private redis, the Kafka mock broker, PostgreSQL) and tiers."""
+    (suite / "pyproject.toml").write_text(
+        "[tool.svctrace.services]\n"
+        f'redis = ["127.0.0.1:{redis_port}"]\nkafka = ["{bootstrap}"]\n'
+        f'postgres = ["{services["pg_port"]}"]\n' + TIERS)
+
+
 def test_classify_merge_tier_and_run_each_tier_with_only_its_services(tmp_path, services):
     redis_port, dead_kafka = _free_port(), f"127.0.0.1:{_free_port()}"
     suite = tmp_path / "suite"
@@ -94,10 +102,7 @@ def test_classify_merge_tier_and_run_each_tier_with_only_its_services(tmp_path, 
 
     # 1. classify with every service up, in two shards of a one-tier plan
     with private_redis(redis_port) as redis_url, kafka_mock_cluster() as bootstrap:
-        (suite / "pyproject.toml").write_text(
-            "[tool.svctrace.services]\n"
-            f'redis = ["127.0.0.1:{redis_port}"]\nkafka = ["{bootstrap}"]\n'
-            f'postgres = ["{services["pg_port"]}"]\n' + TIERS)
+        write_config(suite, redis_port, bootstrap, services)
         env = {**base_env, "TIER_REDIS_URL": redis_url, "TIER_KAFKA_BOOTSTRAP": bootstrap}
         plan = _run(svctrace + ["tiers", "--one-tier", "--shards", "2", "--plan-out",
                                 "classify.json"], suite, env)

@@ -350,6 +350,16 @@ def _traced_fork(backend: EbpfBackend, work) -> tuple[int, list]:
     return pid, _records_until_exit(backend, pid)
 
 
+def _traced_fork_then_stop(backend: EbpfBackend, work) -> tuple[int, list]:
+    """_traced_fork plus what stop() drains at the end (folded tails); stopped on every
+    path."""
+    try:
+        pid, records = _traced_fork(backend, work)
+        return pid, records + backend.stop()
+    finally:
+        backend.stop()
+
+
 @needs_ebpf
 def test_sends_between_marker_writes_are_folded_with_exact_counts(tmp_path: Path) -> None:
     """A tight loop costs one record per socket and epoch; the tail keeps count and time."""
@@ -369,11 +379,7 @@ def test_sends_between_marker_writes_are_folded_with_exact_counts(tmp_path: Path
         for _ in range(500):
             out.send(b"y")
 
-    try:
-        pid, records = _traced_fork(tracer, work)
-        records += tracer.stop()
-    finally:
-        tracer.stop()
+    pid, records = _traced_fork_then_stop(tracer, work)
     # a tail is reserved after the record that ends its epoch: order by time
     sends = sorted((r for r in records if isinstance(r, Event) and r.kind == "send"),
                    key=lambda r: r.mono_ns)
@@ -427,11 +433,7 @@ def test_folded_sends_lost_to_lru_eviction_are_counted(tmp_path: Path) -> None:
             for _ in range(per_socket):
                 out.send(b"x")
 
-    try:
-        _, records = _traced_fork(tracer, work)
-        records += tracer.stop()
-    finally:
-        tracer.stop()
+    _, records = _traced_fork_then_stop(tracer, work)
     reported = sum(r.count for r in records if isinstance(r, Event) and r.kind == "send")
     stats = tracer.stats()
     assert stats["evicted_sends"] > 0
