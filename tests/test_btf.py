@@ -129,8 +129,9 @@ def test_offsets_are_kept_per_kernel_and_only_a_root_only_file_is_believed(tmp_p
     import json
     import os
 
-    from svctrace.backends import btf_cache, ebpf
-    monkeypatch.setattr(btf_cache, "CACHE", tmp_path / "run" / "btf-offsets.json")
+    from svctrace.backends import boot_cache, btf_cache, ebpf
+    monkeypatch.setattr(boot_cache, "DIR", tmp_path / "run")
+    cache = tmp_path / "run" / btf_cache.NAME
     names = {*ebpf.SOCK_COMMON_DEFINES, *ebpf.KERNEL_DEFINES}
     ebpf._offsets.cache_clear()
     try:
@@ -138,14 +139,14 @@ def test_offsets_are_kept_per_kernel_and_only_a_root_only_file_is_believed(tmp_p
     finally:
         ebpf._offsets.cache_clear()
     if os.geteuid() != 0:
-        assert not btf_cache.CACHE.exists()  # only root writes it
+        assert not cache.exists()  # only root writes it
         return
     assert btf_cache.load(names) == computed
     assert btf_cache.load(names - {"OFF_SK_ERR"}) is None  # the program's needs changed
-    data = json.loads(btf_cache.CACHE.read_text())
+    data = json.loads(cache.read_text())
     data["kernel"] = "another kernel"
-    btf_cache.CACHE.write_text(json.dumps(data))
+    cache.write_text(json.dumps(data))
     assert btf_cache.load(names) is None
     btf_cache.store(computed)
-    os.chmod(btf_cache.CACHE, 0o664)  # writable by a group: not believed
+    os.chmod(cache, 0o664)  # writable by a group: not believed
     assert btf_cache.load(names) is None
