@@ -16,9 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
-from svctrace.backends import btf, btf_cache, pidns
+from svctrace.backends import boot_cache, bpf_image, btf, btf_cache, pidns
 from svctrace.backends.base import Backend, BackendFailed, BackendUnavailable, RunContext
 from svctrace.backends.bcc_import import load_bcc
+from svctrace.backends.bpf_image import LoadedProgram
 from svctrace.events import Destination, Event, Freeze, ProcessEvent
 
 # struct svct_event in bpf/svctrace.h (fixed width, no implicit padding, 160 bytes).
@@ -214,23 +215,36 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
     return flags
 
 
-def _compile(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool = False):
-    """Compile and load bpf/svctrace.bpf.c (TRACEPOINT_PROBEs attach themselves)."""
+def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool = False
+                  ) -> tuple[LoadedProgram, str]:
+    """Load bpf/svctrace.bpf.c (its TRACEPOINT_PROBEs attached) and say how: "compiled"
+    (by bcc, ~1.1 s of CPU, kept until reboot) or "kept" (compiled earlier this boot)."""
     bcc = load_bcc()
-
-    flags = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
+    lib = bpf_image.libbcc(bcc.libbcc.lib._name)
+    defines = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
+    files = importlib.resources.files("svctrace.bpf")
+    text, header = _program_source(), (files / "svctrace.h").read_bytes()
+    name = f"program-{bpf_image.image_key(text, header, defines, bcc.__version__)}.json"
+    raw = boot_cache.read(name)
+    if raw is not None:
+        try:
+            return LoadedProgram(lib, bcc.BPF._decode_table_type,
+                                 bpf_image.Image.from_bytes(raw)), "kept"
+        except bpf_image.ImageError:
+            pass  # a kept image this kernel no longer takes: compile it again
     with ExitStack() as stack:
-        source = stack.enter_context(importlib.resources.as_file(
-            importlib.resources.files("svctrace.bpf") / "svctrace.bpf.c"))
-        flags.append(f"-I{source.parent}")  # for svctrace.h next to it
+        source = stack.enter_context(importlib.resources.as_file(files / "svctrace.bpf.c"))
         stderr = _CapturedStderr()
         try:
-            with stderr:
-                return bcc.BPF(src_file=str(source).encode(), cflags=flags)
-        except Exception as exc:
+            with stderr:  # -I: svctrace.h next to it
+                image = bpf_image.compile_image(lib, text, [*defines, f"-I{source.parent}"])
+                program = LoadedProgram(lib, bcc.BPF._decode_table_type, image)
+        except bpf_image.ImageError as exc:
             detail = "\n".join(_first_errors(stderr.text) + [str(exc)])
             raise BackendUnavailable(f"the eBPF program did not compile or load:\n{detail}"
                                      ) from exc
+    boot_cache.write(name, image.to_bytes())
+    return program, "compiled"
 
 
 def _first_errors(log: str, limit: int = 5) -> list[str]:
@@ -381,6 +395,7 @@ class EbpfBackend(Backend):
         self._ringbuf_pages = DEFAULT_RINGBUF_PAGES
         self._final_stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._drained_sends = 0  # folded counts read from the map itself at stop()
+        self.program_origin = ""  # "compiled" or "kept" (bpf_image, boot_cache)
 
     @classmethod
     def prepare_host(cls) -> list[str]:
@@ -403,9 +418,9 @@ class EbpfBackend(Backend):
         self._ringbuf_pages = pages
         # aggs_max: size of the send-folding map; tests shrink it to force evictions
         # stacks: the runner holds a stack taker that resumes every stopped process
-        self._bpf = _compile(pages, ctx.settings.get("aggs_max"),
-                             bool(ctx.settings.get("stacks")))
-        self._bpf[b"events"].open_ring_buffer(self._on_event)
+        self._bpf, self.program_origin = _load_program(
+            pages, ctx.settings.get("aggs_max"), bool(ctx.settings.get("stacks")))
+        self._bpf.open_ring_buffer("events", self._on_event)
 
     def _on_event(self, _ctx, data, size: int) -> int:
         # Runs inside ring_buffer_consume(); an exception here would be swallowed by ctypes.
@@ -427,8 +442,8 @@ class EbpfBackend(Backend):
         where its kernel pid is known (a container's pid is not the kernel's)."""
         if self._bpf is None:
             raise BackendFailed("child_started() before prepare() or after stop()")
-        self._bpf[b"seeds"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
-        waiting = self._bpf[b"seeding"]
+        self._bpf["seeds"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        waiting = self._bpf["seeding"]
         waiting[0] = ctypes.c_uint64(waiting[0].value + 1)
 
     def poll(self) -> list[Event | ProcessEvent]:
@@ -456,7 +471,7 @@ class EbpfBackend(Backend):
     def _tails(self) -> list[Event]:
         """Sends the kernel folded into per-socket records and has not reported yet."""
         tails = []
-        for _key, agg in self._bpf[b"aggs"].items():
+        for _key, agg in self._bpf["aggs"].items():
             if not agg.count:
                 continue
             first = decode(bytes(agg.first))
@@ -467,8 +482,8 @@ class EbpfBackend(Backend):
         return tails
 
     def _kernel_counters(self) -> dict[str, int]:
-        counters = self._bpf[b"counters"]
-        return {name: int(counters.sum(slot).value) for name, slot in _COUNTERS.items()}
+        counters = self._bpf["counters"]
+        return {name: counters.sum(slot) for name, slot in _COUNTERS.items()}
 
     def stats(self) -> dict:
         counters = self._kernel_counters() if self._bpf is not None else self._final_stats
@@ -489,10 +504,13 @@ def diagnose() -> list[tuple[str, bool, str]]:
         results.append((name, reason is None, reason or _detail(name)))
     if all(ok for _name, ok, _detail_text in results):
         try:
-            bpf = _compile(DEFAULT_RINGBUF_PAGES)
+            bpf, origin = _load_program(DEFAULT_RINGBUF_PAGES)
             probes = bpf.num_open_tracepoints()
-            bpf.cleanup()
-            results.append(("compile+load", True, f"{probes} tracepoint programs attached"))
+            detach(bpf)
+            how = ("compiled by bcc; kept until reboot in " if origin == "compiled" else
+                   "compiled earlier this boot, kept in ")
+            results.append(("compile+load", True, f"{probes} tracepoint programs attached "
+                                                  f"({how}{boot_cache.DIR})"))
         except BackendUnavailable as exc:
             results.append(("compile+load", False, str(exc)))
     else:

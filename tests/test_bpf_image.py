@@ -1,0 +1,175 @@
+"""A compiled BPF program kept as an image and loaded without clang (issue 13)."""
+from __future__ import annotations
+
+import base64
+import ctypes
+import json
+import os
+import struct
+
+import pytest
+
+from svctrace.backends import boot_cache, bpf_image
+from svctrace.backends.bpf_image import Image, ImageError, MapSpec, _patch
+from tests.support.backends import needs_backend
+
+needs_ebpf = needs_backend("ebpf")
+
+_INSN = struct.Struct("<BBhi")
+
+
+def _ld_map(dst: int, src: int, fd: int) -> bytes:
+    return _INSN.pack(0x18, dst | src << 4, 0, fd) + _INSN.pack(0, 0, 0, 0)
+
+
+EXIT = _INSN.pack(0x95, 0, 0, 0)
+
+
+def test_map_fd_loads_are_pointed_at_the_new_maps_and_nothing_else_changes() -> None:
+    # a 64-bit constant (src 0) whose value happens to equal a map fd stays as it is
+    code = _ld_map(1, 1, 7) + _ld_map(2, 0, 7) + _ld_map(3, 1, 9) + EXIT
+    out = _patch(code, {7: 40, 9: 41}, "prog")
+    assert len(out) == len(code)
+    assert _INSN.unpack_from(out, 0)[3] == 40
+    assert _INSN.unpack_from(out, 16)[3] == 7
+    assert _INSN.unpack_from(out, 32)[3] == 41
+    assert out[48:] == EXIT and out[8:16] == code[8:16]
+
+
+def test_code_an_image_cannot_carry_is_refused_with_the_reason() -> None:
+    with pytest.raises(ImageError, match="map fd 8, which is no map"):
+        _patch(_ld_map(1, 1, 8) + EXIT, {7: 40}, "prog")
+    with pytest.raises(ImageError, match="64-bit load of kind 2"):  # a map value pointer
+        _patch(_ld_map(1, 2, 7) + EXIT, {7: 40}, "prog")
+    with pytest.raises(ImageError, match="not whole instructions"):
+        _patch(EXIT[:5], {}, "prog")
+
+
+def test_an_image_survives_its_bytes_and_bad_bytes_are_one_error() -> None:
+    image = Image("GPL", 0, (MapSpec("counts", 2, 4, 8, 1, 0, '"int"', '"long"', 5),),
+                  (("tracepoint__syscalls__sys_enter_getppid", _ld_map(1, 1, 5) + EXIT),))
+    assert Image.from_bytes(image.to_bytes()) == image
+    for raw in (b"not json", b"{}", json.dumps({"format": 999}).encode(),
+                image.to_bytes().replace(b'"maps"', b'"mops"')):
+        with pytest.raises(ImageError):
+            Image.from_bytes(raw)
+
+
+def test_the_key_changes_with_everything_the_code_depends_on() -> None:
+    base = bpf_image.image_key(b"text", b"header", ["-DA=1"], "0.26.0")
+    assert base == bpf_image.image_key(b"text", b"header", ["-DA=1"], "0.26.0")
+    others = {bpf_image.image_key(b"text2", b"header", ["-DA=1"], "0.26.0"),
+              bpf_image.image_key(b"text", b"header2", ["-DA=1"], "0.26.0"),
+              bpf_image.image_key(b"text", b"header", ["-DA=2"], "0.26.0"),
+              bpf_image.image_key(b"text", b"header", ["-DA=1"], "0.27.0"),
+              bpf_image.image_key(b"te", b"xtheader", ["-DA=1"], "0.26.0")}
+    assert base not in others and len(others) == 5
+
+
+def test_only_root_keeps_files_and_only_root_only_files_are_believed(tmp_path,
+                                                                     monkeypatch) -> None:
+    monkeypatch.setattr(boot_cache, "DIR", tmp_path / "run")
+    written = boot_cache.write("x.json", b"data")
+    if os.geteuid() != 0:
+        assert not written and boot_cache.read("x.json") is None
+        return
+    assert written and boot_cache.read("x.json") == b"data"
+    assert os.stat(tmp_path / "run" / "x.json").st_mode & 0o777 == 0o600
+    os.chmod(tmp_path / "run" / "x.json", 0o620)  # a group may write it: not believed
+    assert boot_cache.read("x.json") is None
+    os.chmod(tmp_path / "run" / "x.json", 0o600)
+    os.chown(tmp_path / "run" / "x.json", 65534, 65534)  # somebody else's
+    assert boot_cache.read("x.json") is None
+    os.symlink(tmp_path / "elsewhere", tmp_path / "run" / "link.json")
+    (tmp_path / "elsewhere").write_bytes(b"data")
+    assert boot_cache.read("link.json") is None  # never followed
+    os.chmod(tmp_path / "run", 0o777)  # anybody may replace files in the folder
+    assert boot_cache.read("link.json") is None and not boot_cache.write("y.json", b"d")
+
+
+COUNTER = b"""
+BPF_ARRAY(calls, u64, 1);
+BPF_PERCPU_ARRAY(percpu, u64, 2);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
+{
+    if ((bpf_get_current_pid_tgid() >> 32) != WATCHED)
+        return 0;
+    int zero = 0, one = 1;
+    u64 *n = calls.lookup(&zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    u64 *p = percpu.lookup(&one);
+    if (p)
+        *p += 2;
+    return 0;
+}
+"""
+
+
+@needs_ebpf
+def test_a_compiled_image_loads_again_from_its_bytes_and_runs() -> None:
+    from svctrace.backends.bcc_import import load_bcc
+    bcc = load_bcc()
+    lib = bpf_image.libbcc(bcc.libbcc.lib._name)
+    image = bpf_image.compile_image(lib, COUNTER, [f"-DWATCHED={os.getpid()}"])
+    assert [name for name, _code in image.programs] == \
+        ["tracepoint__syscalls__sys_enter_getppid"]
+    assert {m.name for m in image.maps} == {"calls", "percpu"}
+    for _round in range(2):  # twice: every load makes its own maps
+        program = bpf_image.LoadedProgram(lib, bcc.BPF._decode_table_type,
+                                          Image.from_bytes(image.to_bytes()))
+        try:
+            assert program.num_open_tracepoints() == 1
+            for _ in range(5):
+                os.getppid()
+            assert program["calls"][0].value == 5
+            assert program["percpu"].sum(1) == 10 and program["percpu"].sum(0) == 0
+            program["calls"][0] = ctypes.c_uint64(100)
+            os.getppid()
+            assert program["calls"][0].value == 101
+            assert [k.value for k in program["calls"].keys()] == [0]
+        finally:
+            program.cleanup()
+        assert not program.map_fds and not program.tracepoint_fds
+
+
+@needs_ebpf
+def test_the_verifier_refusing_an_image_names_the_program_and_why() -> None:
+    from svctrace.backends.bcc_import import load_bcc
+    bcc = load_bcc()
+    lib = bpf_image.libbcc(bcc.libbcc.lib._name)
+    image = bpf_image.compile_image(lib, COUNTER, [f"-DWATCHED={os.getpid()}"])
+    name, code = image.programs[0]
+    # drop the final exit: the verifier sees the program fall off its end
+    broken = Image(image.license, image.kern_version, image.maps, ((name, code[:-8]),))
+    with pytest.raises(ImageError, match=f"the kernel refused program {name}: .+: .+"):
+        bpf_image.LoadedProgram(lib, bcc.BPF._decode_table_type, broken)
+
+
+@needs_ebpf
+def test_the_backend_compiles_once_then_loads_the_kept_image(tmp_path, monkeypatch) -> None:
+    from svctrace.backends import ebpf
+    monkeypatch.setattr(boot_cache, "DIR", tmp_path / "run")
+    origins = []
+    for _round in range(2):
+        program, origin = ebpf._load_program(64)
+        origins.append(origin)
+        ebpf.detach(program)
+    assert origins == ["compiled", "kept"]
+    [kept] = (tmp_path / "run").glob("program-*.json")
+    assert kept.stat().st_mode & 0o777 == 0o600
+    # another ring buffer size is another program: compiled, and kept beside the first
+    program, origin = ebpf._load_program(128)
+    ebpf.detach(program)
+    assert origin == "compiled" and len(list((tmp_path / "run").glob("program-*"))) == 2
+    # a kept image the kernel refuses (damaged) is compiled again, and replaced
+    data = json.loads(kept.read_bytes())
+    code = base64.b64decode(data["programs"][0][1])
+    data["programs"][0][1] = base64.b64encode(code[:-8]).decode()  # no final exit
+    kept.write_text(json.dumps(data))
+    program, origin = ebpf._load_program(64)
+    ebpf.detach(program)
+    assert origin == "compiled"
+    program, origin = ebpf._load_program(64)
+    ebpf.detach(program)
+    assert origin == "kept"
