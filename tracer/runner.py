@@ -428,6 +428,7 @@ class Run:
             stats = dict(self.backend.stats())
         except Exception as exc:
             self.notes.append(f"backend stats unavailable: {exc}")
+        self.notes.extend(self.backend.notes())
         if pipe.decoder.bad_lines or pipe.decoder.incomplete():
             self.notes.append(f"{pipe.decoder.bad_lines} unreadable and "
                               f"{pipe.decoder.incomplete()} incomplete marker records")

@@ -79,6 +79,10 @@ class Backend:
     def stats(self) -> dict:
         return {}
 
+    def notes(self) -> list[str]:
+        """What the user should know about how this run was traced (run.notes)."""
+        return []
+
     def command_exit_code(self) -> int | None:
         """The traced command's own exit status when the process the runner waited for is a
         wrapper (strace) whose status may differ; None to use the waited-for status."""

@@ -28,6 +28,7 @@ _LD_IMM64 = 0x18            # BPF_LD | BPF_DW | BPF_IMM: a 64-bit load over two 
 _PSEUDO_MAP_FD = 1          # its src_reg when imm is a map fd
 _INSN = struct.Struct("<BBhi")  # code, dst:4|src:4, off, imm
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+_EAGAIN_RETRIES = 10
 FORMAT = 1  # bump when the serialized layout changes
 
 
@@ -189,12 +190,17 @@ class _Syscall:
 
     def __call__(self, cmd: int, attr: bytearray) -> int:
         buf = (ctypes.c_char * len(attr)).from_buffer(attr)
-        fd = self._libc.syscall(ctypes.c_long(self._number), ctypes.c_long(cmd), buf,
-                                ctypes.c_uint(len(attr)))
-        if fd < 0:
+        for _attempt in range(_EAGAIN_RETRIES):
+            fd = self._libc.syscall(ctypes.c_long(self._number), ctypes.c_long(cmd), buf,
+                                    ctypes.c_uint(len(attr)))
+            if fd >= 0:
+                return fd
             err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return fd
+            # the verifier gives up with EAGAIN when a signal arrives while it runs (a
+            # sampling profiler, SIGCHLD): try again, as libbpf does
+            if err != errno.EAGAIN:
+                break
+        raise OSError(err, os.strerror(err))
 
     def create_map(self, spec: MapSpec) -> int:
         attr = bytearray(48)

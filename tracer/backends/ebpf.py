@@ -218,7 +218,8 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
 def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool = False
                   ) -> tuple[LoadedProgram, str]:
     """Load bpf/svctrace.bpf.c (its TRACEPOINT_PROBEs attached) and say how: "compiled"
-    (by bcc, ~1.1 s of CPU, kept until reboot) or "kept" (compiled earlier this boot)."""
+    (by bcc, ~1.1 s of CPU, kept until reboot), "kept" (compiled earlier this boot), or
+    why the kept program was refused and compiled again."""
     bcc = load_bcc()
     lib = bpf_image.libbcc(bcc.libbcc.lib._name)
     defines = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
@@ -226,12 +227,13 @@ def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool 
     text, header = _program_source(), (files / "svctrace.h").read_bytes()
     name = f"program-{bpf_image.image_key(text, header, defines, bcc.__version__)}.json"
     raw = boot_cache.read(name)
+    origin = "compiled"
     if raw is not None:
         try:
             return LoadedProgram(lib, bcc.BPF._decode_table_type,
                                  bpf_image.Image.from_bytes(raw)), "kept"
-        except bpf_image.ImageError:
-            pass  # a kept image this kernel no longer takes: compile it again
+        except bpf_image.ImageError as exc:
+            origin = f"the program kept in {boot_cache.DIR} did not load ({exc}): compiled again"
     with ExitStack() as stack:
         source = stack.enter_context(importlib.resources.as_file(files / "svctrace.bpf.c"))
         stderr = _CapturedStderr()
@@ -244,7 +246,7 @@ def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool 
             raise BackendUnavailable(f"the eBPF program did not compile or load:\n{detail}"
                                      ) from exc
     boot_cache.write(name, image.to_bytes())
-    return program, "compiled"
+    return program, origin
 
 
 def _first_errors(log: str, limit: int = 5) -> list[str]:
@@ -485,6 +487,9 @@ class EbpfBackend(Backend):
         counters = self._bpf["counters"]
         return {name: counters.sum(slot) for name, slot in _COUNTERS.items()}
 
+    def notes(self) -> list[str]:
+        return [self.program_origin] if self.program_origin not in ("kept", "compiled") else []
+
     def stats(self) -> dict:
         counters = self._kernel_counters() if self._bpf is not None else self._final_stats
         folded, tailed = counters.pop("folded_sends"), counters.pop("tailed_sends")
@@ -507,8 +512,8 @@ def diagnose() -> list[tuple[str, bool, str]]:
             bpf, origin = _load_program(DEFAULT_RINGBUF_PAGES)
             probes = bpf.num_open_tracepoints()
             detach(bpf)
-            how = ("compiled by bcc; kept until reboot in " if origin == "compiled" else
-                   "compiled earlier this boot, kept in ")
+            how = {"compiled": "compiled by bcc; kept until reboot in ",
+                   "kept": "compiled earlier this boot, kept in "}.get(origin, origin + "; ")
             results.append(("compile+load", True, f"{probes} tracepoint programs attached "
                                                   f"({how}{boot_cache.DIR})"))
         except BackendUnavailable as exc:
