@@ -28,7 +28,7 @@ _LD_IMM64 = 0x18            # BPF_LD | BPF_DW | BPF_IMM: a 64-bit load over two 
 _PSEUDO_MAP_FD = 1          # its src_reg when imm is a map fd
 _INSN = struct.Struct("<BBhi")  # code, dst:4|src:4, off, imm
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
-_EAGAIN_RETRIES = 10
+_EAGAIN_RETRIES = 20
 FORMAT = 1  # bump when the serialized layout changes
 
 
