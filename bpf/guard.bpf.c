@@ -15,6 +15,7 @@
 #include <uapi/linux/bpf.h>
 #include <linux/in.h>
 #include <linux/socket.h>
+#include "bcc_quick.h"
 
 #define ACT_ALLOW 0
 #define ACT_DENY 1

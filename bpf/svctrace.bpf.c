@@ -24,6 +24,7 @@
  * sched_process_fork extends `traced` to every descendant process.
  */
 #include "svctrace.h"
+#include "bcc_quick.h"
 
 #if !defined(OFF_SKC_DADDR) || !defined(OFF_SKC_DPORT) || !defined(OFF_SKC_NUM) || \
     !defined(OFF_SKC_V6_DADDR) || !defined(OFF_SK_ERR) || !defined(OFF_UNIX_PEER) || \

@@ -214,6 +214,7 @@ class Guard:
             flags.append("-DHAS_SET_RETVAL=1")
         with ExitStack() as stack:
             source = stack.enter_context(importlib.resources.as_file(_program_source()))
+            flags.append(f"-I{source.parent}")  # bcc_quick.h next to it
             bpf = bcc.BPF(src_file=str(source).encode(), cflags=flags)
         try:
             functions = {hook: bpf.load_func(name, PROG_TYPE_CGROUP_SOCK_ADDR,
