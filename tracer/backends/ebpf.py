@@ -218,7 +218,7 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
 def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool = False
                   ) -> tuple[LoadedProgram, str]:
     """Load bpf/svctrace.bpf.c (its TRACEPOINT_PROBEs attached) and say how: "compiled"
-    (by bcc, ~1.1 s of CPU, kept until reboot), "kept" (compiled earlier this boot), or
+    (by bcc, ~0.35 s of CPU, kept until reboot), "kept" (compiled earlier this boot), or
     why the kept program was refused and compiled again."""
     bcc = load_bcc()
     lib = bpf_image.libbcc(bcc.libbcc.lib._name)
