@@ -1,7 +1,7 @@
 """Where the runner's CPU goes, step by step: `sudo .venv/bin/python -m benchmarks.runner_split`.
 
 Runs `svctrace run` in this process on the benchmark's 2,000-test PostgreSQL/Redis suite
-(serial) and adds up the process CPU (time.process_time) spent in each step of the
+(serial; --suite realistic: its realistic suite) and adds up the process CPU (time.process_time) spent in each step of the
 runner: start-up, reading and decoding marker lines, attributing, draining the backend,
 the watermark flushes, and after the session the final attribution, the report and
 writing it. The steps' sum is printed beside the runner's whole CPU; the rest is the
@@ -67,10 +67,16 @@ class _Clock:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="ebpf", help="ebpf (default), strace, inprocess")
-    parser.add_argument("--tests", type=int, default=2000)
+    parser.add_argument("--suite", choices=("suite", "realistic"), default="suite",
+                        help="the benchmark's 2,000 tiny tests (default) or its realistic "
+                             "suite (10-50 ms tests, fixtures, subprocesses)")
+    parser.add_argument("--tests", type=int, help="how many (default 2,000 / 300)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from benchmarks.workloads.realistic import write_realistic
     from benchmarks.workloads.suite import write_suite
+    write = write_suite if args.suite == "suite" else write_realistic
+    args.tests = args.tests or (2000 if args.suite == "suite" else 300)
     from tests.support import services as svc
     info = svc.ensure_services()
     os.environ["SVCTRACE_BENCH_SERVICES"] = json.dumps(
@@ -85,7 +91,7 @@ def main() -> int:
         setattr(owner, method, clock.timed(label, getattr(owner, method)))
     from svctrace.cli import main as svctrace_main
     with tempfile.TemporaryDirectory(prefix="svctrace-split-") as tmp:
-        root = write_suite(Path(tmp) / "suite", args.tests)
+        root = write(Path(tmp) / "suite", args.tests)
         os.chdir(root)
         argv = ["svctrace", "run", "--backend", args.backend, "--report",
                 str(Path(tmp) / "report.json"), "-q", "--progress", "0", "--",
@@ -97,7 +103,8 @@ def main() -> int:
             if exc.code not in (0, None):
                 raise
     whole = time.process_time()
-    print(f"\nrunner CPU, {args.tests} tests, backend {args.backend}: {whole:.3f} s "
+    print(f"\nrunner CPU, {args.suite}, {args.tests} tests, backend {args.backend}: "
+          f"{whole:.3f} s "
           f"({whole / args.tests * 1e6:.0f} µs a test, start-up included)")
     for _module, _cls, _method, label in STEPS:
         if label in clock.spent:
