@@ -5,7 +5,6 @@ import base64
 import ctypes
 import json
 import os
-import struct
 
 import pytest
 
@@ -15,11 +14,12 @@ from tests.support.backends import needs_backend
 
 needs_ebpf = needs_backend("ebpf")
 
-_INSN = struct.Struct("<BBhi")
+_INSN = bpf_image._INSN
 
 
 def _ld_map(dst: int, src: int, fd: int) -> bytes:
-    return _INSN.pack(0x18, dst | src << 4, 0, fd) + _INSN.pack(0, 0, 0, 0)
+    regs = src << 4 | dst if bpf_image._SRC_SHIFT else dst << 4 | src
+    return _INSN.pack(0x18, regs, 0, fd) + _INSN.pack(0, 0, 0, 0)
 
 
 EXIT = _INSN.pack(0x95, 0, 0, 0)

@@ -20,13 +20,16 @@ import os
 import platform
 import resource
 import struct
+import sys
 from dataclasses import dataclass
 
 PROG_TYPE_TRACEPOINT = 5
 _BPF_MAP_CREATE, _BPF_PROG_LOAD = 0, 5
 _LD_IMM64 = 0x18            # BPF_LD | BPF_DW | BPF_IMM: a 64-bit load over two slots
 _PSEUDO_MAP_FD = 1          # its src_reg when imm is a map fd
-_INSN = struct.Struct("<BBhi")  # code, dst:4|src:4, off, imm
+_INSN = struct.Struct("=BBhi")  # code, the two registers' nibbles, off, imm (native order)
+# struct bpf_insn's dst_reg:4, src_reg:4 bitfields: src is the high nibble on little-endian
+_SRC_SHIFT = 4 if sys.byteorder == "little" else 0
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 _EAGAIN_RETRIES = 20
 FORMAT = 1  # bump when the serialized layout changes
@@ -162,7 +165,7 @@ def _patch(code: bytes, fds: dict[int, int], program: str) -> bytes:
     while i < len(out):
         op, regs, off, imm = _INSN.unpack_from(out, i)
         if op == _LD_IMM64:
-            src = regs >> 4
+            src = (regs >> _SRC_SHIFT) & 0xF
             if src == _PSEUDO_MAP_FD:
                 if imm not in fds:
                     raise ImageError(f"{program} refers to map fd {imm}, which is no map of "
@@ -204,7 +207,7 @@ class _Syscall:
 
     def create_map(self, spec: MapSpec) -> int:
         attr = bytearray(48)
-        struct.pack_into("<IIIII", attr, 0, spec.type, spec.key_size, spec.value_size,
+        struct.pack_into("=IIIII", attr, 0, spec.type, spec.key_size, spec.value_size,
                          spec.max_entries, spec.flags)
         attr[28:28 + 15] = spec.name.encode()[:15].ljust(15, b"\0")
         return self(_BPF_MAP_CREATE, attr)
@@ -214,7 +217,7 @@ class _Syscall:
         insns = ctypes.create_string_buffer(code, len(code))
         lic = ctypes.create_string_buffer(license_)
         attr = bytearray(72)
-        struct.pack_into("<IIQQIIQII", attr, 0, prog_type, len(code) // 8,
+        struct.pack_into("=IIQQIIQII", attr, 0, prog_type, len(code) // 8,
                          ctypes.addressof(insns), ctypes.addressof(lic),
                          1 if log is not None else 0, len(log) if log is not None else 0,
                          ctypes.addressof(log) if log is not None else 0, kern_version, 0)
