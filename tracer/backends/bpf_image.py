@@ -1,13 +1,14 @@
 """A compiled BPF program kept as bytes and loaded without clang (issue 13).
 
 bcc compiles C with an embedded clang on every construction: 0.35 s of CPU here for
-svctrace.bpf.c (1.0 s before bcc_quick.h), most of an eBPF run's fixed cost. The kernel only needs the result: each program's instructions,
-the maps they refer to and the license. So bcc compiles once (bpf_module_create_c, which
-also creates the maps and writes their fds into the code as BPF_PSEUDO_MAP_FD loads), the
-image is read out of the module, and every run loads an image itself: create the maps,
-point those loads at the new fds, BPF_PROG_LOAD (the verifier still checks everything),
-attach. An image holds code for one kernel build and one set of -D defines; boot_cache
-keeps it per boot, keyed by both (see image_key).
+svctrace.bpf.c (1.0 s before bcc_quick.h), most of an eBPF run's fixed cost. The kernel
+only needs the result: each program's instructions, the maps they refer to and the
+license. So bcc compiles once (bpf_module_create_c_from_string, which also creates the
+maps and writes their fds into the code as BPF_PSEUDO_MAP_FD loads), the image is read out
+of the module, and every run loads an image itself: create the maps, point those loads at
+the new fds, BPF_PROG_LOAD (the verifier still checks everything), attach. An image holds
+code for one kernel build and one set of -D defines; boot_cache keeps it per boot, keyed
+by both (see image_key).
 """
 from __future__ import annotations
 
@@ -30,11 +31,10 @@ _PSEUDO_MAP_FD = 1          # its src_reg when imm is a map fd
 _INSN = struct.Struct("=BBhi")  # code, the two registers' nibbles, off, imm (native order)
 # struct bpf_insn's dst_reg:4, src_reg:4 bitfields: src is the high nibble on little-endian
 _SRC_SHIFT = 4 if sys.byteorder == "little" else 0
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "ppc64": 361, "s390x": 351,
+            "riscv64": 280}
 _EAGAIN_RETRIES = 20
 FORMAT = 1  # bump when the serialized layout changes
-
-
 RINGBUF_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
 
 

@@ -398,7 +398,8 @@ class EbpfBackend(Backend):
         self._ringbuf_pages = DEFAULT_RINGBUF_PAGES
         self._final_stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._drained_sends = 0  # folded counts read from the map itself at stop()
-        self.program_origin = ""  # "compiled" or "kept" (bpf_image, boot_cache)
+        # "compiled", "kept", or why the kept one was refused (a run note): _load_program
+        self.program_origin = ""
 
     @classmethod
     def prepare_host(cls) -> list[str]:
@@ -489,7 +490,8 @@ class EbpfBackend(Backend):
         return {name: counters.sum(slot) for name, slot in _COUNTERS.items()}
 
     def notes(self) -> list[str]:
-        return [self.program_origin] if self.program_origin not in ("kept", "compiled") else []
+        refused = self.program_origin not in ("", "kept", "compiled")
+        return [self.program_origin] if refused else []
 
     def stats(self) -> dict:
         counters = self._kernel_counters() if self._bpf is not None else self._final_stats
@@ -513,10 +515,10 @@ def diagnose() -> list[tuple[str, bool, str]]:
             bpf, origin = _load_program(DEFAULT_RINGBUF_PAGES)
             probes = bpf.num_open_tracepoints()
             detach(bpf)
-            how = {"compiled": "compiled by bcc; kept until reboot in ",
-                   "kept": "compiled earlier this boot, kept in "}.get(origin, origin + "; ")
+            how = {"compiled": f"compiled by bcc; kept until reboot in {boot_cache.DIR}",
+                   "kept": f"compiled earlier this boot, kept in {boot_cache.DIR}"}
             results.append(("compile+load", True, f"{probes} tracepoint programs attached "
-                                                  f"({how}{boot_cache.DIR})"))
+                                                  f"({how.get(origin, origin)})"))
         except BackendUnavailable as exc:
             results.append(("compile+load", False, str(exc)))
     else:
