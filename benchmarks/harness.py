@@ -136,8 +136,8 @@ def machine_info() -> dict:
 
 def forget_program_images() -> None:
     """Remove the compiled eBPF programs svctrace keeps until reboot (bpf_image)."""
-    from svctrace.backends import boot_cache
-    for path in boot_cache.DIR.glob("program-*.json"):
+    from svctrace.backends import boot_cache, ebpf
+    for path in boot_cache.DIR.glob(f"{ebpf.IMAGE_PREFIX}*.json"):
         path.unlink()
 
 

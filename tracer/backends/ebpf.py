@@ -68,6 +68,7 @@ def tracepoints() -> tuple[str, ...]:
     from the program itself so the availability check cannot drift from it."""
     return tuple(f"{cat.decode()}/{name.decode()}" for cat, name in
                  _PROBE.findall(_program_source()))
+IMAGE_PREFIX = "program-"  # compiled programs kept in boot_cache.DIR: program-<key>.json
 DEFAULT_RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages: held 200k events/s here (DESIGN.md)
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 
@@ -226,7 +227,7 @@ def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool 
     files = importlib.resources.files("svctrace.bpf")
     text = _program_source()
     header = b"".join((files / name).read_bytes() for name in ("svctrace.h", "bcc_quick.h"))
-    name = f"program-{bpf_image.image_key(text, header, defines, bcc.__version__)}.json"
+    name = f"{IMAGE_PREFIX}{bpf_image.image_key(text, header, defines, bcc.__version__)}.json"
     raw = boot_cache.read(name)
     origin = "compiled"
     if raw is not None:
