@@ -85,6 +85,14 @@ def test_only_root_keeps_files_and_only_root_only_files_are_believed(tmp_path,
     assert boot_cache.read("link.json") is None  # never followed
     os.chmod(tmp_path / "run", 0o777)  # anybody may replace files in the folder
     assert boot_cache.read("link.json") is None and not boot_cache.write("y.json", b"d")
+    os.chmod(tmp_path / "run", 0o755)
+    for i in range(5):  # the newest ones stay, older ones of that prefix go, others stay
+        assert boot_cache.write(f"img-{i}.json", b"d")
+        os.utime(tmp_path / "run" / f"img-{i}.json", ns=(i * 10**9, i * 10**9))
+    boot_cache.prune("img-", 2)
+    assert sorted(p.name for p in (tmp_path / "run").glob("img-*")) == \
+        ["img-3.json", "img-4.json"]
+    assert (tmp_path / "run" / "x.json").exists()
 
 
 COUNTER = b"""

@@ -58,3 +58,20 @@ def write(name: str, data: bytes, mode: int = 0o600) -> bool:
         except OSError:
             pass
         return False
+
+
+def prune(prefix: str, keep: int) -> None:
+    """Keep only the `keep` newest files named prefix*: keys that vary (a container's PID
+    namespace, a test's map sizes) would otherwise pile up in a tmpfs until reboot."""
+    if os.geteuid() != 0:
+        return
+    try:
+        kept = sorted((p for p in DIR.glob(f"{prefix}*") if p.is_file()),
+                      key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    except OSError:
+        return
+    for path in kept[keep:]:
+        try:
+            path.unlink()
+        except OSError:
+            pass

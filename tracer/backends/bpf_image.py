@@ -25,7 +25,8 @@ import sys
 from dataclasses import dataclass
 
 PROG_TYPE_TRACEPOINT = 5
-_BPF_MAP_CREATE, _BPF_PROG_LOAD = 0, 5
+TRACEPOINT = (PROG_TYPE_TRACEPOINT, 0)  # a program's kind: (type, expected attach type)
+_BPF_MAP_CREATE, _BPF_PROG_LOAD, _BPF_PROG_ATTACH, _BPF_PROG_DETACH = 0, 5, 8, 9
 _LD_IMM64 = 0x18            # BPF_LD | BPF_DW | BPF_IMM: a 64-bit load over two slots
 _PSEUDO_MAP_FD = 1          # its src_reg when imm is a map fd
 _INSN = struct.Struct("=BBhi")  # code, the two registers' nibbles, off, imm (native order)
@@ -213,16 +214,22 @@ class _Syscall:
         return self(_BPF_MAP_CREATE, attr)
 
     def load_program(self, name: str, code: bytes, license_: bytes, kern_version: int,
-                     prog_type: int, log: ctypes.Array | None = None) -> int:
+                     kind: tuple[int, int], log: ctypes.Array | None = None) -> int:
+        """kind: (program type, expected attach type)."""
         insns = ctypes.create_string_buffer(code, len(code))
         lic = ctypes.create_string_buffer(license_)
         attr = bytearray(72)
-        struct.pack_into("=IIQQIIQII", attr, 0, prog_type, len(code) // 8,
+        struct.pack_into("=IIQQIIQII", attr, 0, kind[0], len(code) // 8,
                          ctypes.addressof(insns), ctypes.addressof(lic),
                          1 if log is not None else 0, len(log) if log is not None else 0,
                          ctypes.addressof(log) if log is not None else 0, kern_version, 0)
         attr[48:48 + 15] = name.encode()[:15].ljust(15, b"\0")
+        struct.pack_into("=I", attr, 68, kind[1])  # after prog_ifindex
         return self(_BPF_PROG_LOAD, attr)
+
+    def attach(self, cmd: int, target_fd: int, prog_fd: int, attach_type: int) -> None:
+        """BPF_PROG_ATTACH / BPF_PROG_DETACH of a program to a cgroup."""
+        self(cmd, bytearray(struct.pack("=IIII", target_fd, prog_fd, attach_type, 0)))
 
 
 def _possible_cpus() -> int:
@@ -297,18 +304,29 @@ class Table:
 
 class LoadedProgram:
     """An image's maps and programs in the kernel, tracepoints attached by name
-    (`tracepoint__<category>__<event>`, bcc's TRACEPOINT_PROBE naming)."""
+    (`tracepoint__<category>__<event>`, bcc's TRACEPOINT_PROBE naming).
 
-    def __init__(self, lib, decode_type, image: Image) -> None:
+    kinds: (program type, expected attach type) of the programs that are not tracepoints;
+    they are loaded, and attached by the caller (attach_cgroup). optional: programs this
+    kernel may refuse (a newer hook): their reasons go to `refused`, the rest still loads."""
+
+    def __init__(self, lib, decode_type, image: Image,
+                 kinds: dict[str, tuple[int, int]] | None = None,
+                 optional: frozenset[str] = frozenset()) -> None:
         self._lib = lib
         self._decode_type = decode_type
         self._image = image
+        self._kinds = kinds or {}
+        self._optional = optional
+        self.refused: dict[str, str] = {}
         self.map_fds: dict[str, int] = {}
         self.program_fds: dict[str, int] = {}
         self.tracepoint_fds: dict[str, int] = {}
+        self._cgroup_links: list[tuple[int, int, int]] = []  # (cgroup fd, prog fd, type)
         self._tables: dict[str, Table] = {}
         self._ringbuf = None
         self._callbacks: list = []
+        self._sys = _Syscall()
         try:
             self._load()
         except BaseException:
@@ -316,7 +334,7 @@ class LoadedProgram:
             raise
 
     def _load(self) -> None:
-        sys_bpf = _Syscall()
+        sys_bpf = self._sys
         _lift_memlock()
         remap = {}
         for spec in self._image.maps:
@@ -329,16 +347,20 @@ class LoadedProgram:
         license_ = self._image.license.encode()
         for name, code in self._image.programs:
             patched = _patch(code, remap, name)
+            kind = self._kinds.get(name, TRACEPOINT)
             try:
                 fd = sys_bpf.load_program(name, patched, license_, self._image.kern_version,
-                                          PROG_TYPE_TRACEPOINT)
+                                          kind)
             except OSError as exc:
-                raise ImageError(f"the kernel refused program {name}: {exc.strerror}: "
-                                 f"{_verifier_verdict(sys_bpf, name, patched, self._image)}"
-                                 ) from exc
+                why = (f"the kernel refused program {name}: {exc.strerror}: "
+                       f"{_verifier_verdict(sys_bpf, name, patched, self._image, kind)}")
+                if name in self._optional:
+                    self.refused[name] = why
+                    continue
+                raise ImageError(why) from exc
             self.program_fds[name] = fd
         for name, fd in self.program_fds.items():
-            if not name.startswith("tracepoint__"):
+            if name in self._kinds or not name.startswith("tracepoint__"):
                 continue
             category, _, event = name[len("tracepoint__"):].partition("__")
             perf_fd = self._lib.bpf_attach_tracepoint(fd, category.encode(), event.encode())
@@ -349,6 +371,21 @@ class LoadedProgram:
 
     def num_open_tracepoints(self) -> int:
         return len(self.tracepoint_fds)
+
+    def attach_cgroup(self, name: str, cgroup_fd: int, attach_type: int) -> None:
+        """Attach program `name` to a cgroup (OSError when the kernel refuses)."""
+        prog_fd = self.program_fds[name]
+        self._sys.attach(_BPF_PROG_ATTACH, cgroup_fd, prog_fd, attach_type)
+        self._cgroup_links.append((cgroup_fd, prog_fd, attach_type))
+
+    def detach_cgroups(self) -> None:
+        """Detach what attach_cgroup attached (removing the cgroup releases it anyway)."""
+        for cgroup_fd, prog_fd, attach_type in self._cgroup_links:
+            try:
+                self._sys.attach(_BPF_PROG_DETACH, cgroup_fd, prog_fd, attach_type)
+            except OSError:
+                pass
+        self._cgroup_links = []
 
     def __getitem__(self, name: bytes | str) -> Table:
         name = name.decode() if isinstance(name, bytes) else name
@@ -382,6 +419,7 @@ class LoadedProgram:
     def cleanup(self) -> None:
         """Close everything (idempotent). Closing an attached tracepoint's last fd waits
         for RCU: callers that mind hand those fds to somebody else first (ebpf.detach)."""
+        self.detach_cgroups()
         if self._ringbuf is not None:
             self._lib.bpf_free_ringbuf(self._ringbuf)
             self._ringbuf = None
@@ -395,12 +433,13 @@ class LoadedProgram:
         self._tables.clear()
 
 
-def _verifier_verdict(sys_bpf: _Syscall, name: str, code: bytes, image: Image) -> str:
+def _verifier_verdict(sys_bpf: _Syscall, name: str, code: bytes, image: Image,
+                      kind: tuple[int, int]) -> str:
     """Load again with the verifier's log on: its last lines say why (best effort)."""
     log = ctypes.create_string_buffer(1 << 20)
     try:
         fd = sys_bpf.load_program(name, code, image.license.encode(), image.kern_version,
-                                  PROG_TYPE_TRACEPOINT, log)
+                                  kind, log)
         os.close(fd)
         return "(it loaded on the second try)"
     except OSError:

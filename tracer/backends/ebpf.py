@@ -10,13 +10,11 @@ import os
 import re
 import struct
 import subprocess
-import tempfile
-from contextlib import ExitStack
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
-from svctrace.backends import boot_cache, bpf_image, btf, btf_cache, pidns
+from svctrace.backends import boot_cache, bpf_image, bpf_program, btf, btf_cache, pidns
 from svctrace.backends.base import Backend, BackendFailed, BackendUnavailable, RunContext
 from svctrace.backends.bcc_import import load_bcc
 from svctrace.backends.bpf_image import LoadedProgram
@@ -218,65 +216,15 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
 
 def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool = False
                   ) -> tuple[LoadedProgram, str]:
-    """Load bpf/svctrace.bpf.c (its TRACEPOINT_PROBEs attached) and say how: "compiled"
-    (by bcc, ~0.35 s of CPU, kept until reboot), "kept" (compiled earlier this boot), or
-    why the kept program was refused and compiled again."""
-    bcc = load_bcc()
-    lib = bpf_image.libbcc(bcc.libbcc.lib._name)
+    """Load bpf/svctrace.bpf.c (its TRACEPOINT_PROBEs attached) and say how (bpf_program:
+    "compiled" by bcc, ~0.35 s of CPU; "kept" from earlier this boot; or why the kept
+    one was refused)."""
     defines = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
-    files = importlib.resources.files("svctrace.bpf")
-    text = _program_source()
-    header = b"".join((files / name).read_bytes() for name in ("svctrace.h", "bcc_quick.h"))
-    name = f"{IMAGE_PREFIX}{bpf_image.image_key(text, header, defines, bcc.__version__)}.json"
-    raw = boot_cache.read(name)
-    origin = "compiled"
-    if raw is not None:
-        try:
-            return LoadedProgram(lib, bcc.BPF._decode_table_type,
-                                 bpf_image.Image.from_bytes(raw)), "kept"
-        except bpf_image.ImageError as exc:
-            origin = f"the program kept in {boot_cache.DIR} did not load ({exc}): compiled again"
-    with ExitStack() as stack:
-        source = stack.enter_context(importlib.resources.as_file(files / "svctrace.bpf.c"))
-        stderr = _CapturedStderr()
-        try:
-            with stderr:  # -I: svctrace.h next to it
-                image = bpf_image.compile_image(lib, text, [*defines, f"-I{source.parent}"])
-                program = LoadedProgram(lib, bcc.BPF._decode_table_type, image)
-        except bpf_image.ImageError as exc:
-            detail = "\n".join(_first_errors(stderr.text) + [str(exc)])
-            raise BackendUnavailable(f"the eBPF program did not compile or load:\n{detail}"
-                                     ) from exc
-    boot_cache.write(name, image.to_bytes())
-    return program, origin
-
-
-def _first_errors(log: str, limit: int = 5) -> list[str]:
-    """clang's first `error:` lines, else the verifier's verdict (the line before its
-    `processed N insns` summary)."""
-    lines = log.splitlines()
-    errors = [line for line in lines if "error:" in line]
-    if errors:
-        return errors[:limit]
-    return [lines[i - 1] for i, line in enumerate(lines) if line.startswith("processed ")
-            and i > 0][:limit]
-
-
-class _CapturedStderr:
-    """Capture fd 2 around a bcc compile: clang writes its diagnostics there, not Python."""
-
-    def __enter__(self) -> None:
-        self._file = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._file.fileno(), 2)
-        self.text = ""
-
-    def __exit__(self, *exc) -> None:
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        self._file.seek(0)
-        self.text = self._file.read().decode(errors="replace")
-        self._file.close()
+    try:
+        return bpf_program.load("svctrace.bpf.c", ("svctrace.h",), defines, IMAGE_PREFIX)
+    except bpf_image.ImageError as exc:
+        raise BackendUnavailable(f"the eBPF program did not compile or load:\n{exc}"
+                                 ) from exc
 
 
 def _text(raw: bytes) -> str:
