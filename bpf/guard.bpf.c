@@ -9,9 +9,11 @@
 //   unix: exact paths (hash) and basename prefixes ("*/.s.PGSQL.*"), each with a rank;
 //         the lowest rank that matches decides.
 // A refusal is a ring buffer record for user space and a per-service counter.
-// Settings (-D): PIDNS_DEV, PIDNS_INO (pids of svctrace's namespace), GUARD_CGID and
-// GUARD_LEVEL (the guard cgroup, for the connect tracepoint), STAGES (bitmask of stages
-// that have entries), N_PATTERNS, HAS_SET_RETVAL (bpf_set_retval in sock_addr programs).
+// Settings (-D): PIDNS_DEV, PIDNS_INO (pids of svctrace's namespace), STAGES (bitmask of
+// stages that have entries), N_PATTERNS, HAS_SET_RETVAL (bpf_set_retval in sock_addr
+// programs). The guard cgroup (for the connect tracepoint) is a map, not a -D: the
+// compiled program is kept for the next run (tracer/backends/bpf_program.py), whose
+// cgroup is another.
 #include <uapi/linux/bpf.h>
 #include <linux/in.h>
 #include <linux/socket.h>
@@ -95,6 +97,7 @@ BPF_PERCPU_ARRAY(scratch, struct pending, 1);
 BPF_PERCPU_ARRAY(denials, u64, MAX_SERVICES);          // refusals per service
 BPF_PERCPU_ARRAY(lost, u64, 1);                        // records the ring buffer refused
 BPF_RINGBUF_OUTPUT(refusals, RINGBUF_PAGES);
+BPF_ARRAY(guard_cgroup, u64, 2);                       // [0] its id, [1] its level
 
 static __always_inline int refuse(struct bpf_sock_addr *ctx, const struct verdict *v,
                                   u8 kind, u8 family, u8 proto, u16 port,
@@ -203,7 +206,9 @@ int guard_sendmsg6(struct bpf_sock_addr *ctx) { return inet6(ctx, KIND_SENDMSG);
 // bcc program can read without kfuncs: the connect tracepoint saves it per thread first.
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
-    if (bpf_get_current_ancestor_cgroup_id(GUARD_LEVEL) != GUARD_CGID)
+    u32 id_slot = 0, level_slot = 1;
+    u64 *cgid = guard_cgroup.lookup(&id_slot), *level = guard_cgroup.lookup(&level_slot);
+    if (!cgid || !level || !*cgid || bpf_get_current_ancestor_cgroup_id(*level) != *cgid)
         return 0;
     u16 family = 0;
     bpf_probe_read_user(&family, sizeof(family), (void *)args->uservaddr);

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import importlib.resources
 import ipaddress
 import os
 import re
 import struct
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
-from svctrace.backends import pidns
+from svctrace.backends import bpf_program, pidns
 from svctrace.backends.bcc_import import load_bcc
+from svctrace.backends.bpf_image import ImageError, LoadedProgram
 from svctrace.events import Destination, Event
 from svctrace.guard_rules import (MAX_PATHS, MAX_RULES, PATTERN_MAX, DenySpec, GuardError,
                                   Table)
@@ -24,9 +23,10 @@ from svctrace.rundirs import running_since
 # enum bpf_attach_type (include/uapi/linux/bpf.h); bcc 0.26 has no name for the unix hook.
 ATTACH = {"connect4": 10, "connect6": 11, "sendmsg4": 14, "sendmsg6": 15, "connect_unix": 49}
 PROG_TYPE_CGROUP_SOCK_ADDR = 18
-PROGRAMS = {"connect4": b"guard_connect4", "connect6": b"guard_connect6",
-            "sendmsg4": b"guard_sendmsg4", "sendmsg6": b"guard_sendmsg6",
-            "connect_unix": b"guard_connect_unix"}
+PROGRAMS = {"connect4": "guard_connect4", "connect6": "guard_connect6",
+            "sendmsg4": "guard_sendmsg4", "sendmsg6": "guard_sendmsg6",
+            "connect_unix": "guard_connect_unix"}
+IMAGE_PREFIX = "guard-"  # compiled guards kept in boot_cache.DIR (bpf_program)
 OWN_MOUNT = Path("/run/svctrace/cgroup2")  # where svctrace mounts cgroup2 if none is
 _NAME = re.compile(r"^svctrace-guard-([0-9]+)-([0-9]+)$")
 # struct guard_event in bpf/guard.bpf.c (176 bytes).
@@ -151,10 +151,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _program_source():
-    return importlib.resources.files("svctrace.bpf") / "guard.bpf.c"
-
-
 def _key(fields: tuple) -> bytes:
     stage, family, proto, port, prefixlen, addr = fields
     return struct.pack("<IBBBB", prefixlen, stage, family, proto, 0) + \
@@ -175,7 +171,6 @@ class Guard:
         self.hooks: list[str] = []
         self._bpf = None
         self._fd: int | None = None
-        self._attached: list[tuple[object, int]] = []
         self._pending: list[Event] = []
         self._errors: list[str] = []
         self._wall_offset = time.time_ns() - time.monotonic_ns()
@@ -201,71 +196,68 @@ class Guard:
             self.stop()
             raise
 
-    def _compile(self, cgid: int, level: int, set_retval: bool):
-        bcc = load_bcc()
+    def _program(self, set_retval: bool) -> LoadedProgram:
         ns = pidns.current()
-        flags = [f"-DPIDNS_DEV={ns.kernel_dev}ULL", f"-DPIDNS_INO={ns.inode}ULL",
-                 f"-DGUARD_CGID={cgid}ULL", f"-DGUARD_LEVEL={level}",
-                 f"-DSTAGES={self.table.stages}", f"-DN_PATTERNS={len(self.table.unix_patterns)}",
-                 f"-DMAX_RULES={MAX_RULES}", f"-DMAX_PATHS={MAX_PATHS}",
-                 f"-DMAX_SERVICES={max(1, len(self.table.services))}",
-                 f"-DRINGBUF_PAGES={RINGBUF_PAGES}"]
+        defines = [f"-DPIDNS_DEV={ns.kernel_dev}ULL", f"-DPIDNS_INO={ns.inode}ULL",
+                   f"-DSTAGES={self.table.stages}",
+                   f"-DN_PATTERNS={len(self.table.unix_patterns)}",
+                   f"-DMAX_RULES={MAX_RULES}", f"-DMAX_PATHS={MAX_PATHS}",
+                   f"-DMAX_SERVICES={max(1, len(self.table.services))}",
+                   f"-DRINGBUF_PAGES={RINGBUF_PAGES}"]
         if set_retval:
-            flags.append("-DHAS_SET_RETVAL=1")
-        with ExitStack() as stack:
-            source = stack.enter_context(importlib.resources.as_file(_program_source()))
-            flags.append(f"-I{source.parent}")  # bcc_quick.h next to it
-            bpf = bcc.BPF(src_file=str(source).encode(), cflags=flags)
-        try:
-            functions = {hook: bpf.load_func(name, PROG_TYPE_CGROUP_SOCK_ADDR,
-                                             attach_type=ATTACH[hook])
-                         for hook, name in PROGRAMS.items() if hook != "connect_unix"}
-        except Exception:
-            bpf.cleanup()
-            raise
-        return bpf, functions
+            defines.append("-DHAS_SET_RETVAL=1")
+        kinds = {name: (PROG_TYPE_CGROUP_SOCK_ADDR, ATTACH[hook])
+                 for hook, name in PROGRAMS.items()}
+        # BPF_CGROUP_UNIX_CONNECT came with Linux 6.7: an older kernel refuses that one only
+        program, origin = bpf_program.load("guard.bpf.c", (), defines, IMAGE_PREFIX, kinds,
+                                           optional=frozenset({PROGRAMS["connect_unix"]}))
+        if origin not in ("kept", "compiled"):
+            self.notes.append(f"guard: {origin}")
+        return program
 
     def _load(self, cgid: int, level: int) -> None:
         try:
-            self._bpf, functions = self._compile(cgid, level, True)
+            self._bpf = self._program(True)
             self.refusal = "ECONNREFUSED (tcp, unix), EPERM (udp)"
-        except Exception as first:
+        except ImageError as first:
             # bpf_set_retval in sock_addr programs came with Linux 5.19: else EPERM
             try:
-                self._bpf, functions = self._compile(cgid, level, False)
-            except Exception as exc:
+                self._bpf = self._program(False)
+            except ImageError as exc:
                 raise GuardError(f"the guard's BPF programs did not load: {exc}") from first
             self.notes.append("this kernel refuses bpf_set_retval in connect programs: "
                               "refused connects fail with EPERM, not ECONNREFUSED")
+        where = self._bpf["guard_cgroup"]  # for the connect tracepoint (unix paths)
+        where[ctypes.c_int(0)] = ctypes.c_uint64(cgid)
+        where[ctypes.c_int(1)] = ctypes.c_uint64(level)
         self._fill()
-        bcc = load_bcc()
-        for hook, fn in functions.items():
-            bcc.BPF.attach_func(fn, self._fd, ATTACH[hook])
-            self._attached.append((fn, ATTACH[hook]))
+        for hook, name in PROGRAMS.items():
+            try:
+                if name in self._bpf.refused:
+                    raise OSError(self._bpf.refused[name])
+                self._bpf.attach_cgroup(name, self._fd, ATTACH[hook])
+            except OSError as exc:
+                if hook != "connect_unix":
+                    raise GuardError(f"attaching the guard's {hook} program failed: {exc}"
+                                     ) from exc
+                if self.table.unix_exact or self.table.unix_patterns:
+                    self.notes.append(f"this kernel has no unix connect hook ({exc}): unix "
+                                      "sockets of denied services are not refused")
+                continue
             self.hooks.append(hook)
-        try:  # BPF_CGROUP_UNIX_CONNECT: Linux 6.7+
-            fn = self._bpf.load_func(PROGRAMS["connect_unix"], PROG_TYPE_CGROUP_SOCK_ADDR,
-                                     attach_type=ATTACH["connect_unix"])
-            bcc.BPF.attach_func(fn, self._fd, ATTACH["connect_unix"])
-            self._attached.append((fn, ATTACH["connect_unix"]))
-            self.hooks.append("connect_unix")
-        except Exception as exc:
-            if self.table.unix_exact or self.table.unix_patterns:
-                self.notes.append(f"this kernel has no unix connect hook ({exc}): unix "
-                                  "sockets of denied services are not refused")
-        self._bpf[b"refusals"].open_ring_buffer(self._on_event)
+        self._bpf.open_ring_buffer("refusals", self._on_event)
 
     def _fill(self) -> None:
-        rules = self._bpf[b"inet_rules"]
+        rules = self._bpf["inet_rules"]
         for fields, (action, service, rank) in self.table.inet.items():
             key = rules.Key.from_buffer_copy(_key(fields))
             rules[key] = rules.Leaf(action, service, rank)
-        exact = self._bpf[b"unix_exact"]
+        exact = self._bpf["unix_exact"]
         for path, (action, service, rank) in self.table.unix_exact.items():
             key = exact.Key()
             ctypes.memmove(ctypes.addressof(key), path, len(path))
             exact[key] = exact.Leaf(action, service, rank)
-        patterns = self._bpf[b"unix_patterns"]
+        patterns = self._bpf["unix_patterns"]
         for i, (prefix, is_exact, action, service, rank) in enumerate(self.table.unix_patterns):
             leaf = patterns.Leaf()
             leaf.len, leaf.exact = len(prefix), int(is_exact)
@@ -299,13 +291,8 @@ class Guard:
                 self._final = self._counters()
             except Exception as exc:
                 self.notes.append(f"guard: reading the last refusals failed: {exc}")
-        bcc = load_bcc() if self._attached else None
-        for fn, attach_type in self._attached:
-            try:
-                bcc.BPF.detach_func(fn, self._fd, attach_type)
-            except Exception:
-                pass  # removing the cgroup releases its programs anyway
-        self._attached = []
+        if self._bpf is not None:
+            self._bpf.detach_cgroups()  # removing the cgroup releases them anyway
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -355,10 +342,10 @@ class Guard:
                      comm.split(b"\0", 1)[0].decode(errors="replace"), dest, result)
 
     def _counters(self) -> dict:
-        denials = self._bpf[b"denials"]
-        per = {name: int(denials.sum(i).value) for i, name in enumerate(self.table.services)}
+        denials = self._bpf["denials"]
+        per = {name: denials.sum(i) for i, name in enumerate(self.table.services)}
         return {"refusals": {k: v for k, v in per.items() if v},
-                "lost_refusal_records": int(self._bpf[b"lost"].sum(0).value)}
+                "lost_refusal_records": self._bpf["lost"].sum(0)}
 
     def info(self) -> dict:
         """run.guard in the report."""
