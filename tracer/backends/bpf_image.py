@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -83,9 +84,11 @@ class Image:
             raise ImageError(f"unreadable program image: {exc!r}") from exc
 
 
+@functools.lru_cache(maxsize=None)
 def libbcc(path: str) -> ctypes.CDLL:
     """Our own handle on libbcc.so (path: bcc.libbcc.lib._name) with the prototypes used
-    here declared, leaving bcc's handle as bcc set it up."""
+    here declared, leaving bcc's handle as bcc set it up; made once per process (the
+    tracer and the guard both load through it)."""
     lib = ctypes.CDLL(path, use_errno=True)
     vp, sz, i, cp = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_char_p
     for name, restype, argtypes in (
