@@ -65,6 +65,24 @@ def test_wire_counts_garbage_lines():
     assert decoder.bad_lines == 2
 
 
+
+def test_wire_batch_of_lines_decodes_like_line_by_line_and_bad_lines_still_count():
+    # Whole reads are scanned in one call (wire._scan_lines); the same bytes fed one line
+    # at a time must give the same records, and one bad line must not cost its batch.
+    records = [Marker(i, i + 1, 7, None, f"t.py::x{i}", "call", "start") for i in range(50)]
+    records.append(FixtureWindows(7, "setup", (("::db", 1, 2, 3, 4),)))
+    good = [wire.encode(r)[0] for r in records]
+    assert wire._scan_lines(b"".join(good)[:-1]) is not None  # the batch path is taken
+    one_by_one = wire.Decoder()
+    assert [r for line in good for r in one_by_one.feed(line)] == records
+    assert list(wire.Decoder().feed(b"".join(good))) == records
+    for bad in (b"\x1e[1],[2\n", b"\x1e[\"m\",1\n", b"\n", b"plain text\n",
+                b"\x1e[\"zz\",1]\n", b"\x1e[]\n"):
+        decoder = wire.Decoder()
+        out = list(decoder.feed(b"".join(good[:20]) + bad + b"".join(good[20:])))
+        assert out == records, bad
+        assert decoder.bad_lines == (0 if bad == b"\n" else 1), bad
+
 @pytest.mark.parametrize("spec,dest,expected", [
     ("5432", Destination("inet", "tcp", "10.0.0.1", 5432), True),
     ("8125/udp", Destination("inet", "tcp", "10.0.0.1", 8125), False),

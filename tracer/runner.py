@@ -25,6 +25,7 @@ from svctrace.userfiles import OutputError, invoking_user
 POLL_S = 0.02          # measured: polling every ~20 ms without wakeups costs ~1.03-1.14x
 WATERMARK_NS = 3 * 10**9  # attribute events once markers up to this age have surely arrived
 F_SETPIPE_SZ = 1031
+RUN_GC_YOUNG = 50_000
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
@@ -277,6 +278,7 @@ class Run:
                           if v is not None})
         started_wall = time.time()
         exit_code: int | None = None
+        thresholds = gc.get_threshold()
         try:
             self.backend.prepare(ctx)
             if self.guard is not None:
@@ -284,6 +286,10 @@ class Run:
             # What start-up built (bcc, the compiled program's tables) lives to the end:
             # keep the cyclic GC's full scans during the run off it (issue 13).
             gc.freeze()
+            # Records are built and dropped by the thousand: a young generation of 50,000
+            # objects, not 700, spares the run most collections (-15% of the runner's CPU
+            # while pytest runs, measured on 8,000 tests' records).
+            gc.set_threshold(RUN_GC_YOUNG, *thresholds[1:])
             argv = self.backend.wrap_command(list(self.command))
             drops_itself = self.backend.drops_privileges
             env = pluginpath.environment(
@@ -328,6 +334,7 @@ class Run:
                 if self.pid:  # else nothing ran: the caller reports the setup error
                     self._finish(pipe, exit_code, started_wall)
             finally:
+                gc.set_threshold(*thresholds)
                 pipe.close()
                 if self.stacks is not None:
                     self.stacks.resume_all()  # no process stays stopped, whatever failed
