@@ -194,4 +194,4 @@ def test_wheel_installs_only_distinctive_names(tmp_path):
     assert "svctrace/bpf/svctrace.bpf.c" in names and "svctrace/bpf/svctrace.h" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "svctrace = pytest_svctrace.plugin" in text and "svctrace = svctrace.cli:main" in text
+    assert "svctrace = pytest_svctrace.plugin" in text and "svctrace = svctrace.cli:entry" in text

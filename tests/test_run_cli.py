@@ -32,6 +32,17 @@ def test_exit_code_passes_through_and_report_is_written(tmp_path):
     assert report["run"]["exit_code"] == 7 and report["tests"] == {}
 
 
+def test_the_program_leaves_without_teardown_but_flushes_its_output(tmp_path):
+    # cli.entry ends with os._exit: buffered output to a pipe must still arrive whole, and
+    # an exit status over 255 is truncated as the kernel does for sys.exit.
+    from svctrace.cli_common import EXIT_CODES_HELP
+    proc = svctrace("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout.rstrip().endswith(EXIT_CODES_HELP.strip().splitlines()[-1].strip())
+    proc = svctrace("run", "-b", "inprocess", "--", "sh", "-c", "exit 3", cwd=tmp_path)
+    assert proc.returncode == 3 and "svctrace:" in proc.stderr
+
+
 def test_killed_command_gives_128_plus_signal(tmp_path):
     proc = svctrace("run", "-b", "inprocess", "--", "sh", "-c", "kill -TERM $$", cwd=tmp_path)
     assert proc.returncode == 128 + signal.SIGTERM

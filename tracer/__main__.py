@@ -1,4 +1,4 @@
 """`python -m svctrace` entry point."""
-from svctrace.cli import main
+from svctrace.cli import entry
 
-main()
+entry()
