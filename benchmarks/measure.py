@@ -142,8 +142,11 @@ def run(argv: list[str], *, env: dict, cwd: Path, ident: Identity, traced: bool,
         report.unlink()
     with open(log_path, "wb") as out:
         started = time.monotonic_ns()
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.PIPE if on_progress else out,
+        # svctrace's progress lines reach pytest's output (the plugin prints them between
+        # tests) or, without a plugin taking them, svctrace's stderr: read both.
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE if on_progress else out,
+                                stderr=subprocess.STDOUT if on_progress else out,
                                 **({} if traced else ident.popen_kwargs()))
         sampler = _Sampler(proc.pid) if traced else None
         if sampler:
@@ -153,7 +156,7 @@ def run(argv: list[str], *, env: dict, cwd: Path, ident: Identity, traced: bool,
         progress: list = []
         if on_progress:
             def pump() -> None:
-                for raw in proc.stderr:
+                for raw in proc.stdout:
                     out.write(raw)
                     line = raw.decode(errors="replace").rstrip()
                     rss = None
