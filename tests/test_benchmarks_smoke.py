@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from svctrace.backends import availability
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,3 +38,22 @@ def test_quick_benchmark_reports_every_usable_backend(tmp_path, services):
         assert results["micro"]["redis"]["backends"][name]["events_seen"] >= 1000, name
     table = out_md.read_text()
     assert "| redis: " in table and table in done.stdout
+
+
+def test_memory_workload_samples_the_tracer_at_its_progress_lines(tmp_path, services):
+    # The progress lines appear in pytest's output (the plugin prints them): the memory
+    # figures are read from them, and were "- at - events" when only stderr was read.
+    if availability().get("ebpf") is not None:
+        pytest.skip(f"the memory workload traces with eBPF: {availability()['ebpf']}")
+    out_json = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "memory", "--rounds", "1",
+         "--size", "memory=60000", "--size", "memory_rate=20000",
+         "--json", str(out_json), "--markdown", str(tmp_path / "results.md")],
+        cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    memory = json.loads(out_json.read_text())["memory"]
+    assert memory["lost_events"] == 0 and memory["records"] >= 60000
+    assert len(memory["progress"]) >= 2
+    assert memory["start"]["rss_bytes"] > 0 and memory["end"]["events"] > \
+        memory["start"]["events"] > 0
