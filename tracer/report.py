@@ -40,12 +40,18 @@ def _contact_json(contact: Contact) -> dict:
 
 def _by_phase(per_phase: dict[str, dict[str, Contact]]) -> dict[str, dict]:
     """{service: its evidence merged over the phases it was seen in, with those phases}."""
+    setup, call, teardown = (per_phase[p] for p in TEST_PHASES)
+    if not (setup or call or teardown):  # most tests, for probes and refusals
+        return {}
     out = {}
-    for service in sorted(set().union(*map(set, per_phase.values()))):
+    for service in sorted({*setup, *call, *teardown}):
         where = [p for p in TEST_PHASES if service in per_phase[p]]
-        merged = Contact()
-        for p in where:
-            merged.merge(per_phase[p][service])
+        if len(where) == 1:  # seen in one phase: its contact is the merge
+            merged = per_phase[where[0]][service]
+        else:
+            merged = Contact()
+            for p in where:
+                merged.merge(per_phase[p][service])
         out[service] = {"phases": where, **_contact_json(merged)}
     return out
 
@@ -56,10 +62,10 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
     tests: dict[str, dict] = {}
     for nodeid, test in att.tests.items():
         phases = {p: sorted(test.phases[p]) for p in TEST_PHASES}
-        observed = sorted(set().union(*map(set, phases.values())))
+        observed = sorted({*phases["setup"], *phases["call"], *phases["teardown"]})
         inherited = analysis.inherited_services(test, att)
         declared = analysis.declared_services(test, cfg)
-        denied = sorted(set().union(*map(set, test.denied.values())))
+        denied = sorted({s for phase in test.denied.values() for s in phase})
         needs, touched_baseline = analysis.needs(observed, inherited, declared, baseline,
                                                  denied)
         tests[nodeid] = {
