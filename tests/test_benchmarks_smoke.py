@@ -57,3 +57,13 @@ def test_memory_workload_samples_the_tracer_at_its_progress_lines(tmp_path, serv
     assert len(memory["progress"]) >= 2
     assert memory["start"]["rss_bytes"] > 0 and memory["end"]["events"] > \
         memory["start"]["events"] > 0
+
+
+def test_runner_replay_decodes_and_attributes_every_line():
+    # replay() asserts that no line was bad and markers were attributed
+    done = subprocess.run([sys.executable, "-m", "benchmarks.runner_replay", "--tests", "50",
+                           "--repeat", "1"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "replaying 50 tests: 450 marker lines" in done.stdout
+    assert done.stdout.count("µs a line") == 2
