@@ -287,8 +287,8 @@ class Run:
             # keep the cyclic GC's full scans during the run off it (issue 13).
             gc.freeze()
             # Records are built and dropped by the thousand: a young generation of 50,000
-            # objects, not 700, spares the run most collections (-15% of the runner's CPU
-            # while pytest runs, measured on 8,000 tests' records).
+            # objects, not 700, spares long runs collections (up to 7% of decoding and
+            # attribution on 8,000 tests: python -m benchmarks.runner_replay).
             gc.set_threshold(RUN_GC_YOUNG, *thresholds[1:])
             argv = self.backend.wrap_command(list(self.command))
             drops_itself = self.backend.drops_privileges

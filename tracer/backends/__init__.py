@@ -23,15 +23,17 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), attr)
 
 
+def _reason(name: str) -> str | None:
+    """None if backend `name` is usable here, else why not."""
+    try:
+        return backend_class(name).unavailable_reason()
+    except Exception as exc:  # a broken backend module must not hide the others
+        return f"cannot load the {name} backend: {exc}"
+
+
 def availability() -> dict[str, str | None]:
     """{name: None if usable else the reason it is not}, in preference order."""
-    result = {}
-    for name in ORDER:
-        try:
-            result[name] = backend_class(name).unavailable_reason()
-        except Exception as exc:  # a broken backend module must not hide the others
-            result[name] = f"cannot load the {name} backend: {exc}"
-    return result
+    return {name: _reason(name) for name in ORDER}
 
 
 def select_backend(requested: str) -> tuple[type[Backend], list[str]]:
@@ -49,21 +51,12 @@ def select_backend(requested: str) -> tuple[type[Backend], list[str]]:
     notes = []
     for name in ORDER:
         try:
-            cls = backend_class(name)
+            notes += backend_class(name).prepare_host()
         except Exception as exc:  # a broken backend module must not hide the others
-            notes.append(f"backend auto: skipped {name}: cannot load the {name} backend: "
-                         f"{exc}")
-            continue
-        try:
-            notes += cls.prepare_host()
-        except Exception as exc:
             notes.append(f"cannot prepare the {name} backend: {exc}")
-        try:
-            reason = cls.unavailable_reason()
-        except Exception as exc:
-            reason = f"cannot check the {name} backend: {exc}"
+        reason = _reason(name)
         if reason is None:
             notes.append(f"backend auto: using {name}")
-            return cls, notes
+            return backend_class(name), notes
         notes.append(f"backend auto: skipped {name}: {reason}")
     raise BackendUnavailable("no backend is usable: " + "; ".join(notes))
