@@ -12,7 +12,7 @@ import struct
 import time
 from pathlib import Path
 
-from svctrace.backends import bpf_program, pidns
+from svctrace.backends import boot_cache, bpf_program, pidns
 from svctrace.backends.bcc_import import load_bcc
 from svctrace.backends.bpf_image import ImageError, LoadedProgram
 from svctrace.events import Destination, Event
@@ -27,7 +27,7 @@ PROGRAMS = {"connect4": "guard_connect4", "connect6": "guard_connect6",
             "sendmsg4": "guard_sendmsg4", "sendmsg6": "guard_sendmsg6",
             "connect_unix": "guard_connect_unix"}
 IMAGE_PREFIX = "guard-"  # compiled guards kept in boot_cache.DIR (bpf_program)
-OWN_MOUNT = Path("/run/svctrace/cgroup2")  # where svctrace mounts cgroup2 if none is
+OWN_MOUNT = boot_cache.DIR / "cgroup2"  # where svctrace mounts cgroup2 if none is
 _NAME = re.compile(r"^svctrace-guard-([0-9]+)-([0-9]+)$")
 # struct guard_event in bpf/guard.bpf.c (176 bytes).
 _EVENT = struct.Struct("<QIIiHHBBBB16s128sI")
@@ -54,7 +54,10 @@ def mount_cgroup2() -> tuple[Path, str | None]:
     found = cgroup2_mount()
     if found is not None:
         return found, None
-    OWN_MOUNT.mkdir(parents=True, exist_ok=True)
+    # boot_cache's folder with boot_cache's mode: made here with the umask's, a later run
+    # would distrust every program and offset kept in it.
+    boot_cache.DIR.mkdir(mode=0o755, exist_ok=True)
+    OWN_MOUNT.mkdir(mode=0o755, exist_ok=True)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"cgroup2", str(OWN_MOUNT).encode(), b"cgroup2", 0, None) != 0:
         err = ctypes.get_errno()

@@ -66,6 +66,8 @@ def tracepoints() -> tuple[str, ...]:
     from the program itself so the availability check cannot drift from it."""
     return tuple(f"{cat.decode()}/{name.decode()}" for cat, name in
                  _PROBE.findall(_program_source()))
+
+
 IMAGE_PREFIX = "program-"  # compiled programs kept in boot_cache.DIR: program-<key>.json
 DEFAULT_RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages: held 200k events/s here (DESIGN.md)
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
