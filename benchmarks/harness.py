@@ -104,7 +104,7 @@ def machine_info() -> dict:
         kb = int(Path("/proc/meminfo").read_text().split()[1])
         info["memory_gib"] = round(kb / 2**20, 1)
     with contextlib.suppress(Exception):
-        from svctrace.backends.bcc_import import load_bcc
+        from svctrace.kernel.bcc_import import load_bcc
         info["bcc"] = getattr(load_bcc(), "__version__", "?")
     with contextlib.suppress(Exception):
         out = subprocess.run(["strace", "-V"], capture_output=True, text=True).stdout
@@ -136,7 +136,8 @@ def machine_info() -> dict:
 
 def forget_program_images() -> None:
     """Remove the compiled eBPF programs svctrace keeps until reboot (bpf_image)."""
-    from svctrace.backends import boot_cache, ebpf
+    from svctrace.kernel import boot_cache
+    from svctrace.capture import ebpf
     for path in boot_cache.DIR.glob(f"{ebpf.IMAGE_PREFIX}*.json"):
         path.unlink()
 
@@ -173,13 +174,13 @@ class Bench:
         return path
 
     def backends(self) -> tuple[list[str], dict]:
-        from svctrace.backends import availability
+        from svctrace.capture import availability
         reasons = availability()
         wanted = ([b.strip() for b in self.args.backends.split(",")]
                   if self.args.backends else list(BACKENDS))
         # "ebpf+stacks": the ebpf backend under --stacks (asked for by name only)
         for config in [b for b in wanted if b.endswith("+stacks")]:
-            from svctrace.stacks import find_py_spy
+            from svctrace.join.stacks import find_py_spy
             base = config.partition("+")[0]
             reasons[config] = reasons.get(base, "unknown backend") or (
                 None if find_py_spy() else "py-spy is not installed")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svctrace import wire  # noqa: E402
-from svctrace.collect import Collector  # noqa: E402
+from svctrace.capture import wire  # noqa: E402
+from svctrace.join.collect import Collector  # noqa: E402
 from svctrace.config import load_config  # noqa: E402
 from svctrace.events import TestInfo  # noqa: E402
-from svctrace.runner import RUN_GC_YOUNG  # noqa: E402
+from svctrace.run.runner import RUN_GC_YOUNG  # noqa: E402
 
 
 def stream(tests: int) -> bytes:

@@ -25,16 +25,16 @@ REPO = Path(__file__).resolve().parent.parent
 # (module, class, method, label). Each step is charged its own time only: a step called
 # from another (the final drain inside _finish) is charged to itself, not to its caller.
 STEPS = (
-    ("svctrace.runner", "Run", "__init__", "configuration, backend choice"),
-    ("svctrace.backends.ebpf", "EbpfBackend", "prepare", "backend start (program load)"),
-    ("svctrace.pluginpath", None, "build", "plugin copied for the command"),
-    ("svctrace.runner", "MarkerPipe", "read", "read + decode marker lines"),
-    ("svctrace.runner", "Run", "_feed", "attribute marker records"),
-    ("svctrace.runner", "Run", "_poll_backend", "drain + decode the backend's records"),
-    ("svctrace.attribution", "Attributor", "flush", "watermark flushes"),
-    ("svctrace.collect", "Collector", "finish", "final attribution + report"),
-    ("svctrace.collect", "Collector", "write", "write the report"),
-    ("svctrace.runner", "Run", "_finish", "the rest of the finish (stop, detach, notes)"),
+    ("svctrace.run.runner", "Run", "__init__", "configuration, backend choice"),
+    ("svctrace.capture.ebpf", "EbpfBackend", "prepare", "backend start (program load)"),
+    ("svctrace.run.pluginpath", None, "build", "plugin copied for the command"),
+    ("svctrace.run.runner", "MarkerPipe", "read", "read + decode marker lines"),
+    ("svctrace.run.runner", "Run", "_feed", "attribute marker records"),
+    ("svctrace.run.runner", "Run", "_poll_backend", "drain + decode the backend's records"),
+    ("svctrace.join.attribution", "Attributor", "flush", "watermark flushes"),
+    ("svctrace.join.collect", "Collector", "finish", "final attribution + report"),
+    ("svctrace.join.collect", "Collector", "write", "write the report"),
+    ("svctrace.run.runner", "Run", "_finish", "the rest of the finish (stop, detach, notes)"),
 )
 
 
@@ -89,7 +89,7 @@ def main() -> int:
         owner = importlib.import_module(module)
         owner = getattr(owner, cls_name) if cls_name else owner
         setattr(owner, method, clock.timed(label, getattr(owner, method)))
-    from svctrace.cli import main as svctrace_main
+    from svctrace.cli.main import main as svctrace_main
     with tempfile.TemporaryDirectory(prefix="svctrace-split-") as tmp:
         root = write(Path(tmp) / "suite", args.tests)
         os.chdir(root)

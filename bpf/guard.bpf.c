@@ -2,7 +2,7 @@
 // processes of one cgroup (the command's tree), every connect and unconnected UDP send to
 // a destination the service map names as a denied service.
 //
-// The deny table is compiled in user space (svctrace.guard_rules) from the service map,
+// The deny table is compiled in user space (svctrace.guard.rules) from the service map,
 // with its precedence: user ignore list, user rules, default noise, default rules.
 //   inet: one LPM trie keyed (stage, family, protocol, port, address); a stage is one
 //         precedence level, looked up in order; the first stage that matches decides.
@@ -65,7 +65,7 @@ struct pattern {
     char prefix[PATTERN_MAX];
 };
 
-// struct guard_event: 176 bytes, no implicit padding (svctrace.guard._EVENT).
+// struct guard_event: 176 bytes, no implicit padding (svctrace.guard.kernel._EVENT).
 struct guard_event {
     u64 ts;          // bpf_ktime_get_ns: CLOCK_MONOTONIC
     u32 pid;         // in svctrace's pid namespace

@@ -166,7 +166,7 @@ say "installing svctrace and its test dependencies into .venv"
 PIP_ROOT_USER_ACTION=ignore .venv/bin/python -m pip install -q --disable-pip-version-check \
     -e '.[test]'
 
-# svctrace finds the distribution's bcc by itself (svctrace.backends.bcc_import): no link.
+# svctrace finds the distribution's bcc by itself (svctrace.kernel.bcc_import): no link.
 # Earlier versions of this script linked it into the venv; that link is no longer needed.
 STEP="removing an old bcc link"
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -176,13 +176,13 @@ if [ -L "$SITE/bcc" ] && [ "$(readlink "$SITE/bcc")" = "$BCC_SRC" ]; then
 fi
 [ -d "$BCC_SRC" ] || fail "$BCC_SRC is missing although python3-bpfcc is installed."
 STEP="checking that svctrace finds bcc"
-.venv/bin/python -c 'from svctrace.backends.bcc_import import load_bcc; load_bcc()' \
+.venv/bin/python -c 'from svctrace.kernel.bcc_import import load_bcc; load_bcc()' \
     || fail "svctrace cannot load the system bcc (see the error above)."
 
 # A real compile-and-attach proves headers, tracefs and privileges together. eBPF may be
 # unavailable in some containers; svctrace then falls back to strace, so this only warns.
 STEP="eBPF self-check"
-if out=$(timeout 120 .venv/bin/python -c 'from svctrace.backends.bcc_import import load_bcc
+if out=$(timeout 120 .venv/bin/python -c 'from svctrace.kernel.bcc_import import load_bcc
 load_bcc().BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return 0; }")' 2>&1); then
     say "eBPF self-check passed (bcc compiled and attached a tracepoint program)"
 else

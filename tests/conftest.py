@@ -74,7 +74,7 @@ def sample_suite(tmp_path, sample_env):
 
 
 def pytest_report_header(config):
-    from svctrace.backends import availability
+    from svctrace.capture import availability
     return ["svctrace backends: " + ", ".join(
         f"{name}={'usable' if reason is None else 'unavailable'}"
         for name, reason in availability().items())]

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import errno
 
-from svctrace.attribution import Attributor
+from svctrace.join.attribution import Attributor
 from svctrace.config import Config
-from svctrace.attribution import SETUP_HOLD_MAX_NS
+from svctrace.join.attribution import SETUP_HOLD_MAX_NS
 from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Marker,
                              ProcessEvent, RunInfo, TestInfo)
-from svctrace.report import build_report
-from svctrace.services import ServiceMap
+from svctrace.report.build import build_report
+from svctrace.join.services import ServiceMap
 
 PG = Destination("inet", "tcp", "127.0.0.1", 5432)
 REDIS = Destination("inet", "tcp", "127.0.0.1", 6379)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from svctrace.backends import availability
+from svctrace.capture import availability
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from svctrace.backends import boot_cache, bpf_image
-from svctrace.backends.bpf_image import Image, ImageError, MapSpec, _patch
+from svctrace.kernel import boot_cache, bpf_image
+from svctrace.kernel.bpf_image import Image, ImageError, MapSpec, _patch
 from tests.support.backends import needs_backend
 
 needs_ebpf = needs_backend("ebpf")
@@ -116,7 +116,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 
 @needs_ebpf
 def test_a_compiled_image_loads_again_from_its_bytes_and_runs() -> None:
-    from svctrace.backends.bcc_import import load_bcc
+    from svctrace.kernel.bcc_import import load_bcc
     bcc = load_bcc()
     lib = bpf_image.libbcc(bcc.libbcc.lib._name)
     image = bpf_image.compile_image(lib, COUNTER, [f"-DWATCHED={os.getpid()}"])
@@ -143,7 +143,7 @@ def test_a_compiled_image_loads_again_from_its_bytes_and_runs() -> None:
 
 @needs_ebpf
 def test_the_verifier_refusing_an_image_names_the_program_and_why() -> None:
-    from svctrace.backends.bcc_import import load_bcc
+    from svctrace.kernel.bcc_import import load_bcc
     bcc = load_bcc()
     lib = bpf_image.libbcc(bcc.libbcc.lib._name)
     image = bpf_image.compile_image(lib, COUNTER, [f"-DWATCHED={os.getpid()}"])
@@ -156,7 +156,7 @@ def test_the_verifier_refusing_an_image_names_the_program_and_why() -> None:
 
 @needs_ebpf
 def test_the_backend_compiles_once_then_loads_the_kept_image(tmp_path, monkeypatch) -> None:
-    from svctrace.backends import ebpf
+    from svctrace.capture import ebpf
     monkeypatch.setattr(boot_cache, "DIR", tmp_path / "run")
     origins = []
     for _round in range(2):
@@ -175,7 +175,7 @@ def test_the_backend_compiles_once_then_loads_the_kept_image(tmp_path, monkeypat
     code = base64.b64decode(data["programs"][0][1])
     data["programs"][0][1] = base64.b64encode(code[:-8]).decode()  # no final exit
     kept.write_text(json.dumps(data))
-    from svctrace.backends.base import RunContext
+    from svctrace.capture.base import RunContext
     backend = ebpf.EbpfBackend()
     backend.prepare(RunContext(command=["test"], settings={"ringbuf_pages": 64}))
     backend.stop()
@@ -196,7 +196,7 @@ def test_a_signal_during_verification_does_not_fail_the_load(retries, monkeypatc
     signals make it fail, which shows the signals land inside the verifier."""
     import signal
 
-    from svctrace.backends import ebpf
+    from svctrace.capture import ebpf
     monkeypatch.setattr(bpf_image, "_EAGAIN_RETRIES", retries)
     ebpf.detach(ebpf._load_program(64)[0])  # compiled and kept before the signals start
     ticks = []

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from svctrace.backends import btf
+from svctrace.kernel import btf
 
 HAS_VMLINUX_BTF = btf.VMLINUX.exists()
 
@@ -129,7 +129,8 @@ def test_offsets_are_kept_per_kernel_and_only_a_root_only_file_is_believed(tmp_p
     import json
     import os
 
-    from svctrace.backends import boot_cache, btf_cache, ebpf
+    from svctrace.kernel import boot_cache, btf_cache
+    from svctrace.capture import ebpf
     monkeypatch.setattr(boot_cache, "DIR", tmp_path / "run")
     cache = tmp_path / "run" / btf_cache.NAME
     names = {*ebpf.SOCK_COMMON_DEFINES, *ebpf.KERNEL_DEFINES}

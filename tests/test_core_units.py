@@ -5,10 +5,10 @@ import pathlib
 
 import pytest
 
-from svctrace import wire
+from svctrace.capture import wire
 from svctrace.config import ConfigError, load_config
 from svctrace.events import Destination, Event, FixtureWindows, Marker, TestInfo
-from svctrace.services import RuleError, ServiceMap, parse_rule
+from svctrace.join.services import RuleError, ServiceMap, parse_rule
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -160,9 +160,9 @@ startup_s = 5
 
 # The pure core (STYLE.md): records -> attribution -> analysis -> report -> merge/tiers and
 # the views over a report. None may pull in bcc, pytest, click or psutil, even indirectly.
-PURE_CORE = ["events", "wire", "contract", "services", "config", "lineage", "evidence",
-             "attribution",
-             "collect", "analysis", "report", "merge", "tiers", "guard_rules", "errors",
+PURE_CORE = ["events", "capture.wire", "contract", "join.services", "config", "join.lineage",
+             "join.evidence", "join.attribution", "join.collect", "join.analysis",
+             "report.build", "report.merge", "plan.tiers", "guard.rules", "errors",
              "views.summary", "views.explain", "views.html", "views.html_assets",
              "views.stacks"]
 
@@ -194,4 +194,4 @@ def test_wheel_installs_only_distinctive_names(tmp_path):
     assert "svctrace/bpf/svctrace.bpf.c" in names and "svctrace/bpf/svctrace.h" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "svctrace = pytest_svctrace.plugin" in text and "svctrace = svctrace.cli:entry" in text
+    assert "svctrace = pytest_svctrace.plugin" in text and "svctrace = svctrace.cli.main:entry" in text

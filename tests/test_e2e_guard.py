@@ -112,7 +112,7 @@ def _wait_for(predicate, timeout: float = 60) -> None:
 
 def _guard_cgroups(runner: int) -> set[str]:
     """The guard cgroups of this runner pid only: concurrent runs have their own."""
-    from svctrace.guard import _own_cgroup, cgroup2_mount
+    from svctrace.guard.kernel import _own_cgroup, cgroup2_mount
     mount = cgroup2_mount()
     if mount is None:
         return set()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from svctrace.config import Tier
-from svctrace.tiers import plan_tiers
+from svctrace.plan.tiers import plan_tiers
 from tests.support import e2e
 from tests.support.backends import needs_backend as needs
 from tests.support.services import kafka_mock_cluster

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from svctrace.backends.base import RunContext
-from svctrace.backends.ebpf import _EVENT, EbpfBackend, decode, diagnose
+from svctrace.capture.base import RunContext
+from svctrace.capture.ebpf import _EVENT, EbpfBackend, decode, diagnose
 from svctrace.events import Destination, Event, ProcessEvent
 from tests.support.backends import needs_backend
 

@@ -7,9 +7,9 @@ import ipaddress
 import pytest
 
 from svctrace.events import Destination
-from svctrace.guard_rules import (ACT_DENY, GuardError, compile_table, covering_tier,
+from svctrace.guard.rules import (ACT_DENY, GuardError, compile_table, covering_tier,
                                   deny_spec, misplaced_lines, plan_from_command)
-from svctrace.services import ServiceMap
+from svctrace.join.services import ServiceMap
 
 PROTO = {"tcp": 6, "udp": 17}
 

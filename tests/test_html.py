@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from svctrace.analysis import summarize
+from svctrace.join.analysis import summarize
 from svctrace.config import Tier
-from svctrace.tiers import plan_tiers
+from svctrace.plan.tiers import plan_tiers
 from svctrace.views.html import build_page
 from tests.support import e2e
 from tests.support.backends import BEST

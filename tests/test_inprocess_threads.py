@@ -5,7 +5,7 @@ import os
 import socket
 import threading
 
-from svctrace.backends import inprocess
+from svctrace.capture import inprocess
 from svctrace.events import Event, ProcessEvent
 
 

@@ -7,14 +7,14 @@ import random
 import pytest
 from click.testing import CliRunner
 
-from svctrace.attribution import Attribution, TestRecord
-from svctrace.evidence import Contact
-from svctrace.cli_plan import merge_command
+from svctrace.join.attribution import Attribution, TestRecord
+from svctrace.join.evidence import Contact
+from svctrace.cli.plan import merge_command
 from svctrace.config import Config
 from svctrace.errors import SvctraceError
 from svctrace.events import TEST_PHASES, RunInfo, TestInfo
-from svctrace.merge import MergeError, merge_reports
-from svctrace.report import build_report, load_report, write_report
+from svctrace.report.merge import MergeError, merge_reports
+from svctrace.report.build import build_report, load_report, write_report
 from svctrace.views.summary import format_summary
 
 ITERATIONS = 150

@@ -20,8 +20,8 @@ import json
 import subprocess
 import sys
 
-from svctrace.backends.base import RunContext
-from svctrace.backends.strace import StraceBackend
+from svctrace.capture.base import RunContext
+from svctrace.capture.strace import StraceBackend
 from tests.support import e2e
 from tests.support.backends import needs_backend as needs
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from svctrace.backends import inprocess
+from svctrace.capture import inprocess
 from tests.support.e2e import SVCTRACE
 
 SUITE = '''

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from pytest_svctrace.sinks import MemorySink, PipeSink
-from svctrace import wire
+from svctrace.capture import wire
 from svctrace.events import Marker
 from tests.support.backends import backend_marks
 from tests.support.e2e import SVCTRACE

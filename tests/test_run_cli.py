@@ -35,7 +35,7 @@ def test_exit_code_passes_through_and_report_is_written(tmp_path):
 def test_the_program_leaves_without_teardown_but_flushes_its_output(tmp_path):
     # cli.entry ends with os._exit: buffered output to a pipe must still arrive whole, and
     # an exit status over 255 is truncated as the kernel does for sys.exit.
-    from svctrace.cli_common import EXIT_CODES_HELP
+    from svctrace.cli.common import EXIT_CODES_HELP
     proc = svctrace("--help", cwd=tmp_path)
     assert proc.returncode == 0
     assert proc.stdout.rstrip().endswith(EXIT_CODES_HELP.strip().splitlines()[-1].strip())

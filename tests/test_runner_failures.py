@@ -6,7 +6,7 @@ import sys
 import time
 
 from svctrace.config import Config
-from svctrace.runner import Run
+from svctrace.run.runner import Run
 from tests.support.backends import needs_backend
 
 # Sends for ~3 s: long enough for the strace pipe to fill if nobody drained it.

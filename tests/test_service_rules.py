@@ -7,7 +7,7 @@ import pytest
 
 from svctrace.config import Config
 from svctrace.events import Destination
-from svctrace.services import CONTACT, NOISE, PROBE, ServiceMap
+from svctrace.join.services import CONTACT, NOISE, PROBE, ServiceMap
 
 
 def tcp(addr: str, port: int) -> Destination:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from svctrace.events import Destination, Event, Freeze, ProcessEvent, Stack
-from svctrace.stacks import StackIndex, StackTaker, find_py_spy, parse_dump
+from svctrace.join.stacks import StackIndex, StackTaker, find_py_spy, parse_dump
 from svctrace.views.stacks import call_site, stack_lines
 
 _DUMP = [
@@ -92,9 +92,9 @@ def test_no_creation_seen_says_why():
 
 
 def test_attribution_puts_the_stack_in_the_first_evidence():
-    from svctrace.attribution import Attributor
+    from svctrace.join.attribution import Attributor
     from svctrace.events import Marker
-    from svctrace.services import ServiceMap
+    from svctrace.join.services import ServiceMap
     att = Attributor(ServiceMap({}, [], True))
     att.add(Marker(100, 0, 10, None, "tests/test_checkout.py::test_checkout", "call", "start"))
     dest = Destination("inet", "tcp", "127.0.0.1", 5432)

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from svctrace.backends.base import RunContext
-from svctrace.backends.strace import StraceBackend
+from svctrace.capture.base import RunContext
+from svctrace.capture.strace import StraceBackend
 from svctrace.events import Destination, Event, ProcessEvent
 from tests.support.backends import backend_marks
 

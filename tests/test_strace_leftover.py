@@ -16,9 +16,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from svctrace.backends.base import RunContext
-from svctrace.backends.strace import LEFTOVER_GRACE_S, StraceBackend
-from svctrace.backends.strace_parse import StraceParser
+from svctrace.capture.base import RunContext
+from svctrace.capture.strace import LEFTOVER_GRACE_S, StraceBackend
+from svctrace.capture.strace_parse import StraceParser
 from tests.support.backends import needs_backend
 from tests.support.e2e import SVCTRACE
 

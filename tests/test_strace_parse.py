@@ -7,7 +7,7 @@ import re
 import pytest
 
 from svctrace.events import Destination, Event, ProcessEvent
-from svctrace.backends.strace_parse import StraceParser, _unquote, parse_strings
+from svctrace.capture.strace_parse import StraceParser, _unquote, parse_strings
 
 
 def parse(log: str, **kwargs) -> list:

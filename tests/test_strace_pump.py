@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from svctrace.backends import strace
-from svctrace.backends.base import RunContext
+from svctrace.capture import strace
+from svctrace.capture.base import RunContext
 from svctrace.events import Event
 
 GOOD = ('4242  1700000000.{n:09d} connect(3<TCP:[5]>, {{sa_family=AF_INET, '

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from svctrace import REPORT_SCHEMA
-from svctrace.cli_plan import tiers_command
+from svctrace.cli.plan import tiers_command
 from svctrace.config import Tier
 from svctrace.errors import SvctraceError
-from svctrace.report import write_report
-from svctrace.tiers import (PLAN_SCHEMA, PlanError, TiersError, group_key, load_plan,
+from svctrace.report.build import write_report
+from svctrace.plan.tiers import (PLAN_SCHEMA, PlanError, TiersError, group_key, load_plan,
                             markdown_summary, matrix, plan_tiers, shard_assignment, tier_of,
                             time_saved_s, write_lists)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from svctrace.report import ReportError
+from svctrace.report.build import ReportError
 from svctrace.views import explain
 
 
@@ -130,7 +130,7 @@ def test_selection_by_prefix_file_folder_and_keyword():
 
 
 def summary_report(tests, blind_spots=("a", "b", "c", "d", "e", "f")):
-    from svctrace.analysis import summarize
+    from svctrace.join.analysis import summarize
     rep = report(tests)
     rep["run"].update({"blind_spots": list(blind_spots), "notes": [], "events": {}})
     rep["summary"] = summarize(rep, [])

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from svctrace.backends.pidns import INITIAL_INODE
-from svctrace.collect import NO_MARKERS
+from svctrace.kernel.pidns import INITIAL_INODE
+from svctrace.join.collect import NO_MARKERS
 from tests.support import e2e, venvs
 from tests.support.backends import backend_marks, needs_backend
 
@@ -255,7 +255,7 @@ def test_svctrace_run_inside_a_traced_test_has_its_own_report(tmp_path):
 def test_command_lines_are_not_read_from_another_namespaces_proc():
     """With the host's /proc in a child PID namespace, /proc/<pid> is another process."""
     from svctrace.config import Config
-    from svctrace.runner import Run
+    from svctrace.run.runner import Run
     run = Run(["true"], "inprocess", "r.json", Config(), log=lambda msg: None)
     run._proc_is_ours = False
     run._learn_cmdline(os.getpid())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from svctrace.backends import availability
+from svctrace.capture import availability
 
 AVAILABLE = availability()
 BEST = next((name for name, reason in AVAILABLE.items() if reason is None), None)

@@ -1,4 +1,0 @@
-"""`python -m svctrace` entry point."""
-from svctrace.cli import entry
-
-entry()

@@ -1,0 +1,4 @@
+"""`python -m svctrace` entry point."""
+from svctrace.cli.main import entry
+
+entry()

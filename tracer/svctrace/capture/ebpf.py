@@ -1,0 +1,494 @@
+"""eBPF backend: bcc tracepoint programs report the command tree's connects, sends and forks."""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import fcntl
+import importlib.resources
+import ipaddress
+import os
+import re
+import struct
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar
+
+from svctrace.kernel import boot_cache, bpf_image, bpf_program, btf, btf_cache, pidns
+from svctrace.capture.base import Backend, BackendFailed, BackendUnavailable, RunContext
+from svctrace.kernel.bcc_import import load_bcc
+from svctrace.kernel.bpf_image import LoadedProgram
+from svctrace.events import Destination, Event, Freeze, ProcessEvent
+
+# struct svct_event in bpf/svctrace.h (fixed width, no implicit padding, 160 bytes).
+_EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
+_KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
+          7: "connect_result", 8: "thread", 9: "freeze"}
+_PROCESS_KINDS = {"fork", "exit", "exec", "thread"}
+_FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
+_PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
+# counters[] slots in svctrace.bpf.c (CNT_*), reported by stats() under these names
+_COUNTERS = {"lost_events": 0, "sends_unknown_dest": 1, "untraced_children": 2,
+             "foreign_pidns_events": 3, "folded_sends": 4, "tailed_sends": 5}
+
+# struct sock_common members read by the program: -D name -> member (verified via BTF).
+SOCK_COMMON_DEFINES = {
+    "OFF_SKC_DADDR": "skc_daddr",
+    "OFF_SKC_DPORT": "skc_dport",
+    "OFF_SKC_NUM": "skc_num",
+    "OFF_SKC_V6_DADDR": "skc_v6_daddr",
+}
+# The struct members the program reads besides sock_common's (-D name -> (struct,
+# member)): a unix send's peer path, and the fd-table walk that tells a socket's type.
+KERNEL_DEFINES = {
+    "OFF_SK_ERR": ("sock", "sk_err"),  # moves between kernel versions (DESIGN.md)
+    "OFF_UNIX_PEER": ("unix_sock", "peer"),
+    "OFF_UNIX_ADDR": ("unix_sock", "addr"),
+    "OFF_UNIX_ADDR_LEN": ("unix_address", "len"),
+    "OFF_UNIX_ADDR_NAME": ("unix_address", "name"),
+    "OFF_TASK_FILES": ("task_struct", "files"),
+    "OFF_FILES_FDT": ("files_struct", "fdt"),
+    "OFF_FDT_FD": ("fdtable", "fd"),
+    "OFF_FILE_PRIVATE": ("file", "private_data"),
+    "OFF_SOCKET_TYPE": ("socket", "type"),
+}
+TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+_PROBE = re.compile(rb"^TRACEPOINT_PROBE\((\w+), (\w+)\)", re.M)
+
+
+def _program_source() -> bytes:
+    return (importlib.resources.files("svctrace.bpf") / "svctrace.bpf.c").read_bytes()
+
+
+@lru_cache(maxsize=1)
+def tracepoints() -> tuple[str, ...]:
+    """Every tracepoint the program attaches to ("syscalls/sys_enter_connect", ...), read
+    from the program itself so the availability check cannot drift from it."""
+    return tuple(f"{cat.decode()}/{name.decode()}" for cat, name in
+                 _PROBE.findall(_program_source()))
+
+
+IMAGE_PREFIX = "program-"  # compiled programs kept in boot_cache.DIR: program-<key>.json
+DEFAULT_RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages: held 200k events/s here (DESIGN.md)
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+
+
+def _tracefs() -> Path | None:
+    for path in TRACEFS_DIRS:
+        if (path / "events").is_dir():
+            return path
+    return None
+
+
+def mount_tracefs() -> str | None:
+    """As root, mount tracefs where it is missing (a fresh container, `ip netns exec`, which
+    remounts /sys): the note saying so, or None when nothing was done."""
+    if _tracefs() is not None or os.geteuid() != 0:
+        return None
+    target = TRACEFS_DIRS[0]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"tracefs", str(target).encode(), b"tracefs", 0, None) != 0:
+        err = ctypes.get_errno()
+        return f"could not mount tracefs at {target}: {os.strerror(err)}"
+    return f"mounted tracefs at {target} (it was not mounted in this mount namespace)"
+
+
+def _effective_caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def sock_common_offsets() -> dict[str, int]:
+    """{-D name: byte offset} of every kernel struct member the program reads (BtfError)."""
+    return dict(_offsets())
+
+
+@lru_cache(maxsize=1)
+def _offsets() -> dict[str, int]:
+    # Parsing vmlinux BTF costs ~0.1 s, and the availability check, the explicit backend
+    # check and the compile each asked: once per process, and once per boot (btf_cache).
+    cached = btf_cache.load({*SOCK_COMMON_DEFINES, *KERNEL_DEFINES})
+    if cached is not None:
+        return cached
+    offsets = {define: btf.member_offset("sock_common", member)
+               for define, member in SOCK_COMMON_DEFINES.items()}
+    offsets.update({define: btf.member_offset(struct, member)
+                    for define, (struct, member) in KERNEL_DEFINES.items()})
+    btf_cache.store(offsets)
+    return offsets
+
+
+def _check_privileges() -> str | None:
+    caps = _effective_caps()
+    has = (caps >> _CAP_SYS_ADMIN) & 1 or ((caps >> _CAP_BPF) & 1 and (caps >> _CAP_PERFMON) & 1)
+    if os.geteuid() != 0 or not has:
+        return ("the ebpf backend needs root with CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) "
+                "to load programs and read tracefs: run svctrace with sudo")
+    return None
+
+
+def _check_bcc() -> str | None:
+    try:
+        load_bcc()  # loads libbcc; compiles nothing
+    except Exception as exc:  # ImportError, or OSError from a missing libbcc.so
+        return (f"bcc is not importable ({exc}): install the distribution's package "
+                "(Debian/Ubuntu: apt-get install python3-bpfcc; Fedora: dnf install "
+                "python3-bcc), or run scripts/setup.sh")
+    return None
+
+
+def _check_headers() -> str | None:
+    release = os.uname().release
+    build = Path(f"/lib/modules/{release}/build")
+    if (build / "include").is_dir() or Path("/sys/kernel/kheaders.tar.xz").exists():
+        return None
+    return (f"kernel headers are missing ({build}): install linux-headers-$(uname -r), or "
+            "link a Debian linux-headers-amd64 tree there (scripts/setup.sh does it)")
+
+
+def _check_tracefs() -> str | None:
+    tracefs = _tracefs()
+    if tracefs is None:
+        return ("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing "
+                "(svctrace run does it itself when it runs as root)")
+    missing = [tp for tp in tracepoints() if not (tracefs / "events" / tp).is_dir()]
+    if missing:
+        return (f"this kernel lacks the tracepoint(s) {', '.join(missing)} "
+                f"(under {tracefs}/events): use --backend strace")
+    return None
+
+
+def _check_lockdown() -> str | None:
+    try:
+        mode = Path("/sys/kernel/security/lockdown").read_text()
+    except OSError:
+        return None
+    # confidentiality forbids bpf_probe_read_kernel and tracefs; integrity allows both
+    if "[confidentiality]" in mode:
+        return ("kernel lockdown is [confidentiality], which forbids reading kernel memory "
+                "from BPF: boot with lockdown=integrity (or none), or use --backend strace")
+    return None
+
+
+def _check_btf() -> str | None:
+    if not btf.VMLINUX.exists():
+        return (f"{btf.VMLINUX} is missing, so kernel struct offsets cannot be "
+                "verified: needs a kernel built with CONFIG_DEBUG_INFO_BTF, or use "
+                "--backend strace")
+    try:
+        sock_common_offsets()
+    except btf.BtfError as exc:
+        return (f"the kernel's socket structs are not readable as expected ({exc}): "
+                "use --backend strace and report the kernel version")
+    return None
+
+
+def _check_pid_namespace() -> str | None:
+    return pidns.unsupported_reason()
+
+
+# Cheap checks in the order a user must fix them: (name, check).
+_CHECKS = (("privileges", _check_privileges), ("bcc", _check_bcc),
+           ("kernel headers", _check_headers), ("tracefs", _check_tracefs),
+           ("lockdown", _check_lockdown), ("BTF struct offsets", _check_btf),
+           ("pid namespace", _check_pid_namespace))
+
+
+def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
+                    aggs_max: int | None = None, stacks: bool = False) -> list[str]:
+    tracefs = _tracefs() or TRACEFS_DIRS[0]
+    exit_format = tracefs / "events/sched/sched_process_exit/format"
+    flags = [f"-D{name}={value}" for name, value in offsets.items()]
+    flags.append(f"-DRINGBUF_PAGES={ringbuf_pages}")
+    if aggs_max:
+        flags.append(f"-DAGGS_MAX={aggs_max}")
+    if stacks:  # off: the freeze code is not compiled at all (issue 16)
+        flags.append("-DSVCT_STACKS=1")
+    ns = pidns.current()
+    flags += [f"-DPIDNS_DEV={ns.kernel_dev}ULL", f"-DPIDNS_INO={ns.inode}ULL"]
+    try:  # group_dead appeared in the tracepoint's format in 6.x; older ones lack it
+        if "group_dead" in exit_format.read_text():
+            flags.append("-DHAS_GROUP_DEAD=1")
+    except OSError:
+        pass
+    return flags
+
+
+def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool = False
+                  ) -> tuple[LoadedProgram, str]:
+    """Load bpf/svctrace.bpf.c (its TRACEPOINT_PROBEs attached) and say how (bpf_program:
+    "compiled" by bcc, ~0.35 s of CPU; "kept" from earlier this boot; or why the kept
+    one was refused)."""
+    defines = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
+    try:
+        return bpf_program.load("svctrace.bpf.c", ("svctrace.h",), defines, IMAGE_PREFIX)
+    except bpf_image.ImageError as exc:
+        raise BackendUnavailable(f"the eBPF program did not compile or load:\n{exc}"
+                                 ) from exc
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _destination(family: int, proto: int, addr_len: int, addr: bytes, dport: int
+                 ) -> Destination:
+    fam = _FAMILIES.get(family, "other")
+    transport = _PROTOS.get(proto, "other")
+    if fam == "inet" and addr_len == 4:
+        return Destination(fam, transport, str(ipaddress.IPv4Address(addr[:4])), dport)
+    if fam == "inet6" and addr_len == 16:
+        return Destination(fam, transport, str(ipaddress.IPv6Address(addr[:16])), dport)
+    if fam == "unix":
+        path = addr[:addr_len]
+        if path[:1] == b"\0":  # abstract name: exact length, may hold NULs
+            return Destination(fam, "unix", "@" + path[1:].decode(errors="replace"))
+        return Destination(fam, "unix", _text(path))
+    return Destination(fam, transport, "", dport if fam in ("inet", "inet6") else None)
+
+
+def decode(raw: bytes) -> Event | ProcessEvent | Freeze:
+    """One ring buffer record -> Event / ProcessEvent. Noise is the core's to judge."""
+    (ts, pid, tid, ppid, result, comm, dport, lport, kind, family, proto, addr_len, addr,
+     count) = _EVENT.unpack(raw)
+    name = _KINDS.get(kind, "?")
+    if name == "freeze":  # result: the kind of the record it copies (issue 16)
+        trigger = _KINDS.get(result, "?")
+        if trigger == "thread":
+            return Freeze(ts, pid, tid, _text(comm), trigger, None, ppid, count)
+        return Freeze(ts, pid, tid, _text(comm), trigger,
+                      _destination(family, proto, addr_len, addr, dport), 0, count)
+    if name in _PROCESS_KINDS:
+        return ProcessEvent(name, ts, None, pid, ppid=ppid, comm=_text(comm),
+                            cmdline=_exec_cmdline(pid, _text(comm), addr[:addr_len])
+                            if name == "exec" else (), tid=tid if name == "thread" else 0)
+    # a listener's destination is its own bound address and port
+    dest = _destination(family, proto, addr_len, addr, lport if name == "listen" else dport)
+    return Event(name, ts, None, pid, tid, _text(comm), dest, result,
+                 lport if family in (2, 10) and lport else None, max(count, 1))
+
+
+def _exec_cmdline(pid: int, comm: str, filename: bytes) -> tuple[str, ...]:
+    """argv from /proc if the process still runs the program that exec event announced,
+    else the exec'd filename alone (argv is not copied in the kernel: it may be huge)."""
+    if not pidns.proc_is_ours():  # /proc of another namespace: pid N there is not ours
+        return (filename.decode(errors="replace"),)
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().rstrip("\n") == comm:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if raw:
+                return tuple(arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1])
+    except OSError:
+        pass
+    return (filename.decode(errors="replace"),)
+
+
+PERF_EVENT_IOC_DISABLE = 0x2401  # include/uapi/linux/perf_event.h: _IO('$', 1)
+
+
+def detach(bpf) -> None:
+    """Stop every program at once, and let a background process wait for the kernel.
+
+    Closing a tracepoint's last perf event fd unregisters the probe and waits for RCU
+    grace periods under a kernel mutex: ~70 ms per tracepoint, ~1.7 s of wall time for
+    the program's 23, measured here (Linux 6.18), whether bcc closes them or process exit
+    does, and no faster from parallel threads. So each event is disabled now (no program
+    runs after this returns; an ioctl, no grace period), a detached helper inherits the
+    fds, and this process drops its own references cheaply: the helper's exit closes the
+    last ones after the runner is gone, on nobody's wall clock (issue 13)."""
+    fds = list(bpf.tracepoint_fds.values())
+    for fd in fds:
+        try:
+            fcntl.ioctl(fd, PERF_EVENT_IOC_DISABLE, 0)
+        except OSError:
+            pass
+    sync_w = None
+    if fds:
+        sync_r, sync_w = os.pipe()
+        try:
+            # The shell leaves at once; its background `read` (no job control: stdin must
+            # be redirected explicitly) returns at EOF, once we dropped our references
+            # below, and its exit closes the inherited fds last. Nothing waits for it.
+            subprocess.run(["/bin/sh", "-c", "exec 3<&0; read x <&3 & exit 0"],
+                           pass_fds=fds, stdin=sync_r, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True, check=False)
+        except OSError:
+            os.close(sync_w)  # no /bin/sh: detach here, slowly
+            sync_w = None
+        finally:
+            os.close(sync_r)
+    try:
+        bpf.cleanup()
+    finally:
+        if sync_w is not None:
+            os.close(sync_w)
+
+
+class EbpfBackend(Backend):
+    """Kernel tracepoints (bcc): sees C libraries (libpq, librdkafka) and every subprocess."""
+
+    name: ClassVar[str] = "ebpf"
+    clock: ClassVar[str] = "mono"
+    blind_spots: ClassVar[tuple[str, ...]] = (
+        "processes not descended from the command (a service's own traffic, daemons)",
+        "AF_UNIX sends to an unbound peer (socketpair, a server's accepted socket): "
+        "counted as sends_unknown_dest, not reported",
+        "connects submitted through io_uring (IORING_OP_CONNECT); their sends are seen",
+        "netlink and other non-IP, non-unix families: dropped in the kernel",
+        "processes of the command that enter a PID namespace of their own (unshare "
+        "--pid inside a test): counted as foreign_pidns_events, not reported",
+    )
+
+    def __init__(self) -> None:
+        self._bpf = None
+        self._pending: list[Event | ProcessEvent] = []
+        self._events = 0
+        self._decode_errors: list[str] = []
+        self._ringbuf_pages = DEFAULT_RINGBUF_PAGES
+        self._final_stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._drained_sends = 0  # folded counts read from the map itself at stop()
+        # "compiled", "kept", or why the kept one was refused (a run note): _load_program
+        self.program_origin = ""
+
+    @classmethod
+    def prepare_host(cls) -> list[str]:
+        note = mount_tracefs()
+        return [note] if note else []
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        for _name, check in _CHECKS:
+            reason = check()
+            if reason:
+                return reason
+        return None
+
+    def prepare(self, ctx: RunContext) -> None:
+        super().prepare(ctx)
+        # Checked once, where they come from: ringbuf_pages by config.py, availability by
+        # select_backend(); a failed compile still raises BackendUnavailable below.
+        pages = int(ctx.settings.get("ringbuf_pages", DEFAULT_RINGBUF_PAGES))
+        self._ringbuf_pages = pages
+        # aggs_max: size of the send-folding map; tests shrink it to force evictions
+        # stacks: the runner holds a stack taker that resumes every stopped process
+        self._bpf, self.program_origin = _load_program(
+            pages, ctx.settings.get("aggs_max"), bool(ctx.settings.get("stacks")))
+        self._bpf.open_ring_buffer("events", self._on_event)
+
+    def _on_event(self, _ctx, data, size: int) -> int:
+        # Runs inside ring_buffer_consume(); an exception here would be swallowed by ctypes.
+        try:
+            if size != _EVENT.size:
+                raise ValueError(f"record of {size} bytes, expected {_EVENT.size}: "
+                                 "bpf/svctrace.h and _EVENT disagree")
+            record = decode(ctypes.string_at(data, size))
+        except Exception as exc:
+            self._decode_errors.append(str(exc))
+            return 0
+        self._events += 1
+        self._pending.append(record)
+        return 0
+
+    def child_started(self, pid: int) -> None:
+        """pid (in our namespace) waits in a read() of its gate pipe; it is traced from
+        that read's return on: the program joins it to the traced set in its own context,
+        where its kernel pid is known (a container's pid is not the kernel's)."""
+        if self._bpf is None:
+            raise BackendFailed("child_started() before prepare() or after stop()")
+        self._bpf["seeds"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        waiting = self._bpf["seeding"]
+        waiting[0] = ctypes.c_uint64(waiting[0].value + 1)
+
+    def poll(self) -> list[Event | ProcessEvent]:
+        if self._bpf is None:
+            return []
+        self._bpf.ring_buffer_consume()
+        if self._decode_errors:
+            raise BackendFailed(f"undecodable eBPF event: {self._decode_errors[0]}")
+        records, self._pending = self._pending, []
+        return records
+
+    def stop(self) -> list[Event | ProcessEvent]:
+        if self._bpf is None:
+            return []
+        try:
+            tails = self._tails()
+            self._drained_sends = sum(t.count for t in tails)
+            records = self.poll() + tails
+        finally:  # keep the kernel counters for stats() even if the drain failed
+            self._final_stats = self._kernel_counters()
+            detach(self._bpf)
+            self._bpf = None
+        return records
+
+    def _tails(self) -> list[Event]:
+        """Sends the kernel folded into per-socket records and has not reported yet."""
+        tails = []
+        for _key, agg in self._bpf["aggs"].items():
+            if not agg.count:
+                continue
+            first = decode(bytes(agg.first))
+            if isinstance(first, Event):
+                tails.append(dataclasses.replace(first, mono_ns=agg.last_ts, tid=agg.last_tid,
+                                                 comm=_text(bytes(agg.last_comm)),
+                                                 count=agg.count))
+        return tails
+
+    def _kernel_counters(self) -> dict[str, int]:
+        counters = self._bpf["counters"]
+        return {name: counters.sum(slot) for name, slot in _COUNTERS.items()}
+
+    def notes(self) -> list[str]:
+        refused = self.program_origin not in ("", "kept", "compiled")
+        return [self.program_origin] if refused else []
+
+    def stats(self) -> dict:
+        counters = self._kernel_counters() if self._bpf is not None else self._final_stats
+        folded, tailed = counters.pop("folded_sends"), counters.pop("tailed_sends")
+        if self._bpf is None:
+            # After the final drain every folded send was reported in a tail record,
+            # unless the LRU map evicted its socket's record first: those counts are lost.
+            counters["evicted_sends"] = max(0, folded - tailed - self._drained_sends)
+        return {"events": self._events, **counters,
+                "ringbuf_bytes": self._ringbuf_pages * os.sysconf("SC_PAGE_SIZE")}
+
+
+def diagnose() -> list[tuple[str, bool, str]]:
+    """(check, ok, detail or fix) for `svctrace doctor`; ends by compiling and loading."""
+    results = []
+    for name, check in _CHECKS:
+        reason = check()
+        results.append((name, reason is None, reason or _detail(name)))
+    if all(ok for _name, ok, _detail_text in results):
+        try:
+            bpf, origin = _load_program(DEFAULT_RINGBUF_PAGES)
+            probes = bpf.num_open_tracepoints()
+            detach(bpf)
+            how = {"compiled": f"compiled by bcc; kept until reboot in {boot_cache.DIR}",
+                   "kept": f"compiled earlier this boot, kept in {boot_cache.DIR}"}
+            results.append(("compile+load", True, f"{probes} tracepoint programs attached "
+                                                  f"({how.get(origin, origin)})"))
+        except BackendUnavailable as exc:
+            results.append(("compile+load", False, str(exc)))
+    else:
+        results.append(("compile+load", False, "skipped: fix the checks above first"))
+    return results
+
+
+def _detail(name: str) -> str:
+    """What a passing check found (for doctor's output)."""
+    if name == "BTF struct offsets":
+        names = {**SOCK_COMMON_DEFINES,
+                 **{d: f"{st}.{m}" for d, (st, m) in KERNEL_DEFINES.items()}}
+        return ", ".join(f"{names[k]}={v}" for k, v in sock_common_offsets().items())
+    if name == "pid namespace":
+        return pidns.current().label()
+    if name == "kernel headers":
+        return str(Path(f"/lib/modules/{os.uname().release}/build").resolve())
+    if name == "tracefs":
+        return str(_tracefs())
+    if name == "bcc":
+        return str(Path(load_bcc().__file__).parent.resolve())
+    return "ok"

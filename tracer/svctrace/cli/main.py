@@ -1,0 +1,293 @@
+"""The `svctrace` command line: the only place that turns errors into messages and exit codes."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from svctrace import __version__
+from svctrace.capture import CHOICES
+from svctrace.cli.common import (EXIT_CODES_HELP, EXIT_DOCTOR_UNUSABLE, EXIT_INPUT,
+                                 EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, fail)
+from svctrace.errors import SvctraceError
+
+
+RUN_HELP = """Run COMMAND under a tracer and write the per-test services report.
+
+\b
+Examples:
+  sudo .venv/bin/svctrace run -- .venv/bin/pytest tests/
+  svctrace run --backend inprocess --report r.json -- pytest -n 2 tests/
+  svctrace run --backend strace -- python -m pytest tests/test_db.py
+
+Under sudo the command runs as the invoking user (SUDO_UID), not as root, unless --as-root;
+the report is always written as that user (a path they may not write is refused).
+The exit status is the command's own (128+N if killed by signal N); 2 means svctrace could
+not start (bad option/config/backend), 3 means svctrace failed after a successful command.
+
+\b
+The guard (root; cgroup v2): --deny kafka,snuba refuses those services at once
+(ECONNREFUSED) to the command's whole tree; --allow postgres,redis refuses every other
+named service; --guard refuses what a tier of a plan does not start:
+  sudo .venv/bin/svctrace run --guard -- .venv/bin/pytest --svctrace-plan plan.json --svctrace-tier db
+"""
+
+
+class _Commands(click.Group):
+    """Imports the plan commands' modules (merge, tiers: ~25 ms) only when one of them runs
+    or --help lists them, not on every `svctrace run`."""
+
+    LAZY = {"merge": "merge_command", "tiers": "tiers_command"}
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx, name):
+        if name in self.LAZY and name not in self.commands:
+            from svctrace.cli import plan as cli_plan
+            self.add_command(getattr(cli_plan, self.LAZY[name]), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="svctrace")
+def main() -> None:
+    """svctrace: which external services does each pytest test really contact?
+
+    \b
+    Typical use:
+      sudo .venv/bin/svctrace run -- .venv/bin/pytest tests/   # trace, write the report
+      svctrace explain svctrace-report.json tests/test_x.py::test_y
+      svctrace doctor                                          # which backends work here
+    """
+    from svctrace.userfiles import act_for, invoking_user
+    try:
+        # Under sudo every file svctrace writes for the user is written as that user:
+        # root is needed for tracing, not for choosing where files go (issue 17).
+        act_for(invoking_user())
+    except SvctraceError as exc:
+        fail(exc, EXIT_USAGE)
+
+
+@main.command(help=RUN_HELP, context_settings={"ignore_unknown_options": True,
+                                               "allow_interspersed_args": False})
+@click.option("--backend", "-b", type=click.Choice(CHOICES), default=None,
+              help="tracer to use (default: [tool.svctrace] backend, else auto: ebpf, then "
+                   "strace, then inprocess)")
+@click.option("--report", "-o", "report_path", metavar="PATH", default=None,
+              help="where to write the JSON report (default svctrace-report.json)")
+@click.option("--as-root", is_flag=True, help="under sudo, run the command as root too")
+@click.option("--config", "config_path", metavar="PYPROJECT", default=None,
+              help="pyproject.toml holding [tool.svctrace] (default: nearest one above cwd)")
+@click.option("--progress", metavar="SECONDS", type=float, default=60.0, show_default=True,
+              help="print a progress line this often (0: never)")
+@click.option("--quiet", "-q", is_flag=True, help="no summary at the end")
+@click.option("--verbose", "-v", is_flag=True,
+              help="a longer summary at the end (blind spots, every service set)")
+@click.option("--deny", multiple=True, metavar="SVC[,SVC]",
+              help="refuse, in the kernel, every connect and UDP send of the command's tree "
+                   "to these services (the service map's names)")
+@click.option("--allow", multiple=True, metavar="SVC[,SVC]",
+              help="refuse every other named service (baseline services stay allowed; "
+                   "destinations no rule names stay allowed)")
+@click.option("--guard", "guard_tier", is_flag=True,
+              help="refuse what the tier does not start: the tier of --plan/--tier, else "
+                   "the command's own --svctrace-plan/--svctrace-tier")
+@click.option("--plan", "plan_path", metavar="PLAN", default=None,
+              help="with --guard: the tiers plan (svctrace tiers --plan-out)")
+@click.option("--tier", metavar="NAME", default=None, help="with --guard: the tier to guard")
+@click.option("--stacks/--no-stacks", default=None,
+              help="record the Python call site of each test's first contact with each "
+                   "service (ebpf: the process is stopped for a py-spy dump, ~35 ms; "
+                   "default: [tool.svctrace] stacks)")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def run(backend, report_path, as_root, config_path, progress, quiet, verbose, deny, allow,
+        guard_tier, plan_path, tier, stacks, command) -> None:
+    from svctrace.config import load_config
+    from svctrace.views.summary import format_summary
+    from svctrace.run.runner import Run
+    from svctrace.userfiles import check_writable
+
+    try:
+        cfg = load_config(config_path)
+        chosen = backend or cfg.backend
+        report_path = report_path or cfg.report
+        # Refuse a report path the user could not write before the command runs, not after.
+        check_writable(report_path, what="the report")
+        if chosen not in CHOICES:
+            raise SvctraceError(f"{cfg.path}: tool.svctrace.backend {chosen!r} is not one of "
+                                f"{', '.join(CHOICES)}")
+        guard, plan = None, None
+        if deny or allow or guard_tier or plan_path or tier:  # else not even imported
+            from svctrace.guard.kernel import from_options
+            guard, plan = from_options(cfg.service_map(), cfg.baseline, deny, allow,
+                                       guard_tier, plan_path, tier, list(command))
+        runner = Run(list(command), chosen, report_path, cfg, as_root, progress, guard=guard,
+                     stacks=cfg.stacks if stacks is None else stacks)
+    except SvctraceError as exc:
+        fail(exc, EXIT_USAGE)
+    try:
+        code = runner.execute()
+    except SvctraceError as exc:
+        ran = runner.report is not None or getattr(runner, "pid", 0)
+        fail(exc, EXIT_INTERNAL if ran else EXIT_USAGE)
+    except OSError as exc:
+        if runner.report is None:
+            fail(str(exc), EXIT_INTERNAL if getattr(runner, "pid", 0) else EXIT_USAGE)
+        raise
+    if runner.write_error:
+        fail(runner.write_error, code or EXIT_INTERNAL)
+    if runner.report is not None and not quiet:
+        click.echo(format_summary(runner.report, runner.report_path, verbose), err=True)
+    if runner.report is not None and guard is not None:
+        from svctrace.guard.rules import misplaced_lines
+        for line in misplaced_lines(runner.report, plan, guard.spec):
+            click.echo(f"svctrace: {line}", err=True)
+    sys.exit(code)
+
+
+@main.command()
+def doctor() -> None:
+    """Say, for each backend, whether it is usable here and, if not, what to fix."""
+    from svctrace.cli.doctor import doctor_lines
+
+    ok = True
+    for line, good in doctor_lines():
+        ok &= good
+        click.echo(line)
+    sys.exit(EXIT_OK if ok else EXIT_DOCTOR_UNUSABLE)
+
+
+def _report_view(render, *args) -> None:
+    """Load a report, print render(report, *args); input errors exit 1 with one line."""
+    from svctrace.report.build import load_report
+    try:
+        click.echo(render(load_report(args[0]), *args[1:]))
+    except SvctraceError as exc:
+        fail(exc, EXIT_INPUT)
+
+
+@main.command()
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.option("--verbose", "-v", is_flag=True,
+              help="also the backend's blind spots, every service set, each traffic "
+                   "bucket outside tests and the event counts")
+@click.option("--markdown", is_flag=True,
+              help="Markdown for a CI job summary (e.g. >> \"$GITHUB_STEP_SUMMARY\")")
+def summary(report, verbose, markdown) -> None:
+    """Print the summary of a report (as at the end of `svctrace run`)."""
+    from svctrace.views.summary import format_summary, markdown_summary
+    if markdown:
+        _report_view(lambda data: markdown_summary(data, report).rstrip("\n"), report)
+    else:
+        _report_view(lambda data: format_summary(data, report, verbose), report)
+
+
+@main.command()
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.argument("tests", nargs=-1)
+@click.option("-k", "keyword", metavar="EXPR", default=None,
+              help="tests whose node id matches EXPR: words (substrings) with and/or/not, "
+                   "as pytest -k")
+@click.option("--json", "as_json", is_flag=True, help="the evidence as JSON, for tools")
+def explain(report, tests, keyword, as_json) -> None:
+    """Why does each test touch each of its services? Evidence per test.
+
+    TESTS are node ids, node id prefixes, or files and folders (every test in them).
+
+    \b
+    Examples:
+      svctrace explain svctrace-report.json "tests/test_orders.py::test_save"
+      svctrace explain svctrace-report.json tests/test_orders.py
+      svctrace explain svctrace-report.json -k "kafka and not mock" --json
+    """
+    import json as json_
+
+    from svctrace.views.explain import explain_data, explain_text, select_tests
+
+    def render(data: dict) -> str:
+        chosen = select_tests(data, tests, keyword)
+        if as_json:
+            return json_.dumps({"schema": "svctrace-explain/1", "report": report,
+                                "tests": [explain_data(data, n) for n in chosen]}, indent=1)
+        return explain_text(data, chosen)
+    _report_view(render, report)
+
+
+@main.command()
+@click.argument("report", type=click.Path(dir_okay=False))
+def drift(report) -> None:
+    """Hidden dependencies (observed, not declared) and stale declarations, by file."""
+    from svctrace.views.explain import drift_text
+    _report_view(lambda data: drift_text(data)[0], report)
+
+
+@main.command("html", epilog="""\b
+Examples:
+  svctrace html svctrace-report.json -o svctrace-html
+  svctrace html merged.json -o site --plan plan.json --compare last-night.json
+
+\b
+The page is one file, DIR/index.html, with everything inlined: it opens
+from file:// or a CI artifact, no server and nothing fetched. Filters
+live in the address (#service=kafka&outcome=failed&q=orders).""")
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, metavar="DIR",
+              help="folder to write index.html into (created if missing)")
+@click.option("--plan", "plan_path", metavar="PLAN", default=None,
+              help="a tiers plan (svctrace tiers --plan-out): each test's tier, and the "
+                   "tests that keep a file or class out of a cheaper tier")
+@click.option("--compare", "old_path", metavar="OLD", default=None,
+              help="an older report: what changed per test")
+@click.option("--title", default=None, help="the page's title")
+def html_command(report, output, plan_path, old_path, title) -> None:
+    """Write a static, self-contained HTML report of REPORT: a tests x services matrix."""
+    import os
+
+    from svctrace.report.build import load_report
+    from svctrace.plan.tiers import load_plan
+    from svctrace.userfiles import make_dir, write_file
+    from svctrace.views.html import build_page
+    try:
+        data = load_report(report)
+        plan = load_plan(plan_path) if plan_path else None
+        old = load_report(old_path) if old_path else None
+    except SvctraceError as exc:
+        fail(exc, EXIT_INPUT)
+    page = build_page(data, plan, old, title)
+    target = os.path.join(output, "index.html")
+    try:
+        make_dir(output, what="the HTML report's folder")
+        write_file(target, page.encode("utf-8"), what="the HTML report")
+    except SvctraceError as exc:
+        fail(exc, EXIT_USAGE)
+    click.echo(f"svctrace html: {len(data['tests'])} tests, {len(page) // 1024} KiB -> {target}")
+
+
+
+def entry() -> None:
+    """The `svctrace` program (console script and `python -m svctrace`): main(), then leave
+    without tearing the interpreter down. After `svctrace run` of 2,000 tests, freeing the
+    attribution's objects one by one cost the runner ~0.1 s of CPU (a fifth of its own),
+    for memory the kernel takes back at once. atexit handlers still run; output is
+    flushed. (main itself stays an ordinary click group: tests invoke it in-process.)"""
+    import atexit
+    import os
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): Python prints it, exits 1
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (svctrace ... | head): nothing to save
+            pass
+    os._exit(code & 0xFF)  # as the kernel truncates sys.exit(N)

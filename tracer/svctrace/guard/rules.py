@@ -1,0 +1,271 @@
+"""What the tier guard denies (pure): the denied services of --deny/--allow/a tier, and the
+kernel's deny table compiled from the service map with the map's own precedence."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from svctrace.errors import SvctraceError
+from svctrace.join.services import Rule, ServiceMap
+
+ACT_ALLOW, ACT_DENY = 0, 1
+PROTOS = {"tcp": 6, "udp": 17}
+# Stages in the order classify() consults them (bpf/guard.bpf.c looks them up in this
+# order; odd stages hold rules without a port).
+STAGE_NAMES = ("ignore", "user", "noise", "default")
+MAX_PORTS_PER_NETWORK_RULE = 1024  # "10.0.0.0/8:9000-9100" is expanded port by port
+MAX_RULES = 16384
+MAX_PATHS = 1024
+MAX_PATTERNS = 16
+PATTERN_MAX = 64
+_GLOB = re.compile(r"[*?\[]")
+# "*/<literal>*" or "*/<literal>": any folder, a basename prefix (or exact basename).
+_BASENAME = re.compile(r"^\*/([^*?\[/]+)(\*?)$")
+
+
+class GuardError(SvctraceError):
+    """The guard cannot do what was asked: unknown service, a rule the kernel cannot match."""
+
+
+@dataclass(frozen=True)
+class DenySpec:
+    """Which services the guard refuses, and why (for the report and the end lines)."""
+
+    mode: str                      # "deny" | "allow" | "tier"
+    denied: tuple[str, ...]
+    allowed: tuple[str, ...] = ()  # allow/tier: what stays reachable by name
+    tier: str | None = None
+    plan: str | None = None
+
+
+def named_services(smap: ServiceMap) -> list[str]:
+    return sorted({r.name for r in smap.rules})
+
+
+def _split(values: tuple[str, ...] | list[str]) -> list[str]:
+    return [s.strip() for v in values for s in v.split(",") if s.strip()]
+
+
+def _check_known(names: list[str], smap: ServiceMap, option: str) -> None:
+    known = named_services(smap)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise GuardError(f"{option} {', '.join(unknown)}: the service map names no such "
+                         f"service (it knows {', '.join(known)})")
+
+
+# Services of the machine, not of a tier: --allow and tier guards never refuse them (a
+# refused resolver breaks every name lookup); `--deny dns` still can.
+MACHINE_SERVICES = frozenset({"dns"})
+
+
+def deny_spec(smap: ServiceMap, deny: list[str], allow: list[str], baseline: list[str],
+              tier: tuple[str, list[str], str] | None = None) -> DenySpec | None:
+    """--deny A,B | --allow A,B | a plan's tier (name, its services, plan path); baseline
+    services (every job has them) and MACHINE_SERVICES are never denied by --allow or a
+    tier."""
+    deny, allow = _split(deny), _split(allow)
+    given = [n for n, v in (("--deny", deny), ("--allow", allow), ("--guard", tier)) if v]
+    if len(given) > 1:
+        raise GuardError(f"{' and '.join(given)} exclude each other: give one")
+    if deny:
+        _check_known(deny, smap, "--deny")
+        return DenySpec("deny", tuple(sorted(set(deny))))
+    if allow:
+        _check_known(allow, smap, "--allow")
+        keep = set(allow) | set(baseline) | MACHINE_SERVICES
+        return DenySpec("allow", tuple(n for n in named_services(smap) if n not in keep),
+                        tuple(sorted(set(allow))))
+    if tier:
+        name, services, plan = tier
+        keep = set(services) | set(baseline) | MACHINE_SERVICES
+        return DenySpec("tier", tuple(n for n in named_services(smap) if n not in keep),
+                        tuple(sorted(set(services))), name, plan)
+    return None
+
+
+@dataclass
+class Table:
+    """The kernel's deny table. inet: {(stage, family, proto, port, prefixlen, addr16):
+    (action, service index, rank)}; unix_exact: {path bytes: (action, service, rank)};
+    unix_patterns: [(basename prefix, exact, action, service, rank)]."""
+
+    services: list[str]
+    inet: dict = field(default_factory=dict)
+    unix_exact: dict = field(default_factory=dict)
+    unix_patterns: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped_globs: list[str] = field(default_factory=list)  # allow rules the kernel skips
+
+    @property
+    def stages(self) -> int:
+        return sum(1 << stage for stage in {key[0] for key in self.inet})
+
+
+def _aligned_blocks(winner: list[int]):
+    """(first port, prefix bits over the 16-bit port, value) covering every port whose
+    winner is not -1, in the largest aligned blocks of one value."""
+    port = 0
+    while port < 65536:
+        value = winner[port]
+        size = 1
+        while port % (size * 2) == 0 and port + size * 2 <= 65536 and \
+                all(w == value for w in winner[port + size: port + size * 2]):
+            size *= 2
+        if value != -1:
+            yield port, 16 - (size.bit_length() - 1), value
+        port += size
+
+
+def _families(rule: Rule) -> tuple[int, ...]:
+    if rule.network is None:
+        return (2, 10)
+    return (2,) if rule.network.version == 4 else (10,)
+
+
+def _addr16(rule: Rule) -> bytes:
+    if rule.network is None:
+        return bytes(16)
+    return rule.network.network_address.packed.ljust(16, b"\0")
+
+
+def _protos(rule: Rule) -> tuple[int, ...]:
+    return (PROTOS[rule.transport],) if rule.transport else (6, 17)
+
+
+def compile_table(smap: ServiceMap, denied: tuple[str, ...] | list[str]) -> Table:
+    """The deny table that refuses exactly the destinations classify() names as a denied
+    service. Raises GuardError for a denied service's rule the kernel cannot match."""
+    denied = set(denied)
+    table = Table(services=named_services(smap))
+    index = {name: i for i, name in enumerate(table.services)}
+    user = smap.rules[:smap.user_rule_count]
+    default = smap.rules[smap.user_rule_count:]
+    rank = 0
+    for stage, rules in enumerate((smap.ignore, user, smap.noise, default)):
+        port_only: dict[int, list[int]] = {}
+        ranked = []
+        for rule in rules:
+            rank += 1
+            named = stage in (1, 3)
+            action = ACT_DENY if named and rule.name in denied else ACT_ALLOW
+            value = (action, index.get(rule.name, 0) if named else 0, rank)
+            ranked.append(value)
+            if rule.unix_glob is not None:
+                _add_unix(table, rule, value)
+                continue
+            if rule.ports is not None and rule.network is None:
+                for proto in _protos(rule):
+                    winner = port_only.setdefault(proto, [-1] * 65536)
+                    for port in range(rule.ports[0], rule.ports[1] + 1):
+                        if winner[port] == -1:
+                            winner[port] = len(ranked) - 1
+                continue
+            ports: list[int | None] = [None]
+            if rule.ports is not None:
+                low, high = rule.ports
+                if high - low >= MAX_PORTS_PER_NETWORK_RULE:
+                    if action == ACT_DENY:
+                        raise GuardError(
+                            f"rule {rule.spec!r} of {rule.name}: a network with more than "
+                            f"{MAX_PORTS_PER_NETWORK_RULE} ports cannot be put in the "
+                            "kernel's table: split it or narrow the port range")
+                    table.notes.append(f"rule {rule.spec!r} ({rule.name}) is too wide for "
+                                       "the kernel table and is not consulted there")
+                    continue
+                ports = list(range(low, high + 1))
+            for family in _families(rule):
+                for proto in _protos(rule):
+                    for port in ports:
+                        sub = stage * 2 + (port is None)
+                        netbits = rule.network.prefixlen
+                        key = (sub, family, proto, port or 0, 48 + netbits, _addr16(rule))
+                        if key not in table.inet or table.inet[key][2] > value[2]:
+                            table.inet[key] = value
+        for proto, winner in port_only.items():
+            for first, bits, which in _aligned_blocks(winner):
+                for family in (2, 10):
+                    key = (stage * 2, family, proto, first, 32 + bits, bytes(16))
+                    value = ranked[which]
+                    if key not in table.inet or table.inet[key][2] > value[2]:
+                        table.inet[key] = value
+    denies_unix = any(v[0] == ACT_DENY for v in table.unix_exact.values()) or \
+        any(p[2] == ACT_DENY for p in table.unix_patterns)
+    if denies_unix and table.skipped_globs:
+        table.notes.append(
+            f"the guard cannot match {len(table.skipped_globs)} unix globs of ignored or "
+            f"allowed sockets ({', '.join(table.skipped_globs[:3])}...): a path they share "
+            "with a denied service's rule is refused")
+    if len(table.inet) > MAX_RULES:
+        raise GuardError(f"the service map needs {len(table.inet)} kernel table entries "
+                         f"(limit {MAX_RULES}): narrow its port ranges")
+    if len(table.unix_exact) > MAX_PATHS or len(table.unix_patterns) > MAX_PATTERNS:
+        raise GuardError(f"the service map has more unix rules than the kernel table holds "
+                         f"({MAX_PATHS} paths, {MAX_PATTERNS} basename patterns)")
+    return table
+
+
+def _unix_name(text: str) -> bytes:
+    # "@name" is an abstract name: a leading NUL in the kernel's sun_path
+    return b"\0" + text[1:].encode() if text.startswith("@") else text.encode()
+
+
+def _add_unix(table: Table, rule: Rule, value: tuple[int, int, int]) -> None:
+    pattern = rule.unix_glob
+    if not _GLOB.search(pattern):
+        name = _unix_name(pattern)
+        if len(name) <= 108 and (name not in table.unix_exact
+                                 or table.unix_exact[name][2] > value[2]):
+            table.unix_exact[name] = value
+        return
+    match = _BASENAME.match(pattern)
+    if match and len(match.group(1).encode()) <= PATTERN_MAX:
+        table.unix_patterns.append((match.group(1).encode(), not match.group(2), *value))
+        return
+    if value[0] == ACT_DENY:
+        raise GuardError(
+            f"unix rule {rule.spec!r} of denied service {rule.name}: the kernel guard matches "
+            "exact paths and '*/<name prefix>*' only; give the socket's exact path in "
+            "[tool.svctrace.services], or do not deny this service")
+    # An allow rule only matters where it shadows a denied one (compile_table says so).
+    table.skipped_globs.append(rule.spec)
+
+
+def plan_from_command(command: list[str]) -> tuple[str | None, str | None]:
+    """(--svctrace-plan, --svctrace-tier) as the command's pytest will read them."""
+    found: dict[str, str] = {}
+    for i, arg in enumerate(command):
+        for option in ("--svctrace-plan", "--svctrace-tier"):
+            if arg == option and i + 1 < len(command):
+                found[option] = command[i + 1]
+            elif arg.startswith(option + "="):
+                found[option] = arg.split("=", 1)[1]
+    return found.get("--svctrace-plan"), found.get("--svctrace-tier")
+
+
+def covering_tier(plan: dict, needs: list[str]) -> str | None:
+    """The cheapest tier of the plan whose services cover `needs` (None: no tier does)."""
+    for name in plan["order"]:
+        if set(needs) <= set(plan["tiers"][name]["services"]):
+            return name
+    return None
+
+
+def misplaced_lines(report: dict, plan: dict | None, spec: DenySpec) -> list[str]:
+    """One line per test that tried a denied service: what it tried and, for a tier run,
+    the tier it belongs in."""
+    lines = []
+    for nodeid, test in sorted(report.get("tests", {}).items()):
+        denied = test.get("denied") or []
+        if not denied:
+            continue
+        tried = ", ".join(denied)
+        if spec.mode == "tier" and plan is not None:
+            home = covering_tier(plan, test.get("needs", []))
+            where = (f"it belongs in tier {home!r}" if home else
+                     f"no tier of the plan starts {', '.join(test.get('needs', []))}")
+            lines.append(f"guard: {nodeid} tried {tried}, which tier {spec.tier!r} does not "
+                         f"start: {where}")
+        else:
+            lines.append(f"guard: {nodeid} tried {tried}, denied by --{spec.mode}")
+    return lines

@@ -1,0 +1,1 @@
+"""Join: backend events and the plugin's phase windows, attributed to tests (pure)."""

@@ -1,0 +1,122 @@
+"""The product's rules over attributed tests (pure): outcome, what a test needs, what is
+declared, baseline candidates, and the run's summary numbers. Reports, merge and every
+view read these; none of them decides anything of its own."""
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+
+from svctrace.join.attribution import Attribution, TestRecord
+from svctrace.config import Config
+from svctrace.events import TEST_PHASES
+
+
+def outcome(test: TestRecord) -> str:
+    """One outcome per test, as pytest's terminal summary counts it: passed, failed, error
+    (setup or teardown failed), skipped, xfailed, xpassed; interrupted (started, never
+    finished); not run (collected only). Phase outcomes are pytest's own reports."""
+    if not test.ran:
+        return "not run"
+    outcomes = test.outcomes
+    if "teardown" not in outcomes or "interrupted" in outcomes.values():
+        return "interrupted"
+    setup, call = outcomes.get("setup"), outcomes.get("call")
+    if "failed" in (setup, outcomes["teardown"]):
+        return "error"
+    if setup in ("skipped", "xfailed"):
+        return setup
+    # No call: --setup-only, or a lost marker line: say what is known.
+    return call or setup or "passed"
+
+
+def declared_services(test: TestRecord, cfg: Config) -> list[str]:
+    """Services the static rules in [tool.svctrace.declare] give this test."""
+    info = test.info
+    found: set[str] = set()
+    declare = cfg.declare
+    path = (info.path if info and info.path else test.nodeid.split("::")[0])
+    for glob, services in declare.get("paths", {}).items():
+        if fnmatch.fnmatch(path, glob):
+            found.update(services)
+    if info:
+        argnames = {fid.rsplit("::", 1)[-1] for fid in info.fixtures}
+        for kind, names in (("markers", set(info.markers)), ("fixtures", argnames),
+                            ("bases", set(info.bases))):
+            for name, services in declare.get(kind, {}).items():
+                if name in names:
+                    found.update(services)
+    return sorted(found)
+
+
+def inherited_services(test: TestRecord, att: Attribution) -> dict[str, list[str]]:
+    """{service: [fixture ids]} from the wider-scoped fixtures this test used. Inferred."""
+    inherited: dict[str, list[str]] = {}
+    for fid in (test.info.fixtures if test.info else ()):
+        for service in att.fixture_services.get(fid, {}):
+            inherited.setdefault(service, []).append(fid)
+    return {k: sorted(v) for k, v in sorted(inherited.items())}
+
+
+def needs(observed: list[str], inherited: dict, declared: list[str], baseline: set[str],
+          denied: list[str] = ()) -> tuple[list[str], list[str]]:
+    """(needs, baseline touched): observed, inherited, declared and denied (the guard
+    refused it: the test tried it), less the baseline."""
+    union = set(observed) | set(inherited) | set(declared) | set(denied)
+    return sorted(union - baseline), sorted(union & baseline)
+
+
+def incidental(tests: dict[str, dict], records: dict[str, TestRecord], share: float) -> list:
+    """Services touched by most tests only in teardown or only inside one fixture."""
+    ran = [t for t in records.values() if t.ran]
+    if not ran:
+        return []
+    reasons: dict[str, Counter] = {}
+    for test in ran:
+        for service in tests[test.nodeid]["services"]:
+            contacts = [(p, test.phases[p][service]) for p in TEST_PHASES
+                        if service in test.phases[p]]
+            counter = reasons.setdefault(service, Counter())
+            if all(p == "teardown" for p, _ in contacts):
+                counter["phase teardown"] += 1
+            fixtures = set().union(*(c.fixtures for _, c in contacts))
+            if len(fixtures) == 1 and not any(c.outside_fixtures for _, c in contacts):
+                counter[f"fixture {next(iter(fixtures))}"] += 1
+    found = []
+    for service, counter in sorted(reasons.items()):
+        # on a tie, naming the fixture tells the user more than naming the phase
+        ranked = sorted(counter.items(), key=lambda i: (-i[1], not i[0].startswith("fixture")))
+        for via, count in ranked[:1]:
+            if count / len(ran) >= share:
+                found.append({"service": service, "via": via,
+                              "share": round(count / len(ran), 3), "tests": count})
+    return found
+
+
+def summarize(report: dict, incidental: list | None = None) -> dict:
+    """The report's `summary`: tests, services per test, needed service sets."""
+    tests = report["tests"]
+    per_service = Counter(s for t in tests.values() for s in t["services"])
+    sets = Counter(tuple(t["needs"]) for t in tests.values() if t["ran"])
+    return {
+        "tests": len(tests),
+        "tests_ran": sum(1 for t in tests.values() if t["ran"]),
+        "services": dict(sorted(per_service.items())),
+        "service_sets": [{"needs": list(k), "tests": v} for k, v in sets.most_common()],
+        "incidental": incidental if incidental is not None
+        else report.get("summary", {}).get("incidental", []),
+        "denied": denied_tests(tests),
+    }
+
+
+def denied_tests(tests: dict[str, dict]) -> list[dict]:
+    """The tests that tried a service the guard refused: one entry per test and service,
+    with the first refusal's evidence (thread, destination, phase)."""
+    found = []
+    for nodeid, test in sorted(tests.items()):
+        for service, evidence in sorted(test.get("denied_evidence", {}).items()):
+            first = evidence.get("first") or {}
+            found.append({"test": nodeid, "service": service,
+                          "refusals": evidence.get("connects", 0) + evidence.get("sends", 0),
+                          "thread": first.get("thread"), "destination":
+                          first.get("destination"), "phase": first.get("phase")})
+    return found

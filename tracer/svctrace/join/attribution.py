@@ -1,0 +1,513 @@
+"""Joins backend events to the plugin's phase windows: which test touched which service (pure).
+
+Rules (README "Attribution rules"):
+- An event belongs to the owning pytest process: the nearest ancestor-or-self that writes
+  markers (main pytest or an xdist worker), so subprocesses and C-library threads count.
+- Within that process it belongs to the test phase window (setup/call/teardown) containing
+  its timestamp, boundaries included.
+- A test owns its whole protocol: traffic between the end of one of its phases and the
+  start of the next belongs to the phase before the gap, and the evidence names the gap.
+- A subprocess forked, or a thread born, inside a test (threads: not inside a wider-scoped
+  fixture) whose traffic comes after that test ended "outlived" its test: reported, not
+  charged to whatever test runs next. Except pool workers (the plugin's "pool" records:
+  concurrent.futures, asyncio's default executor, multiprocessing's ThreadPool): they run
+  what the running test submits, so their traffic is that test's.
+- What is a contact, a failed probe or noise is services.ServiceMap.judge's one rule.
+- Anything else (collection, session start/end, between tests, processes outside pytest)
+  is kept as unattributed traffic with a reason.
+The Attributor is incremental: feed records as they arrive, flush(watermark) attributes the
+events older than the watermark and forgets them, so memory stays bounded on long runs.
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import ipaddress
+from dataclasses import dataclass, field
+
+from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, Marker,
+                             ProcessEvent, Stack, TestInfo)
+from svctrace.join.evidence import MAX_KEPT, Contact, result_text
+from svctrace.join.lineage import Lineage
+from svctrace.join.services import DENIED, NOISE, PROBE, ServiceMap
+from svctrace.join.stacks import StackIndex
+
+SETUP_HOLD_MAX_NS = 600 * 10**9
+
+
+def _start(window: "Window") -> int:
+    return window.start
+
+
+def _insert_sorted(bucket: list, window: "Window") -> None:
+    index = len(bucket)
+    while index > 0 and bucket[index - 1].start > window.start:
+        index -= 1  # markers arrive nearly in order: walk back from the end
+    bucket.insert(index, window)
+
+
+@dataclass
+class Window:
+    start: int
+    end: int | None
+    nodeid: str
+    phase: str
+    worker: str | None = None
+    outcome: str | None = None
+
+    def contains(self, ts: int) -> bool:
+        return self.start <= ts and (self.end is None or ts <= self.end)
+
+
+@dataclass
+class TestRecord:
+    __test__ = False  # not a pytest test class
+    nodeid: str
+    worker: str | None = None
+    pid: int | None = None
+    outcomes: dict = field(default_factory=dict)    # phase -> outcome
+    durations: dict = field(default_factory=dict)   # phase -> seconds
+    phases: dict = field(default_factory=lambda: {p: {} for p in TEST_PHASES})  # phase->svc->Contact
+    probes: dict = field(default_factory=lambda: {p: {} for p in TEST_PHASES})  # failed probes
+    denied: dict = field(default_factory=lambda: {p: {} for p in TEST_PHASES})  # guard refusals
+    info: TestInfo | None = None
+    ran: bool = False
+    # Traffic in this test's windows that the rules set aside: {"self_loopback" | "noise":
+    # {destination: count}}, so `explain` can say why an expected call is missing.
+    ignored: dict = field(default_factory=dict)
+
+
+@dataclass
+class Attribution:
+    """Everything attribution learned, ready for the report."""
+
+    tests: dict[str, TestRecord]
+    unattributed: dict[tuple[str, str], dict[str, Contact]]
+    fixture_services: dict[str, dict[str, Contact]]  # wider-scoped fixture -> service -> evidence
+    fixture_scopes: dict[str, str]
+    counts: dict[str, int]
+    unattributed_probes: dict[tuple[str, str], dict[str, Contact]] = field(default_factory=dict)
+    # wider-scoped fixture -> {test whose window its traffic fell in: {phases}}: a session
+    # fixture set up in one test and torn down in another is found from either (explain)
+    fixture_tests: dict[str, dict[str, set]] = field(default_factory=dict)
+
+
+class Attributor:
+    def __init__(self, service_map: ServiceMap, clock: str = "mono",
+                 ignore_self_loopback: bool = True) -> None:
+        if clock not in ("mono", "wall"):
+            raise ValueError("clock must be 'mono' or 'wall'")
+        self.map = service_map
+        self.clock = clock
+        self.ignore_self_loopback = ignore_self_loopback
+        self.tests: dict[str, TestRecord] = {}
+        self.windows: dict[int, list[Window]] = {}      # pid -> test phase windows by start
+        self.outer: dict[int, list[Window]] = {}        # pid -> session/collection windows
+        self.fixture_windows: dict[int, list[tuple]] = {}  # pid -> [(start, end, fid, scope)]
+        self._open_fixture: dict[tuple, int] = {}
+        self._teardown_cursor: dict[int, int] = {}
+        self._open_setups: dict[tuple[int, str], int] = {}  # (pid, nodeid) -> start
+        self.fixture_scopes: dict[str, str] = {}
+        self.fixture_services: dict[str, dict[str, Contact]] = {}
+        self.fixture_tests: dict[str, dict[str, set]] = {}
+        self.lineage = Lineage()
+        self._thread_origins: dict[tuple[int, int], tuple] = {}  # (tid, birth) -> _origin()
+        self._pool_workers: dict[tuple[int, int], int] = {}  # (pid, tid) -> marked at
+        self.cmdlines: dict[int, str] = {}
+        self.comms: dict[int, str] = {}
+        self.listeners: dict[int, set[int]] = {}
+        self.pending: collections.deque[Event] = collections.deque()
+        self.unattributed: dict[tuple[str, str], dict[str, Contact]] = {}
+        self.unattributed_probes: dict[tuple[str, str], dict[str, Contact]] = {}
+        self.stacks = StackIndex()  # --stacks: Python call sites (issue 16)
+        self.counts = {"events": 0, "attributed": 0, "unattributed": 0, "noise": 0,
+                       "self_loopback": 0, "failed_probes": 0, "markers": 0}
+        self._adders = {Event: self._add_event, Marker: self._add_marker,
+                        FixtureMarker: self._add_fixture_marker,
+                        FixtureWindows: self._add_fixture_windows,
+                        ProcessEvent: self._add_process, TestInfo: self._add_info,
+                        Stack: self.stacks.add}
+
+    # -- feeding -------------------------------------------------------------------------
+    def _ts(self, record) -> int | None:
+        return record.mono_ns if self.clock == "mono" else record.wall_ns
+
+    def add(self, record) -> None:
+        # by exact type: the runner feeds ~10 records per test (the record types are final)
+        adder = self._adders.get(type(record))
+        if adder is not None:
+            adder(record)
+
+    def _add_info(self, info: TestInfo) -> None:
+        self._test(info.nodeid).info = info
+
+    def note_cmdline(self, pid: int, cmdline: str) -> None:
+        self.cmdlines.setdefault(pid, cmdline)
+
+    def _test(self, nodeid: str) -> TestRecord:
+        if nodeid not in self.tests:
+            self.tests[nodeid] = TestRecord(nodeid)
+        return self.tests[nodeid]
+
+    def _add_event(self, ev: Event) -> None:
+        if ev.kind == "listen":
+            if ev.dest.port:
+                self.listeners.setdefault(ev.pid, set()).add(ev.dest.port)
+            return
+        self.counts["events"] += 1
+        self.pending.append(ev)
+
+    def _add_process(self, pe: ProcessEvent) -> None:
+        ts = self._ts(pe)
+        if pe.kind == "fork" and pe.ppid and pe.pid != pe.ppid:
+            if self.lineage.fork(pe.pid, pe.ppid, ts):
+                # A reused pid: the old program's command line is not this process's.
+                self.cmdlines.pop(pe.pid, None)
+        elif pe.kind == "exit":
+            self.lineage.exit(pe.pid, ts)
+        elif pe.kind == "thread" and pe.tid and pe.tid != pe.pid:
+            self.lineage.thread(pe.tid, pe.pid, ts)
+            self.stacks.thread(pe, ts)
+            return  # its comm is the creating thread's; the process keeps its own
+        elif pe.kind == "pool":
+            # A pool worker (the plugin saw its Python target): since `ts` it runs what any
+            # test submits, so its traffic is the running test's, wherever it was born.
+            self._pool_workers[(pe.pid, pe.tid)] = ts if ts is not None else 0
+            return
+        if pe.cmdline:
+            self.cmdlines[pe.pid] = " ".join(pe.cmdline)
+        if pe.comm:
+            self.comms[pe.pid] = pe.comm
+
+    def _add_marker(self, mk: Marker) -> None:
+        self.counts["markers"] += 1
+        ts = mk.mono_ns if self.clock == "mono" else mk.wall_ns
+        if mk.phase in TEST_PHASES:
+            bucket = self.windows.setdefault(mk.pid, [])
+            test = self._test(mk.nodeid)
+            test.worker, test.pid, test.ran = mk.worker, mk.pid, True
+            if mk.edge == "end":
+                if mk.outcome:
+                    test.outcomes[mk.phase] = mk.outcome
+                if mk.duration_s is not None:
+                    test.durations[mk.phase] = mk.duration_s
+        else:
+            bucket = self.outer.setdefault(mk.pid, [])
+        if mk.phase == "setup":  # see flush(): events wait for the setup's fixture windows
+            if mk.edge == "start":
+                self._open_setups[(mk.pid, mk.nodeid)] = ts
+            else:
+                self._open_setups.pop((mk.pid, mk.nodeid), None)
+        if mk.edge == "start":
+            window = Window(ts, None, mk.nodeid, mk.phase, mk.worker)
+            _insert_sorted(bucket, window)
+            if mk.phase == "teardown":
+                self._teardown_cursor[mk.pid] = ts
+            return
+        for window in reversed(bucket):
+            if window.end is None and window.nodeid == mk.nodeid and window.phase == mk.phase:
+                window.end, window.outcome = ts, mk.outcome
+                return
+        # An end without a start (the start line was lost): keep a zero-length window.
+        _insert_sorted(bucket, Window(ts, ts, mk.nodeid, mk.phase, mk.worker, mk.outcome))
+
+    def _add_fixture_marker(self, fm: FixtureMarker) -> None:
+        ts = fm.mono_ns if self.clock == "mono" else fm.wall_ns
+        self.fixture_scopes[fm.fixture] = fm.scope
+        key = (fm.pid, fm.fixture, fm.when)
+        if fm.edge == "start":
+            self._open_fixture[key] = ts
+            return
+        start = self._open_fixture.pop(key, None)
+        if start is None and fm.when == "teardown":
+            # pytest only reports a fixture's teardown end (pytest_fixture_post_finalizer);
+            # finalizers run one after another, so it began where the previous one ended.
+            start = self._teardown_cursor.get(fm.pid, ts)
+        if fm.when == "teardown":
+            self._teardown_cursor[fm.pid] = ts
+        bucket = self.fixture_windows.setdefault(fm.pid, [])
+        bucket.insert(bisect.bisect_right(bucket, (start,)), (start, ts, fm.fixture, fm.scope))
+
+    def _add_fixture_windows(self, fw: FixtureWindows) -> None:
+        mono = self.clock == "mono"
+        bucket = self.fixture_windows.setdefault(fw.pid, [])
+        end = None
+        for fid, start_mono, start_wall, end_mono, end_wall in fw.windows:
+            self.fixture_scopes.setdefault(fid, "function")
+            start, end = (start_mono, end_mono) if mono else (start_wall, end_wall)
+            bucket.insert(bisect.bisect_right(bucket, (start,)), (start, end, fid, "function"))
+        if fw.when == "teardown" and end is not None:
+            # the plugin writes them before a wider fixture's teardown end: that one's
+            # window begins where these ended
+            self._teardown_cursor[fw.pid] = max(end, self._teardown_cursor.get(fw.pid, end))
+
+    # -- attribution ---------------------------------------------------------------------
+    def flush(self, watermark: int | None = None) -> None:
+        """Attribute pending events stamped before `watermark` (all when None)."""
+        if watermark is None:
+            ready, self.pending = self.pending, collections.deque()
+            for ev in ready:
+                self._attribute(ev)
+            return
+        # The function-scoped fixture windows of a setup arrive with its end: a setup that
+        # runs longer than the watermark holds its events until then (the fixture names).
+        # (Not for ever: a worker that died in a setup never ends it.)
+        if self._open_setups:
+            recent = [t for t in self._open_setups.values() if t > watermark - SETUP_HOLD_MAX_NS]
+            watermark = min([watermark, *recent])
+        # Events arrive nearly in time order: stop at the first one not old enough. One
+        # that arrived late behind it waits for a later flush, which is harmless.
+        pending, attr = self.pending, "mono_ns" if self.clock == "mono" else "wall_ns"
+        while pending and (getattr(pending[0], attr) or 0) < watermark:
+            self._attribute(pending.popleft())
+
+    def finish(self) -> Attribution:
+        self.flush(None)
+        return Attribution(self.tests, self.unattributed, self.fixture_services,
+                           self.fixture_scopes, dict(self.counts), self.unattributed_probes,
+                           self.fixture_tests)
+
+    def _owner(self, pid: int, ts: int) -> tuple[int | None, int | None]:
+        """(nearest marker-writing ancestor-or-self of `pid` as it was at `ts`, the fork time
+        of the branch below it: which window started the subprocess)."""
+        current, at, fork_ts = pid, ts, None
+        for _ in range(64):
+            if current in self.windows or current in self.outer:
+                return current, fork_ts
+            parent = self.lineage.parent(current, at)
+            if parent is None:
+                return None, None
+            current, fork_ts = parent
+            # the ancestor as it was when it forked this branch (it may have exited since)
+            at = fork_ts if fork_ts is not None else at
+        return None, None
+
+    def _is_self_traffic(self, ev: Event) -> bool:
+        ports = self.listeners.get(ev.pid)
+        if not ports:
+            return False
+        if ev.local_port and ev.local_port in ports:
+            return True  # the process answering on its own listener: server side
+        if ev.dest.port in ports and ev.dest.family in ("inet", "inet6"):
+            try:
+                return ipaddress.ip_address(ev.dest.address).is_loopback
+            except ValueError:
+                return False
+        return False
+
+    def _locate(self, owner: int, ts: int) -> tuple[Window | None, str | None, Window | None]:
+        """(the test window of `owner` that owns ts, the gap's name when ts falls between
+        two phases of that test, the last window that started before ts)."""
+        bucket = self.windows.get(owner, ())
+        index = bisect.bisect_right(bucket, ts, key=_start) - 1
+        if index < 0:
+            return None, None, None
+        window = bucket[index]
+        if window.contains(ts):
+            return window, None, window
+        if window.phase == "teardown":
+            return None, None, window
+        # pytest's protocol always goes on with the same test: call if setup passed, then
+        # teardown. The next phase's start marker may not have arrived yet.
+        following = bucket[index + 1] if index + 1 < len(bucket) else None
+        if following is not None:
+            if following.nodeid != window.nodeid:
+                return None, None, window  # a broken protocol (a crashed worker): not its gap
+            after = following.phase
+        else:
+            after = "call" if window.phase == "setup" and window.outcome in (None, "passed") \
+                else "teardown"
+        return window, f"{window.phase}->{after}", window
+
+    def _origin(self, owner: int, ev: Event, ts: int, fork_ts: int | None
+                ) -> tuple[str, Window | None, bool]:
+        """("process" or "thread", the test window the event's process or thread was started
+        in, whether its traffic after that test ended outlived the test)."""
+        if ev.pid != owner:
+            started = None if fork_ts is None else self._locate(owner, fork_ts)[0]
+            return "process", started, True
+        birth = self.lineage.thread_birth(ev.tid, ev.pid, ts) if ev.tid != ev.pid else None
+        if birth is None:
+            return "thread", None, False
+        marked = self._pool_workers.get((ev.pid, ev.tid))
+        if marked is not None and marked >= birth:  # this very thread, not a reused tid
+            return "thread", self._locate(owner, birth)[0], False
+        key = (ev.tid, birth)
+        origin = self._thread_origins.get(key)
+        if origin is None:
+            # A thread born inside a wider-scoped fixture serves every test that uses it.
+            scope = self._fixture_at(owner, birth)[1]
+            origin = ("thread", self._locate(owner, birth)[0], scope in (None, "function"))
+            # Settled once the test it was born in has ended (a fixture's window is known
+            # only at its end marker): only then is it worth keeping.
+            if origin[1] is None or origin[1].end is not None:
+                if len(self._thread_origins) >= 65536:
+                    self._thread_origins.clear()
+                self._thread_origins[key] = origin
+        return origin
+
+    def _fixture_at(self, pid: int, ts: int) -> tuple[str | None, str | None]:
+        bucket = self.fixture_windows.get(pid, ())
+        index = bisect.bisect_right(bucket, (ts, float("inf")))
+        # Fixture windows are nearly disjoint (pytest sets up dependencies before the
+        # dependant's hook runs); nesting comes only from getfixturevalue(), so a short
+        # look back finds the innermost (latest-starting) window that contains ts.
+        for start, end, fid, scope in reversed(bucket[max(0, index - 16):index]):
+            if start <= ts <= end:
+                return fid, scope
+        return None, None
+
+    def _attribute(self, ev: Event) -> None:
+        verdict = self.map.judge(ev.kind, ev.dest, ev.result)
+        if verdict.what == NOISE:
+            self.counts["noise"] += 1
+            self._ignored(ev, "noise")
+            return
+        if self.ignore_self_loopback and self._is_self_traffic(ev):
+            self.counts["self_loopback"] += 1
+            self._ignored(ev, "self_loopback")
+            return
+        ts = self._ts(ev) or 0
+        name, label, probe = verdict.name, verdict.label, verdict.what == PROBE
+        owner, fork_ts = self._owner(ev.pid, ts)
+        if owner is None:
+            self._unattributed("not-under-pytest", "process outside the pytest tree",
+                               name, label, probe, ev, ts)
+            return
+        window, gap, previous = self._locate(owner, ts)
+        what, started, outlives = self._origin(owner, ev, ts, fork_ts)
+        born_in = started.nodeid if started is not None and what == "thread" else None
+        if outlives and started is not None and (window is None
+                                                 or started.nodeid != window.nodeid):
+            self._unattributed("outlived-test", f"{what} started in {started.nodeid}",
+                               name, label, probe, ev, ts, born_in, owner,
+                               lambda: self._test_end(owner, started))
+            return
+        if window is None:
+            self._outside_tests(owner, ts, previous, name, label, probe, ev)
+            return
+
+        def evidence() -> dict:
+            return self._evidence(ev, window, ts, label, gap, born_in)
+
+        def process() -> dict:
+            return self._process(ev, owner, ts)
+
+        fixture, scope = self._fixture_at(owner, ts)
+        if verdict.what == DENIED:  # refused by the guard: the test that tried it needs it
+            self._test(window.nodeid).denied[window.phase].setdefault(name, Contact()).add(
+                ev, ts, evidence, fixture, label, gap, process)
+            self.counts["denied"] = self.counts.get("denied", 0) + 1
+            return
+        if probe:  # evidence, not a need: it stays with the test, whichever fixture ran it
+            test = self._test(window.nodeid)
+            test.probes[window.phase].setdefault(name, Contact()).add(
+                ev, ts, evidence, fixture, label, gap, process)
+            self.counts["failed_probes"] += 1
+            return
+        if fixture and scope and scope != "function":
+            # A class/module/session fixture serves every test that requests it, not the
+            # test it happens to run in (the last test gets the session teardown): charge it
+            # to the fixture; the report lists it as inherited by each dependent test.
+            self.fixture_services.setdefault(fixture, {}).setdefault(name, Contact()).add(
+                ev, ts, lambda: {**evidence(), "test": window.nodeid}, fixture, label, gap,
+                process)
+            seen_in = self.fixture_tests.setdefault(fixture, {})
+            if window.nodeid in seen_in or len(seen_in) < 64:
+                seen_in.setdefault(window.nodeid, set()).add(window.phase)
+        else:
+            test = self._test(window.nodeid)
+            test.phases[window.phase].setdefault(name, Contact()).add(
+                ev, ts, evidence, fixture, label, gap, process)
+        self.counts["attributed"] += 1
+
+    def _outside_tests(self, owner: int, ts: int, previous: Window | None, name: str,
+                       label: str, probe: bool, ev: Event) -> None:
+        # Collection is nested in the session window: look for each, not for the latest.
+        inside = {w.phase: w for w in self.outer.get(owner, ()) if w.contains(ts)}
+        session = next((w for w in self.outer.get(owner, ()) if w.phase == "session"), None)
+        if "collection" in inside:
+            reason, detail = "collection", "while pytest collected tests"
+        elif "session" in inside and previous is not None:
+            reason, detail = "between-tests", f"after {previous.nodeid} ({previous.phase})"
+        elif "session" in inside:
+            reason, detail = "session", "session start, before the first test"
+        elif session is not None and session.end is not None and ts > session.end:
+            reason, detail = "outside-session", "after pytest's session ended"
+        elif previous is not None:  # no session window seen: its markers were lost
+            reason, detail = "between-tests", f"after {previous.nodeid} ({previous.phase})"
+        else:
+            reason, detail = "outside-session", "before pytest's session started"
+        ended = previous.end if previous is not None and reason == "between-tests" else None
+        self._unattributed(reason, detail, name, label, probe, ev, ts, None, owner,
+                           lambda: ended)
+
+    def _test_end(self, owner: int, window: Window) -> int | None:
+        """When the test of `window` ended: the end of its last phase window seen."""
+        ends = [w.end for w in self.windows.get(owner, ())
+                if w.nodeid == window.nodeid and w.end is not None]
+        return max(ends) if ends else window.end
+
+    def _unattributed(self, reason: str, detail: str, name: str, label: str, probe: bool,
+                      ev: Event, ts: int, born_in: str | None = None,
+                      owner: int | None = None, ended=lambda: None) -> None:
+        """`ended()`: when the test the detail names ended, for `after_ms` (the first
+        event's evidence only: called once per bucket and service)."""
+        where = self.unattributed_probes if probe else self.unattributed
+        bucket = where.setdefault((reason, detail), {})
+
+        def evidence() -> dict:
+            found = self._evidence(ev, None, ts, label, None, born_in)
+            since = ended()
+            found["after_ms"] = round((ts - since) / 1e6, 3) if since is not None else None
+            return found
+
+        bucket.setdefault(name, Contact()).add(
+            ev, ts, evidence, None, label,
+            None, lambda: self._process(ev, owner, ts))
+        self.counts["failed_probes" if probe else "unattributed"] += 1
+
+    def _ignored(self, ev: Event, why: str) -> None:
+        """Count traffic the rules set aside against the test whose window it fell in."""
+        ts = self._ts(ev) or 0
+        owner = self._owner(ev.pid, ts)[0]
+        window = self._locate(owner, ts)[0] if owner is not None else None
+        if window is None:
+            return
+        labels = self._test(window.nodeid).ignored.setdefault(why, {})
+        label = ev.dest.label()
+        if label not in labels and len(labels) >= MAX_KEPT:
+            label = "other"
+        labels[label] = labels.get(label, 0) + max(ev.count, 1)
+
+    def _process(self, ev: Event, owner: int | None, ts: int) -> dict:
+        parent = self.lineage.parent(ev.pid, ts)
+        return {"ppid": parent[0] if parent else None,
+                "cmdline": self.cmdlines.get(ev.pid) or self.comms.get(ev.pid, ""),
+                "role": ("pytest" if ev.pid == owner else
+                         "subprocess" if owner is not None else "outside pytest")}
+
+    def _evidence(self, ev: Event, window: Window | None, ts: int, label: str,
+                  gap: str | None, born_in: str | None) -> dict:
+        # In a gap the offset counts from the end of the phase before it.
+        since = (window.end if gap else window.start) if window else None
+        found = self.stacks.evidence(ev.pid, ev.tid, ts, ev.comm,
+                                     window.nodeid.split("::")[0] if window else None
+                                     ) if self.stacks else None
+        evidence = {
+            "phase": window.phase if window else None,
+            "gap": gap,
+            "offset_ms": round((ts - since) / 1e6, 3) if since is not None else None,
+            "pid": ev.pid,
+            "tid": ev.tid,
+            "thread": ev.comm,
+            "background": ev.tid != ev.pid,
+            "born_in": born_in,
+            "cmdline": self.cmdlines.get(ev.pid) or self.comms.get(ev.pid, ""),
+            "destination": label,
+            "kind": ev.kind,
+            "result": result_text(ev.kind, ev.result),
+        }
+        if found:
+            evidence["stack"] = found
+        return evidence

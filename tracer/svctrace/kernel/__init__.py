@@ -1,0 +1,1 @@
+"""The kernel toolkit: bcc from the distribution, BPF images kept per boot, BTF, PID namespaces."""

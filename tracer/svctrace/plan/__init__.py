@@ -1,0 +1,1 @@
+"""CI plans from a report: tiers, shards, the matrix (pure)."""

@@ -1,0 +1,278 @@
+"""Plans CI tiers from a report: the cheapest tier per test, shards, matrix, summary (pure)."""
+from __future__ import annotations
+
+import heapq
+import math
+import os
+import re
+import statistics
+from pathlib import Path
+
+from svctrace import __version__
+from svctrace.config import Tier
+from svctrace.errors import SvctraceError
+from svctrace.report.jsonfile import read_versioned
+from svctrace.userfiles import write_file
+
+PLAN_SCHEMA = "svctrace-plan/1"
+GRANULARITIES = ("test", "class", "file")
+DEFAULT_DURATION_S = 1.0  # when the report knows no duration at all
+# Tier names become file names (<tier>.txt) and CI job names.
+_TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PLAN_KEYS = ("granularity", "tiers", "order", "fallback", "assignments", "durations",
+              "default_duration_s")
+
+
+class TiersError(SvctraceError):
+    """Tiers cannot be planned: none configured, bad names, bad granularity or shard count."""
+
+
+class PlanError(SvctraceError):
+    """A plan file is missing, unreadable, of another schema or inconsistent."""
+
+
+def group_key(nodeid: str, granularity: str) -> str:
+    """The unit that must stay together: the test itself, its class, or its file."""
+    if granularity == "test":
+        return nodeid
+    # Parameter ids may contain "::" (test_x[a::b]): split only the part before them.
+    parts = nodeid.split("[", 1)[0].split("::")
+    if granularity == "file":
+        return parts[0]
+    # A module-level function belongs to no class: it is its own group.
+    return "::".join(parts[:-1]) if len(parts) > 2 else nodeid
+
+
+def _ordered_tiers(tiers: list[Tier]) -> list[Tier]:
+    """Cheapest first: lowest startup, then fewest services, then name."""
+    return sorted(tiers, key=lambda t: (t.startup_s, len(set(t.services)), t.name))
+
+
+def most_complete(tiers: list[Tier]) -> Tier:
+    """The most complete tier: most services, then the costliest (it starts most), then name."""
+    return min(tiers, key=lambda t: (-len(set(t.services)), -t.startup_s, t.name))
+
+
+def _check_tiers(tiers: list[Tier], granularity: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise TiersError(f"granularity {granularity!r}: choose one of {', '.join(GRANULARITIES)}")
+    if not tiers:
+        raise TiersError("no tiers configured: add [[tool.svctrace.tiers]] tables")
+    seen: set[str] = set()
+    for tier in tiers:
+        if not _TIER_NAME.match(tier.name):
+            raise TiersError(f"tier name {tier.name!r}: use letters, digits, '.', '_' or '-' "
+                             "(it becomes a file name and a CI job name)")
+        if tier.name in seen:
+            raise TiersError(f"tier {tier.name!r} is configured twice")
+        seen.add(tier.name)
+
+
+def plan_tiers(report: dict, tiers: list[Tier], granularity: str = "test") -> dict:
+    """Put every test of `report` in the cheapest tier whose services cover its needs."""
+    _check_tiers(tiers, granularity)
+    order = _ordered_tiers(tiers)
+    fallback = most_complete(tiers)
+    tests = report.get("tests", {})
+    durations = {nodeid: float(t["duration_s"]) for nodeid, t in sorted(tests.items())
+                 if t.get("ran") and isinstance(t.get("duration_s"), (int, float))}
+    default = round(statistics.median(durations.values()), 6) if durations else DEFAULT_DURATION_S
+    groups: dict[str, list[str]] = {}
+    for nodeid in sorted(tests):
+        groups.setdefault(group_key(nodeid, granularity), []).append(nodeid)
+    assignments: dict[str, str] = {}
+    group_tiers: dict[str, str] = {}
+    uncovered: dict[str, list[str]] = {}
+    for key, members in groups.items():
+        # A test that never ran has no observed needs: only the most complete tier is safe.
+        unknown = any(not tests[n].get("ran") for n in members)
+        needs = set().union(*(tests[n].get("needs", []) for n in members))
+        tier = fallback if unknown else next(
+            (t for t in order if needs <= set(t.services)), None)
+        if tier is None:
+            tier = fallback
+            for nodeid in members:
+                missing = set(tests[nodeid].get("needs", [])) - set(fallback.services)
+                if missing:
+                    uncovered[nodeid] = sorted(missing)
+        group_tiers[key] = tier.name
+        for nodeid in members:
+            assignments[nodeid] = tier.name
+    by_tier: dict[str, list[str]] = {t.name: [] for t in order}
+    for nodeid, name in assignments.items():
+        by_tier[name].append(nodeid)
+    return {
+        "schema": PLAN_SCHEMA,
+        "svctrace_version": __version__,
+        "granularity": granularity,
+        "tiers": {t.name: {"services": sorted(set(t.services)), "startup_s": t.startup_s,
+                           "tests": by_tier[t.name],
+                           "duration_s": round(sum(durations.get(n, default)
+                                                   for n in by_tier[t.name]), 3)}
+                  for t in order},
+        "order": [t.name for t in order],
+        "fallback": fallback.name,
+        "assignments": assignments,
+        "durations": durations,
+        "default_duration_s": default,
+        "uncovered": uncovered,
+        # Lets tier_of place a new test next to its class or file mates without a scan.
+        "groups": group_tiers if granularity != "test" else {},
+    }
+
+
+def load_plan(path: str | os.PathLike) -> dict:
+    plan = read_versioned(path, PLAN_SCHEMA, "plan", PlanError,
+                          "write one with `svctrace tiers --plan-out`")
+    missing = [k for k in _PLAN_KEYS if k not in plan]
+    if missing:
+        raise PlanError(f"plan {path} lacks {', '.join(missing)}: write it again with "
+                        "`svctrace tiers --plan-out`")
+    if plan["fallback"] not in plan["tiers"] or plan["granularity"] not in GRANULARITIES:
+        raise PlanError(f"plan {path} is inconsistent (fallback tier {plan['fallback']!r}, "
+                        f"granularity {plan['granularity']!r})")
+    bad = [name for name, tier in plan["tiers"].items()
+           if not isinstance(tier, dict) or not isinstance(tier.get("services"), list)
+           or not isinstance(tier.get("tests"), list)]
+    if bad:
+        raise PlanError(f"plan {path}: tier {bad[0]!r} lacks its services or tests list")
+    plan.setdefault("uncovered", {})
+    return plan
+
+
+def _groups(plan: dict) -> dict[str, str]:
+    if "groups" in plan:
+        return plan["groups"]
+    if plan["granularity"] == "test":
+        return {}
+    return {group_key(n, plan["granularity"]): t for n, t in plan["assignments"].items()}
+
+
+def tier_of(plan: dict, nodeid: str) -> str:
+    """The plan's tier for a test; a test it does not know joins its group, else the fallback."""
+    tier = plan["assignments"].get(nodeid)
+    if tier is not None:
+        return tier
+    if plan["granularity"] != "test":
+        tier = _groups(plan).get(group_key(nodeid, plan["granularity"]))
+        if tier is not None:
+            return tier
+    return plan["fallback"]
+
+
+def shard_assignment(plan: dict, nodeids: list[str], count: int) -> dict[str, int]:
+    """Shard 1..count per test: greedy longest-processing-time on recorded durations.
+
+    Depends only on the set of node ids (not their order), so every xdist worker and every
+    CI job computes the same split; at class/file granularity a group stays on one shard.
+    """
+    if count < 1:
+        raise TiersError(f"shard count must be at least 1, got {count}")
+    durations, default = plan.get("durations", {}), plan.get("default_duration_s",
+                                                             DEFAULT_DURATION_S)
+    units: dict[str, list[str]] = {}
+    for nodeid in sorted(set(nodeids)):
+        units.setdefault(group_key(nodeid, plan.get("granularity", "test")), []).append(nodeid)
+    weighted = sorted(((sum(durations.get(n, default) for n in members), key)
+                       for key, members in units.items()), key=lambda u: (-u[0], u[1]))
+    loads = [(0.0, shard) for shard in range(1, count + 1)]  # heap: least loaded, lowest index
+    result: dict[str, int] = {}
+    for weight, key in weighted:
+        load, shard = heapq.heappop(loads)
+        for nodeid in units[key]:
+            result[nodeid] = shard
+        heapq.heappush(loads, (load + weight, shard))
+    return result
+
+
+def _units(plan: dict, tier: str) -> int:
+    tests = plan["tiers"][tier]["tests"]
+    return len({group_key(n, plan["granularity"]) for n in tests})
+
+
+def matrix(plan: dict, shards: int | None = None, target_shard_seconds: float = 600) -> dict:
+    """A GitHub Actions matrix: one entry per tier × shard.
+
+    Tiers without tests get no job, except the fallback: tests added since the report was
+    made land there. Shards per tier: `shards`, or enough for `target_shard_seconds` each,
+    never more than the tier has test groups to spread.
+    """
+    if shards is not None and shards < 1:
+        raise TiersError(f"--shards must be at least 1, got {shards}")
+    if target_shard_seconds <= 0:
+        raise TiersError("target shard seconds must be positive")
+    include = []
+    for name in plan["order"]:
+        tier = plan["tiers"][name]
+        units = _units(plan, name)
+        if not units and name != plan["fallback"]:
+            continue
+        wanted = shards if shards is not None else \
+            math.ceil(tier["duration_s"] / target_shard_seconds)
+        count = max(1, wanted if name == plan["fallback"] else min(wanted, units))
+        for shard in range(1, count + 1):
+            include.append({"tier": name, "shard": shard, "shards": count,
+                            "services": " ".join(tier["services"])})
+    return {"include": include}
+
+
+def _seconds(value: float) -> str:
+    if 0 < value < 1:
+        return "<1s"
+    value = round(value)
+    return f"{value // 60}m {value % 60:02d}s" if value >= 60 else f"{value}s"
+
+
+def time_saved_s(plan: dict, matrix_: dict) -> float:
+    """Startup seconds saved versus every job starting the fallback tier's services."""
+    full = plan["tiers"][plan["fallback"]]["startup_s"]
+    return sum(full - plan["tiers"][e["tier"]]["startup_s"] for e in matrix_["include"]
+               if e["tier"] != plan["fallback"])
+
+
+def markdown_summary(plan: dict, matrix_: dict) -> str:
+    """The job-summary page: tests per tier, services each starts, shards, time saved."""
+    shards = {e["tier"]: e["shards"] for e in matrix_["include"]}
+    total = sum(len(t["tests"]) for t in plan["tiers"].values())
+    lines = ["## svctrace tiers", "",
+             f"{total} tests planned at {plan['granularity']} granularity; "
+             f"tests not in the report run in **{plan['fallback']}** (the most complete tier).",
+             "", "| tier | services started | startup | tests | share | test time | shards |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name in plan["order"]:
+        tier = plan["tiers"][name]
+        count = len(tier["tests"])
+        share = f"{count / total:.0%}" if total else "-"
+        lines.append(f"| {name}{' (fallback)' if name == plan['fallback'] else ''} "
+                     f"| {', '.join(tier['services']) or '(none)'} | {_seconds(tier['startup_s'])} "
+                     f"| {count} | {share} | {_seconds(tier['duration_s'])} "
+                     f"| {shards.get(name, 0) or '-'} |")
+    saved = time_saved_s(plan, matrix_)
+    jobs = len(matrix_["include"])
+    lines += ["", f"**Estimated CI time saved: {_seconds(saved)}** of service startup across "
+              f"{jobs} jobs, compared with every job starting the services of "
+              f"{plan['fallback']} ({_seconds(plan['tiers'][plan['fallback']]['startup_s'])} "
+              "each)."]
+    if plan.get("uncovered"):
+        lines += ["", f"{len(plan['uncovered'])} tests need services no tier starts; they run "
+                  f"in {plan['fallback']} and may fail there:", ""]
+        for nodeid, missing in sorted(plan["uncovered"].items())[:20]:
+            lines.append(f"- `{nodeid}`: {', '.join(missing)}")
+        if len(plan["uncovered"]) > 20:
+            lines.append(f"- … and {len(plan['uncovered']) - 20} more (see the plan's "
+                         "`uncovered`)")
+    return "\n".join(lines) + "\n"
+
+
+def write_lists(plan: dict, directory: str | os.PathLike) -> list[Path]:
+    """One `<tier>.txt` per tier, a node id per line (empty tiers get an empty file)."""
+    folder = Path(directory)
+    written = []
+    for name in plan["order"]:
+        if not _TIER_NAME.match(name):  # a hand-edited plan must not write outside `folder`
+            raise PlanError(f"tier name {name!r} is not a safe file name")
+        path = folder / f"{name}.txt"
+        tests = plan["tiers"][name]["tests"]
+        # Atomic, and under sudo as the invoking user (who also creates the folder).
+        written.append(write_file(path, "".join(f"{n}\n" for n in tests).encode()))
+    return written

@@ -1,0 +1,139 @@
+"""The `svctrace-report/1` JSON: built from attribution and analysis, written, read."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from svctrace import REPORT_SCHEMA, __version__
+from svctrace.join import analysis
+from svctrace.join.attribution import Attribution
+from svctrace.join.evidence import Contact
+from svctrace.config import Config
+from svctrace.errors import SvctraceError
+from svctrace.events import TEST_PHASES, RunInfo
+from svctrace.report.jsonfile import read_versioned, write_atomic
+
+
+class ReportError(SvctraceError):
+    """A report file is missing, unreadable or of another schema."""
+
+
+def _contact_json(contact: Contact) -> dict:
+    return {
+        "connects": contact.connects,
+        "sends": contact.sends,
+        "failed_connects": contact.failed_connects,
+        "background": contact.background,
+        "threads": sorted(t for t in contact.threads if t),
+        "destinations": sorted(contact.destinations),
+        "fixtures": sorted(contact.fixtures),
+        "gaps": sorted(contact.gaps),
+        "first": contact.first,
+        "by_destination": {label: {**entry, "errors": dict(sorted(entry["errors"].items()))}
+                           for label, entry in sorted(contact.by_destination.items())},
+        "processes": {str(pid): {**proc, "threads": sorted(t for t in proc["threads"] if t)}
+                      for pid, proc in sorted(contact.processes.items())},
+    }
+
+
+def _by_phase(per_phase: dict[str, dict[str, Contact]]) -> dict[str, dict]:
+    """{service: its evidence merged over the phases it was seen in, with those phases}."""
+    setup, call, teardown = (per_phase[p] for p in TEST_PHASES)
+    if not (setup or call or teardown):  # most tests, for probes and refusals
+        return {}
+    out = {}
+    for service in sorted({*setup, *call, *teardown}):
+        where = [p for p in TEST_PHASES if service in per_phase[p]]
+        if len(where) == 1:  # seen in one phase: its contact is the merge
+            merged = per_phase[where[0]][service]
+        else:
+            merged = Contact()
+            for p in where:
+                merged.merge(per_phase[p][service])
+        out[service] = {"phases": where, **_contact_json(merged)}
+    return out
+
+
+def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None = None) -> dict:
+    """The report dict (schema svctrace-report/1); see README "Report format"."""
+    baseline = set(cfg.baseline)
+    tests: dict[str, dict] = {}
+    for nodeid, test in att.tests.items():
+        phases = {p: sorted(test.phases[p]) for p in TEST_PHASES}
+        observed = sorted({*phases["setup"], *phases["call"], *phases["teardown"]})
+        inherited = analysis.inherited_services(test, att)
+        declared = analysis.declared_services(test, cfg)
+        denied = sorted({s for phase in test.denied.values() for s in phase})
+        needs, touched_baseline = analysis.needs(observed, inherited, declared, baseline,
+                                                 denied)
+        tests[nodeid] = {
+            "services": observed,
+            "phases": phases,
+            "outcome": analysis.outcome(test),
+            "ran": test.ran,
+            "duration_s": round(sum(test.durations.values()), 6),
+            "worker": test.worker,
+            "evidence": _by_phase(test.phases),
+            "inherited": inherited,
+            "declared": declared,
+            "baseline": touched_baseline,
+            "needs": needs,
+            "failed_probes": _by_phase(test.probes),
+            "denied": denied,                         # refused by the guard (issue 12)
+            "denied_evidence": _by_phase(test.denied),
+            "ignored": {why: dict(sorted(labels.items()))
+                        for why, labels in sorted(test.ignored.items())},
+        }
+    unattributed = []
+    for key in sorted(set(att.unattributed) | set(att.unattributed_probes)):
+        services = att.unattributed.get(key, {})
+        probes = att.unattributed_probes.get(key, {})
+        unattributed.append({"reason": key[0], "detail": key[1], "services": sorted(services),
+                             "evidence": {s: _contact_json(c) for s, c in sorted(services.items())},
+                             "failed_probes": {s: _contact_json(c)
+                                               for s, c in sorted(probes.items())}})
+    stats = dict(stats or {})
+    report = {
+        "schema": REPORT_SCHEMA,
+        "run": {
+            "svctrace_version": __version__,
+            "run_id": uuid.uuid4().hex,  # lets merge count each run once, however often given
+            "backend": run.backend,
+            "blind_spots": list(run.blind_spots),
+            "command": list(run.command),
+            "exit_code": run.exit_code,
+            "lost_events": int(stats.pop("lost_events", 0) or 0),
+            "events": att.counts,
+            "backend_stats": stats,
+            "config": str(cfg.path) if cfg.path else None,
+            "baseline": sorted(baseline),
+            **run.extra,
+        },
+        "tests": dict(sorted(tests.items())),
+        "unattributed": unattributed,
+        "fixtures": {fid: {"scope": att.fixture_scopes.get(fid, "?"),
+                           "services": sorted(svcs),
+                           "tests": {nodeid: [p for p in TEST_PHASES if p in phases]
+                                     for nodeid, phases in sorted(
+                                         att.fixture_tests.get(fid, {}).items())},
+                           "evidence": {s: _contact_json(c) for s, c in sorted(svcs.items())}}
+                     for fid, svcs in sorted(att.fixture_services.items())},
+    }
+    report["summary"] = analysis.summarize(
+        report, analysis.incidental(tests, att.tests, cfg.incidental_share))
+    return report
+
+
+def write_report(report: dict, path: str | os.PathLike) -> Path:
+    """Write atomically: a reader never sees half a report, a crash never leaves one."""
+    # No indent: json's C encoder only runs without it (10x faster on large suites);
+    # `python -m json.tool` pretty-prints for a person.
+    return write_atomic(json.dumps(report, separators=(",", ":")) + "\n", path)
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    return read_versioned(path, REPORT_SCHEMA, "report", ReportError)
+
+
