@@ -193,3 +193,20 @@ def test_cgroup_of_a_killed_runner_is_swept_by_the_next_run(tmp_path):
     assert not cgroup.exists()
     notes = json.loads((tmp_path / "next.json").read_text())["run"]["notes"]
     assert any(f"removed the guard cgroup {cgroup}" in n for n in notes), notes
+
+
+def test_the_kernel_guard_has_every_member_of_the_enforcer_protocol():
+    """The runner and doctor use a guard only through guard.base.Enforcer: a member the
+    kernel guard lacks, or has as a method where the protocol wants a classmethod (doctor
+    calls it without a run), would fail only on a host where the guard runs."""
+    import inspect
+    from svctrace.guard.base import Enforcer
+    from svctrace.guard.kernel import Guard
+    for name, member in vars(Enforcer).items():
+        if name.startswith("_") or not callable(getattr(Enforcer, name)):
+            continue
+        assert hasattr(Guard, name), name
+        wants_class = isinstance(member, classmethod)
+        assert isinstance(inspect.getattr_static(Guard, name), classmethod) == wants_class, name
+    assert {"spec", "notes"} <= set(Enforcer.__annotations__)
+

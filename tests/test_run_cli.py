@@ -247,3 +247,15 @@ def test_ctrl_c_at_a_terminal_interrupts_pytest_once_and_leaves_a_report(tmp_pat
     assert report["tests"]["test_slow.py::test_first"]["services"] == ["tcp:127.0.0.1:9"]
     assert report["tests"]["test_slow.py::test_slow"]["outcome"] in ("interrupted", "failed")
     assert not any("SIGINT" in note for note in report["run"]["notes"])  # not sent to svctrace
+
+
+def test_doctor_asks_each_backend_class_for_its_details():
+    """diagnose() is part of the Backend protocol: doctor lists the ebpf checks by calling
+    it, and a backend without extra checks inherits the empty default."""
+    from svctrace.capture import backend_class
+    from svctrace.capture.base import Backend
+    from svctrace.cli.doctor import _details
+    assert backend_class("strace").diagnose() == [] == Backend.diagnose()
+    checks = [check for check, _ok, _detail in _details("ebpf")]
+    assert checks[:1] == [next(iter(backend_class("ebpf").diagnose()))[0]]
+    assert "compile+load" in checks

@@ -257,9 +257,9 @@ def test_command_lines_are_not_read_from_another_namespaces_proc():
     from svctrace.config import Config
     from svctrace.run.runner import Run
     run = Run(["true"], "inprocess", "r.json", Config(), log=lambda msg: None)
-    run._proc_is_ours = False
-    run._learn_cmdline(os.getpid())
-    assert os.getpid() not in run.attributor.cmdlines
-    run._proc_is_ours = True
-    run._learn_cmdline(os.getpid())
-    assert "pytest" in run.attributor.cmdlines[os.getpid()]
+    run.pump.proc_is_ours = False
+    run.pump.learn_cmdline(os.getpid())
+    assert os.getpid() not in run.collector.attributor.cmdlines
+    run.pump.proc_is_ours = True
+    run.pump.learn_cmdline(os.getpid())
+    assert "pytest" in run.collector.attributor.cmdlines[os.getpid()]

@@ -35,6 +35,7 @@ class Backend:
       abort()                 poll() failed while the command runs: detach at once
       stats()                 {"events": n, "lost_events": n, ...} for the report
       command_exit_code()     the command's status, if the waited-for process is a wrapper
+    Without an instance: prepare_host(), unavailable_reason(), diagnose() (for doctor).
     """
 
     name: ClassVar[str] = "?"
@@ -54,6 +55,11 @@ class Backend:
     def unavailable_reason(cls) -> str | None:
         """None if usable here, else one sentence: what is missing and how to fix it."""
         return None
+
+    @classmethod
+    def diagnose(cls) -> list[tuple[str, bool, str]]:
+        """(check, ok, detail or fix) lines for `svctrace doctor`, beyond usable or not."""
+        return []
 
     def prepare(self, ctx: RunContext) -> None:
         self.ctx = ctx

@@ -365,6 +365,10 @@ class EbpfBackend(Backend):
                 return reason
         return None
 
+    @classmethod
+    def diagnose(cls) -> list[tuple[str, bool, str]]:
+        return diagnose()
+
     def prepare(self, ctx: RunContext) -> None:
         super().prepare(ctx)
         # Checked once, where they come from: ringbuf_pages by config.py, availability by

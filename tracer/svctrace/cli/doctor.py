@@ -1,18 +1,15 @@
 """`svctrace doctor`: one line per backend (usable, or the exact reason and fix), then details."""
 from __future__ import annotations
 
-import importlib
-
-from svctrace.capture import availability
+from svctrace.capture import availability, backend_class
 
 
 def _details(name: str) -> list[tuple[str, bool, str]]:
     try:
-        module = importlib.import_module(f"svctrace.capture.{name}")
+        cls = backend_class(name)
     except Exception as exc:
         return [(f"import svctrace.capture.{name}", False, str(exc))]
-    diagnose = getattr(module, "diagnose", None)
-    return list(diagnose()) if diagnose else []
+    return list(cls.diagnose())
 
 
 def doctor_lines() -> list[tuple[str, bool]]:
@@ -36,11 +33,11 @@ def doctor_lines() -> list[tuple[str, bool]]:
 
 
 def guard_lines() -> list[tuple[str, bool]]:
-    """Can `svctrace run --deny/--allow/--guard` refuse services here (issue 12)? It does
-    not change doctor's exit status: tracing works without it."""
+    """Can `svctrace run --deny/--allow/--guard` refuse services here? It does not change
+    doctor's exit status: tracing works without it."""
     try:
-        from svctrace.guard.kernel import diagnose
-        checks = diagnose()
+        from svctrace.guard.kernel import Guard
+        checks = Guard.diagnose()
     except Exception as exc:
         checks = [("guard", False, f"cannot load the guard: {exc}")]
     usable = all(ok for _check, ok, _detail in checks)

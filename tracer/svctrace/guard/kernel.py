@@ -136,31 +136,13 @@ def sweep_cgroups(parent: Path) -> list[str]:
     return notes
 
 
-def unavailable_reason() -> str | None:
-    """None if the kernel guard can work here, else what is missing and the fix."""
-    if os.geteuid() != 0:
-        return ("the guard needs root (CAP_BPF and CAP_NET_ADMIN to attach cgroup programs, "
-                "CAP_SYS_ADMIN to create a cgroup): run svctrace with sudo")
-    try:
-        load_bcc()
-    except Exception as exc:
-        return f"bcc is not importable ({exc}): apt-get install python3-bpfcc"
-    mount = cgroup2_mount()
-    if mount is None:
-        return None  # svctrace mounts one (mount_cgroup2)
-    if not os.access(_own_cgroup(mount), os.W_OK):
-        return (f"the cgroup v2 folder {_own_cgroup(mount)} is not writable: run the "
-                "container with --privileged (or a writable cgroup namespace)")
-    return None
-
-
 def _key(fields: tuple) -> bytes:
     stage, family, proto, port, prefixlen, addr = fields
     return struct.pack("<IBBBB", prefixlen, stage, family, proto, 0) + \
         struct.pack(">H", port) + addr + b"\0\0"
 
 
-class Guard:
+class Guard:  # implements guard.base.Enforcer
     """One run's guard: start() before the command forks, enter(pid) before it is released,
     poll() while it runs, stop() after it exited (idempotent, also on every error path)."""
 
@@ -179,9 +161,52 @@ class Guard:
         self._wall_offset = time.time_ns() - time.monotonic_ns()
         self._final: dict = {}
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None if the kernel guard can work here, else what is missing and the fix."""
+        if os.geteuid() != 0:
+            return ("the guard needs root (CAP_BPF and CAP_NET_ADMIN to attach cgroup "
+                    "programs, CAP_SYS_ADMIN to create a cgroup): run svctrace with sudo")
+        try:
+            load_bcc()
+        except Exception as exc:
+            return f"bcc is not importable ({exc}): apt-get install python3-bpfcc"
+        mount = cgroup2_mount()
+        if mount is None:
+            return None  # svctrace mounts one (mount_cgroup2)
+        if not os.access(_own_cgroup(mount), os.W_OK):
+            return (f"the cgroup v2 folder {_own_cgroup(mount)} is not writable: run the "
+                    "container with --privileged (or a writable cgroup namespace)")
+        return None
+
+    @classmethod
+    def diagnose(cls) -> list[tuple[str, bool, str]]:
+        """(check, ok, detail or fix) for `svctrace doctor`: can the guard deny here?"""
+        results = []
+        reason = cls.unavailable_reason()
+        mount = cgroup2_mount()
+        results.append(("cgroup v2", mount is not None or os.geteuid() == 0,
+                        str(mount) if mount else
+                        f"none mounted; svctrace mounts one at {OWN_MOUNT} when run as root"))
+        if reason:
+            results.append(("guard usable", False, reason))
+            return results
+        from svctrace.guard.rules import DenySpec as _Spec, Table as _Table
+        probe = cls(_Spec("deny", ()), _Table(services=["probe"]))
+        try:
+            probe.start()
+            results.append(("guard attach", True, f"hooks {', '.join(probe.hooks)}; refused "
+                                                  f"connects fail with {probe.refusal}"))
+        except Exception as exc:
+            results.append(("guard attach", False, f"{exc}: run as root in a privileged "
+                                                   "container with cgroup v2"))
+        finally:
+            probe.stop()
+        return results
+
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        reason = unavailable_reason()
+        reason = self.unavailable_reason()
         if reason:
             raise GuardError(f"--deny/--allow/--guard need the kernel guard: {reason}")
         mount, note = mount_cgroup2()
@@ -350,7 +375,7 @@ class Guard:
         return {"refusals": {k: v for k, v in per.items() if v},
                 "lost_refusal_records": self._bpf["lost"].sum(0)}
 
-    def info(self) -> dict:
+    def stats(self) -> dict:
         """run.guard in the report."""
         counters = self._counters() if self._bpf is not None else self._final
         return {"mode": self.spec.mode, "denied": list(self.spec.denied),
@@ -359,31 +384,6 @@ class Guard:
                 "cgroup": str(self.cgroup) if self.cgroup else None,
                 "refusals": counters.get("refusals", {}),
                 "lost_refusal_records": counters.get("lost_refusal_records", 0)}
-
-
-def diagnose() -> list[tuple[str, bool, str]]:
-    """(check, ok, detail or fix) for `svctrace doctor`: can the guard deny here?"""
-    results = []
-    reason = unavailable_reason()
-    mount = cgroup2_mount()
-    results.append(("cgroup v2", mount is not None or os.geteuid() == 0,
-                    str(mount) if mount else
-                    f"none mounted; svctrace mounts one at {OWN_MOUNT} when run as root"))
-    if reason:
-        results.append(("guard usable", False, reason))
-        return results
-    from svctrace.guard.rules import DenySpec as _Spec, Table as _Table
-    probe = Guard(_Spec("deny", ()), _Table(services=["probe"]))
-    try:
-        probe.start()
-        results.append(("guard attach", True, f"hooks {', '.join(probe.hooks)}; refused "
-                                              f"connects fail with {probe.refusal}"))
-    except Exception as exc:
-        results.append(("guard attach", False, f"{exc}: run as root in a privileged "
-                                               "container with cgroup v2"))
-    finally:
-        probe.stop()
-    return results
 
 
 def from_options(smap, baseline: list[str], deny: tuple[str, ...], allow: tuple[str, ...],

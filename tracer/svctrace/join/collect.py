@@ -39,10 +39,25 @@ class Collector:
     def __init__(self, cfg: Config, clock: str) -> None:
         self.cfg = cfg
         self.attributor = Attributor(cfg.service_map(), clock, cfg.ignore_self_loopback)
+        # Bound once, not a method calling it: the runner adds every record through it.
+        self.add = self.attributor.add
         self.report: dict | None = None
 
-    def add(self, record) -> None:
-        self.attributor.add(record)
+    def note_cmdline(self, pid: int, cmdline: str) -> None:
+        self.attributor.note_cmdline(pid, cmdline)
+
+    def flush(self, before_ns: int) -> None:
+        """Attribute what is older than `before_ns` now, while the command still runs."""
+        self.attributor.flush(before_ns)
+
+    def progress(self) -> tuple[int, int, int]:
+        """(tests that ran, events, marker records) so far, for the progress line."""
+        counts = self.attributor.counts
+        ran = sum(1 for t in self.attributor.tests.values() if t.ran)
+        return ran, counts["events"], counts["markers"]
+
+    def markers_seen(self) -> bool:
+        return bool(self.attributor.counts["markers"])
 
     def finish(self, run: RunInfo, stats: dict) -> dict:
         """The report of everything fed so far; run.extra["notes"] gains what the records
