@@ -70,17 +70,6 @@
 #define SVCT_CLONE_VM 0x00000100
 #define SVCT_CLONE_VFORK 0x00004000
 
-/* counters[] slots, read by user space as stats */
-#define CNT_LOST 0    /* bpf_ringbuf_reserve failed: the event is lost */
-#define CNT_UNKNOWN 1 /* a send whose destination cannot be known (not emitted) */
-#define CNT_UNTRACED 2 /* a child not traced because `traced` was full */
-#define CNT_FOREIGN_NS 3 /* an event of a traced process in another PID namespace (a
-                          * deeper one it created): its pids cannot be told, not emitted */
-#define CNT_FOLDED 4  /* sends folded into a socket's record (see fold_send) */
-#define CNT_TAILED 5  /* folded sends reported in tail records; FOLDED - TAILED after the
-                       * final drain = folded sends whose record the LRU map evicted */
-#define CNT_SLOTS 6
-
 /* How the current send syscall names its destination, saved at sys_enter_* */
 enum how { HOW_NONE = 0, HOW_SENDTO = 2, HOW_SENDMSG = 3, HOW_SENDMMSG = 4 };
 
@@ -220,7 +209,7 @@ static __always_inline struct svct_event *reserve(void)
 {
 	struct svct_event *e = events.ringbuf_reserve(sizeof(struct svct_event));
 	if (!e) {
-		count(CNT_LOST);
+		count(CNT_LOST_EVENTS);
 		return 0;
 	}
 	/* ring buffer memory is not zeroed: no stale bytes may reach user space */
@@ -240,7 +229,7 @@ static __always_inline int fill_task(struct svct_event *e, __u8 kind)
 	struct ns_ids ids;
 
 	if (ns_ids(&ids)) {
-		count(CNT_FOREIGN_NS);
+		count(CNT_FOREIGN_PIDNS_EVENTS);
 		return -1;
 	}
 	e->ts_ns = bpf_ktime_get_ns();
@@ -450,7 +439,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 	if (info && (info->flags & SVCT_CLONE_THREAD))
 		return 0;
 	if (traced.update(&child, &one))
-		count(CNT_UNTRACED);
+		count(CNT_UNTRACED_CHILDREN);
 	return 0;
 }
 
@@ -879,7 +868,7 @@ static __always_inline void emit_tail(struct agg *a)
 	t->tid = a->last_tid;
 	__builtin_memcpy(t->comm, a->last_comm, sizeof(t->comm));
 	t->count = a->count;
-	count_n(CNT_TAILED, a->count);
+	count_n(CNT_TAILED_SENDS, a->count);
 	submit(t);
 }
 
@@ -894,7 +883,7 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk)
 
 	if (a && a->epoch == now && same_dest(&a->first, e)) {
 		__sync_fetch_and_add(&a->count, 1);
-		count(CNT_FOLDED);
+		count(CNT_FOLDED_SENDS);
 		a->last_ts = e->ts_ns;
 		a->last_tid = e->tid;
 		__builtin_memcpy(a->last_comm, e->comm, sizeof(a->last_comm));
@@ -950,7 +939,7 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 	if (!e->addr_len && sc)
 		syscall_dest(e, sc);
 	if (!e->addr_len) {
-		count(CNT_UNKNOWN);
+		count(CNT_SENDS_UNKNOWN_DEST);
 		return 0;
 	}
 	if (fold_send(e, (__u64)args->sk))

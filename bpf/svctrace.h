@@ -1,8 +1,10 @@
 /* svctrace.h: the kernel/user contract of the eBPF backend (one ring buffer record).
  *
  * Fixed-width fields with no implicit padding, so user space decodes the record with one
- * struct format (tracer/backends/ebpf.py: _EVENT) and checks the size on every record.
- * Changing this struct means changing _EVENT in the same commit.
+ * struct format (svctrace.capture.ebpf: _EVENT) and checks the size on every record; the
+ * kinds, transports and counters below are its _KINDS, _PROTOS and _COUNTERS.
+ * tests/test_kernel_contract.py checks every field, kind and counter against the Python
+ * side: change both in the same commit.
  */
 #ifndef SVCTRACE_H
 #define SVCTRACE_H
@@ -34,6 +36,22 @@ enum svct_proto {
 	SVCT_P_UDP = 2,
 	SVCT_P_UNIX = 3,
 	SVCT_P_OTHER = 4,
+};
+
+/* counters[] slots, summed over CPUs by user space: stats() reports CNT_X as "x" */
+enum svct_counter {
+	CNT_LOST_EVENTS = 0,		/* bpf_ringbuf_reserve failed: the event is lost */
+	CNT_SENDS_UNKNOWN_DEST = 1,	/* a send whose destination cannot be known (not
+					 * emitted) */
+	CNT_UNTRACED_CHILDREN = 2,	/* a child not traced because `traced` was full */
+	CNT_FOREIGN_PIDNS_EVENTS = 3,	/* an event of a traced process in another PID
+					 * namespace (a deeper one it created): its pids
+					 * cannot be told, not emitted */
+	CNT_FOLDED_SENDS = 4,		/* sends folded into a socket's record (fold_send) */
+	CNT_TAILED_SENDS = 5,		/* folded sends reported in tail records; FOLDED -
+					 * TAILED after the final drain = folded sends whose
+					 * record the LRU map evicted */
+	CNT_SLOTS = 6,
 };
 
 struct svct_event {

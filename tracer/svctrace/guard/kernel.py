@@ -29,7 +29,7 @@ PROGRAMS = {"connect4": "guard_connect4", "connect6": "guard_connect6",
 IMAGE_PREFIX = "guard-"  # compiled guards kept in boot_cache.DIR (bpf_program)
 OWN_MOUNT = boot_cache.DIR / "cgroup2"  # where svctrace mounts cgroup2 if none is
 _NAME = re.compile(r"^svctrace-guard-([0-9]+)-([0-9]+)$")
-# struct guard_event in bpf/guard.bpf.c (176 bytes).
+# struct guard_event in bpf/guard.h (176 bytes; tests/test_kernel_contract.py checks it).
 _EVENT = struct.Struct("<QIIiHHBBBB16s128sI")
 _PROTOS = {6: "tcp", 17: "udp"}
 RINGBUF_PAGES = 256  # 1 MiB: a tight loop of 20k refusals lost records with 256 KiB
@@ -137,6 +137,7 @@ def sweep_cgroups(parent: Path) -> list[str]:
 
 
 def _key(fields: tuple) -> bytes:
+    """struct guard_key of bpf/guard.h: the port in network order, as the trie compares it."""
     stage, family, proto, port, prefixlen, addr = fields
     return struct.pack("<IBBBB", prefixlen, stage, family, proto, 0) + \
         struct.pack(">H", port) + addr + b"\0\0"
@@ -237,7 +238,8 @@ class Guard:  # implements guard.base.Enforcer
         kinds = {name: (PROG_TYPE_CGROUP_SOCK_ADDR, ATTACH[hook])
                  for hook, name in PROGRAMS.items()}
         # BPF_CGROUP_UNIX_CONNECT came with Linux 6.7: an older kernel refuses that one only
-        program, origin = bpf_program.load("guard.bpf.c", (), defines, IMAGE_PREFIX, kinds,
+        program, origin = bpf_program.load("guard.bpf.c", ("guard.h",), defines, IMAGE_PREFIX,
+                                           kinds,
                                            optional=frozenset({PROGRAMS["connect_unix"]}))
         if origin not in ("kept", "compiled"):
             self.notes.append(f"guard: {origin}")

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from svctrace.errors import SvctraceError
 from svctrace.join.services import Rule, ServiceMap
 
+# Mirrors of bpf/guard.h (tests/test_kernel_contract.py checks them): enum guard_action,
+# the sun_path size, the basename prefix buffer, and the stages (two per name).
 ACT_ALLOW, ACT_DENY = 0, 1
+UNIX_PATH = 108
 PROTOS = {"tcp": 6, "udp": 17}
 # Stages in the order classify() consults them (bpf/guard.bpf.c looks them up in this
 # order; odd stages hold rules without a port).
@@ -214,7 +217,7 @@ def _add_unix(table: Table, rule: Rule, value: tuple[int, int, int]) -> None:
     pattern = rule.unix_glob
     if not _GLOB.search(pattern):
         name = _unix_name(pattern)
-        if len(name) <= 108 and (name not in table.unix_exact
+        if len(name) <= UNIX_PATH and (name not in table.unix_exact
                                  or table.unix_exact[name][2] > value[2]):
             table.unix_exact[name] = value
         return
