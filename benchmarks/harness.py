@@ -710,7 +710,8 @@ def targets(res: dict) -> list[dict]:
     def fixed(backend, key):
         return med(["startup", "backends", backend, key])
 
-    # issue 13 ("Performance, round 2")
+    # The performance targets the project holds itself to (a traced run against an
+    # untraced one, medians of ratios)
     add("eBPF CPU, pytest suite (serial, steady state)", "<= 1.10x",
         suite("suite", "ebpf"), lambda v: v <= 1.10)
     add("eBPF CPU, pytest suite -n 2 (steady state)", "<= 1.05x",

@@ -122,7 +122,7 @@ class _Sampler(threading.Thread):
 
 def svctrace_command(backend: str, report: Path, config: Path, command: list[str],
                      progress_s: float = 0) -> list[str]:
-    """backend: a backend name, or NAME+stacks for `svctrace run --stacks` (issue 16), or
+    """backend: a backend name, or NAME+stacks for `svctrace run --stacks`, or
     ebpf+compile (the caller removed the kept program image: a boot's first run)."""
     name, _, option = backend.partition("+")
     extra = ["--stacks"] if option == "stacks" else []

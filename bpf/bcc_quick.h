@@ -1,4 +1,4 @@
-/* bcc_quick.h: bcc compiles a program that includes this ~0.5 s faster (issue 13).
+/* bcc_quick.h: bcc compiles a program that includes this ~0.5 s faster.
  *
  * bcc's rewriter looks every call of bpf_probe_read_user(_str) up in /proc/kallsyms (for
  * kernels that backported the helpers), and loading all kernel symbols was half of each

@@ -13,7 +13,7 @@
  *       tid reported is the one seen there (a container's own pids, not the host's)
  *   RINGBUF_PAGES   ring buffer size in pages (power of two)
  *   HAS_GROUP_DEAD  sched_process_exit has the group_dead field (6.x tracefs format)
- *   SVCT_STACKS     `svctrace run --stacks` (issue 16): stop a process (SIGSTOP) right
+ *   SVCT_STACKS     `svctrace run --stacks`: stop a process (SIGSTOP) right
  *       after its first contact with a destination, and a thread's creator right after
  *       the clone, once per marker epoch; user space dumps its Python stacks and resumes
  *       it. Without the define none of this is compiled.
@@ -48,7 +48,7 @@
 
 /* Address families (include/linux/socket.h, ABI). Spelled here instead of including
  * <linux/socket.h> and <uapi/linux/ptrace.h>: parsing those kernel headers was ~0.4 s of
- * the ~1.5 s bcc compile on every run (issue 13); bcc's own preamble declares the rest. */
+ * the ~1.5 s bcc compile on every run; bcc's own preamble declares the rest. */
 #define SVCT_AF_UNSPEC 0
 #define SVCT_AF_UNIX 1
 #define SVCT_AF_INET 2
@@ -286,7 +286,7 @@ static __always_inline void read_sockaddr(struct svct_event *e, const char *uadd
 	}
 }
 
-/* ---- --stacks: stop the process at its first contact (issue 16) ------------------- */
+/* ---- --stacks: stop the process at its first contact ------------------------ */
 #ifdef SVCT_STACKS
 static __always_inline __u64 current_epoch(void)
 {

@@ -399,7 +399,7 @@ def test_a_thread_seen_while_its_session_fixture_still_runs_is_judged_again_late
 
 
 def test_evidence_counts_each_destination_and_tells_processes_from_threads():
-    """Issue 14: a failed unix connect and a working TCP one are both named, with their
+    """A failed unix connect and a working TCP one are both named, with their
     counts; a child process is a process (pid, parent, command line), not a thread."""
     pg_unix = Destination("unix", "unix", "/var/run/postgresql/.s.PGSQL.5432")
     records = windows_of(100, "t.py::a", 1000) + [

@@ -1,4 +1,4 @@
-"""A compiled BPF program kept as an image and loaded without clang (issue 13)."""
+"""A compiled BPF program kept as an image and loaded without clang."""
 from __future__ import annotations
 
 import base64

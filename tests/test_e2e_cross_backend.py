@@ -1,5 +1,5 @@
 """One naming and one contact rule: the same suite gives the same per-test answer under every
-backend (issue 11). eBPF and strace must agree exactly; in-process only where it can see."""
+backend. eBPF and strace must agree exactly; in-process only where it can see."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +10,7 @@ import pytest
 from tests.support import e2e
 from tests.support.backends import backend_marks, needs_backend as needs
 
-# Probes, lookups, a gap and a leaked thread: what issue 11 found in real suites.
+# Probes, lookups, a gap and a leaked thread: what real suites showed.
 PROBES_CONFTEST = r'''
 import os, socket
 import pytest

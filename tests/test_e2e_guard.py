@@ -1,4 +1,4 @@
-"""Issue 12 end to end: `svctrace run --deny/--allow/--guard` refuses services in the
+"""The guard end to end: `svctrace run --deny/--allow/--guard` refuses services in the
 kernel for the command's tree only, reports who tried them, and removes its cgroup."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12 end to end: tier jobs run guarded with a stale plan (a hidden Kafka producer
+"""The guard end to end: tier jobs run guarded with a stale plan (a hidden Kafka producer
 planned into the Postgres tier): the guard refuses Kafka at once, names the test and the
 tier it belongs in, and the plan made from the tier jobs' own reports moves it there."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""End to end: `svctrace run --stacks` on the sample suite with real services (issue 16)."""
+"""End to end: `svctrace run --stacks` on the sample suite with real services."""
 from __future__ import annotations
 
 import json

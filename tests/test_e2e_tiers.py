@@ -1,4 +1,4 @@
-"""Issue 6 end to end: classify in 2 shards -> merge -> tiers -> each tier runs with only
+"""Tiers end to end: classify in 2 shards -> merge -> tiers -> each tier runs with only
 its services up (the others really stopped): every test passes exactly once."""
 from __future__ import annotations
 

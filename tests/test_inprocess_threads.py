@@ -1,4 +1,4 @@
-"""The in-process backend announces Python threads as the kernel backends do (issue 11)."""
+"""The in-process backend announces Python threads as the kernel backends do."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Observer effect (issue 13): a librdkafka client created and destroyed within a few ms.
+"""Observer effect: a librdkafka client created and destroyed within a few ms.
 
 librdkafka's broker thread connects to the bootstrap broker right after the client is
 created; a test that destroys the client at once races that connect. A tracer that slows

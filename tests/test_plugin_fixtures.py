@@ -182,7 +182,7 @@ def test_in_body(plain):
 
 @pytest.mark.parametrize("through", ["pipe", "standalone"])
 def test_function_fixtures_are_named_in_evidence_setup_and_teardown(pytester, web, through):
-    """Their windows travel as one record per phase (issue 13): still named per contact."""
+    """Their windows travel as one record per phase (fewer records): still named per contact."""
     pytester.makepyfile(test_fn=FUNCTION_FIXTURES.format(port=web))
     pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_fn.py"]
     if through == "pipe":

@@ -1,4 +1,4 @@
-"""Issue 17: under sudo, files are written as the invoking user; run folders are private and
+"""Under sudo, files are written as the invoking user; run folders are private and
 cleaned even after a SIGKILL. Real `svctrace run` subprocesses with sudo's environment."""
 from __future__ import annotations
 

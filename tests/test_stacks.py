@@ -1,4 +1,4 @@
-"""--stacks (issue 16): py-spy output, frame marks, call sites, creation chains, resuming."""
+"""--stacks: py-spy output, frame marks, call sites, creation chains, resuming."""
 from __future__ import annotations
 
 import json

@@ -169,7 +169,7 @@ def test_cli_under_sudo_runs_command_as_user_and_detaches_leftover(tmp_path):
     os.chmod(shared, 0o777)
     who = os.path.join(shared, "who")
     try:
-        # The report is written as the user too (issue 17): in their folder, not root's.
+        # The report is written as the user too: in their folder, not root's.
         rc, took, report, output = run_cli(
             Path(shared), ["sh", "-c", f"id -u > {who}; {' '.join(sleeper)} & exit 4"],
             env_extra={"SUDO_UID": str(user.pw_uid), "SUDO_GID": str(user.pw_gid),

@@ -45,7 +45,7 @@ class Config:
     tiers: list[Tier] = field(default_factory=list)
     ringbuf_pages: int | None = None
     incidental_share: float = 0.8
-    stacks: bool = False  # svctrace run --stacks (issue 16)
+    stacks: bool = False  # svctrace run --stacks: Python call sites
     strace_writes: bool = False  # the strace backend also traces write()/writev() (slower)
 
     def service_map(self) -> ServiceMap:

@@ -20,7 +20,7 @@ ENV_OWNER = "SVCTRACE_PIPE_OWNER"
 def progress_path(pipe: str) -> str:
     """The file next to the marker pipe where the runner leaves its progress line; the
     owner pytest prints it between tests with its own terminal writer, then removes it,
-    so the line never lands inside pytest's dot line (issue 14)."""
+    so the line never lands inside pytest's dot line."""
     return os.path.join(os.path.dirname(pipe), "progress")
 # "1" under `svctrace run --stacks` with the in-process backend: the plugin takes the
 # Python stack of each first contact inside the patched socket call itself.

@@ -123,7 +123,7 @@ class FixtureMarker:
 @dataclass(frozen=True, slots=True)
 class FixtureWindows:
     """The function-scoped fixtures' setup (or teardown) windows of one test phase, in one
-    record: their three edge records each were a third of the plugin's records (issue 13).
+    record: their three edge records each were a third of the plugin's records.
 
     when: "setup" | "teardown"; windows: ((fixture id, start mono_ns, start wall_ns,
     end mono_ns, end wall_ns), ...). A teardown window starts where the previous finalizer

@@ -1,4 +1,4 @@
-"""Files read and written for the user who ran sudo, with their permissions (issue 17)."""
+"""Files read and written as the user who ran sudo: the kernel refuses what they could not."""
 from __future__ import annotations
 
 import errno
@@ -61,7 +61,7 @@ def invoking_user(environ: dict | None = None) -> Owner | None:
     if os.geteuid() != 0 or not raw:
         return None
     if not raw.isdigit():
-        # Fail closed: writing as root instead would be exactly the hole issue 17 closes.
+        # Fail closed: writing as root instead would let a user write where only root may.
         raise SvctraceError(f"SUDO_UID={raw!r} is not a user id")
     uid = int(raw)
     if uid == 0:

@@ -204,7 +204,7 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
     flags.append(f"-DRINGBUF_PAGES={ringbuf_pages}")
     if aggs_max:
         flags.append(f"-DAGGS_MAX={aggs_max}")
-    if stacks:  # off: the freeze code is not compiled at all (issue 16)
+    if stacks:  # off: the freeze code is not compiled at all
         flags.append("-DSVCT_STACKS=1")
     ns = pidns.current()
     flags += [f"-DPIDNS_DEV={ns.kernel_dev}ULL", f"-DPIDNS_INO={ns.inode}ULL"]
@@ -254,7 +254,7 @@ def decode(raw: bytes) -> Event | ProcessEvent | Freeze:
     (ts, pid, tid, ppid, result, comm, dport, lport, kind, family, proto, addr_len, addr,
      count) = _EVENT.unpack(raw)
     name = _KINDS.get(kind, "?")
-    if name == "freeze":  # result: the kind of the record it copies (issue 16)
+    if name == "freeze":  # result: the kind of the record it copies
         trigger = _KINDS.get(result, "?")
         if trigger == "thread":
             return Freeze(ts, pid, tid, _text(comm), trigger, None, ppid, count)
@@ -297,7 +297,7 @@ def detach(bpf) -> None:
     does, and no faster from parallel threads. So each event is disabled now (no program
     runs after this returns; an ioctl, no grace period), a detached helper inherits the
     fds, and this process drops its own references cheaply: the helper's exit closes the
-    last ones after the runner is gone, on nobody's wall clock (issue 13)."""
+    last ones after the runner is gone, on nobody's wall clock."""
     fds = list(bpf.tracepoint_fds.values())
     for fd in fds:
         try:

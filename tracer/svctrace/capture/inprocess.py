@@ -228,7 +228,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _thread_start(self):
     # Announce the thread as the kernel backends do (birth time = the start call), so a
-    # thread that outlives its test is judged alike under every backend (issue 11).
+    # thread that outlives its test is judged alike under every backend.
     # Thread.start returns once the thread runs, when its native_id is set.
     born_mono, born_wall = time.monotonic_ns(), time.time_ns()
     creator = threading.get_native_id()

@@ -21,7 +21,7 @@ from svctrace.events import Event, ProcessEvent
 from svctrace.capture.strace_parse import StraceParser
 
 # Only what attribution needs: every stop delays the tracee, and stopping some threads but
-# not others changes races (issue 13: a short-lived librdkafka client was destroyed before
+# not others changes races (measured: a short-lived librdkafka client was destroyed before
 # its broker thread, stopped on prctl/fcntl, could connect). The send paths of
 # sock:sock_send_length except write/writev (WRITES); no close/dup/fcntl, since -yy names
 # each socket at every call and the parser joins unix peers by inode; no prctl (thread
@@ -251,7 +251,7 @@ class StraceBackend(Backend):
                 records += self._parser.feed(line)
             except Exception as exc:
                 # Never let a line end the pump: strace would block on the full FIFO and,
-                # with it, every traced process (issue 11). Skip it and say so.
+                # with it, every traced process. Skip it and say so.
                 self._pump_errors += 1
                 if self._pump_first_error is None:
                     self._pump_first_error = (line[:300], f"{type(exc).__name__}: {exc}")

@@ -283,7 +283,7 @@ class StraceParser:
         self.stats.lines += 1
         try:
             return self._feed(line)
-        except Exception as exc:  # one odd line must not end tracing (issue 11): count it
+        except Exception as exc:  # one odd line must not end tracing: count it
             self.stats.errors += 1
             if self.stats.first_error is None:
                 self.stats.first_error = (line[:300], f"{type(exc).__name__}: {exc}")
@@ -336,7 +336,7 @@ class StraceParser:
             self._ppid[tid] = ppid
         elif flags & _CLONE_THREAD:
             self._tasks[tid] = _Task(parent.tgid, parent.files, parent.comm)
-            # Attribution needs the thread's birth (issue 11: a thread outliving its test);
+            # Attribution needs the thread's birth (a thread can outlive its test);
             # a reused tid is announced again by its new clone.
             out.append(ProcessEvent("thread", None, ts, parent.tgid, creator, parent.comm,
                                     tid=tid))

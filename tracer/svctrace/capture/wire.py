@@ -42,7 +42,7 @@ class ProtocolError(ValueError):
 
 
 # (tag, getter of all fields in order) per type: one C call per record, not a generator
-# over getattr (the plugin encodes ~10 records per test; issue 13)
+# over getattr (the plugin encodes ~10 records per test, inside the user's tests)
 _GETTERS = {cls: ((tag,), attrgetter(*_FIELDS[cls])) for cls, tag in _TAGS.items()}
 
 
@@ -126,7 +126,7 @@ def _loads(text: str) -> list:
 def _scan_lines(body: bytes) -> list | None:
     """The values of many lines (RS, one JSON value, RS, ...) in one call of json's C
     scanner, or None unless every line is one RS and one JSON value: the runner reads ~9
-    lines a test, and a call per line cost it more than the scanning (issue 13). RS and
+    lines a test, and a call per line cost it more than the scanning. RS and
     newlines never occur inside a value: the encoder escapes both."""
     lines = body.count(b"\n") + 1
     if body[:1] != b"\x1e" or body.count(b"\n\x1e") != lines - 1 \

@@ -64,7 +64,7 @@ def main() -> None:
     from svctrace.userfiles import act_for, invoking_user
     try:
         # Under sudo every file svctrace writes for the user is written as that user:
-        # root is needed for tracing, not for choosing where files go (issue 17).
+        # root is needed for tracing, not for choosing where files go.
         act_for(invoking_user())
     except SvctraceError as exc:
         fail(exc, EXIT_USAGE)

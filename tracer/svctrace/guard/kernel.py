@@ -1,6 +1,6 @@
 """The tier guard's kernel side: a cgroup v2 holding only the command's tree, the
 CGROUP_SOCK_ADDR programs of bpf/guard.bpf.c attached to it, their refusals as events, and
-the sweep of cgroups left by killed runs (issue 12)."""
+the sweep of cgroups left by killed runs."""
 from __future__ import annotations
 
 import ctypes

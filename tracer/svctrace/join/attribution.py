@@ -119,7 +119,7 @@ class Attributor:
         self.pending: collections.deque[Event] = collections.deque()
         self.unattributed: dict[tuple[str, str], dict[str, Contact]] = {}
         self.unattributed_probes: dict[tuple[str, str], dict[str, Contact]] = {}
-        self.stacks = StackIndex()  # --stacks: Python call sites (issue 16)
+        self.stacks = StackIndex()  # --stacks: Python call sites
         self.counts = {"events": 0, "attributed": 0, "unattributed": 0, "noise": 0,
                        "self_loopback": 0, "failed_probes": 0, "markers": 0}
         self._adders = {Event: self._add_event, Marker: self._add_marker,

@@ -23,7 +23,7 @@ NO_MARKERS = ("no pytest process wrote test markers, so nothing could be attribu
 @contextmanager
 def _no_cyclic_gc():
     """Building a report allocates a burst of objects that all live on: the cyclic GC's
-    full scans there find nothing and cost 50-70 ms on 2,000 tests (issue 13)."""
+    full scans there find nothing and cost 50-70 ms on 2,000 tests."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -39,7 +39,7 @@ class Contact:
     first: dict | None = None
     first_ts: int | None = None
     # Per destination label: connects, failed connects, sends, and failures by result, so
-    # a reader sees where each count went (issue 14); the first MAX_KEPT labels only.
+    # a reader sees where each count went; the first MAX_KEPT labels only.
     by_destination: dict = field(default_factory=dict)
     # Per pid: the process's parent, command line and role ("pytest" or "subprocess"),
     # with the thread names seen in it, so threads and child processes are told apart.

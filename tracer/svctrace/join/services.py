@@ -152,14 +152,14 @@ def environment_noise(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 
 CONTACT, PROBE, NOISE = "contact", "probe", "noise"
-DENIED = "denied"  # the guard refused it (issue 12): the test tried a service, so it needs it
+DENIED = "denied"  # the guard refused it: the test tried a service, so it needs it
 # Failed before anything left this machine: no route, no such local address, or refused by
 # local policy (firewall, cgroup). Nothing was reached, whatever the transport.
 _LOCAL_FAILURES = frozenset(-e for e in (
     errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EADDRNOTAVAIL,
     errno.EAFNOSUPPORT, errno.EPERM, errno.EACCES))
 # Outcomes only a TCP connect can have: the handshake started. eBPF reports the transport of
-# an inet connect it saw no handshake for as "other" (issue 11); these settle it.
+# an inet connect it saw no handshake for as "other"; these settle it.
 _TCP_ONLY = frozenset(-e for e in (errno.EINPROGRESS, errno.EALREADY, errno.ECONNREFUSED,
                                    errno.ETIMEDOUT, errno.ECONNRESET))
 _NO_LISTENER = frozenset((-errno.ENOENT, -errno.ECONNREFUSED))  # at a unix path

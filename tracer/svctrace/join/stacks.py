@@ -1,4 +1,4 @@
-"""--stacks: the Python call site behind a contact (issue 16): take, parse, resolve, mark.
+"""--stacks: the Python call site behind a contact: take, parse, resolve, mark.
 
 Taking (runner side): the eBPF program stops a process (SIGSTOP) right after its first
 contact with a destination, or right after one of its threads created another, once per

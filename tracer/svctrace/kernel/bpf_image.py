@@ -1,4 +1,4 @@
-"""A compiled BPF program kept as bytes and loaded without clang (issue 13).
+"""A compiled BPF program kept as bytes and loaded without clang.
 
 bcc compiles C with an embedded clang on every construction: 0.35 s of CPU here for
 svctrace.bpf.c (1.0 s before bcc_quick.h), most of an eBPF run's fixed cost. The kernel

@@ -1,6 +1,6 @@
 """One way to get a BPF program of bpf/ into the kernel: the image kept this boot, else
 bcc's compile (kept for the next run). The tracer (ebpf.py) and the guard (guard.py)
-both load through here (issue 13)."""
+both load through here, so both are kept compiled for the boot."""
 from __future__ import annotations
 
 import importlib.resources

@@ -1,4 +1,4 @@
-"""The kernel struct offsets the eBPF program needs, kept between runs (issue 13).
+"""The kernel struct offsets the eBPF program needs, kept between runs.
 
 Reading them from vmlinux BTF costs ~0.1 s of every run's start. They change only with the
 kernel, so a run keeps them until reboot (boot_cache), keyed by the kernel's release,

@@ -81,7 +81,7 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             "baseline": touched_baseline,
             "needs": needs,
             "failed_probes": _by_phase(test.probes),
-            "denied": denied,                         # refused by the guard (issue 12)
+            "denied": denied,                         # refused by the guard
             "denied_evidence": _by_phase(test.denied),
             "ignored": {why: dict(sorted(labels.items()))
                         for why, labels in sorted(test.ignored.items())},

@@ -8,7 +8,7 @@ from svctrace.report.build import ReportError
 from svctrace.views.stacks import test_call_sites
 
 
-# What a user cannot guess from the report's own words (issue 14).
+# What a user cannot guess from the report's own words.
 _IGNORED_WHY = {
     "self_loopback": "sent to its own listeners over loopback (a server the test process runs "
                      "itself: not an external service; ignore_self_loopback)",
@@ -275,7 +275,7 @@ def explain_one(report: dict, nodeid: str) -> str:
         lines[-1] += f"  ({'; '.join(sources)})"
     if not data["ran"]:
         lines.append("  (collected but not run in this report: needs come from declarations)")
-    sites = test_call_sites(report, nodeid)  # svctrace run --stacks (issue 16): first
+    sites = test_call_sites(report, nodeid)  # svctrace run --stacks: first
     if sites:
         lines += ["  where in the code (Python stacks of each first contact):", *sites]
     for service, ev in data["evidence"].items():
@@ -289,7 +289,7 @@ def explain_one(report: dict, nodeid: str) -> str:
         lines.append(f"  declared in [tool.svctrace.declare]: {', '.join(data['declared'])}")
     if data.get("baseline"):
         lines.append(f"  baseline, not counted in needs: {', '.join(data['baseline'])}")
-    for name, ev in (data.get("denied_evidence") or {}).items():  # the guard, issue 12
+    for name, ev in (data.get("denied_evidence") or {}).items():  # refused by the guard
         lines += _contact_lines(name, ev, f"{name} (refused by svctrace's guard; a need)")
     probes = data.get("failed_probes") or {}
     if probes:

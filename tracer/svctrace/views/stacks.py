@@ -1,4 +1,4 @@
-"""The Python call site behind a contact, as text for explain and the HTML page (issue 16, pure)."""
+"""The Python call site behind a contact, as text for explain and the HTML page (pure)."""
 from __future__ import annotations
 
 _SHOWN = 6  # frames of the deciding thread shown under the call site

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 SETS_SHOWN = 8        # the default summary lists this many needed service sets
-# Words for what a reader cannot guess from a service's name (issue 14).
+# Words for what a reader cannot guess from a service's name.
 SERVICE_WORDS = {"dns": "name lookups on port 53"}
 
 
@@ -69,7 +69,7 @@ def _unattributed(report: dict) -> Counter:
 
 
 def denied_lines(report: dict, verbose: bool = False, shown: int = 10) -> list[str]:
-    """The guard (issue 12): what it refused, and each test that tried a denied service
+    """The guard: what it refused, and each test that tried a denied service
     with its first refusal (thread, destination, phase)."""
     run, found = report["run"], report["summary"].get("denied", [])
     if not run.get("guard"):
