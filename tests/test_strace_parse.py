@@ -531,7 +531,8 @@ def test_a_parser_bug_on_one_line_never_escapes_feed(monkeypatch):
 
 # The backend's narrow trace set (every stop delays a tracee and changes races): no
 # close/dup/fcntl/prctl/write, plus set_robust_list (the first call of a glibc thread or
-# fork child). A dup'd fd sends, a thread named with prctl(PR_SET_NAME) sends, and os.write() on the socket is not traced.
+# fork child). A dup'd fd sends, a thread named with prctl(PR_SET_NAME) sends, and
+# os.write() on the socket is not traced.
 NARROW = r"""
 24128 1795894107.667548607 execve("/work/main/.venv/bin/python", ["/work/main/.venv/bin/python", "newlog.py"], 0x7fffdf19f530 /* 35 vars */) = 0
 24128 1795894107.668266410 set_robust_list(0x7feeb1894e60, 24) = 0
