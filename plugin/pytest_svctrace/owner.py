@@ -38,6 +38,8 @@ def release() -> None:
 
 
 def _parent(pid: int) -> int | None:
+    # Read raw, not through psutil: the plugin runs in the user's pytest, whose environment
+    # (a venv svctrace is not installed in) may lack psutil.
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()

@@ -94,6 +94,7 @@ def mount_tracefs() -> str | None:
 
 
 def _effective_caps() -> int:
+    # Read raw: psutil does not tell capabilities.
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):
             return int(line.split()[1], 16)
@@ -275,6 +276,8 @@ def _exec_cmdline(pid: int, comm: str, filename: bytes) -> tuple[str, ...]:
     else the exec'd filename alone (argv is not copied in the kernel: it may be huge)."""
     if not pidns.proc_is_ours():  # /proc of another namespace: pid N there is not ours
         return (filename.decode(errors="replace"),)
+    # Read raw: the check needs the kernel's comm as the record has it, and psutil's name()
+    # widens a 15-byte comm from the command line; this also runs once per exec record.
     try:
         if Path(f"/proc/{pid}/comm").read_text().rstrip("\n") == comm:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -70,7 +70,7 @@ def _try(cmd: list[str]) -> tuple[int, str]:
 
 def _thread_name(tgid: int, tid: int) -> str | None:
     """A thread's name now (pthread_setname_np writes it; strace no longer stops on prctl)."""
-    try:
+    try:  # read raw: psutil does not tell thread names
         with open(f"/proc/{tgid}/task/{tid}/comm", "rb") as fh:
             return fh.read().rstrip(b"\n").decode("utf-8", "replace")
     except OSError:  # the thread has ended: the parser keeps the inherited name

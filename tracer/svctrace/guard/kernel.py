@@ -38,15 +38,12 @@ _CAP_SYS_ADMIN, _CAP_BPF, _CAP_NET_ADMIN = 21, 39, 12
 
 def cgroup2_mount() -> Path | None:
     """Where a cgroup v2 hierarchy is mounted in this mount namespace, if anywhere."""
+    import psutil  # only guarded runs and doctor ask: its import stays off plain runs
     try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
+        mounts = psutil.disk_partitions(all=True)  # /proc/self/mounts, escapes decoded
     except OSError:
         return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == "cgroup2":
-            return Path(fields[1].replace("\\040", " "))
-    return None
+    return next((Path(m.mountpoint) for m in mounts if m.fstype == "cgroup2"), None)
 
 
 def mount_cgroup2() -> tuple[Path, str | None]:
@@ -70,7 +67,7 @@ def mount_cgroup2() -> tuple[Path, str | None]:
 def _own_cgroup(mount: Path) -> Path:
     """The runner's own cgroup v2 folder (so the guard's cgroup stays inside whatever
     limits the runner has), else the hierarchy's root."""
-    try:
+    try:  # read raw: psutil does not tell cgroups
         for line in Path("/proc/self/cgroup").read_text().splitlines():
             if line.startswith("0::"):
                 folder = mount / line[3:].lstrip("/")

@@ -3,6 +3,7 @@
 In a container (Docker, Podman, Kubernetes, a GitHub `container:` job) svctrace, pytest
 and their /proc live in a child PID namespace while the kernel's own pids are the host's.
 The program asks bpf_get_ns_current_pid_tgid() (Linux 5.7+) for the pids of this one.
+/proc is read raw here: psutil does not tell namespaces.
 """
 from __future__ import annotations
 

@@ -70,14 +70,15 @@ class Pump:
         # another process under this pid: better no command line than a wrong one.
         if len(self.cmdline_seen) > 100_000 or not self.proc_is_ours:
             return
+        # Imported here, once the command runs: psutil's import (10-20 ms measured) stays
+        # out of the start-up the user waits for.
+        import psutil
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                raw = fh.read(4096)
-        except OSError:
-            return  # gone already: evidence falls back to the thread name
-        if raw:
-            self.collector.note_cmdline(pid, raw.rstrip(b"\0").replace(b"\0", b" ")
-                                        .decode("utf-8", "replace"))
+            args = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            return  # gone already (or a zombie): evidence falls back to the thread name
+        if args:
+            self.collector.note_cmdline(pid, " ".join(args)[:4096])
 
     def drain(self, final: bool = False) -> None:
         """What the guard and the backend have recorded since the last call; `final`: the
