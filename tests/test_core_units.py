@@ -162,7 +162,7 @@ startup_s = 5
 # the views over a report. None may pull in bcc, pytest, click or psutil, even indirectly.
 PURE_CORE = ["events", "capture.wire", "contract", "join.services", "config", "join.lineage",
              "join.evidence", "join.attribution", "join.collect", "join.analysis",
-             "report.build", "report.merge", "plan.tiers", "guard.rules", "errors",
+             "report.build", "report.merge", "plan.tiers", "guard.rules", "guard.base", "errors",
              "views.summary", "views.explain", "views.html", "views.html_assets",
              "views.stacks"]
 
@@ -191,7 +191,15 @@ def test_wheel_installs_only_distinctive_names(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"svctrace", "pytest_svctrace"}
-    assert "svctrace/bpf/svctrace.bpf.c" in names and "svctrace/bpf/svctrace.h" in names
+    # one dist-info, no .data folder (whose contents install outside site-packages)
+    assert len({n.split("/")[0] for n in names if ".dist-info/" in n}) == 1
+    # every BPF source and header the loader reads, as package data of svctrace.bpf
+    sources = {p.name for p in (ROOT / "bpf").iterdir() if p.suffix in (".c", ".h")}
+    assert {"svctrace.bpf.c", "svctrace.h", "guard.bpf.c", "guard.h", "bcc_quick.h"} <= sources
+    assert {n.split("/")[-1] for n in names if n.startswith("svctrace/bpf/")
+            and n.endswith((".c", ".h"))} == sources
+    # the packages' own modules, under their import names
+    assert "svctrace/run/runner.py" in names and "pytest_svctrace/plugin.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "svctrace = pytest_svctrace.plugin" in text and "svctrace = svctrace.cli.main:entry" in text
