@@ -1,1 +1,1 @@
-"""`svctrace run`'s edge: the marker pipe, the command as the invoking user, private run folders."""
+"""`svctrace run`: the command's process, the marker pipe, the event pump, the terminal."""
