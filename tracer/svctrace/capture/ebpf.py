@@ -20,14 +20,16 @@ from svctrace.kernel.bcc_import import load_bcc
 from svctrace.kernel.bpf_image import LoadedProgram
 from svctrace.events import Destination, Event, Freeze, ProcessEvent
 
-# struct svct_event in bpf/svctrace.h (fixed width, no implicit padding, 160 bytes).
+# Mirrors of bpf/svctrace.h, checked field by field by tests/test_kernel_contract.py:
+# struct svct_event (fixed width, no implicit padding, 160 bytes), enum svct_kind,
+# enum svct_proto and enum svct_counter.
 _EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
 _KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
           7: "connect_result", 8: "thread", 9: "freeze"}
 _PROCESS_KINDS = {"fork", "exit", "exec", "thread"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
 _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
-# counters[] slots in svctrace.bpf.c (CNT_*), reported by stats() under these names
+# counters[] slots (CNT_<NAME>), reported by stats() under these names
 _COUNTERS = {"lost_events": 0, "sends_unknown_dest": 1, "untraced_children": 2,
              "foreign_pidns_events": 3, "folded_sends": 4, "tailed_sends": 5}
 

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from svctrace.capture.base import Backend
 from svctrace.config import Config
 from svctrace.events import Event, Freeze, ProcessEvent
 from svctrace.join.collect import Collector
 from svctrace.kernel import pidns
+
+if TYPE_CHECKING:
+    from svctrace.guard.base import Enforcer
 
 
 def stack_taker(backend: Backend, cfg: Config, note: Callable[[str | None], None]):
@@ -36,12 +39,13 @@ class Pump:
     the run goes on untraced, said in the notes."""
 
     def __init__(self, backend: Backend, collector: Collector, notes: list[str],
-                 log: Callable[[str], None], guard=None, stacks=None) -> None:
+                 log: Callable[[str], None], guard: Enforcer | None = None,
+                 stacks=None) -> None:
         self.backend = backend
         self.collector = collector
         self.notes = notes
         self.log = log
-        self.guard = guard    # svctrace.guard.kernel.Guard, or None
+        self.guard = guard
         self.stacks = stacks  # svctrace.join.stacks.StackTaker, or None
         self.tracing = True
         self.cmdline_seen: set[int] = set()

@@ -6,6 +6,7 @@ import os
 import pwd
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from svctrace.run import pluginpath
 from svctrace.kernel import pidns
@@ -20,6 +21,9 @@ from svctrace.run.markerpipe import MarkerPipe
 from svctrace.run.pump import Pump, stack_taker
 from svctrace.run.terminal import Progress, give_terminal, take_terminal
 from svctrace.userfiles import OutputError
+
+if TYPE_CHECKING:  # the guard's module loads only for guarded runs
+    from svctrace.guard.base import Enforcer
 
 POLL_S = 0.02          # measured: polling every ~20 ms without wakeups costs ~1.03-1.14x
 WATERMARK_NS = 3 * 10**9  # attribute events once markers up to this age have surely arrived
@@ -39,9 +43,9 @@ class Run:
 
     def __init__(self, command: list[str], backend: str, report_path: str, cfg: Config,
                  as_root: bool = False, progress_s: float = 60.0, log=None,
-                 guard=None, stacks: bool = False) -> None:
+                 guard: Enforcer | None = None, stacks: bool = False) -> None:
         self.command = command
-        self.guard = guard  # svctrace.guard.kernel.Guard: refuses denied services
+        self.guard = guard  # refuses denied services (svctrace.guard.kernel.Guard)
         self.cfg = cfg
         self.report_path = report_path
         self.log = log or (lambda msg: print(f"svctrace: {msg}", file=sys.stderr, flush=True))
