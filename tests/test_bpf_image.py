@@ -66,6 +66,22 @@ def test_the_key_changes_with_everything_the_code_depends_on() -> None:
     assert base not in others and len(others) == 5
 
 
+def test_every_header_a_program_includes_is_part_of_its_key(tmp_path) -> None:
+    """A kept image is reused only while nothing it was compiled from changed: the key
+    reads bpf/'s own headers from the source's #include lines, nested ones too."""
+    import importlib.resources
+    from svctrace.kernel.bpf_program import local_headers
+    files = importlib.resources.files("svctrace.bpf")
+    assert local_headers(files, (files / "svctrace.bpf.c").read_bytes()) == [
+        "svctrace.h", "bcc_quick.h"]
+    assert local_headers(files, (files / "guard.bpf.c").read_bytes()) == [
+        "guard.h", "bcc_quick.h"]
+    (tmp_path / "x.h").write_text('#include "y.h"\n')
+    (tmp_path / "y.h").write_text('#include "x.h"\n')
+    text = b'#include <linux/in.h>\n#include "x.h"\n  #include "not.h" in a comment\n'
+    assert local_headers(tmp_path, text) == ["x.h", "y.h"]
+
+
 def test_only_root_keeps_files_and_only_root_only_files_are_believed(tmp_path,
                                                                      monkeypatch) -> None:
     monkeypatch.setattr(boot_cache, "DIR", tmp_path / "run")

@@ -226,7 +226,7 @@ def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool 
     one was refused)."""
     defines = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
     try:
-        return bpf_program.load("svctrace.bpf.c", ("svctrace.h",), defines, IMAGE_PREFIX)
+        return bpf_program.load("svctrace.bpf.c", defines, IMAGE_PREFIX)
     except bpf_image.ImageError as exc:
         raise BackendUnavailable(f"the eBPF program did not compile or load:\n{exc}"
                                  ) from exc

@@ -235,8 +235,7 @@ class Guard:  # implements guard.base.Enforcer
         kinds = {name: (PROG_TYPE_CGROUP_SOCK_ADDR, ATTACH[hook])
                  for hook, name in PROGRAMS.items()}
         # BPF_CGROUP_UNIX_CONNECT came with Linux 6.7: an older kernel refuses that one only
-        program, origin = bpf_program.load("guard.bpf.c", ("guard.h",), defines, IMAGE_PREFIX,
-                                           kinds,
+        program, origin = bpf_program.load("guard.bpf.c", defines, IMAGE_PREFIX, kinds,
                                            optional=frozenset({PROGRAMS["connect_unix"]}))
         if origin not in ("kept", "compiled"):
             self.notes.append(f"guard: {origin}")

@@ -1,10 +1,11 @@
 """One way to get a BPF program of bpf/ into the kernel: the image kept this boot, else
-bcc's compile (kept for the next run). The tracer (ebpf.py) and the guard (guard.py)
-both load through here, so both are kept compiled for the boot."""
+bcc's compile (kept for the next run). The tracer (capture.ebpf) and the guard
+(guard.kernel) both load through here, so both are kept compiled for the boot."""
 from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import tempfile
 from contextlib import ExitStack
 
@@ -12,11 +13,25 @@ from svctrace.kernel import boot_cache, bpf_image
 from svctrace.kernel.bcc_import import load_bcc
 from svctrace.kernel.bpf_image import ImageError, LoadedProgram
 
-QUICK_HEADER = "bcc_quick.h"  # included by every program of bpf/ (faster bcc compiles)
+_INCLUDE = re.compile(rb'^#include "([^"/]+)"', re.M)  # bpf/'s own, not the kernel's <...>
 KEEP = 16  # compiled images kept per program (~40 KB each)
 
 
-def load(source: str, headers: tuple[str, ...], defines: list[str], prefix: str,
+def local_headers(files, text: bytes) -> list[str]:
+    """The headers of bpf/ a source includes (`#include "x.h"`), theirs after them, each
+    once: all of them are part of what the kept image was compiled from."""
+    found: list[str] = []
+    todo = [text]
+    while todo:
+        for name in _INCLUDE.findall(todo.pop()):
+            name = name.decode()
+            if name not in found:
+                found.append(name)
+                todo.append((files / name).read_bytes())
+    return found
+
+
+def load(source: str, defines: list[str], prefix: str,
          kinds: dict[str, tuple[int, int]] | None = None,
          optional: frozenset[str] = frozenset()) -> tuple[LoadedProgram, str]:
     """Load bpf/<source> and say how: "compiled" (by bcc, then kept until reboot as
@@ -27,7 +42,7 @@ def load(source: str, headers: tuple[str, ...], defines: list[str], prefix: str,
     lib = bpf_image.libbcc(bcc.libbcc.lib._name)
     files = importlib.resources.files("svctrace.bpf")
     text = (files / source).read_bytes()
-    header = b"".join((files / name).read_bytes() for name in (*headers, QUICK_HEADER))
+    header = b"".join((files / name).read_bytes() for name in local_headers(files, text))
     name = f"{prefix}{bpf_image.image_key(text, header, defines, bcc.__version__)}.json"
     decode_type = bcc.BPF._decode_table_type
     raw = boot_cache.read(name)
