@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.support.e2e import SVCTRACE
-from tests.support.sudo import SUDO_ENV, sudo_dirs  # noqa: F401 - a fixture
+from tests.support.sudo import NOBODY, SUDO_ENV, sudo_dirs  # noqa: F401 - a fixture
 
 IS_ROOT = os.geteuid() == 0
 
@@ -161,7 +161,7 @@ def test_auto_falls_back_to_strace_without_bpf_capabilities_and_says_why(tmp_pat
                                         "pytest", "-q", "-p", "no:cacheprovider", "test_x.py"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "backend auto: skipped ebpf: the ebpf backend needs root with CAP_BPF" in proc.stderr
+    assert "backend auto: skipped ebpf: needs root (with CAP_BPF" in proc.stderr
     assert "backend auto: using strace" in proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["run"]["backend"] == "strace"
@@ -176,9 +176,8 @@ def test_explicit_unusable_backend_is_a_clear_usage_error(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "svctrace: error: can't use backend=ebpf: the ebpf backend needs root with "
-        "CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) to load programs and read tracefs: "
-        "run svctrace with sudo"]
+        "svctrace: error: can't use backend=ebpf: needs root (with CAP_BPF+CAP_PERFMON "
+        "or CAP_SYS_ADMIN, to load programs and read tracefs): run svctrace with sudo"]
 
 
 def test_report_path_unwritable_at_start_is_refused_before_the_command_runs(tmp_path):
@@ -259,3 +258,34 @@ def test_doctor_asks_each_backend_class_for_its_details():
     checks = [check for check, _ok, _detail in _details("ebpf")]
     assert checks[:1] == [next(iter(backend_class("ebpf").diagnose()))[0]]
     assert "compile+load" in checks
+
+
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to become the non-root user nobody")
+def test_doctor_and_run_as_a_plain_user_say_ebpf_needs_root(sudo_dirs):
+    """A non-root user on a normal host: tracefs is mode 0700 (the kernel's), so it may not
+    even look inside. doctor answers in sentences, and the run's note is the same one."""
+    tracing = os.stat("/sys/kernel/tracing")
+    if tracing.st_mode & 0o005:
+        pytest.skip("this host's /sys/kernel/tracing is readable by others")
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+    home = sudo_dirs / "home"
+    env = {**os.environ, "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
+    doctor = subprocess.run(as_nobody + SVCTRACE + ["doctor"], cwd=home, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in doctor.stderr, doctor.stderr
+    lines = doctor.stdout.splitlines()
+    assert lines[0].startswith("ebpf       NOT usable: needs root ("), lines[0]
+    assert lines[3] == "auto       would use strace" if shutil.which("strace") else \
+        "auto       would use inprocess"
+    assert "  ebpf: FAIL tracefs: needs root (/sys/kernel/tracing is readable only by root)" \
+        in doctor.stdout
+    assert doctor.returncode == 1  # the preferred backend is unusable: as documented
+    (home / "test_a.py").write_text("def test_a():\n    pass\n")
+    run = subprocess.run(as_nobody + SVCTRACE + ["run", "-b", "auto", "-o", "r.json",
+                                                 "--progress", "0", "--", sys.executable,
+                                                 "-m", "pytest", "-q", "-p",
+                                                 "no:cacheprovider", "test_a.py"],
+                         cwd=home, env=env, capture_output=True, text=True, timeout=120)
+    assert "backend auto: skipped ebpf: needs root (" in run.stderr
+    assert "Errno" not in run.stderr and "cannot prepare" not in run.stderr, run.stderr

@@ -230,6 +230,34 @@ def test_missing_tracefs_is_mounted_and_noted(tmp_path):
     assert report["tests"]["test_one.py::test_redis"]["services"] == ["redis"]
 
 
+@needs_unshare
+@needs_backend("ebpf")
+def test_doctor_in_a_fresh_container_answers_what_run_does(tmp_path):
+    """A fresh privileged container: its own PID namespace, and a mount namespace where
+    tracefs is not mounted. run mounts it and traces with eBPF; doctor, asked first, must
+    say so (and exit 0), and the guard, whose program uses the connect tracepoints, too."""
+    (tmp_path / "test_one.py").write_text(
+        "import socket\n\ndef test_redis():\n"
+        "    socket.socket().connect_ex(('127.0.0.1', 6379))\n")
+    svctrace = " ".join(e2e.SVCTRACE)
+    script = ("umount -l /sys/kernel/debug 2>/dev/null; umount -l /sys/kernel/tracing; "
+              "test ! -e /sys/kernel/tracing/events || exit 99; "
+              f"{svctrace} doctor; echo doctor-exit=$?; "
+              f"exec {svctrace} run --deny kafka -o r.json -- {' '.join(_pytest_cmd())} "
+              "test_one.py")
+    proc = subprocess.run([*CONTAINER, "--mount", "sh", "-c", script], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout
+    assert "doctor-exit=0" in out, out + proc.stderr
+    assert "ebpf       usable" in out and "auto       would use ebpf" in out, out
+    assert "  ebpf: did  mounted tracefs at /sys/kernel/tracing" in out
+    assert "guard      usable (--deny, --allow, --guard)" in out, out
+    assert proc.returncode == 0, out + proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["run"]["backend"] == "ebpf"  # what doctor said auto would use
+    assert report["tests"]["test_one.py::test_redis"]["services"] == ["redis"]
+
+
 def test_svctrace_run_inside_a_traced_test_has_its_own_report(tmp_path):
     """svctrace's own kind of suite: a traced test that runs `svctrace run` on a suite.
     The inner run has its own pipe, so the outer owner in the environment is not its."""

@@ -32,8 +32,20 @@ def _reason(name: str) -> str | None:
 
 
 def availability() -> dict[str, str | None]:
-    """{name: None if usable else the reason it is not}, in preference order."""
+    """{name: None if usable else the reason it is not}, in preference order, as things
+    stand (nothing prepared: see `prepare_and_check` for what `svctrace run` would find)."""
     return {name: _reason(name) for name in ORDER}
+
+
+def prepare_and_check(name: str) -> tuple[list[str], str | None]:
+    """What `svctrace run` does to learn whether backend `name` works here: prepare the host
+    as it may (as root, mount a missing tracefs), then check. (notes, None or why not).
+    `svctrace doctor` calls this too, so its answer is the run's."""
+    try:
+        notes = list(backend_class(name).prepare_host())
+    except Exception as exc:  # a broken backend module must not hide the others
+        notes = [f"cannot prepare the {name} backend: {exc}"]
+    return notes, _reason(name)
 
 
 def select_backend(requested: str) -> tuple[type[Backend], list[str]]:
@@ -41,8 +53,7 @@ def select_backend(requested: str) -> tuple[type[Backend], list[str]]:
     and says why each better backend was skipped."""
     if requested != "auto":
         cls = backend_class(requested)
-        notes = cls.prepare_host()
-        reason = cls.unavailable_reason()
+        notes, reason = prepare_and_check(requested)
         if reason:
             raise BackendUnavailable(f"can't use backend={requested}: {reason}")
         return cls, notes
@@ -50,11 +61,8 @@ def select_backend(requested: str) -> tuple[type[Backend], list[str]]:
     # not even imported (the strace and in-process modules cost an eBPF run ~8 ms).
     notes = []
     for name in ORDER:
-        try:
-            notes += backend_class(name).prepare_host()
-        except Exception as exc:  # a broken backend module must not hide the others
-            notes.append(f"cannot prepare the {name} backend: {exc}")
-        reason = _reason(name)
+        prepared, reason = prepare_and_check(name)
+        notes += prepared
         if reason is None:
             notes.append(f"backend auto: using {name}")
             return backend_class(name), notes

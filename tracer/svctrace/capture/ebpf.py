@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from svctrace.kernel import boot_cache, bpf_image, bpf_program, btf, btf_cache, pidns
+from svctrace.kernel import tracefs as tracefs_
 from svctrace.capture.base import Backend, BackendFailed, BackendUnavailable, RunContext
 from svctrace.kernel.bcc_import import load_bcc
 from svctrace.kernel.bpf_image import LoadedProgram
@@ -54,7 +55,6 @@ KERNEL_DEFINES = {
     "OFF_FILE_PRIVATE": ("file", "private_data"),
     "OFF_SOCKET_TYPE": ("socket", "type"),
 }
-TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 _PROBE = re.compile(rb"^TRACEPOINT_PROBE\((\w+), (\w+)\)", re.M)
 
 
@@ -73,26 +73,6 @@ def tracepoints() -> tuple[str, ...]:
 IMAGE_PREFIX = "program-"  # compiled programs kept in boot_cache.DIR: program-<key>.json
 DEFAULT_RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages: held 200k events/s here (DESIGN.md)
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
-
-
-def _tracefs() -> Path | None:
-    for path in TRACEFS_DIRS:
-        if (path / "events").is_dir():
-            return path
-    return None
-
-
-def mount_tracefs() -> str | None:
-    """As root, mount tracefs where it is missing (a fresh container, `ip netns exec`, which
-    remounts /sys): the note saying so, or None when nothing was done."""
-    if _tracefs() is not None or os.geteuid() != 0:
-        return None
-    target = TRACEFS_DIRS[0]
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"tracefs", str(target).encode(), b"tracefs", 0, None) != 0:
-        err = ctypes.get_errno()
-        return f"could not mount tracefs at {target}: {os.strerror(err)}"
-    return f"mounted tracefs at {target} (it was not mounted in this mount namespace)"
 
 
 def _effective_caps() -> int:
@@ -127,8 +107,8 @@ def _check_privileges() -> str | None:
     caps = _effective_caps()
     has = (caps >> _CAP_SYS_ADMIN) & 1 or ((caps >> _CAP_BPF) & 1 and (caps >> _CAP_PERFMON) & 1)
     if os.geteuid() != 0 or not has:
-        return ("the ebpf backend needs root with CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) "
-                "to load programs and read tracefs: run svctrace with sudo")
+        return ("needs root (with CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN, to load programs "
+                "and read tracefs): run svctrace with sudo")
     return None
 
 
@@ -152,7 +132,10 @@ def _check_headers() -> str | None:
 
 
 def _check_tracefs() -> str | None:
-    tracefs = _tracefs()
+    tracefs = tracefs_.find()
+    if tracefs is None and tracefs_.unreadable() is not None:
+        return (f"needs root ({tracefs_.unreadable()} is readable only by root): run "
+                "svctrace with sudo")
     if tracefs is None:
         return ("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing "
                 "(svctrace run does it itself when it runs as root)")
@@ -201,7 +184,7 @@ _CHECKS = (("privileges", _check_privileges), ("bcc", _check_bcc),
 
 def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
                     aggs_max: int | None = None, stacks: bool = False) -> list[str]:
-    tracefs = _tracefs() or TRACEFS_DIRS[0]
+    tracefs = tracefs_.find() or tracefs_.DIRS[0]
     exit_format = tracefs / "events/sched/sched_process_exit/format"
     flags = [f"-D{name}={value}" for name, value in offsets.items()]
     flags.append(f"-DRINGBUF_PAGES={ringbuf_pages}")
@@ -359,7 +342,7 @@ class EbpfBackend(Backend):
 
     @classmethod
     def prepare_host(cls) -> list[str]:
-        note = mount_tracefs()
+        note = tracefs_.mount()
         return [note] if note else []
 
     @classmethod
@@ -497,7 +480,7 @@ def _detail(name: str) -> str:
     if name == "kernel headers":
         return str(Path(f"/lib/modules/{os.uname().release}/build").resolve())
     if name == "tracefs":
-        return str(_tracefs())
+        return str(tracefs_.find())
     if name == "bcc":
         return str(Path(load_bcc().__file__).parent.resolve())
     return "ok"

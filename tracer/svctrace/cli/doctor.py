@@ -1,7 +1,7 @@
 """`svctrace doctor`: one line per backend (usable, or the exact reason and fix), then details."""
 from __future__ import annotations
 
-from svctrace.capture import availability, backend_class
+from svctrace.capture import ORDER, backend_class, prepare_and_check
 
 
 def _details(name: str) -> list[tuple[str, bool, str]]:
@@ -9,13 +9,19 @@ def _details(name: str) -> list[tuple[str, bool, str]]:
         cls = backend_class(name)
     except Exception as exc:
         return [(f"import svctrace.capture.{name}", False, str(exc))]
-    return list(cls.diagnose())
+    try:
+        return list(cls.diagnose())
+    except Exception as exc:  # a check that cannot run is a line of its own, not a traceback
+        return [("checks", False, f"could not run them: {type(exc).__name__}: {exc}")]
 
 
 def doctor_lines() -> list[tuple[str, bool]]:
     """(line, ok) pairs; ok is False only where the preferred backend is unusable."""
-    lines = []
-    status = availability()
+    lines, status, notes = [], {}, {}
+    # Prepared and checked as `svctrace run` does (as root it mounts a missing tracefs):
+    # doctor answers what run would do, from the same code.
+    for name in ORDER:
+        notes[name], status[name] = prepare_and_check(name)
     for name, reason in status.items():
         if reason is None:
             lines.append((f"{name:10s} usable", True))
@@ -25,6 +31,7 @@ def doctor_lines() -> list[tuple[str, bool]]:
     chosen = next((n for n, r in status.items() if r is None), None)
     lines.append((f"auto       would use {chosen or 'nothing'}", chosen is not None))
     for name in status:
+        lines += [(f"  {name}: did  {note}", True) for note in notes[name]]
         for check, ok, detail in _details(name):
             lines.append((f"  {name}: {'ok  ' if ok else 'FAIL'} {check}"
                           + (f": {detail}" if detail else ""), True))

@@ -12,7 +12,7 @@ import struct
 import time
 from pathlib import Path
 
-from svctrace.kernel import boot_cache, bpf_program, pidns
+from svctrace.kernel import boot_cache, bpf_program, pidns, tracefs
 from svctrace.kernel.bcc_import import load_bcc
 from svctrace.kernel.bpf_image import ImageError, LoadedProgram
 from svctrace.events import Destination, Event
@@ -207,9 +207,10 @@ class Guard:  # implements guard.base.Enforcer
         reason = self.unavailable_reason()
         if reason:
             raise GuardError(f"--deny/--allow/--guard need the kernel guard: {reason}")
+        # Its program also attaches to the connect tracepoints (unix paths): as the ebpf
+        # backend does, mount tracefs where a fresh container lacks it.
         mount, note = mount_cgroup2()
-        if note:
-            self.notes.append(note)
+        self.notes += [n for n in (tracefs.mount(), note) if n]
         self.parent = _own_cgroup(mount)
         self.notes += sweep_cgroups(self.parent)
         start = running_since(os.getpid())
