@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -103,3 +104,33 @@ def test_report_path_from_ini(pytester):
     assert result.ret == 4
     result.stderr.fnmatch_lines(["ERROR: svctrace_report (ini) adir: it exists and is not a "
                                  "regular file"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: access() says root may write "
+                                              "anywhere, which is what this checks past")
+@pytest.mark.parametrize("path", ["/proc/r.json", "/proc/new/r.json"])
+def test_a_path_only_root_seems_to_write_is_refused_before_any_test(pytester, path):
+    """As root, /proc passes every permission check and takes no file: the standalone
+    plugin refuses it before a test runs, as `svctrace run` does (a usage error)."""
+    pytester.makepyfile(test_a="import pathlib\ndef test_a():\n"
+                               f"    pathlib.Path({str(pytester.path / 'ran')!r}).touch()\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--svctrace-report", path)
+    assert result.ret == 4
+    assert [line for line in result.stderr.lines if line.strip()] == [
+        f"ERROR: --svctrace-report {path}: /proc does not take new files (No such file or "
+        "directory)"]
+    assert not (pytester.path / "ran").exists()
+
+
+def test_a_run_with_no_test_keeps_the_last_standalone_report(pytester):
+    pytester.makepyfile(test_a=PASSING)
+    assert pytester.runpytest_subprocess("-p", "no:cacheprovider", "--svctrace-report",
+                                         "r.json").ret == 0
+    good = (pytester.path / "r.json").read_bytes()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--svctrace-report",
+                                           "r.json", "-k", "no_such_test")
+    assert result.ret == 5
+    assert (pytester.path / "r.json").read_bytes() == good
+    result.stdout.fnmatch_lines(["svctrace: pytest exited 5 (no tests collected) before "
+                                 "running any test: r.json still holds the last report; "
+                                 "this run's was not written"])

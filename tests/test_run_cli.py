@@ -289,3 +289,80 @@ def test_doctor_and_run_as_a_plain_user_say_ebpf_needs_root(sudo_dirs):
                          cwd=home, env=env, capture_output=True, text=True, timeout=120)
     assert "backend auto: skipped ebpf: needs root (" in run.stderr
     assert "Errno" not in run.stderr and "cannot prepare" not in run.stderr, run.stderr
+
+
+def _good_report(tmp_path) -> bytes:
+    (tmp_path / "test_a.py").write_text("def test_a():\n    pass\n")
+    proc = svctrace("run", "-b", "inprocess", "-o", "r.json", "--progress", "0", "--",
+                    sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "test_a.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return (tmp_path / "r.json").read_bytes()
+
+
+@pytest.mark.parametrize("command,code,sentence", [
+    (["pytestt", "-q"], 127,
+     "svctrace: pytestt exited 127 (command not found) before running any test: r.json "
+     "still holds the last report; this run's was not written"),
+    ([sys.executable, "-m", "pytest", "--bogus"], 4,
+     "svctrace: pytest exited 4 (usage error) before running any test: r.json still holds "
+     "the last report; this run's was not written"),
+    (["sh", "-c", "exit 3"], 3,
+     "svctrace: sh exited 3 and no test was seen to run: r.json still holds the last "
+     "report; this run's was not written"),
+], ids=["command-not-found", "pytest-usage-error", "no-pytest"])
+def test_a_typo_never_replaces_the_last_report(tmp_path, command, code, sentence):
+    good = _good_report(tmp_path)
+    proc = svctrace("run", "-b", "inprocess", "-o", "r.json", "--progress", "0", "--",
+                    *command, cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr
+    assert (tmp_path / "r.json").read_bytes() == good
+    assert sentence in proc.stderr.splitlines(), proc.stderr
+    assert "tests ran" not in proc.stderr  # no summary of nothing
+    # the plugin hint (tox, nox) only where the command ran and no pytest wrote markers,
+    # and once
+    assert proc.stderr.count("tox or nox") == (1 if command[0] == "sh" else 0), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_run_with_no_test_and_no_earlier_report_writes_it_and_says_where(tmp_path):
+    proc = svctrace("run", "-b", "inprocess", "-o", "r.json", "--progress", "0", "--",
+                    sys.executable, "-m", "pytest", "--bogus", cwd=tmp_path)
+    assert proc.returncode == 4
+    assert ("svctrace: pytest exited 4 (usage error) before running any test; this run's "
+            "report (no tests) is r.json") in proc.stderr.splitlines()
+    assert json.loads((tmp_path / "r.json").read_text())["run"]["exit_code"] == 4
+
+
+def test_a_writer_killed_mid_write_never_leaves_half_a_report(tmp_path):
+    """Reports go to a temporary file renamed over the old one: SIGKILL at any moment
+    leaves the old report or the new one, whole."""
+    target = tmp_path / "r.json"
+    target.write_text(json.dumps({"schema": "svctrace-report/1", "n": -1}))
+    writer = ("import json, sys\n"
+              "from svctrace.report.build import write_report\n"
+              "big = {'schema': 'svctrace-report/1', 'tests': ['x' * 100] * 200_000}\n"
+              "for n in range(1000):\n"
+              "    big['n'] = n\n"
+              "    write_report(big, sys.argv[1])\n"
+              "    print(n, flush=True)\n")
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(target)],
+                                stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # one write done: the next is under way
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        assert json.loads(target.read_text())["schema"] == "svctrace-report/1"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: access() lets root write anywhere, "
+                                        "which is what this checks past")
+def test_a_report_path_only_root_seems_to_write_is_refused_before_the_command(tmp_path):
+    proc = svctrace("run", "-b", "inprocess", "-o", "/proc/r.json", "--", "touch", "ran",
+                    cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "svctrace: error: cannot write the report to /proc/r.json: /proc does not take new "
+        "files (No such file or directory)"]
+    assert not (tmp_path / "ran").exists()

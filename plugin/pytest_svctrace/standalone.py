@@ -11,7 +11,7 @@ from svctrace.join.collect import Collector
 from svctrace.capture.inprocess import BLIND_SPOTS
 from svctrace.config import find_pyproject, load_config
 from svctrace.events import RunInfo
-from svctrace.views.summary import format_summary
+from svctrace.views.summary import format_summary, no_test_line
 
 STANDALONE_BLIND_SPOTS = BLIND_SPOTS + (
     "forked children (standalone mode keeps records in memory; use `svctrace run` to see "
@@ -31,6 +31,7 @@ class StandaloneReport:
         self.worker_lines: list[str] = []
         self.report = None
         self.error: str | None = None
+        self.kept: str | None = None  # why an existing report was not replaced
         tracer.notes_in_report = not self.is_worker
 
     def add_worker_lines(self, lines) -> None:
@@ -45,7 +46,8 @@ class StandaloneReport:
         try:
             collector = self._build(int(exitstatus))
             self.report = collector.report
-            collector.write(self.path)
+            if not collector.write(self.path):  # no test ran: the last report stays
+                self.kept = no_test_line(["pytest"], int(exitstatus), self.shown, False)
         except Exception as exc:  # one line at the end; the tests' own status stands
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
             self.error = f"could not write the report to {self.shown}: {reason}"
@@ -66,6 +68,9 @@ class StandaloneReport:
         return collector
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.kept:
+            terminalreporter.write_line(f"svctrace: {self.kept}")
+            return
         if self.error is None and self.report is not None \
                 and not self.config.getoption("svctrace_no_summary"):
             terminalreporter.write_sep("-", "svctrace")

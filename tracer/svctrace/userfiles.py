@@ -88,8 +88,8 @@ def act_for(owner: Owner | None) -> Owner | None:
 
 
 def check_writable(*paths: str | os.PathLike, what: str = "") -> None:
-    """Early check (before a long command runs): each path could be written now. Creates
-    nothing; the write itself checks again."""
+    """Early check (before a long command runs): each path could be written now. Leaves
+    nothing behind (a probe file is created and removed); the write itself checks again."""
     for path in paths:
         _output(lambda p=path: _check(os.fspath(p)), path, what)
 
@@ -173,6 +173,25 @@ def _check(path: str) -> None:
         raise _Denied(f"{_me()} may not create files in {probe}")
     if probe == (folder or "."):
         _check_existing(path)
+    # access() says yes to root everywhere, also in /proc, /sys or a read-only mount:
+    # create (and remove) what the write will create there, so the answer is the kernel's.
+    dfd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if probe == (folder or "."):
+            tmp, fd = _create_temp(os.path.basename(path), dfd, 0o600)
+            os.close(fd)
+            os.unlink(tmp, dir_fd=dfd)
+        else:  # the write makes the missing folders below it
+            tmp = f".svctrace-probe.{secrets.token_hex(6)}"
+            os.mkdir(tmp, 0o700, dir_fd=dfd)
+            os.rmdir(tmp, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise _Denied(f"{_me()} may not create files in {probe}") from None
+        raise _Refused(f"{probe} does not take new files "
+                       f"({exc.strerror or os.strerror(exc.errno or 0)})") from None
+    finally:
+        os.close(dfd)
 
 
 def _write(path: str, data: bytes, mode: int) -> None:

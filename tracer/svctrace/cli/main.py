@@ -138,13 +138,28 @@ def run(backend, report_path, as_root, config_path, progress, quiet, verbose, de
         raise
     if runner.write_error:
         fail(runner.write_error, code or EXIT_INTERNAL)
-    if runner.report is not None and not quiet:
+    if runner.report is not None and not runner.report["summary"]["tests_ran"]:
+        _no_test_ran(runner, code)
+    elif runner.report is not None and not quiet:
         click.echo(format_summary(runner.report, runner.report_path, verbose), err=True)
     if runner.report is not None and guard is not None:
         from svctrace.guard.rules import misplaced_lines
         for line in misplaced_lines(runner.report, plan, guard.spec):
             click.echo(f"svctrace: {line}", err=True)
     sys.exit(code)
+
+
+def _no_test_ran(runner, code: int) -> None:
+    """No test ran: one sentence (what happened, where the report went), not a summary of
+    nothing; the plugin hint only where the command ran but no pytest wrote markers."""
+    from svctrace.join.collect import NO_MARKERS
+    from svctrace.views.summary import SHELL_EXITS, no_test_line
+    markers = NO_MARKERS not in runner.report["run"]["notes"]
+    line = no_test_line(runner.command, code, runner.report_path, runner.report_written,
+                        markers)
+    click.echo(f"svctrace: {line}", err=True)
+    if not markers and code not in SHELL_EXITS and "before running" not in line:
+        click.echo(f"svctrace: {NO_MARKERS}", err=True)
 
 
 @main.command()

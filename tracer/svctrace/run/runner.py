@@ -14,7 +14,7 @@ from svctrace.capture import select_backend
 from svctrace.capture.base import Backend, RunContext
 from svctrace.config import Config
 from svctrace.events import RunInfo
-from svctrace.join.collect import NO_MARKERS, Collector
+from svctrace.join.collect import Collector
 from svctrace.run.child import (Identity, SignalForwarder, child_environment, exec_child,
                                 exit_status, invoking_identity, reap)
 from svctrace.run.markerpipe import MarkerPipe
@@ -60,6 +60,7 @@ class Run:
         self.notes: list[str] = [n for n in choice_notes if " using " not in n]
         self.report: dict | None = None
         self.write_error: str | None = None
+        self.report_written = False
         self.pid = 0
         self.signals = SignalForwarder()
         self.want_stacks = stacks
@@ -203,12 +204,11 @@ class Run:
                                   "pid_namespace": _pid_namespace(),
                                   "notes": self.notes, **guard})
         self.report = self.collector.finish(run, stats)
-        if NO_MARKERS in self.report["run"]["notes"]:
-            self.log(f"WARNING: {NO_MARKERS}")
         try:
             # Under sudo as the invoking user (cli.main: userfiles.act_for), so the kernel
             # refuses what they could not write themselves; the file is theirs, no chown.
-            self.collector.write(self.report_path)
+            # A run in which no test ran keeps an existing report (the CLI says so).
+            self.report_written = self.collector.write(self.report_path)
         except OutputError as exc:
             # The command has run: keep its exit status; the CLI reports this separately.
             self.write_error = f"cannot write the report to {self.report_path}: {exc.reason}"

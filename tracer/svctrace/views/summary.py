@@ -2,6 +2,7 @@
 a verbose variant, and Markdown for a CI job summary (pure: a report dict in, text out)."""
 from __future__ import annotations
 
+import signal
 from collections import Counter
 
 SETS_SHOWN = 8        # the default summary lists this many needed service sets
@@ -83,6 +84,46 @@ def denied_lines(report: dict, verbose: bool = False, shown: int = 10) -> list[s
     if len(found) > len(lines) - 1:
         lines.append(f"    ... {len(found) - len(lines) + 1} more (-v lists them)")
     return lines
+
+
+# What an exit status says when no test ran (pytest's documented codes, then the shell's).
+PYTEST_EXITS = {2: "interrupted", 3: "internal error", 4: "usage error",
+                5: "no tests collected"}
+SHELL_EXITS = {126: "could not start", 127: "command not found"}
+
+
+def command_name(command: list[str] | tuple[str, ...]) -> str:
+    """What the user would call the command: `pytest` for `python -m pytest`."""
+    if not command:
+        return "the command"
+    name = command[0].rsplit("/", 1)[-1]
+    if name.startswith("python") and "-m" in command[:-1]:
+        return command[list(command).index("-m") + 1]
+    return name
+
+
+def no_test_line(command, exit_code: int | None, path: str, written: bool,
+                 markers: bool = True) -> str:
+    """One sentence for a run in which no test ran: what happened, where the report went.
+    With no markers at all, tests may have run unseen (a pytest without the plugin), unless
+    the exit status says the command never got that far."""
+    name = command_name(command)
+    is_pytest = name in ("pytest", "py.test")
+    why = SHELL_EXITS.get(exit_code) if exit_code is not None else None
+    if why is None and is_pytest:
+        why = PYTEST_EXITS.get(exit_code)
+    if exit_code is not None and exit_code > 128:
+        try:
+            why = f"killed by {signal.Signals(exit_code - 128).name}"
+        except ValueError:
+            pass
+    status = "ended" if exit_code is None else f"exited {exit_code}"
+    certain = markers or exit_code in SHELL_EXITS or (is_pytest and exit_code in (4, 5))
+    head = (f"{name} {status}{f' ({why})' if why else ''} "
+            + ("before running any test" if certain else "and no test was seen to run"))
+    if written:
+        return f"{head}; this run's report (no tests) is {path}"
+    return f"{head}: {path} still holds the last report; this run's was not written"
 
 
 def format_summary(report: dict, path: str | None = None, verbose: bool = False) -> str:
