@@ -117,6 +117,36 @@ def test_crashed_pytest_still_leaves_a_report(tmp_path):
     assert report["tests"]["test_crash.py::test_b"]["outcome"] == "interrupted"
 
 
+@pytest.mark.parametrize("where,phase", [("call", "call"), ("fixture", "setup")])
+def test_a_test_that_exits_the_process_is_named_with_its_phase_and_status(tmp_path, where,
+                                                                            phase):
+    """os._exit(3) mid-test: pytest writes nothing more; the run says which test was
+    running, in which phase, and how the command ended."""
+    body = "    os._exit(3)\n" if where == "call" else "    pass\n"
+    (tmp_path / "test_exit.py").write_text(
+        "import os, pytest\n"
+        "@pytest.fixture\ndef dies():\n    os._exit(3)\n"
+        "def test_before():\n    pass\n"
+        f"def test_exits({'dies' if where == 'fixture' else ''}):\n{body}"
+        "def test_after():\n    pass\n")
+    proc = svctrace("run", "-b", "inprocess", "-o", "r.json", "--progress", "0", "--",
+                    sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "test_exit.py", cwd=tmp_path)
+    assert proc.returncode == 3
+    report = json.loads((tmp_path / "r.json").read_text())
+    outcomes = {n.split("::")[1]: t["outcome"] for n, t in report["tests"].items()}
+    assert outcomes == {"test_before": "passed", "test_exits": "interrupted",
+                        "test_after": "not run"}
+    notes = [n for n in report["run"]["notes"] if "test_exit" in n or "did not run" in n]
+    assert len(notes) == 2, report["run"]["notes"]
+    assert re.fullmatch(rf"test_exit.py::test_exits was in its {phase} phase when its pytest "
+                        r"process \(pid \d+\) ended; the command exited 3", notes[0]), notes
+    assert notes[1] == "1 collected test did not run"
+    assert "svctrace: backend inprocess, 2 tests ran (3 collected), 1 interrupted, " \
+        in proc.stderr
+    assert f"note: {notes[0]}" in proc.stderr
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to show that sudo's user is restored")
 @pytest.mark.parametrize("as_root", [False, True])
 def test_under_sudo_the_command_runs_as_the_invoking_user(sudo_dirs, as_root):

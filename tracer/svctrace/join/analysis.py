@@ -29,6 +29,43 @@ def outcome(test: TestRecord) -> str:
     return call or setup or "passed"
 
 
+def unfinished_phase(test: TestRecord) -> str | None:
+    """The phase a test was in when its pytest process ended without finishing it (os._exit,
+    a segfault, SIGKILL), or None. A phase that ends gets an outcome, also on Ctrl-C."""
+    if not test.ran or "teardown" in test.outcomes or "interrupted" in test.outcomes.values():
+        return None  # finished, or stopped by Ctrl-C (pytest ended the phase itself)
+    if "call" in test.outcomes:
+        return "teardown"
+    if "setup" in test.outcomes:
+        return "call" if test.outcomes["setup"] == "passed" else "teardown"
+    return "setup"
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "the command's exit status is unknown"
+    if code > 128:
+        return f"the command was killed by signal {code - 128}"
+    return f"the command exited {code}"
+
+
+def interrupted_notes(tests: dict[str, TestRecord], exit_code: int | None,
+                      shown: int = 5) -> list[str]:
+    """One note per test whose pytest process ended mid-test: which test, which phase, and
+    the exit status; then how many collected tests never ran."""
+    cut = [(nodeid, unfinished_phase(test), test.pid) for nodeid, test in tests.items()]
+    cut = [entry for entry in cut if entry[1]]
+    notes = [f"{nodeid} was in its {phase} phase when its pytest process"
+             + (f" (pid {pid})" if pid else "") + f" ended; {_exit_text(exit_code)}"
+             for nodeid, phase, pid in cut[:shown]]
+    if len(cut) > shown:
+        notes.append(f"{len(cut) - shown} more tests were cut off the same way")
+    not_run = sum(1 for test in tests.values() if not test.ran)
+    if cut and not_run:
+        notes.append(f"{not_run} collected {'test' if not_run == 1 else 'tests'} did not run")
+    return notes
+
+
 def declared_services(test: TestRecord, cfg: Config) -> list[str]:
     """Services the static rules in [tool.svctrace.declare] give this test."""
     info = test.info

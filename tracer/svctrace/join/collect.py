@@ -10,6 +10,7 @@ import gc
 import os
 from contextlib import contextmanager
 
+from svctrace.join.analysis import interrupted_notes
 from svctrace.join.attribution import Attributor
 from svctrace.config import Config
 from svctrace.events import RunInfo
@@ -80,10 +81,12 @@ class Collector:
         notes = list(run.extra.get("notes", []))
         if not self.attributor.counts["markers"]:
             notes.append(NO_MARKERS)
+        attribution = self.attributor.finish()
+        notes += interrupted_notes(attribution.tests, run.exit_code)
         run = RunInfo(run.backend, run.command, run.blind_spots, run.exit_code,
                       {**run.extra, "notes": notes})
         with _no_cyclic_gc():
-            self.report = build_report(self.attributor.finish(), run, self.cfg, stats)
+            self.report = build_report(attribution, run, self.cfg, stats)
         return self.report
 
     def write(self, path: str) -> bool:

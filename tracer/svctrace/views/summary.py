@@ -131,8 +131,10 @@ def format_summary(report: dict, path: str | None = None, verbose: bool = False)
     blind spots as one pointer line (listed with verbose)."""
     run, summary = report["run"], report["summary"]
     collected = summary["tests"]
+    interrupted = sum(1 for t in report["tests"].values() if t.get("outcome") == "interrupted")
     head = (f"svctrace: backend {run['backend']}, {summary['tests_ran']} tests ran"
             + (f" ({collected} collected)" if collected != summary["tests_ran"] else "")
+            + (f", {interrupted} interrupted" if interrupted else "")
             + f", {run['lost_events']} lost events" + (f", report {path}" if path else ""))
     lines = [head]
     if run["lost_events"]:
