@@ -92,6 +92,112 @@ def test_svctrace_in_its_own_venv_traces_a_suite_on_another_python(sample_suite,
     assert "svctrace: WARNING" not in proc.stderr
 
 
+TIER_SUITE = ("import socket\n"
+              "def test_pure():\n    pass\n"
+              "def test_pure_too():\n    pass\n"
+              "def test_misplaced():\n"
+              "    socket.socket().connect_ex(('127.0.0.1', 6379))\n"
+              "def test_redis():\n    socket.socket().connect_ex(('127.0.0.1', 6379))\n")
+
+
+def _tier_plan(suite) -> None:
+    """A plan made when test_misplaced needed nothing: it sits in tier `none`."""
+    from svctrace.config import Tier
+    from svctrace.plan.tiers import plan_tiers
+    needs = {"test_pure": [], "test_pure_too": [], "test_misplaced": [], "test_redis": ["redis"]}
+    report = {"tests": {f"test_tier.py::{n}": {"ran": True, "needs": v, "duration_s": 0.1}
+                        for n, v in needs.items()}}
+    plan = plan_tiers(report, [Tier("none", (), 1), Tier("redis", ("redis",), 5)])
+    (suite / "plan.json").write_text(json.dumps(plan))
+
+
+def _ran(report: dict) -> set[str]:
+    return {n.split("::")[1] for n, t in report["tests"].items() if t["ran"]}
+
+
+@pytest.fixture(scope="module")
+def two_venvs():
+    """svctrace alone in its venv; the project's pytest in another, without svctrace."""
+    alone, project = venvs.svctrace_venv(), venvs.suite_venv(sys.executable)
+    missing = subprocess.run([str(project / "bin" / "python"), "-c", "import pytest_svctrace"],
+                             capture_output=True)
+    assert missing.returncode != 0, "the project's venv must not have svctrace"
+    return alone / "bin" / "svctrace", project / "bin" / "python"
+
+
+def test_a_tier_job_from_svctraces_own_venv_selects_its_tests(tmp_path, two_venvs):
+    """The documented tier job with svctrace only in its own venv: `svctrace run --plan
+    --tier [--shard]` keeps the tier's tests, as `pytest --svctrace-plan` would."""
+    svctrace, python = two_venvs
+    (tmp_path / "test_tier.py").write_text(TIER_SUITE)
+    _tier_plan(tmp_path)
+    # What the docs used to give: the project's pytest does not know the options.
+    bare = subprocess.run([str(python), "-m", "pytest", "-p", "no:cacheprovider",
+                           "--svctrace-plan", "plan.json", "--svctrace-tier", "none"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 4 and "unrecognized arguments" in bare.stderr
+    pytest_cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    runs, said = {}, {}
+    for name, extra in (("none", ["--tier", "none"]),
+                        ("s1", ["--tier", "none", "--shard", "1/2"]),
+                        ("s2", ["--tier", "none", "--shard", "2/2"])):
+        proc = subprocess.run([str(svctrace), "run", "-b", "inprocess", "--progress", "0",
+                               "-o", f"{name}.json", "--plan", "plan.json", *extra, "--",
+                               *pytest_cmd], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "WARNING" not in proc.stderr, proc.stderr
+        runs[name], said[name] = _ran(json.loads((tmp_path / f"{name}.json").read_text())), \
+            proc.stdout
+    assert "svctrace: tier 'none' (no services): kept 3 tests, deselected 1" in said["none"]
+    assert runs["none"] == {"test_pure", "test_pure_too", "test_misplaced"}
+    assert runs["s1"] | runs["s2"] == runs["none"] and not runs["s1"] & runs["s2"]
+    assert runs["s1"] and runs["s2"]
+
+
+def test_a_tier_given_to_run_in_a_nested_pytest_is_not_applied(tmp_path, two_venvs):
+    """The tier is the run's: a pytest that a test starts (its own node ids) keeps its
+    tests, and an inner `svctrace run` does not inherit the outer run's tier."""
+    svctrace, python = two_venvs
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "test_inner.py").write_text("def test_inner_one():\n    pass\n"
+                                         "def test_inner_two():\n    pass\n")
+    (tmp_path / "test_tier.py").write_text(
+        TIER_SUITE + "def test_runs_pytest():\n    import subprocess\n"
+        f"    out = subprocess.run([{str(python)!r}, '-m', 'pytest', '-q', '-p', "
+        f"'no:cacheprovider', {str(inner)!r}], capture_output=True, text=True).stdout\n"
+        "    assert '2 passed' in out, out\n")
+    _tier_plan(tmp_path)  # test_runs_pytest is not in the plan: the most complete tier
+    proc = subprocess.run([str(svctrace), "run", "-b", "inprocess", "--progress", "0", "-o",
+                           "r.json", "--plan", "plan.json", "--tier", "redis", "--",
+                           str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "test_tier.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _ran(json.loads((tmp_path / "r.json").read_text())) == {"test_redis",
+                                                                   "test_runs_pytest"}
+
+
+@needs_backend("ebpf")
+def test_a_guarded_tier_job_from_svctraces_own_venv(tmp_path, two_venvs):
+    """`svctrace run --guard --plan --tier`: selected and guarded, no plugin installed."""
+    svctrace, python = two_venvs
+    (tmp_path / "test_tier.py").write_text(TIER_SUITE)
+    _tier_plan(tmp_path)
+    proc = subprocess.run([str(svctrace), "run", "-b", "ebpf", "--progress", "0", "-o",
+                           "r.json", "--guard", "--plan", "plan.json", "--tier", "none", "--",
+                           str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert _ran(report) == {"test_pure", "test_pure_too", "test_misplaced"}
+    assert report["run"]["guard"]["tier"] == "none"
+    assert report["tests"]["test_tier.py::test_misplaced"]["denied"] == ["redis"]
+    assert ("svctrace: guard: test_tier.py::test_misplaced tried redis, which tier 'none' "
+            "does not start: it belongs in tier 'redis'") in proc.stderr.splitlines()
+
+
 def test_installed_plugin_is_registered_once(tmp_path):
     """svctrace's own venv has the plugin installed: the boot plugin must not add it again
     (each phase edge would be written twice)."""

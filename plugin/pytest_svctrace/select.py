@@ -1,9 +1,15 @@
-"""Tier selection inside pytest: `--svctrace-plan PLAN --svctrace-tier NAME [--svctrace-shard i/n]`."""
+"""Tier selection inside pytest: `--svctrace-plan PLAN --svctrace-tier NAME [--svctrace-shard i/n]`,
+or the same from `svctrace run --plan PLAN --tier NAME [--shard i/n]` (contract.SELECTION)."""
 from __future__ import annotations
+
+import os
 
 import pytest
 
+from svctrace.contract import ENV_PLAN, ENV_SHARD, ENV_TIER
 from svctrace.errors import SvctraceError
+
+FROM_RUN = pytest.StashKey[tuple]()  # (plan, tier, shard) given to `svctrace run`
 
 
 def addoption(group) -> None:
@@ -17,36 +23,40 @@ def addoption(group) -> None:
                          "durations recorded in the plan")
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise pytest.UsageError(f"--svctrace-shard {text!r}: expected I/N, e.g. 1/4") from None
-    if not 1 <= index <= count:
-        raise pytest.UsageError(f"--svctrace-shard {text!r}: I must be within 1..N")
-    return index, count
+def take_from_run(config: pytest.Config) -> None:
+    """In the run's owner pytest and its xdist workers (never a nested pytest, whose tests
+    are not the run's): the tier `svctrace run --plan/--tier` selects."""
+    if os.environ.get(ENV_TIER):
+        config.stash[FROM_RUN] = (os.environ.get(ENV_PLAN), os.environ[ENV_TIER],
+                                  os.environ.get(ENV_SHARD) or None)
+
+
+def _options(config: pytest.Config) -> tuple[str | None, str | None, str | None, str]:
+    """(plan, tier, shard, how the user spelled them)."""
+    given = (config.getoption("svctrace_plan"), config.getoption("svctrace_tier"),
+             config.getoption("svctrace_shard"))
+    from_run = config.stash.get(FROM_RUN, None)
+    if from_run and not any(given):
+        return (*from_run, "svctrace run --plan/--tier")
+    return (*given, "--svctrace-plan/--svctrace-tier")
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    plan_path, tier = config.getoption("svctrace_plan"), config.getoption("svctrace_tier")
+    plan_path, tier, shard, spelled = _options(config)
     if not plan_path and not tier:
         return
     if not (plan_path and tier):
-        raise pytest.UsageError("--svctrace-plan and --svctrace-tier go together")
-    from svctrace.plan.tiers import load_plan, shard_assignment, tier_of
+        raise pytest.UsageError(f"{spelled} go together")
+    from svctrace.plan.tiers import load_tier, parse_shard, shard_assignment, tier_of
     try:
-        plan = load_plan(plan_path)
+        plan = load_tier(plan_path, tier, "--svctrace-tier")
+        index, count = parse_shard(shard, "--svctrace-shard") if shard else (1, 1)
     except SvctraceError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if tier not in plan["tiers"]:
-        raise pytest.UsageError(f"--svctrace-tier {tier!r}: the plan has tiers "
-                                f"{', '.join(plan['tiers'])}")
     kept = [item for item in items if tier_of(plan, item.nodeid) == tier]
     unknown = sum(1 for item in kept if item.nodeid not in plan["assignments"])
-    shard = config.getoption("svctrace_shard")
     if shard:
-        index, count = _parse_shard(shard)
         shards = shard_assignment(plan, [item.nodeid for item in kept], count)
         kept = [item for item in kept if shards[item.nodeid] == index]
     selected = {id(item) for item in kept}

@@ -25,3 +25,10 @@ def progress_path(pipe: str) -> str:
 # "1" under `svctrace run --stacks` with the in-process backend: the plugin takes the
 # Python stack of each first contact inside the patched socket call itself.
 ENV_STACKS = "SVCTRACE_STACKS"
+# `svctrace run --plan PLAN --tier NAME [--shard I/N]`: the owner pytest (and its xdist
+# workers) keep only that tier's tests, as `--svctrace-plan/--svctrace-tier/--svctrace-shard`
+# do; the plugin copied by the runner reads them, so the project's venv needs no svctrace.
+ENV_PLAN = "SVCTRACE_PLAN"     # absolute path of the plan
+ENV_TIER = "SVCTRACE_TIER"
+ENV_SHARD = "SVCTRACE_SHARD"   # "I/N", or absent
+SELECTION = (ENV_PLAN, ENV_TIER, ENV_SHARD)

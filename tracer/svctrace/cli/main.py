@@ -29,7 +29,11 @@ not start (bad option/config/backend), 3 means svctrace failed after a successfu
 The guard (root; cgroup v2): --deny kafka,snuba refuses those services at once
 (ECONNREFUSED) to the command's whole tree; --allow postgres,redis refuses every other
 named service; --guard refuses what a tier of a plan does not start:
-  sudo .venv/bin/svctrace run --guard -- .venv/bin/pytest --svctrace-plan plan.json --svctrace-tier db
+  sudo .venv/bin/svctrace run --guard --plan plan.json --tier db -- .venv/bin/pytest tests/
+
+\b
+A tier job (svctrace need not be installed in the project's venv):
+  sudo .venv/bin/svctrace run --plan plan.json --tier db --shard 1/3 -- .venv/bin/pytest tests/
 """
 
 
@@ -95,15 +99,19 @@ def main() -> None:
               help="refuse what the tier does not start: the tier of --plan/--tier, else "
                    "the command's own --svctrace-plan/--svctrace-tier")
 @click.option("--plan", "plan_path", metavar="PLAN", default=None,
-              help="with --guard: the tiers plan (svctrace tiers --plan-out)")
-@click.option("--tier", metavar="NAME", default=None, help="with --guard: the tier to guard")
+              help="run one tier of this plan (svctrace tiers --plan-out): the command's "
+                   "pytest keeps only the tier's tests, svctrace installed there or not")
+@click.option("--tier", metavar="NAME", default=None,
+              help="with --plan: the tier to run (and to guard, with --guard)")
+@click.option("--shard", metavar="I/N", default=None,
+              help="with --plan/--tier: run shard I of N of the tier (1-based)")
 @click.option("--stacks/--no-stacks", default=None,
               help="record the Python call site of each test's first contact with each "
                    "service (ebpf: the process is stopped for a py-spy dump, ~35 ms; "
                    "default: [tool.svctrace] stacks)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def run(backend, report_path, as_root, config_path, progress, quiet, verbose, deny, allow,
-        guard_tier, plan_path, tier, stacks, command) -> None:
+        guard_tier, plan_path, tier, shard, stacks, command) -> None:
     from svctrace.config import load_config
     from svctrace.views.summary import format_summary
     from svctrace.run.runner import Run
@@ -118,13 +126,15 @@ def run(backend, report_path, as_root, config_path, progress, quiet, verbose, de
         if chosen not in CHOICES:
             raise SvctraceError(f"{cfg.path}: tool.svctrace.backend {chosen!r} is not one of "
                                 f"{', '.join(CHOICES)}")
-        guard, plan = None, None
-        if deny or allow or guard_tier or plan_path or tier:  # else not even imported
+        guard, plan, selection = None, None, None
+        if plan_path or tier or shard:
+            plan, selection = _tier_run(plan_path, tier, shard, list(command))
+        if deny or allow or guard_tier:  # else not even imported
             from svctrace.guard.kernel import from_options
             guard, plan = from_options(cfg.service_map(), cfg.baseline, deny, allow,
                                        guard_tier, plan_path, tier, list(command))
         runner = Run(list(command), chosen, report_path, cfg, as_root, progress, guard=guard,
-                     stacks=cfg.stacks if stacks is None else stacks)
+                     stacks=cfg.stacks if stacks is None else stacks, selection=selection)
     except SvctraceError as exc:
         fail(exc, EXIT_USAGE)
     try:
@@ -142,11 +152,45 @@ def run(backend, report_path, as_root, config_path, progress, quiet, verbose, de
         _no_test_ran(runner, code)
     elif runner.report is not None and not quiet:
         click.echo(format_summary(runner.report, runner.report_path, verbose), err=True)
+    if runner.report is not None and selection is not None:
+        _check_selected(runner.report, plan, tier)
     if runner.report is not None and guard is not None:
         from svctrace.guard.rules import misplaced_lines
         for line in misplaced_lines(runner.report, plan, guard.spec):
             click.echo(f"svctrace: {line}", err=True)
     sys.exit(code)
+
+
+def _tier_run(plan_path, tier, shard, command: list[str]) -> tuple[dict, dict]:
+    """`--plan/--tier [--shard]`, checked before anything runs: (the plan, the environment
+    that tells the plugin copied into the command's pytest what to keep)."""
+    import os
+
+    from svctrace.contract import ENV_PLAN, ENV_SHARD, ENV_TIER
+    from svctrace.guard.rules import plan_from_command
+    from svctrace.plan.tiers import load_tier, parse_shard
+    if not (plan_path and tier):
+        raise SvctraceError("--plan and --tier go together (--shard with them): give both")
+    if any(plan_from_command(command)):
+        raise SvctraceError("the tier is given twice: keep --plan/--tier, or the command's "
+                            "--svctrace-plan/--svctrace-tier, not both")
+    plan = load_tier(plan_path, tier)
+    if shard:
+        parse_shard(shard)
+    return plan, {ENV_PLAN: os.path.abspath(plan_path), ENV_TIER: tier,
+                  **({ENV_SHARD: shard} if shard else {})}
+
+
+def _check_selected(report: dict, plan: dict, tier: str) -> None:
+    """A pytest whose own, older svctrace plugin ignores --plan/--tier runs every test:
+    say so rather than let a tier job pass on the wrong tests."""
+    from svctrace.plan.tiers import tier_of
+    outside = [n for n, t in report["tests"].items() if t.get("ran") and tier_of(plan, n) != tier]
+    if outside:
+        click.echo(f"svctrace: WARNING: {len(outside)} tests outside tier {tier!r} ran (e.g. "
+                   f"{outside[0]}): the command's pytest did not select the tier; an older "
+                   "svctrace plugin installed in its environment ignores --plan/--tier: "
+                   "upgrade or uninstall it there", err=True)
 
 
 def _no_test_ran(runner, code: int) -> None:

@@ -389,11 +389,9 @@ def from_options(smap, baseline: list[str], deny: tuple[str, ...], allow: tuple[
                  guard: bool, plan_path: str | None, tier: str | None,
                  command: list[str]) -> tuple[Guard | None, dict | None]:
     """The run's guard from `svctrace run` options, and the plan of a tier run: --guard takes
-    --plan/--tier, else the command's own --svctrace-plan/--svctrace-tier."""
+    the tier `--plan/--tier` runs, else the command's own --svctrace-plan/--svctrace-tier."""
     from svctrace.guard.rules import compile_table, deny_spec, plan_from_command
-    from svctrace.plan.tiers import load_plan
-    if (plan_path or tier) and not guard:
-        raise GuardError("--plan and --tier go with --guard")
+    from svctrace.plan.tiers import load_tier
     tier_spec, plan = None, None
     if guard:
         from_command = plan_from_command(command)
@@ -401,10 +399,7 @@ def from_options(smap, baseline: list[str], deny: tuple[str, ...], allow: tuple[
         if not (plan_path and tier):
             raise GuardError("--guard needs the tier to guard: give --plan PLAN --tier NAME, "
                              "or run pytest with --svctrace-plan PLAN --svctrace-tier NAME")
-        plan = load_plan(plan_path)
-        if tier not in plan["tiers"]:
-            raise GuardError(f"--guard: the plan {plan_path} has no tier {tier!r} (it has "
-                             f"{', '.join(plan['tiers'])})")
+        plan = load_tier(plan_path, tier, "--guard: tier")
         tier_spec = (tier, plan["tiers"][tier]["services"], plan_path)
     spec = deny_spec(smap, list(deny), list(allow), baseline, tier_spec)
     if spec is None:

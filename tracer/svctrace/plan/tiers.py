@@ -140,6 +140,27 @@ def load_plan(path: str | os.PathLike) -> dict:
     return plan
 
 
+def parse_shard(text: str, option: str = "--shard") -> tuple[int, int]:
+    """"I/N" (1-based) as (I, N); PlanError saying what is expected."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise PlanError(f"{option} {text!r}: expected I/N, e.g. 1/4") from None
+    if not 1 <= index <= count:
+        raise PlanError(f"{option} {text!r}: I must be within 1..N")
+    return index, count
+
+
+def load_tier(path: str | os.PathLike, tier: str, option: str = "--tier") -> dict:
+    """The plan at `path`, which must have `tier` (a tier run: `svctrace run --plan --tier`,
+    `pytest --svctrace-plan --svctrace-tier`, the guard of one)."""
+    plan = load_plan(path)
+    if tier not in plan["tiers"]:
+        raise PlanError(f"{option} {tier!r}: the plan {path} has tiers "
+                        f"{', '.join(plan['tiers'])}")
+    return plan
+
+
 def _groups(plan: dict) -> dict[str, str]:
     if "groups" in plan:
         return plan["groups"]

@@ -6,7 +6,7 @@ import pwd
 import signal
 from dataclasses import dataclass, field
 
-from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE, ENV_STACKS
+from svctrace.contract import ENV_BACKEND, ENV_OWNER, ENV_PIPE, ENV_STACKS, SELECTION
 from svctrace.userfiles import invoking_user
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -40,12 +40,15 @@ def invoking_identity(as_root: bool) -> Identity:
 
 
 def child_environment(ident: Identity, pipe: str, backend: str,
-                      stacks: bool = False) -> dict[str, str]:
+                      stacks: bool = False, selection: dict | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env[ENV_PIPE] = pipe
     env[ENV_BACKEND] = backend
     env.pop(ENV_OWNER, None)  # a run inside a traced test has a pipe (and owner) of its own
     env.pop(ENV_STACKS, None)
+    for name in SELECTION:  # ... and the tier it was given, not the outer run's
+        env.pop(name, None)
+    env.update(selection or {})
     if stacks and backend == "inprocess":
         env[ENV_STACKS] = "1"
     if ident.drops:

@@ -43,8 +43,10 @@ class Run:
 
     def __init__(self, command: list[str], backend: str, report_path: str, cfg: Config,
                  as_root: bool = False, progress_s: float = 60.0, log=None,
-                 guard: Enforcer | None = None, stacks: bool = False) -> None:
+                 guard: Enforcer | None = None, stacks: bool = False,
+                 selection: dict | None = None) -> None:
         self.command = command
+        self.selection = selection  # contract.SELECTION: the tier `--plan/--tier` runs
         self.guard = guard  # refuses denied services (svctrace.guard.kernel.Guard)
         self.cfg = cfg
         self.report_path = report_path
@@ -105,7 +107,7 @@ class Run:
             drops_itself = self.backend.drops_privileges
             env = pluginpath.environment(
                 child_environment(self.ident, pipe.path, self.backend.name,
-                                  self.want_stacks),
+                                  self.want_stacks, self.selection),
                 pluginpath.build(pipe.dir, self.ident.uid, self.ident.gid))
             gate_r, gate_w = os.pipe()
             pid = os.fork()
