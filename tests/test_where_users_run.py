@@ -397,3 +397,34 @@ def test_command_lines_are_not_read_from_another_namespaces_proc():
     run.pump.proc_is_ours = True
     run.pump.learn_cmdline(os.getpid())
     assert "pytest" in run.collector.attributor.cmdlines[os.getpid()]
+
+
+
+@needs_backend("ebpf")
+def test_a_guard_cgroup_of_another_pid_namespace_is_not_swept(tmp_path):
+    """Containers and the host share the cgroup tree, not pids: a host run must not take a
+    container run's guard cgroup for a dead runner's (its pid means another process here),
+    while a dead runner of its own namespace is still swept."""
+    from svctrace.guard.kernel import _own_cgroup, cgroup2_mount
+    from svctrace.kernel import pidns
+    mount = cgroup2_mount()
+    if mount is None:
+        pytest.skip("no cgroup v2 hierarchy is mounted")
+    parent = _own_cgroup(mount)
+    ours = pidns.current().inode
+    other = parent / f"svctrace-guard-2-1-ns{ours + 1}"  # pid 2 of a container
+    dead = parent / f"svctrace-guard-999999-1-ns{ours}"  # no such runner here
+    other.mkdir()
+    dead.mkdir()
+    try:
+        (tmp_path / "test_ok.py").write_text("def test_ok():\n    pass\n")
+        proc = subprocess.run(e2e.SVCTRACE + ["run", "-b", "ebpf", "-q", "--progress", "0",
+                                              "-o", "r.json", "--deny", "kafka", "--",
+                                              *_pytest_cmd(), "test_ok.py"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert other.exists() and not dead.exists()
+    finally:
+        for folder in (other, dead):
+            if folder.exists():
+                folder.rmdir()

@@ -28,7 +28,10 @@ PROGRAMS = {"connect4": "guard_connect4", "connect6": "guard_connect6",
             "connect_unix": "guard_connect_unix"}
 IMAGE_PREFIX = "guard-"  # compiled guards kept in boot_cache.DIR (bpf_program)
 OWN_MOUNT = boot_cache.DIR / "cgroup2"  # where svctrace mounts cgroup2 if none is
-_NAME = re.compile(r"^svctrace-guard-([0-9]+)-([0-9]+)$")
+# svctrace-guard-<pid>-<start>-ns<pid namespace inode>: the cgroup tree is shared across
+# PID namespaces (a privileged container's runs and the host's), where one pid names
+# different processes; only a runner of our own namespace can be judged dead.
+_NAME = re.compile(r"^svctrace-guard-([0-9]+)-([0-9]+)(?:-ns([0-9]+))?$")
 # struct guard_event in bpf/guard.h (176 bytes; tests/test_kernel_contract.py checks it).
 _EVENT = struct.Struct("<QIIiHHBBBB16s128sI")
 _PROTOS = {6: "tcp", 17: "udp"}
@@ -113,6 +116,13 @@ def _remove(folder: Path, parent: Path) -> str | None:
     return "still busy"
 
 
+def _pidns_inode() -> int:
+    try:
+        return pidns.current().inode
+    except OSError:
+        return 0
+
+
 def sweep_cgroups(parent: Path) -> list[str]:
     """Remove guard cgroups whose runner is dead (SIGKILL runs no cleanup): one note each.
     Their programs go with them; processes still in one are moved to `parent`."""
@@ -122,7 +132,9 @@ def sweep_cgroups(parent: Path) -> list[str]:
     except OSError:
         return notes
     for entry, match in entries:
-        pid, start = int(match.group(1)), match.group(2)
+        pid, start, ns = int(match.group(1)), match.group(2), match.group(3)
+        if ns is not None and ns != str(_pidns_inode()):
+            continue  # another PID namespace's runner: its pid means nothing here
         if running_since(pid) == start:
             continue  # a live runner's (a concurrent run)
         reason = _remove(Path(entry.path), parent)
@@ -214,7 +226,7 @@ class Guard:  # implements guard.base.Enforcer
         self.parent = _own_cgroup(mount)
         self.notes += sweep_cgroups(self.parent)
         start = running_since(os.getpid())
-        self.cgroup = self.parent / f"svctrace-guard-{os.getpid()}-{start}"
+        self.cgroup = self.parent / f"svctrace-guard-{os.getpid()}-{start}-ns{_pidns_inode()}"
         try:
             self.cgroup.mkdir(mode=0o755)
             self._fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
