@@ -155,6 +155,22 @@ def test_a_tier_job_from_svctraces_own_venv_selects_its_tests(tmp_path, two_venv
     assert runs["s1"] and runs["s2"]
 
 
+def test_a_pytest_that_does_not_select_the_tier_is_named(tmp_path, two_venvs):
+    """A plugin that ignores the selection (an older one installed in the project's venv;
+    here the selection hook blocked) runs every test: the tier job must not pass quietly."""
+    svctrace, python = two_venvs
+    (tmp_path / "test_tier.py").write_text(TIER_SUITE)
+    _tier_plan(tmp_path)
+    proc = subprocess.run([str(svctrace), "run", "-b", "inprocess", "--progress", "0", "-o",
+                           "r.json", "--plan", "plan.json", "--tier", "none", "--",
+                           str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:svctrace-select"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("svctrace: WARNING: 1 test outside tier 'none' ran (e.g. test_tier.py::"
+            "test_redis): the command's pytest did not select the tier") in proc.stderr
+
+
 def test_a_tier_given_to_run_in_a_nested_pytest_is_not_applied(tmp_path, two_venvs):
     """The tier is the run's: a pytest that a test starts (its own node ids) keeps its
     tests, and an inner `svctrace run` does not inherit the outer run's tier."""

@@ -187,10 +187,11 @@ def _check_selected(report: dict, plan: dict, tier: str) -> None:
     from svctrace.plan.tiers import tier_of
     outside = [n for n, t in report["tests"].items() if t.get("ran") and tier_of(plan, n) != tier]
     if outside:
-        click.echo(f"svctrace: WARNING: {len(outside)} tests outside tier {tier!r} ran (e.g. "
-                   f"{outside[0]}): the command's pytest did not select the tier; an older "
-                   "svctrace plugin installed in its environment ignores --plan/--tier: "
-                   "upgrade or uninstall it there", err=True)
+        tests = "1 test" if len(outside) == 1 else f"{len(outside)} tests"
+        click.echo(f"svctrace: WARNING: {tests} outside tier {tier!r} ran (e.g. "
+                   f"{outside[0]}): the command's pytest did not select the tier (an "
+                   "svctrace plugin older than this svctrace, installed in its environment, "
+                   "ignores --plan/--tier: upgrade or uninstall it there)", err=True)
 
 
 def _no_test_ran(runner, code: int) -> None:
