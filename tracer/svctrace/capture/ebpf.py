@@ -138,7 +138,7 @@ def _check_tracefs() -> str | None:
                 "svctrace with sudo")
     if tracefs is None:
         return ("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing "
-                "(svctrace run does it itself when it runs as root)")
+                "(svctrace run and doctor mount it themselves as root)")
     missing = [tp for tp in tracepoints() if not (tracefs / "events" / tp).is_dir()]
     if missing:
         return (f"this kernel lacks the tracepoint(s) {', '.join(missing)} "
