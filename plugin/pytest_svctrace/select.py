@@ -1,8 +1,12 @@
 """Tier selection inside pytest: `--svctrace-plan PLAN --svctrace-tier NAME [--svctrace-shard i/n]`."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from pytest_svctrace.workers import OWNER_KEY
+from svctrace.contract import ENV_OWNER, ENV_SELECT
 from svctrace.errors import SvctraceError
 
 
@@ -27,8 +31,39 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def _owns_run(config: pytest.Config) -> bool:
+    """The pytest `svctrace run` started (it claimed the pipe, or nobody did yet) or one of
+    its xdist workers; not a pytest a test runs."""
+    owner = os.environ.get(ENV_OWNER)
+    if owner in (None, str(os.getpid())):
+        return True
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput is not None and workerinput.get(OWNER_KEY) == owner
+
+
+def _select_listed(config: pytest.Config, items: list, path: str) -> None:
+    """Keep the tests whose node ids the file lists (svctrace prove's re-runs)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            wanted = {line.rstrip("\n") for line in fh if line.strip()}
+    except OSError as exc:
+        raise pytest.UsageError(f"{ENV_SELECT}={path}: {exc.strerror}") from None
+    kept = [item for item in items if item.nodeid in wanted]
+    deselected = [item for item in items if item.nodeid not in wanted]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = kept
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter and not hasattr(config, "workerinput"):
+        reporter.write_line(f"svctrace: kept the {len(kept)} listed tests of {len(wanted)}, "
+                            f"deselected {len(deselected)}")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    listed = os.environ.get(ENV_SELECT)
+    if listed and _owns_run(config):
+        _select_listed(config, items, listed)
     plan_path, tier = config.getoption("svctrace_plan"), config.getoption("svctrace_tier")
     if not plan_path and not tier:
         return

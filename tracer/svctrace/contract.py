@@ -25,3 +25,7 @@ def progress_path(pipe: str) -> str:
 # "1" under `svctrace run --stacks` with the in-process backend: the plugin takes the
 # Python stack of each first contact inside the patched socket call itself.
 ENV_STACKS = "SVCTRACE_STACKS"
+# Path of a file of node ids, one a line (`svctrace prove`): the pytest that owns the run
+# and its xdist workers keep only those tests, by pytest's own collection; a nested pytest
+# (a test that runs pytest) is left alone.
+ENV_SELECT = "SVCTRACE_SELECT"

@@ -203,6 +203,11 @@ class Run:
                                   "pid_namespace": _pid_namespace(),
                                   "notes": self.notes, **guard})
         self.report = self.collector.finish(run, stats)
+        if self.guard is not None and self.guard.shadow:
+            # The enforced guard's fields, each marked: nothing was refused.
+            for test in self.report["tests"].values():
+                for evidence in test["denied_evidence"].values():
+                    evidence["shadow"] = True
         if NO_MARKERS in self.report["run"]["notes"]:
             self.log(f"WARNING: {NO_MARKERS}")
         try:
