@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,7 +78,7 @@ def test_prove_tells_needed_from_used(suite, services, xdist):
     assert warm["denied_run"] == "passed" and warm["refused"]["phase"] == "setup"
     assert warm["why"] == "passed with redis refused"
     broken = tests[F + "test_fails_in_any_case"]["proof"]["redis"]
-    assert broken["why"] == "failed in the control run too (nothing refused)"
+    assert broken["why"] == "failed in the control run too, with nothing refused"
     # One pytest process per service and kind of run, not one per test.
     info = proven["run"]["proof"]
     assert [(r["service"], r["denied"], r["tests"]) for r in info["reruns"]] == [
@@ -150,3 +152,31 @@ def test_prove_refuses_a_report_of_other_tests_and_writes_nothing(suite, service
     assert proc.stderr.count("\n") == 1 and "svctrace-report/0" in proc.stderr, proc.stderr
     proc = _svctrace(suite, services, "prove", "r.json", "-o", "r.json", "--", *PYTEST)
     assert proc.returncode == 2 and "never overwrites" in proc.stderr
+
+
+@needs("ebpf")
+def test_ctrl_c_writes_the_proofs_gathered_so_far(suite, services):
+    _trace(suite, services)
+    log = suite / "prove.log"
+    with open(log, "w") as err:
+        # Its own session, as a terminal's foreground job: Ctrl-C reaches the whole group.
+        proc = subprocess.Popen([*e2e.SVCTRACE, "prove", "r.json", "-o", "p.json", "--",
+                                 *PYTEST], cwd=suite, env=_env(services), stdout=err,
+                                stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while "redis control: re-running" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(120) == 130, log.read_text()
+    proven = json.loads((suite / "p.json").read_text())
+    info = proven["run"]["proof"]
+    assert info["interrupted"] is True
+    tests = proven["tests"]
+    # postgres was proven before Ctrl-C; redis's re-runs never finished: unproven, not guessed
+    assert tests[F + "test_needs_postgres"]["needs_proof"] == {"postgres": "needed"}
+    for nodeid, test in tests.items():
+        verdict = (test.get("needs_proof") or {}).get("redis")
+        assert verdict in (None, "unproven"), (nodeid, test["proof"])
+    assert "interrupted: the proofs so far were kept" in log.read_text()

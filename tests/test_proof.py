@@ -20,12 +20,12 @@ from svctrace.views.summary import format_summary
                                               "control run")),
     ("passed", "passed", "error", ("needed", "error with redis refused, passed in the "
                                              "control run")),
-    ("failed", "failed", "failed", ("unproven", "failed in the control run too (nothing "
-                                                "refused)")),
+    ("failed", "failed", "failed", ("unproven", "failed in the control run too, with "
+                                                "nothing refused")),
     ("failed", "passed", "passed", ("unproven", "flaky: failed in the traced run, passed in "
                                                 "the control run")),
-    ("passed", "skipped", "skipped", ("unproven", "skipped in the control run too (nothing "
-                                                  "refused)")),
+    ("passed", "skipped", "skipped", ("unproven", "skipped in the control run too, with "
+                                                  "nothing refused")),
     ("passed", "passed", "skipped", ("unproven", "skipped with redis refused")),
     ("passed", "passed", "interrupted", ("unproven", "the run with redis refused did not "
                                                      "finish it")),

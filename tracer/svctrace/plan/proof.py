@@ -46,7 +46,7 @@ def verdict(service: str, traced: str | None, control: str | None,
     if control is None or control in ("not run", "interrupted"):
         return UNPROVEN, "the control run did not finish it"
     if control != "passed":
-        return UNPROVEN, f"{control} in the control run too (nothing refused)"
+        return UNPROVEN, f"{control} in the control run too, with nothing refused"
     if traced in FAILED:
         return UNPROVEN, f"flaky: {traced} in the traced run, passed in the control run"
     if denied is None or denied in ("not run", "interrupted"):
