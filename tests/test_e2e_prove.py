@@ -180,3 +180,4 @@ def test_ctrl_c_writes_the_proofs_gathered_so_far(suite, services):
         verdict = (test.get("needs_proof") or {}).get("redis")
         assert verdict in (None, "unproven"), (nodeid, test["proof"])
     assert "interrupted: the proofs so far were kept" in log.read_text()
+
