@@ -153,6 +153,9 @@ def test_views_show_the_verdicts():
     assert "redis: 1 needed, 1 not needed, 1 unproven" in text
     assert "1 moved to a cheaper tier because of proof" in text
     assert "t.py::cache: redis: used, not needed (passed with redis refused)" in text
+    from svctrace.views.summary import markdown_summary
+    report["run"]["notes"] = []
+    assert "| redis | 1 | 1 | 1 |" in markdown_summary(report)
     report["tests"]["t.py::needs_redis"]["evidence"] = {}
     explained = explain_one(report, "t.py::needs_redis")
     assert ("redis: used, needed (failed with redis refused, passed in the control run); "

@@ -208,6 +208,13 @@ def markdown_summary(report: dict, path: str | None = None) -> str:
         lines += ["", "| tests | needed service set |", "|---:|---|"]
         for entry in summary["service_sets"]:
             lines.append(f"| {entry['tests']} | {_md(' + '.join(entry['needs']) or '(none)')} |")
+    from svctrace.plan.proof import verdict_counts
+    proven = verdict_counts(report)
+    if proven:  # svctrace prove
+        lines += ["", "| service | proven needed | proven not needed | unproven |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {_md(s)} | {c['needed']} | {c['not_needed']} | {c['unproven']} |"
+                  for s, c in proven.items()]
     probes = probe_rows(report)
     if probes:
         lines += ["", "Failed probes (attempts that reached nothing; not needs): "
