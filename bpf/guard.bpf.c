@@ -12,9 +12,9 @@
  * What user space writes into the maps and reads from the ring buffer: guard.h.
  * Settings (-D): PIDNS_DEV, PIDNS_INO (pids of svctrace's namespace), STAGES (bitmask of
  * stages that have entries), N_PATTERNS, HAS_SET_RETVAL (bpf_set_retval in sock_addr
- * programs). The guard cgroup (for the connect tracepoint) is a map, not a -D: the
- * compiled program is kept for the next run (svctrace.kernel.bpf_program), whose
- * cgroup is another.
+ * programs), SHADOW (record what would be refused and refuse nothing: `run --shadow`).
+ * The guard cgroup (for the connect tracepoint) is a map, not a -D: the compiled program
+ * is kept for the next run (svctrace.kernel.bpf_program), whose cgroup is another.
  */
 #include <uapi/linux/bpf.h>
 #include <linux/in.h>
@@ -30,6 +30,12 @@
 #endif
 #ifndef STAGES
 #define STAGES 0xff
+#endif
+/* What refuse() makes the hook return: 0 refuses; a shadow guard lets the operation go on. */
+#ifdef SHADOW
+#define REFUSE_VERDICT 1
+#else
+#define REFUSE_VERDICT 0
 #endif
 
 BPF_LPM_TRIE(inet_rules, struct guard_key, struct verdict, MAX_RULES);
@@ -54,7 +60,9 @@ static __always_inline int refuse(struct bpf_sock_addr *ctx, const struct verdic
 				  const void *addr, __u32 addr_len)
 {
 	int err = ERR_PERM;
-#ifdef HAS_SET_RETVAL
+#ifdef SHADOW
+	err = 0;	/* the record says what would have been refused; the operation goes on */
+#elif defined(HAS_SET_RETVAL)
 	/* A TCP or unix client reports ECONNREFUSED at once; for UDP keep EPERM, which the
 	 * contact rule reads as a local refusal, never as a TCP handshake (services.judge). */
 	if (proto != IPPROTO_UDP) {
@@ -72,7 +80,7 @@ static __always_inline int refuse(struct bpf_sock_addr *ctx, const struct verdic
 		__u64 *n = lost.lookup(&zero);
 		if (n)
 			*n += 1;
-		return 0;
+		return REFUSE_VERDICT;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts = bpf_ktime_get_ns();
@@ -93,7 +101,7 @@ static __always_inline int refuse(struct bpf_sock_addr *ctx, const struct verdic
 	if (addr_len > 0)
 		bpf_probe_read_kernel(e->addr, addr_len, addr);
 	refusals.ringbuf_submit(e, 0);
-	return 0;	/* refuse */
+	return REFUSE_VERDICT;
 }
 
 static __always_inline int decide_inet(struct bpf_sock_addr *ctx, __u8 kind, __u8 family,

@@ -227,3 +227,34 @@ def test_inner_run(pytester):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((pytester.path / "r.json").read_text())
     assert list(report["tests"]) == ["test_outer.py::test_inner_run"]
+
+
+def test_listed_node_ids_keep_only_those_tests_in_the_run_and_its_workers(pytester,
+                                                                          monkeypatch):
+    """svctrace prove's re-runs: SVCTRACE_SELECT names a file of node ids; the pytest that
+    owns the run (serial or with xdist workers) keeps those, by its own collection; a
+    pytest a test starts (nested) ignores the file."""
+    from svctrace.contract import ENV_OWNER, ENV_SELECT
+    pytester.makepyfile(test_sel="""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_p(n):
+            pass
+
+        def test_other():
+            pass
+    """)
+    listed = pytester.path / "ids.txt"
+    listed.write_text("test_sel.py::test_p[1]\ntest_sel.py::test_other\n")
+    monkeypatch.setenv(ENV_SELECT, str(listed))
+    monkeypatch.delenv(ENV_OWNER, raising=False)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=2, deselected=3)
+    result.stdout.fnmatch_lines(["*kept the 2 listed tests of 2, deselected 3*",
+                                 "*test_sel.py::test_p?1? PASSED*"])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=2)
+    monkeypatch.setenv(ENV_OWNER, "1")  # another process owns the run: this one is nested
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)

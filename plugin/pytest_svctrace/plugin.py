@@ -116,7 +116,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # The ini setting enables it on every run; `-o svctrace_report=` turns that off.
     report = config.getoption("svctrace_report") or config.getini("svctrace_report") or None
     role = owner.role(config)
-    if pipe and role != "nested":
+    if role != "nested":
         select.take_from_run(config)  # before claiming: the role is read from the env
     if pipe and role == "nested":
         # A pytest run inside a test of the owner: its node ids are not the run's. In the

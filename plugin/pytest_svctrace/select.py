@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from svctrace.contract import ENV_PLAN, ENV_SHARD, ENV_TIER
+from svctrace.contract import ENV_PLAN, ENV_SELECT, ENV_SHARD, ENV_TIER
 from svctrace.errors import SvctraceError
 
 FROM_RUN = pytest.StashKey[tuple]()  # (plan, tier, shard) given to `svctrace run`
+LISTED = pytest.StashKey[str]()  # the file of node ids `svctrace prove` re-runs
 
 
 def addoption(group) -> None:
@@ -25,10 +26,13 @@ def addoption(group) -> None:
 
 def take_from_run(config: pytest.Config) -> None:
     """In the run's owner pytest and its xdist workers (never a nested pytest, whose tests
-    are not the run's): the tier `svctrace run --plan/--tier` selects."""
+    are not the run's): the tier `svctrace run --plan/--tier` selects, and the node ids
+    `svctrace prove` lists."""
     if os.environ.get(ENV_TIER):
         config.stash[FROM_RUN] = (os.environ.get(ENV_PLAN), os.environ[ENV_TIER],
                                   os.environ.get(ENV_SHARD) or None)
+    if os.environ.get(ENV_SELECT):
+        config.stash[LISTED] = os.environ[ENV_SELECT]
 
 
 def _options(config: pytest.Config) -> tuple[str | None, str | None, str | None, str]:
@@ -41,8 +45,29 @@ def _options(config: pytest.Config) -> tuple[str | None, str | None, str | None,
     return (*given, "--svctrace-plan/--svctrace-tier")
 
 
+def _select_listed(config: pytest.Config, items: list, path: str) -> None:
+    """Keep the tests whose node ids the file lists (svctrace prove's re-runs)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            wanted = {line.rstrip("\n") for line in fh if line.strip()}
+    except OSError as exc:
+        raise pytest.UsageError(f"{ENV_SELECT}={path}: {exc.strerror}") from None
+    kept = [item for item in items if item.nodeid in wanted]
+    deselected = [item for item in items if item.nodeid not in wanted]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = kept
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter and not hasattr(config, "workerinput"):
+        reporter.write_line(f"svctrace: kept the {len(kept)} listed tests of {len(wanted)}, "
+                            f"deselected {len(deselected)}")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    listed = config.stash.get(LISTED, None)
+    if listed:
+        _select_listed(config, items, listed)
     plan_path, tier, shard, spelled = _options(config)
     if not plan_path and not tier:
         return

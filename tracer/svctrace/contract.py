@@ -31,4 +31,8 @@ ENV_STACKS = "SVCTRACE_STACKS"
 ENV_PLAN = "SVCTRACE_PLAN"     # absolute path of the plan
 ENV_TIER = "SVCTRACE_TIER"
 ENV_SHARD = "SVCTRACE_SHARD"   # "I/N", or absent
-SELECTION = (ENV_PLAN, ENV_TIER, ENV_SHARD)
+# Path of a file of node ids, one a line (`svctrace prove`): the pytest that owns the run
+# and its xdist workers keep only those tests, by pytest's own collection; a nested pytest
+# (a test that runs pytest) is left alone.
+ENV_SELECT = "SVCTRACE_SELECT"
+SELECTION = (ENV_PLAN, ENV_TIER, ENV_SHARD, ENV_SELECT)

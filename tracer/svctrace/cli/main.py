@@ -30,6 +30,7 @@ The guard (root; cgroup v2): --deny kafka,snuba refuses those services at once
 (ECONNREFUSED) to the command's whole tree; --allow postgres,redis refuses every other
 named service; --guard refuses what a tier of a plan does not start:
   sudo .venv/bin/svctrace run --guard --plan plan.json --tier db -- .venv/bin/pytest tests/
+--shadow with any of them refuses nothing and records what would have been refused.
 
 \b
 A tier job (svctrace need not be installed in the project's venv):
@@ -41,15 +42,18 @@ class _Commands(click.Group):
     """Imports the plan commands' modules (merge, tiers: ~25 ms) only when one of them runs
     or --help lists them, not on every `svctrace run`."""
 
-    LAZY = {"merge": "merge_command", "tiers": "tiers_command"}
+    LAZY = {"merge": ("plan", "merge_command"), "tiers": ("plan", "tiers_command"),
+            "prove": ("prove", "prove_command")}
 
     def list_commands(self, ctx) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
 
     def get_command(self, ctx, name):
         if name in self.LAZY and name not in self.commands:
-            from svctrace.cli import plan as cli_plan
-            self.add_command(getattr(cli_plan, self.LAZY[name]), name)
+            import importlib
+            module, attr = self.LAZY[name]
+            self.add_command(getattr(importlib.import_module(f"svctrace.cli.{module}"), attr),
+                             name)
         return super().get_command(ctx, name)
 
 
@@ -105,13 +109,16 @@ def main() -> None:
               help="with --plan: the tier to run (and to guard, with --guard)")
 @click.option("--shard", metavar="I/N", default=None,
               help="with --plan/--tier: run shard I of N of the tier (1-based)")
+@click.option("--shadow", is_flag=True,
+              help="with --deny/--allow/--guard: refuse nothing, record per test what the "
+                   "guard would have refused (the same report fields, marked shadow)")
 @click.option("--stacks/--no-stacks", default=None,
               help="record the Python call site of each test's first contact with each "
                    "service (ebpf: the process is stopped for a py-spy dump, ~35 ms; "
                    "default: [tool.svctrace] stacks)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def run(backend, report_path, as_root, config_path, progress, quiet, verbose, deny, allow,
-        guard_tier, plan_path, tier, shard, stacks, command) -> None:
+        guard_tier, plan_path, tier, shard, shadow, stacks, command) -> None:
     from svctrace.config import load_config
     from svctrace.views.summary import format_summary
     from svctrace.run.runner import Run
@@ -129,10 +136,12 @@ def run(backend, report_path, as_root, config_path, progress, quiet, verbose, de
         guard, plan, selection = None, None, None
         if plan_path or tier or shard:
             plan, selection = _tier_run(plan_path, tier, shard, list(command))
-        if deny or allow or guard_tier:  # else not even imported
+        if deny or allow or guard_tier or shadow:  # else not even imported
             from svctrace.guard.kernel import from_options
-            guard, plan = from_options(cfg.service_map(), cfg.baseline, deny, allow,
-                                       guard_tier, plan_path, tier, list(command))
+            guard, guard_plan = from_options(cfg.service_map(), cfg.baseline, deny, allow,
+                                             guard_tier, plan_path, tier, list(command),
+                                             shadow)
+            plan = plan or guard_plan
         runner = Run(list(command), chosen, report_path, cfg, as_root, progress, guard=guard,
                      stacks=cfg.stacks if stacks is None else stacks, selection=selection)
     except SvctraceError as exc:
@@ -241,7 +250,23 @@ def summary(report, verbose, markdown) -> None:
     if markdown:
         _report_view(lambda data: markdown_summary(data, report).rstrip("\n"), report)
     else:
-        _report_view(lambda data: format_summary(data, report, verbose), report)
+        _report_view(lambda data: format_summary(data, report, verbose, _moved(data)),
+                     report)
+
+
+def _moved(data: dict) -> int | None:
+    """Tests moved to a cheaper tier by proofs, when the report has proofs and the nearest
+    pyproject.toml configures tiers (else None: the summary says nothing of tiers)."""
+    from svctrace.plan.proof import has_proofs
+    if not has_proofs(data):
+        return None
+    from svctrace.config import load_config
+    from svctrace.plan.tiers import moved_by_proof
+    try:
+        tiers = load_config(None).tiers
+        return moved_by_proof(data, list(tiers)) if tiers else None
+    except SvctraceError:
+        return None
 
 
 @main.command()

@@ -15,7 +15,7 @@ from svctrace.report.jsonfile import write_atomic
 from svctrace.userfiles import append_file, check_writable
 from svctrace.report.build import load_report, write_report
 from svctrace.plan.tiers import (GRANULARITIES, markdown_summary, matrix, most_complete,
-                            plan_tiers, time_saved_s, write_lists)
+                            moved_by_proof, plan_tiers, time_saved_s, write_lists)
 
 GITHUB_MATRIX_LIMIT = 256  # GitHub Actions refuses a matrix with more jobs than this
 
@@ -154,3 +154,8 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
     counts = ", ".join(f"{name} {len(plan['tiers'][name]['tests'])}" for name in plan["order"])
     click.echo(f"svctrace tiers: {counts}; {len(jobs['include'])} jobs; "
                f"~{time_saved_s(plan, jobs):.0f}s startup saved", err=True)
+    from svctrace.plan.proof import has_proofs
+    if has_proofs(data):  # the plan used needs less what `svctrace prove` proved not needed
+        moved = moved_by_proof(data, tiers, granularity)
+        click.echo(f"svctrace tiers: {moved} tests moved to a cheaper tier because of proof",
+                   err=True)

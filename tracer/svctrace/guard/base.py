@@ -21,6 +21,7 @@ class Enforcer(Protocol):
 
     spec: DenySpec
     notes: list[str]  # what the user should know (run.notes)
+    shadow: bool      # records what it would refuse, refuses nothing (run --shadow)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -156,9 +156,12 @@ class Guard:  # implements guard.base.Enforcer
     """One run's guard: start() before the command forks, enter(pid) before it is released,
     poll() while it runs, stop() after it exited (idempotent, also on every error path)."""
 
-    def __init__(self, spec: DenySpec, table: Table) -> None:
+    def __init__(self, spec: DenySpec, table: Table, shadow: bool = False) -> None:
         self.spec = spec
         self.table = table
+        # Shadow: the same programs and records, but nothing is refused (roll a guard out
+        # in stages: observe, shadow, enforce).
+        self.shadow = shadow
         self.notes: list[str] = list(table.notes)
         self.cgroup: Path | None = None
         self.parent: Path | None = None
@@ -245,6 +248,8 @@ class Guard:  # implements guard.base.Enforcer
                    f"-DRINGBUF_PAGES={RINGBUF_PAGES}"]
         if set_retval:
             defines.append("-DHAS_SET_RETVAL=1")
+        if self.shadow:
+            defines.append("-DSHADOW=1")
         kinds = {name: (PROG_TYPE_CGROUP_SOCK_ADDR, ATTACH[hook])
                  for hook, name in PROGRAMS.items()}
         # BPF_CGROUP_UNIX_CONNECT came with Linux 6.7: an older kernel refuses that one only
@@ -257,15 +262,17 @@ class Guard:  # implements guard.base.Enforcer
     def _load(self, cgid: int, level: int) -> None:
         try:
             self._bpf = self._program(True)
-            self.refusal = "ECONNREFUSED (tcp, unix), EPERM (udp)"
+            self.refusal = ("none (shadow: recorded, not refused)" if self.shadow
+                            else "ECONNREFUSED (tcp, unix), EPERM (udp)")
         except ImageError as first:
             # bpf_set_retval in sock_addr programs came with Linux 5.19: else EPERM
             try:
                 self._bpf = self._program(False)
             except ImageError as exc:
                 raise GuardError(f"the guard's BPF programs did not load: {exc}") from first
-            self.notes.append("this kernel refuses bpf_set_retval in connect programs: "
-                              "refused connects fail with EPERM, not ECONNREFUSED")
+            if not self.shadow:
+                self.notes.append("this kernel refuses bpf_set_retval in connect programs: "
+                                  "refused connects fail with EPERM, not ECONNREFUSED")
         where = self._bpf["guard_cgroup"]  # for the connect tracepoint (unix paths)
         where[ctypes.c_int(0)] = ctypes.c_uint64(cgid)
         where[ctypes.c_int(1)] = ctypes.c_uint64(level)
@@ -391,7 +398,8 @@ class Guard:  # implements guard.base.Enforcer
         counters = self._counters() if self._bpf is not None else self._final
         return {"mode": self.spec.mode, "denied": list(self.spec.denied),
                 "allowed": list(self.spec.allowed), "tier": self.spec.tier,
-                "plan": self.spec.plan, "refusal": self.refusal, "hooks": list(self.hooks),
+                "plan": self.spec.plan, "shadow": self.shadow,
+                "refusal": self.refusal, "hooks": list(self.hooks),
                 "cgroup": str(self.cgroup) if self.cgroup else None,
                 "refusals": counters.get("refusals", {}),
                 "lost_refusal_records": counters.get("lost_refusal_records", 0)}
@@ -399,7 +407,7 @@ class Guard:  # implements guard.base.Enforcer
 
 def from_options(smap, baseline: list[str], deny: tuple[str, ...], allow: tuple[str, ...],
                  guard: bool, plan_path: str | None, tier: str | None,
-                 command: list[str]) -> tuple[Guard | None, dict | None]:
+                 command: list[str], shadow: bool = False) -> tuple[Guard | None, dict | None]:
     """The run's guard from `svctrace run` options, and the plan of a tier run: --guard takes
     the tier `--plan/--tier` runs, else the command's own --svctrace-plan/--svctrace-tier."""
     from svctrace.guard.rules import compile_table, deny_spec, plan_from_command
@@ -415,5 +423,8 @@ def from_options(smap, baseline: list[str], deny: tuple[str, ...], allow: tuple[
         tier_spec = (tier, plan["tiers"][tier]["services"], plan_path)
     spec = deny_spec(smap, list(deny), list(allow), baseline, tier_spec)
     if spec is None:
+        if shadow:
+            raise GuardError("--shadow goes with --deny, --allow or --guard: it records what "
+                             "that guard would refuse")
         return None, None
-    return Guard(spec, compile_table(smap, spec.denied)), plan
+    return Guard(spec, compile_table(smap, spec.denied), shadow), plan

@@ -258,6 +258,8 @@ def misplaced_lines(report: dict, plan: dict | None, spec: DenySpec) -> list[str
     """One line per test that tried a denied service: what it tried and, for a tier run,
     the tier it belongs in."""
     lines = []
+    shadow = (report.get("run", {}).get("guard") or {}).get("shadow")
+    would = " (shadow: allowed, would be refused)" if shadow else ""
     for nodeid, test in sorted(report.get("tests", {}).items()):
         denied = test.get("denied") or []
         if not denied:
@@ -268,7 +270,7 @@ def misplaced_lines(report: dict, plan: dict | None, spec: DenySpec) -> list[str
             where = (f"it belongs in tier {home!r}" if home else
                      f"no tier of the plan starts {', '.join(test.get('needs', []))}")
             lines.append(f"guard: {nodeid} tried {tried}, which tier {spec.tier!r} does not "
-                         f"start: {where}")
+                         f"start: {where}{would}")
         else:
-            lines.append(f"guard: {nodeid} tried {tried}, denied by --{spec.mode}")
+            lines.append(f"guard: {nodeid} tried {tried}, denied by --{spec.mode}{would}")
     return lines

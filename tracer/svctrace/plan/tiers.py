@@ -11,6 +11,7 @@ from pathlib import Path
 from svctrace import __version__
 from svctrace.config import Tier
 from svctrace.errors import SvctraceError
+from svctrace.plan.proof import proven_needs
 from svctrace.report.jsonfile import read_versioned
 from svctrace.userfiles import write_file
 
@@ -86,13 +87,14 @@ def plan_tiers(report: dict, tiers: list[Tier], granularity: str = "test") -> di
     for key, members in groups.items():
         # A test that never ran has no observed needs: only the most complete tier is safe.
         unknown = any(not tests[n].get("ran") for n in members)
-        needs = set().union(*(tests[n].get("needs", []) for n in members))
+        # Services proven not needed (svctrace prove) leave a test's needs here.
+        needs = set().union(*(proven_needs(tests[n]) for n in members))
         tier = fallback if unknown else next(
             (t for t in order if needs <= set(t.services)), None)
         if tier is None:
             tier = fallback
             for nodeid in members:
-                missing = set(tests[nodeid].get("needs", [])) - set(fallback.services)
+                missing = set(proven_needs(tests[nodeid])) - set(fallback.services)
                 if missing:
                     uncovered[nodeid] = sorted(missing)
         group_tiers[key] = tier.name
@@ -119,6 +121,17 @@ def plan_tiers(report: dict, tiers: list[Tier], granularity: str = "test") -> di
         # Lets tier_of place a new test next to its class or file mates without a scan.
         "groups": group_tiers if granularity != "test" else {},
     }
+
+
+def moved_by_proof(report: dict, tiers: list[Tier], granularity: str = "test") -> int:
+    """How many tests the proofs put in a cheaper tier than their observed needs would."""
+    with_proof = plan_tiers(report, tiers, granularity)
+    bare = {**report, "tests": {n: {k: v for k, v in t.items() if k != "needs_proof"}
+                                for n, t in report.get("tests", {}).items()}}
+    without = plan_tiers(bare, tiers, granularity)
+    rank = {name: i for i, name in enumerate(with_proof["order"])}
+    return sum(1 for n, tier in with_proof["assignments"].items()
+               if rank[tier] < rank[without["assignments"][n]])
 
 
 def load_plan(path: str | os.PathLike) -> dict:

@@ -9,6 +9,7 @@ from svctrace import REPORT_SCHEMA, __version__
 from svctrace.errors import SvctraceError
 from svctrace.events import TEST_PHASES
 from svctrace.join.analysis import summarize
+from svctrace.plan.proof import join_proof
 
 
 class MergeError(SvctraceError):
@@ -54,11 +55,11 @@ def _combine(a: Any, b: Any, key: str | None = None) -> Any:
         return b
     if b is None:
         return a
-    if key == "first":
+    if key in ("first", "refused"):  # "refused": a proof's first refused contact
         return min(a, b, key=_first_key)
     if key == "command":  # an argv: its order matters, so pick one, never union it
         return min(a, b, key=_canon)
-    if key == "outcome":
+    if key in ("outcome", "traced", "control", "denied_run"):  # a proof's outcomes too
         return max(a, b, key=lambda o: (_OUTCOME_RANK.get(o, 3), o))
     if key == "scope":  # a fixture scope; "?" means it was never seen being set up
         known = {a, b} - {"?"}
@@ -94,6 +95,9 @@ def _merge_test(a: dict, b: dict) -> dict:
     workers = [t.get("worker") for t, ran in ((a, ran_a), (b, ran_b))
                if ran == (ran_a or ran_b) and t.get("worker") is not None]
     merged["worker"] = min(workers) if workers else None
+    if "proof" in merged:  # verdicts are decided from every shard's, not combined as text
+        merged["proof"] = {s: join_proof(r) for s, r in merged["proof"].items()}
+        merged["needs_proof"] = {s: r["verdict"] for s, r in merged["proof"].items()}
     return {k: merged[k] for k in sorted(merged, key=_key_order)}
 
 

@@ -206,6 +206,11 @@ class Run:
                                   "pid_namespace": _pid_namespace(),
                                   "notes": self.notes, **guard})
         self.report = self.collector.finish(run, stats)
+        if self.guard is not None and self.guard.shadow:
+            # The enforced guard's fields, each marked: nothing was refused.
+            for test in self.report["tests"].values():
+                for evidence in test["denied_evidence"].values():
+                    evidence["shadow"] = True
         try:
             # Under sudo as the invoking user (cli.main: userfiles.act_for), so the kernel
             # refuses what they could not write themselves; the file is theirs, no chown.

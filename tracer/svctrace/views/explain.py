@@ -290,7 +290,13 @@ def explain_one(report: dict, nodeid: str) -> str:
     if data.get("baseline"):
         lines.append(f"  baseline, not counted in needs: {', '.join(data['baseline'])}")
     for name, ev in (data.get("denied_evidence") or {}).items():  # refused by the guard
-        lines += _contact_lines(name, ev, f"{name} (refused by svctrace's guard; a need)")
+        lines += _contact_lines(name, ev, f"{name} (would be refused by svctrace's shadow "
+                                          "guard; a need)" if ev.get("shadow") else
+                                f"{name} (refused by svctrace's guard; a need)")
+    if data.get("proof"):  # svctrace prove: what re-runs with each service refused showed
+        from svctrace.plan.proof import proven_needs, verdict_text
+        lines.append(f"  proof (needs once proven: {', '.join(proven_needs(data)) or 'none'}):")
+        lines += [f"    {verdict_text(s, r)}" for s, r in data["proof"].items()]
     probes = data.get("failed_probes") or {}
     if probes:
         lines.append("  failed probes (attempts that reached nothing; not needs):")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 
+from svctrace.plan.proof import proven_needs
 from svctrace.plan.tiers import group_key, tier_of
 from svctrace.views.explain import explain_one
 from svctrace.views.html_assets import SCRIPT, STYLE
@@ -25,6 +26,9 @@ def _split(nodeid: str) -> tuple[str, str, str]:
     return parts[0], "::".join(parts[1:-1]), name
 
 
+PROOF_LETTERS = {"needed": "P", "not_needed": "x", "unproven": "?"}
+
+
 def _cells(test: dict, services: dict[str, int]) -> dict[int, str]:
     """Per service index: phase letters observed (s, c, t), i inherited, d declared,
     b baseline, g gap; only services the test has anything for."""
@@ -38,6 +42,9 @@ def _cells(test: dict, services: dict[str, int]) -> dict[int, str]:
     for key, letter in (("inherited", "i"), ("declared", "d"), ("baseline", "b")):
         for service in test.get(key, []):
             cells[services[service]] = cells.get(services[service], "") + letter
+    for service, verdict in (test.get("needs_proof") or {}).items():  # svctrace prove
+        if service in services:
+            cells[services[service]] = cells.get(services[service], "") + PROOF_LETTERS[verdict]
     return cells
 
 
@@ -61,7 +68,7 @@ def _held_back(report: dict, plan: dict) -> list[dict]:
     found = []
     for key, members in sorted(groups.items()):
         tier = tier_of(plan, members[0])
-        own = {n: _cheapest(plan, report["tests"][n].get("needs", [])) for n in members}
+        own = {n: _cheapest(plan, proven_needs(report["tests"][n])) for n in members}
         if not any(t is not None and rank[t] < rank[tier] for t in own.values()):
             continue
         holders = [n for n, t in own.items() if t is None or rank[t] >= rank[tier]]
@@ -189,7 +196,8 @@ def build_page(report: dict, plan: dict | None = None, old: dict | None = None,
         "<div id=\"matrix\" tabindex=\"0\"><div id=\"spacer\"></div></div>"
         "<p class=\"legend\">cells: <b>s</b> setup, <b>c</b> call, <b>t</b> teardown (observed "
         "in the test's own windows), <b>g</b> between its phases, <b>i</b> inherited from a "
-        "wider-scoped fixture, <b>d</b> declared, <b>b</b> baseline (not in needs). Click a "
+        "wider-scoped fixture, <b>d</b> declared, <b>b</b> baseline (not in needs); proof "
+        "(svctrace prove): <b>P</b> needed, <b>x</b> not needed, <b>?</b> unproven. Click a "
         "test for its evidence.</p></section>"
         "<aside id=\"detail\"><p class=\"muted\">Click a test to see why it needs each "
         "service.</p></aside></main>"

@@ -75,10 +75,14 @@ def denied_lines(report: dict, verbose: bool = False, shown: int = 10) -> list[s
     run, found = report["run"], report["summary"].get("denied", [])
     if not run.get("guard"):
         return []
-    lines = [f"  guard: denied {', '.join(run.get('denied_services', [])) or 'nothing'}; "
+    shadow = run["guard"].get("shadow")
+    lines = [f"  guard{' (shadow: nothing refused)' if shadow else ''}: "
+             f"{'would deny' if shadow else 'denied'} "
+             f"{', '.join(run.get('denied_services', [])) or 'nothing'}; "
              f"{len({d['test'] for d in found})} tests tried a denied service"]
+    refused = "would be refused" if shadow else "refused"
     for entry in found if verbose else found[:shown]:
-        lines.append(f"    {entry['test']}: {entry['service']} ({entry['refusals']} refused, "
+        lines.append(f"    {entry['test']}: {entry['service']} ({entry['refusals']} {refused}, "
                      f"first from thread {entry['thread']} to {entry['destination']} in "
                      f"{entry['phase'] or 'no phase'})")
     if len(found) > len(lines) - 1:
@@ -126,7 +130,38 @@ def no_test_line(command, exit_code: int | None, path: str, written: bool,
     return f"{head}: {path} still holds the last report; this run's was not written"
 
 
-def format_summary(report: dict, path: str | None = None, verbose: bool = False) -> str:
+def proof_lines(report: dict, verbose: bool = False, moved: int | None = None,
+                shown: int = 10) -> list[str]:
+    """svctrace prove's verdicts: per service, how many tests need it, were proven not to,
+    or stay unproven; how many tests moved to a cheaper tier because of proof (`moved`, when
+    tiers are configured); with verbose, one line per test and service."""
+    from svctrace.plan.proof import NOT_NEEDED, verdict_counts, verdict_text
+    counts = verdict_counts(report)
+    if not counts:
+        return []
+    lines = ["  proof (re-runs with the service refused): " + ", ".join(
+        f"{service}: {c['needed']} needed, {c[NOT_NEEDED]} not needed, {c['unproven']} "
+        "unproven" for service, c in counts.items())]
+    lighter = sum(1 for t in report["tests"].values()
+                  if any(v == NOT_NEEDED for v in (t.get("needs_proof") or {}).values()))
+    lines.append(f"  proof: {lighter} tests need fewer services than they used"
+                 + (f"; {moved} moved to a cheaper tier because of proof"
+                    if moved is not None else ""))
+    info = report["run"].get("proof") or {}
+    if info.get("interrupted"):
+        lines.append("  proof: interrupted; services not proven: "
+                     + (", ".join(info.get("not_proven", [])) or "none"))
+    records = [(n, s, r) for n, t in sorted(report["tests"].items())
+               for s, r in sorted((t.get("proof") or {}).items())]
+    for nodeid, service, record in records if verbose else records[:shown]:
+        lines.append(f"    {nodeid}: {verdict_text(service, record)}")
+    if not verbose and len(records) > shown:
+        lines.append(f"    ... {len(records) - shown} more (-v lists them)")
+    return lines
+
+
+def format_summary(report: dict, path: str | None = None, verbose: bool = False,
+                   moved: int | None = None) -> str:
     """The terminal summary: what ran, lost events, services, sets, notes that matter;
     blind spots as one pointer line (listed with verbose)."""
     run, summary = report["run"], report["summary"]
@@ -152,6 +187,7 @@ def format_summary(report: dict, path: str | None = None, verbose: bool = False)
                      + (f", {len(probes) - len(shown)} more (-v)" if len(probes) > len(shown)
                         else ""))
     lines += denied_lines(report, verbose)
+    lines += proof_lines(report, verbose, moved)
     sets = summary["service_sets"]
     if sets:
         lines.append("  tests by needed service set:")
@@ -215,6 +251,13 @@ def markdown_summary(report: dict, path: str | None = None) -> str:
         lines += ["", "| tests | needed service set |", "|---:|---|"]
         for entry in summary["service_sets"]:
             lines.append(f"| {entry['tests']} | {_md(' + '.join(entry['needs']) or '(none)')} |")
+    from svctrace.plan.proof import verdict_counts
+    proven = verdict_counts(report)
+    if proven:  # svctrace prove
+        lines += ["", "| service | proven needed | proven not needed | unproven |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {_md(s)} | {c['needed']} | {c['not_needed']} | {c['unproven']} |"
+                  for s, c in proven.items()]
     probes = probe_rows(report)
     if probes:
         lines += ["", "Failed probes (attempts that reached nothing; not needs): "
