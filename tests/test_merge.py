@@ -14,7 +14,8 @@ from svctrace.config import Config
 from svctrace.errors import SvctraceError
 from svctrace.events import TEST_PHASES, RunInfo, TestInfo
 from svctrace.report.merge import MergeError, merge_reports
-from svctrace.report.build import build_report, load_report, write_report
+from svctrace.report.build import build_report
+from svctrace.report.files import load_report, write_report
 from svctrace.views.summary import format_summary
 
 ITERATIONS = 150

@@ -12,10 +12,10 @@ from svctrace import REPORT_SCHEMA
 from svctrace.cli.plan import tiers_command
 from svctrace.config import Tier
 from svctrace.errors import SvctraceError
-from svctrace.report.build import write_report
-from svctrace.plan.tiers import (PLAN_SCHEMA, PlanError, TiersError, group_key, load_plan,
+from svctrace.report.files import load_plan, write_lists, write_report
+from svctrace.plan.tiers import (PLAN_SCHEMA, PlanError, TiersError, group_key,
                             markdown_summary, matrix, plan_tiers, shard_assignment, tier_of,
-                            time_saved_s, write_lists)
+                            time_saved_s)
 
 TIERS = [
     Tier("full", ("postgres", "redis", "kafka", "clickhouse", "snuba"), 280.0),

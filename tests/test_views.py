@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from svctrace.report.build import ReportError
+from svctrace.report.model import ReportError
 from svctrace.views import explain
 
 

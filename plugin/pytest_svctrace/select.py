@@ -73,14 +73,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         return
     if not (plan_path and tier):
         raise pytest.UsageError(f"{spelled} go together")
-    from svctrace.plan.tiers import load_tier, parse_shard, shard_assignment, tier_of
+    from svctrace.plan.tiers import parse_shard, shard_assignment, tier_of
+    from svctrace.report.files import load_tier
+    from svctrace.report.model import Plan
     try:
-        plan = load_tier(plan_path, tier, "--svctrace-tier")
+        plan = Plan.from_dict(load_tier(plan_path, tier, "--svctrace-tier"))
         index, count = parse_shard(shard, "--svctrace-shard") if shard else (1, 1)
     except SvctraceError as exc:
         raise pytest.UsageError(str(exc)) from None
     kept = [item for item in items if tier_of(plan, item.nodeid) == tier]
-    unknown = sum(1 for item in kept if item.nodeid not in plan["assignments"])
+    unknown = sum(1 for item in kept if item.nodeid not in plan.assignments)
     if shard:
         shards = shard_assignment(plan, [item.nodeid for item in kept], count)
         kept = [item for item in kept if shards[item.nodeid] == index]
@@ -89,7 +91,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     if deselected:
         config.hook.pytest_deselected(items=deselected)
     items[:] = kept
-    services = ", ".join(plan["tiers"][tier]["services"]) or "no services"
+    services = ", ".join(plan.tiers[tier].services) or "no services"
     message = (f"svctrace: tier {tier!r} ({services}): kept {len(kept)} tests"
                + (f" (shard {shard})" if shard else "")
                + f", deselected {len(deselected)}"

@@ -11,6 +11,7 @@ from svctrace.join.collect import Collector
 from svctrace.capture.inprocess import BLIND_SPOTS
 from svctrace.config import find_pyproject, load_config
 from svctrace.events import RunInfo
+from svctrace.report.files import write_run_report
 from svctrace.views.summary import format_summary, no_test_line
 
 STANDALONE_BLIND_SPOTS = BLIND_SPOTS + (
@@ -46,7 +47,8 @@ class StandaloneReport:
         try:
             collector = self._build(int(exitstatus))
             self.report = collector.report
-            if not collector.write(self.path):  # no test ran: the last report stays
+            # no test ran: the last report stays
+            if not write_run_report(collector.report, self.path):
                 self.kept = no_test_line(["pytest"], int(exitstatus), self.shown, False)
         except Exception as exc:  # one line at the end; the tests' own status stands
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc

@@ -30,8 +30,7 @@ Exit status:
 def exit_code_for(exc: SvctraceError) -> int:
     """Input problems (what the user gave to read) exit 1; the rest is usage (2)."""
     from svctrace.report.merge import MergeError
-    from svctrace.report.build import ReportError
-    from svctrace.plan.tiers import PlanError
+    from svctrace.report.model import PlanError, ReportError
     from svctrace.userfiles import OutputError, UserFileError
     if isinstance(exc, OutputError):  # a refused output path: nothing was done
         return EXIT_USAGE

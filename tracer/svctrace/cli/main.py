@@ -177,7 +177,8 @@ def _tier_run(plan_path, tier, shard, command: list[str]) -> tuple[dict, dict]:
 
     from svctrace.contract import ENV_PLAN, ENV_SHARD, ENV_TIER
     from svctrace.guard.rules import plan_from_command
-    from svctrace.plan.tiers import load_tier, parse_shard
+    from svctrace.plan.tiers import parse_shard
+    from svctrace.report.files import load_tier
     if not (plan_path and tier):
         raise SvctraceError("--plan and --tier go together (--shard with them): give both")
     if any(plan_from_command(command)):
@@ -230,9 +231,9 @@ def doctor() -> None:
 
 def _report_view(render, *args) -> None:
     """Load a report, print render(report, *args); input errors exit 1 with one line."""
-    from svctrace.report.build import load_report
+    from svctrace.report.files import read_report
     try:
-        click.echo(render(load_report(args[0]), *args[1:]))
+        click.echo(render(read_report(args[0]), *args[1:]))
     except SvctraceError as exc:
         fail(exc, EXIT_INPUT)
 
@@ -254,11 +255,10 @@ def summary(report, verbose, markdown) -> None:
                      report)
 
 
-def _moved(data: dict) -> int | None:
+def _moved(data) -> int | None:
     """Tests moved to a cheaper tier by proofs, when the report has proofs and the nearest
     pyproject.toml configures tiers (else None: the summary says nothing of tiers)."""
-    from svctrace.plan.proof import has_proofs
-    if not has_proofs(data):
+    if not any(t.needs_proof for t in data.tests.values()):
         return None
     from svctrace.config import load_config
     from svctrace.plan.tiers import moved_by_proof
@@ -330,14 +330,13 @@ def html_command(report, output, plan_path, old_path, title) -> None:
     """Write a static, self-contained HTML report of REPORT: a tests x services matrix."""
     import os
 
-    from svctrace.report.build import load_report
-    from svctrace.plan.tiers import load_plan
+    from svctrace.report.files import read_plan, read_report
     from svctrace.userfiles import make_dir, write_file
     from svctrace.views.html import build_page
     try:
-        data = load_report(report)
-        plan = load_plan(plan_path) if plan_path else None
-        old = load_report(old_path) if old_path else None
+        data = read_report(report)
+        plan = read_plan(plan_path) if plan_path else None
+        old = read_report(old_path) if old_path else None
     except SvctraceError as exc:
         fail(exc, EXIT_INPUT)
     page = build_page(data, plan, old, title)
@@ -347,7 +346,7 @@ def html_command(report, output, plan_path, old_path, title) -> None:
         write_file(target, page.encode("utf-8"), what="the HTML report")
     except SvctraceError as exc:
         fail(exc, EXIT_USAGE)
-    click.echo(f"svctrace html: {len(data['tests'])} tests, {len(page) // 1024} KiB -> {target}")
+    click.echo(f"svctrace html: {len(data.tests)} tests, {len(page) // 1024} KiB -> {target}")
 
 
 

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import click
 
-from svctrace import REPORT_SCHEMA
 from svctrace.cli.common import EXIT_USAGE, fail
 from svctrace.config import load_config
 from svctrace.errors import SvctraceError
 from svctrace.report.merge import merge_reports
 from svctrace.report.jsonfile import write_atomic
 from svctrace.userfiles import append_file, check_writable
-from svctrace.report.build import load_report, write_report
-from svctrace.plan.tiers import (GRANULARITIES, markdown_summary, matrix, most_complete,
-                            moved_by_proof, plan_tiers, time_saved_s, write_lists)
+from svctrace.report.files import (load_report, read_report, write_lists, write_plan,
+                                   write_report)
+from svctrace.report.model import GRANULARITIES, Plan, Report
+from svctrace.plan.tiers import (markdown_summary, matrix, most_complete, moved_by_proof,
+                                 plan_tiers, time_saved_s)
 
 GITHUB_MATRIX_LIMIT = 256  # GitHub Actions refuses a matrix with more jobs than this
 
@@ -121,18 +122,18 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
             where = cfg.path or "pyproject.toml"
             fail(f"no tiers configured in {where}; add for example:\n\n{TIERS_EXAMPLE}",
                  EXIT_USAGE)
-        data = load_report(report) if report else {"schema": REPORT_SCHEMA, "tests": {}}
+        data = read_report(report) if report else Report()
         tiers = list(cfg.tiers)
         # Every output checked before any is written: no plan without its matrix.
         check_writable(*[p for p in (plan_out, matrix_out, summary_out) if p],
                        *[Path(lists_dir, f"{t.name}.txt") for t in tiers if lists_dir])
         if one_tier:
             tiers = [most_complete(tiers)]
-        plan = plan_tiers(data, tiers, granularity)
+        plan = Plan.from_dict(plan_tiers(data, tiers, granularity))
         jobs = matrix(plan, shards, target_shard_seconds)
         summary = markdown_summary(plan, jobs)
         if plan_out:
-            _write_json(plan, plan_out)
+            write_plan(plan, plan_out)
         if matrix_out:
             _write_json(jobs, matrix_out, compact=True)
         if lists_dir:
@@ -146,16 +147,15 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
         click.echo(summary, nl=False)
     if not report:
         click.echo(f"svctrace tiers: no report given: every test goes to tier "
-                   f"{plan['fallback']!r}", err=True)
+                   f"{plan.fallback!r}", err=True)
     if len(jobs["include"]) > GITHUB_MATRIX_LIMIT:
         click.echo(f"svctrace tiers: warning: {len(jobs['include'])} jobs exceed GitHub's "
                    f"matrix limit of {GITHUB_MATRIX_LIMIT}; raise --target-shard-seconds",
                    err=True)
-    counts = ", ".join(f"{name} {len(plan['tiers'][name]['tests'])}" for name in plan["order"])
+    counts = ", ".join(f"{name} {len(plan.tiers[name].tests)}" for name in plan.order)
     click.echo(f"svctrace tiers: {counts}; {len(jobs['include'])} jobs; "
                f"~{time_saved_s(plan, jobs):.0f}s startup saved", err=True)
-    from svctrace.plan.proof import has_proofs
-    if has_proofs(data):  # the plan used needs less what `svctrace prove` proved not needed
+    if any(t.needs_proof for t in data.tests.values()):  # the plan used needs less what `svctrace prove` proved not needed
         moved = moved_by_proof(data, tiers, granularity)
         click.echo(f"svctrace tiers: {moved} tests moved to a cheaper tier because of proof",
                    err=True)

@@ -411,7 +411,7 @@ def from_options(smap, baseline: list[str], deny: tuple[str, ...], allow: tuple[
     """The run's guard from `svctrace run` options, and the plan of a tier run: --guard takes
     the tier `--plan/--tier` runs, else the command's own --svctrace-plan/--svctrace-tier."""
     from svctrace.guard.rules import compile_table, deny_spec, plan_from_command
-    from svctrace.plan.tiers import load_tier
+    from svctrace.report.files import load_tier
     tier_spec, plan = None, None
     if guard:
         from_command = plan_from_command(command)

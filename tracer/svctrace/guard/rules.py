@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from svctrace.errors import SvctraceError
 from svctrace.join.services import Rule, ServiceMap
+from svctrace.report.model import Plan, Report, as_plan, as_report
 
 # Mirrors of bpf/guard.h (tests/test_kernel_contract.py checks them): enum guard_action,
 # the sun_path size, the basename prefix buffer, and the stages (two per name).
@@ -246,29 +247,28 @@ def plan_from_command(command: list[str]) -> tuple[str | None, str | None]:
     return found.get("--svctrace-plan"), found.get("--svctrace-tier")
 
 
-def covering_tier(plan: dict, needs: list[str]) -> str | None:
+def covering_tier(plan: Plan | dict, needs: list[str]) -> str | None:
     """The cheapest tier of the plan whose services cover `needs` (None: no tier does)."""
-    for name in plan["order"]:
-        if set(needs) <= set(plan["tiers"][name]["services"]):
-            return name
-    return None
+    return as_plan(plan).covering_tier(needs)
 
 
-def misplaced_lines(report: dict, plan: dict | None, spec: DenySpec) -> list[str]:
+def misplaced_lines(report: Report | dict, plan: Plan | dict | None,
+                    spec: DenySpec) -> list[str]:
     """One line per test that tried a denied service: what it tried and, for a tier run,
     the tier it belongs in."""
     lines = []
-    shadow = (report.get("run", {}).get("guard") or {}).get("shadow")
+    report = as_report(report)
+    shadow = (report.run.extra.get("guard") or {}).get("shadow")
     would = " (shadow: allowed, would be refused)" if shadow else ""
-    for nodeid, test in sorted(report.get("tests", {}).items()):
-        denied = test.get("denied") or []
-        if not denied:
+    plan = as_plan(plan) if plan is not None else None
+    for nodeid, test in sorted(report.tests.items()):
+        if not test.denied:
             continue
-        tried = ", ".join(denied)
+        tried = ", ".join(test.denied)
         if spec.mode == "tier" and plan is not None:
-            home = covering_tier(plan, test.get("needs", []))
+            home = plan.covering_tier(test.needs)
             where = (f"it belongs in tier {home!r}" if home else
-                     f"no tier of the plan starts {', '.join(test.get('needs', []))}")
+                     f"no tier of the plan starts {', '.join(test.needs)}")
             lines.append(f"guard: {nodeid} tried {tried}, which tier {spec.tier!r} does not "
                          f"start: {where}{would}")
         else:

@@ -7,15 +7,13 @@ configuration rules and the same notes.
 from __future__ import annotations
 
 import gc
-import os
 from contextlib import contextmanager
 
 from svctrace.join.analysis import interrupted_notes
 from svctrace.join.attribution import Attributor
 from svctrace.config import Config
 from svctrace.events import RunInfo
-from svctrace.errors import SvctraceError
-from svctrace.report.build import build_report, load_report, write_report
+from svctrace.report.build import build_report
 
 NO_MARKERS = ("no pytest process wrote test markers, so nothing could be attributed to "
               "tests: the command ran no pytest, or its pytest did not load the svctrace "
@@ -34,19 +32,6 @@ def _no_cyclic_gc():
     finally:
         if enabled:
             gc.enable()
-
-
-def _holds_report(path: str) -> bool:
-    """A regular file holding a report (read as the user): what a run of no test keeps.
-    Anything else there (a planted link, a stranger's file) goes to the write, which
-    refuses it as it refuses any output path."""
-    if os.path.islink(path) or not os.path.isfile(path):
-        return False
-    try:
-        load_report(path)
-    except SvctraceError:
-        return False
-    return True
 
 
 class Collector:
@@ -88,13 +73,3 @@ class Collector:
         with _no_cyclic_gc():
             self.report = build_report(attribution, run, self.cfg, stats)
         return self.report
-
-    def write(self, path: str) -> bool:
-        """Write the report (atomically; under sudo as the invoking user: userfiles), unless
-        no test ran and a file is already there: a typo'd command must not replace the last
-        good report with an empty one. True if written."""
-        assert self.report is not None, "finish() first"
-        if not self.report["summary"]["tests_ran"] and _holds_report(path):
-            return False
-        write_report(self.report, path)
-        return True

@@ -1,35 +1,25 @@
 """Plans CI tiers from a report: the cheapest tier per test, shards, matrix, summary (pure)."""
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
-import os
 import re
 import statistics
-from pathlib import Path
 
 from svctrace import __version__
 from svctrace.config import Tier
 from svctrace.errors import SvctraceError
-from svctrace.plan.proof import proven_needs
-from svctrace.report.jsonfile import read_versioned
-from svctrace.userfiles import write_file
+from svctrace.report.model import (GRANULARITIES, PLAN_SCHEMA, Plan, PlanError, Report,
+                                   as_plan, as_report, covering_tier)
 
-PLAN_SCHEMA = "svctrace-plan/1"
-GRANULARITIES = ("test", "class", "file")
 DEFAULT_DURATION_S = 1.0  # when the report knows no duration at all
 # Tier names become file names (<tier>.txt) and CI job names.
 _TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_PLAN_KEYS = ("granularity", "tiers", "order", "fallback", "assignments", "durations",
-              "default_duration_s")
 
 
 class TiersError(SvctraceError):
     """Tiers cannot be planned: none configured, bad names, bad granularity or shard count."""
-
-
-class PlanError(SvctraceError):
-    """A plan file is missing, unreadable, of another schema or inconsistent."""
 
 
 def group_key(nodeid: str, granularity: str) -> str:
@@ -69,14 +59,15 @@ def _check_tiers(tiers: list[Tier], granularity: str) -> None:
         seen.add(tier.name)
 
 
-def plan_tiers(report: dict, tiers: list[Tier], granularity: str = "test") -> dict:
+def plan_tiers(report: Report | dict, tiers: list[Tier], granularity: str = "test") -> dict:
     """Put every test of `report` in the cheapest tier whose services cover its needs."""
     _check_tiers(tiers, granularity)
     order = _ordered_tiers(tiers)
+    by_name = {t.name: t for t in order}
     fallback = most_complete(tiers)
-    tests = report.get("tests", {})
-    durations = {nodeid: float(t["duration_s"]) for nodeid, t in sorted(tests.items())
-                 if t.get("ran") and isinstance(t.get("duration_s"), (int, float))}
+    tests = as_report(report).tests
+    durations = {nodeid: float(t.duration_s) for nodeid, t in sorted(tests.items())
+                 if t.ran and isinstance(t.duration_s, (int, float))}
     default = round(statistics.median(durations.values()), 6) if durations else DEFAULT_DURATION_S
     groups: dict[str, list[str]] = {}
     for nodeid in sorted(tests):
@@ -86,17 +77,18 @@ def plan_tiers(report: dict, tiers: list[Tier], granularity: str = "test") -> di
     uncovered: dict[str, list[str]] = {}
     for key, members in groups.items():
         # A test that never ran has no observed needs: only the most complete tier is safe.
-        unknown = any(not tests[n].get("ran") for n in members)
+        unknown = any(not tests[n].ran for n in members)
         # Services proven not needed (svctrace prove) leave a test's needs here.
-        needs = set().union(*(proven_needs(tests[n]) for n in members))
-        tier = fallback if unknown else next(
-            (t for t in order if needs <= set(t.services)), None)
-        if tier is None:
-            tier = fallback
+        needs = set().union(*(tests[n].proven_needs for n in members))
+        name = fallback.name if unknown else covering_tier(
+            ((t.name, t.services) for t in order), needs)
+        if name is None:
+            name = fallback.name
             for nodeid in members:
-                missing = set(proven_needs(tests[nodeid])) - set(fallback.services)
+                missing = set(tests[nodeid].proven_needs) - set(fallback.services)
                 if missing:
                     uncovered[nodeid] = sorted(missing)
+        tier = by_name[name]
         group_tiers[key] = tier.name
         for nodeid in members:
             assignments[nodeid] = tier.name
@@ -123,34 +115,16 @@ def plan_tiers(report: dict, tiers: list[Tier], granularity: str = "test") -> di
     }
 
 
-def moved_by_proof(report: dict, tiers: list[Tier], granularity: str = "test") -> int:
+def moved_by_proof(report: Report | dict, tiers: list[Tier], granularity: str = "test") -> int:
     """How many tests the proofs put in a cheaper tier than their observed needs would."""
+    report = as_report(report)
     with_proof = plan_tiers(report, tiers, granularity)
-    bare = {**report, "tests": {n: {k: v for k, v in t.items() if k != "needs_proof"}
-                                for n, t in report.get("tests", {}).items()}}
+    bare = dataclasses.replace(report, tests={n: dataclasses.replace(t, needs_proof={})
+                                              for n, t in report.tests.items()})
     without = plan_tiers(bare, tiers, granularity)
     rank = {name: i for i, name in enumerate(with_proof["order"])}
     return sum(1 for n, tier in with_proof["assignments"].items()
                if rank[tier] < rank[without["assignments"][n]])
-
-
-def load_plan(path: str | os.PathLike) -> dict:
-    plan = read_versioned(path, PLAN_SCHEMA, "plan", PlanError,
-                          "write one with `svctrace tiers --plan-out`")
-    missing = [k for k in _PLAN_KEYS if k not in plan]
-    if missing:
-        raise PlanError(f"plan {path} lacks {', '.join(missing)}: write it again with "
-                        "`svctrace tiers --plan-out`")
-    if plan["fallback"] not in plan["tiers"] or plan["granularity"] not in GRANULARITIES:
-        raise PlanError(f"plan {path} is inconsistent (fallback tier {plan['fallback']!r}, "
-                        f"granularity {plan['granularity']!r})")
-    bad = [name for name, tier in plan["tiers"].items()
-           if not isinstance(tier, dict) or not isinstance(tier.get("services"), list)
-           or not isinstance(tier.get("tests"), list)]
-    if bad:
-        raise PlanError(f"plan {path}: tier {bad[0]!r} lacks its services or tests list")
-    plan.setdefault("uncovered", {})
-    return plan
 
 
 def parse_shard(text: str, option: str = "--shard") -> tuple[int, int]:
@@ -164,37 +138,28 @@ def parse_shard(text: str, option: str = "--shard") -> tuple[int, int]:
     return index, count
 
 
-def load_tier(path: str | os.PathLike, tier: str, option: str = "--tier") -> dict:
-    """The plan at `path`, which must have `tier` (a tier run: `svctrace run --plan --tier`,
-    `pytest --svctrace-plan --svctrace-tier`, the guard of one)."""
-    plan = load_plan(path)
-    if tier not in plan["tiers"]:
-        raise PlanError(f"{option} {tier!r}: the plan {path} has tiers "
-                        f"{', '.join(plan['tiers'])}")
-    return plan
-
-
-def _groups(plan: dict) -> dict[str, str]:
-    if "groups" in plan:
-        return plan["groups"]
-    if plan["granularity"] == "test":
+def _groups(plan: Plan) -> dict[str, str]:
+    if plan.groups or "groups" in plan.keys:
+        return plan.groups
+    if plan.granularity == "test":
         return {}
-    return {group_key(n, plan["granularity"]): t for n, t in plan["assignments"].items()}
+    return {group_key(n, plan.granularity): t for n, t in plan.assignments.items()}
 
 
-def tier_of(plan: dict, nodeid: str) -> str:
+def tier_of(plan: Plan | dict, nodeid: str) -> str:
     """The plan's tier for a test; a test it does not know joins its group, else the fallback."""
-    tier = plan["assignments"].get(nodeid)
+    plan = as_plan(plan)
+    tier = plan.assignments.get(nodeid)
     if tier is not None:
         return tier
-    if plan["granularity"] != "test":
-        tier = _groups(plan).get(group_key(nodeid, plan["granularity"]))
+    if plan.granularity != "test":
+        tier = _groups(plan).get(group_key(nodeid, plan.granularity))
         if tier is not None:
             return tier
-    return plan["fallback"]
+    return plan.fallback
 
 
-def shard_assignment(plan: dict, nodeids: list[str], count: int) -> dict[str, int]:
+def shard_assignment(plan: Plan | dict, nodeids: list[str], count: int) -> dict[str, int]:
     """Shard 1..count per test: greedy longest-processing-time on recorded durations.
 
     Depends only on the set of node ids (not their order), so every xdist worker and every
@@ -202,11 +167,11 @@ def shard_assignment(plan: dict, nodeids: list[str], count: int) -> dict[str, in
     """
     if count < 1:
         raise TiersError(f"shard count must be at least 1, got {count}")
-    durations, default = plan.get("durations", {}), plan.get("default_duration_s",
-                                                             DEFAULT_DURATION_S)
+    plan = as_plan(plan)
+    durations, default = plan.durations, plan.default_duration_s
     units: dict[str, list[str]] = {}
     for nodeid in sorted(set(nodeids)):
-        units.setdefault(group_key(nodeid, plan.get("granularity", "test")), []).append(nodeid)
+        units.setdefault(group_key(nodeid, plan.granularity), []).append(nodeid)
     weighted = sorted(((sum(durations.get(n, default) for n in members), key)
                        for key, members in units.items()), key=lambda u: (-u[0], u[1]))
     loads = [(0.0, shard) for shard in range(1, count + 1)]  # heap: least loaded, lowest index
@@ -219,12 +184,11 @@ def shard_assignment(plan: dict, nodeids: list[str], count: int) -> dict[str, in
     return result
 
 
-def _units(plan: dict, tier: str) -> int:
-    tests = plan["tiers"][tier]["tests"]
-    return len({group_key(n, plan["granularity"]) for n in tests})
+def _units(plan: Plan, tier: str) -> int:
+    return len({group_key(n, plan.granularity) for n in plan.tiers[tier].tests})
 
 
-def matrix(plan: dict, shards: int | None = None, target_shard_seconds: float = 600) -> dict:
+def matrix(plan: Plan | dict, shards: int | None = None, target_shard_seconds: float = 600) -> dict:
     """A GitHub Actions matrix: one entry per tier × shard.
 
     Tiers without tests get no job, except the fallback: tests added since the report was
@@ -235,18 +199,19 @@ def matrix(plan: dict, shards: int | None = None, target_shard_seconds: float = 
         raise TiersError(f"--shards must be at least 1, got {shards}")
     if target_shard_seconds <= 0:
         raise TiersError("target shard seconds must be positive")
+    plan = as_plan(plan)
     include = []
-    for name in plan["order"]:
-        tier = plan["tiers"][name]
+    for name in plan.order:
+        tier = plan.tiers[name]
         units = _units(plan, name)
-        if not units and name != plan["fallback"]:
+        if not units and name != plan.fallback:
             continue
         wanted = shards if shards is not None else \
-            math.ceil(tier["duration_s"] / target_shard_seconds)
-        count = max(1, wanted if name == plan["fallback"] else min(wanted, units))
+            math.ceil(tier.duration_s / target_shard_seconds)
+        count = max(1, wanted if name == plan.fallback else min(wanted, units))
         for shard in range(1, count + 1):
             include.append({"tier": name, "shard": shard, "shards": count,
-                            "services": " ".join(tier["services"])})
+                            "services": " ".join(tier.services)})
     return {"include": include}
 
 
@@ -257,56 +222,55 @@ def _seconds(value: float) -> str:
     return f"{value // 60}m {value % 60:02d}s" if value >= 60 else f"{value}s"
 
 
-def time_saved_s(plan: dict, matrix_: dict) -> float:
+def time_saved_s(plan: Plan | dict, matrix_: dict) -> float:
     """Startup seconds saved versus every job starting the fallback tier's services."""
-    full = plan["tiers"][plan["fallback"]]["startup_s"]
-    return sum(full - plan["tiers"][e["tier"]]["startup_s"] for e in matrix_["include"]
-               if e["tier"] != plan["fallback"])
+    plan = as_plan(plan)
+    full = plan.tiers[plan.fallback].startup_s
+    return sum(full - plan.tiers[e["tier"]].startup_s for e in matrix_["include"]
+               if e["tier"] != plan.fallback)
 
 
-def markdown_summary(plan: dict, matrix_: dict) -> str:
+def markdown_summary(plan: Plan | dict, matrix_: dict) -> str:
     """The job-summary page: tests per tier, services each starts, shards, time saved."""
+    plan = as_plan(plan)
     shards = {e["tier"]: e["shards"] for e in matrix_["include"]}
-    total = sum(len(t["tests"]) for t in plan["tiers"].values())
+    total = sum(len(t.tests) for t in plan.tiers.values())
+    fallback = plan.fallback
     lines = ["## svctrace tiers", "",
-             f"{total} tests planned at {plan['granularity']} granularity; "
-             f"tests not in the report run in **{plan['fallback']}** (the most complete tier).",
+             f"{total} tests planned at {plan.granularity} granularity; "
+             f"tests not in the report run in **{fallback}** (the most complete tier).",
              "", "| tier | services started | startup | tests | share | test time | shards |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    for name in plan["order"]:
-        tier = plan["tiers"][name]
-        count = len(tier["tests"])
+    for name in plan.order:
+        tier = plan.tiers[name]
+        count = len(tier.tests)
         share = f"{count / total:.0%}" if total else "-"
-        lines.append(f"| {name}{' (fallback)' if name == plan['fallback'] else ''} "
-                     f"| {', '.join(tier['services']) or '(none)'} | {_seconds(tier['startup_s'])} "
-                     f"| {count} | {share} | {_seconds(tier['duration_s'])} "
+        lines.append(f"| {name}{' (fallback)' if name == fallback else ''} "
+                     f"| {', '.join(tier.services) or '(none)'} | {_seconds(tier.startup_s)} "
+                     f"| {count} | {share} | {_seconds(tier.duration_s)} "
                      f"| {shards.get(name, 0) or '-'} |")
     saved = time_saved_s(plan, matrix_)
     jobs = len(matrix_["include"])
     lines += ["", f"**Estimated CI time saved: {_seconds(saved)}** of service startup across "
               f"{jobs} jobs, compared with every job starting the services of "
-              f"{plan['fallback']} ({_seconds(plan['tiers'][plan['fallback']]['startup_s'])} "
-              "each)."]
-    if plan.get("uncovered"):
-        lines += ["", f"{len(plan['uncovered'])} tests need services no tier starts; they run "
-                  f"in {plan['fallback']} and may fail there:", ""]
-        for nodeid, missing in sorted(plan["uncovered"].items())[:20]:
+              f"{fallback} ({_seconds(plan.tiers[fallback].startup_s)} each)."]
+    if plan.uncovered:
+        lines += ["", f"{len(plan.uncovered)} tests need services no tier starts; they run "
+                  f"in {fallback} and may fail there:", ""]
+        for nodeid, missing in sorted(plan.uncovered.items())[:20]:
             lines.append(f"- `{nodeid}`: {', '.join(missing)}")
-        if len(plan["uncovered"]) > 20:
-            lines.append(f"- … and {len(plan['uncovered']) - 20} more (see the plan's "
+        if len(plan.uncovered) > 20:
+            lines.append(f"- … and {len(plan.uncovered) - 20} more (see the plan's "
                          "`uncovered`)")
     return "\n".join(lines) + "\n"
 
 
-def write_lists(plan: dict, directory: str | os.PathLike) -> list[Path]:
-    """One `<tier>.txt` per tier, a node id per line (empty tiers get an empty file)."""
-    folder = Path(directory)
-    written = []
-    for name in plan["order"]:
-        if not _TIER_NAME.match(name):  # a hand-edited plan must not write outside `folder`
+def tier_lists(plan: Plan | dict) -> dict[str, str]:
+    """{"<tier>.txt": its node ids, one a line} per tier (an empty tier: an empty text)."""
+    plan = as_plan(plan)
+    lists = {}
+    for name in plan.order:
+        if not _TIER_NAME.match(name):  # a hand-edited plan must not write outside its folder
             raise PlanError(f"tier name {name!r} is not a safe file name")
-        path = folder / f"{name}.txt"
-        tests = plan["tiers"][name]["tests"]
-        # Atomic, and under sudo as the invoking user (who also creates the folder).
-        written.append(write_file(path, "".join(f"{n}\n" for n in tests).encode()))
-    return written
+        lists[f"{name}.txt"] = "".join(f"{n}\n" for n in plan.tiers[name].tests)
+    return lists

@@ -1,23 +1,14 @@
-"""The `svctrace-report/1` JSON: built from attribution and analysis, written, read."""
+"""The `svctrace-report/1` report built from attribution and analysis (pure: report.files does I/O)."""
 from __future__ import annotations
 
-import json
-import os
 import uuid
-from pathlib import Path
 
 from svctrace import REPORT_SCHEMA, __version__
 from svctrace.join import analysis
 from svctrace.join.attribution import Attribution
 from svctrace.join.evidence import Contact
 from svctrace.config import Config
-from svctrace.errors import SvctraceError
 from svctrace.events import TEST_PHASES, RunInfo
-from svctrace.report.jsonfile import read_versioned, write_atomic
-
-
-class ReportError(SvctraceError):
-    """A report file is missing, unreadable or of another schema."""
 
 
 def _contact_json(contact: Contact) -> dict:
@@ -124,16 +115,3 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
     report["summary"] = analysis.summarize(
         report, analysis.incidental(tests, att.tests, cfg.incidental_share))
     return report
-
-
-def write_report(report: dict, path: str | os.PathLike) -> Path:
-    """Write atomically: a reader never sees half a report, a crash never leaves one."""
-    # No indent: json's C encoder only runs without it (10x faster on large suites);
-    # `python -m json.tool` pretty-prints for a person.
-    return write_atomic(json.dumps(report, separators=(",", ":")) + "\n", path)
-
-
-def load_report(path: str | os.PathLike) -> dict:
-    return read_versioned(path, REPORT_SCHEMA, "report", ReportError)
-
-

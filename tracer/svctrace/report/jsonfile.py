@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from svctrace.errors import SvctraceError
+from svctrace.report.model import check_schema
 from svctrace.userfiles import UserFileError, read_file, write_file
 
 
@@ -19,11 +20,7 @@ def read_versioned(path: str | os.PathLike, schema: str, kind: str,
         raise error(f"cannot read {kind} {path}: {exc.reason}") from None
     except ValueError as exc:
         raise error(f"{kind} {path} is not valid JSON: {exc}") from None
-    found = data.get("schema") if isinstance(data, dict) else None
-    if found != schema:
-        raise error(f"{kind} {path} has schema {found!r}; this svctrace reads {schema!r}"
-                    + (f" ({hint})" if hint else ""))
-    return data
+    return check_schema(data, schema, f"{kind} {path}", error, hint)
 
 
 def write_atomic(text: str, path: str | os.PathLike, mode: int = 0o644) -> Path:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 from svctrace import REPORT_SCHEMA
 from svctrace.errors import SvctraceError
+from svctrace.plan.proof import NOT_NEEDED
 
 PLAN_SCHEMA = "svctrace-plan/1"
 GRANULARITIES = ("test", "class", "file")
@@ -136,6 +137,15 @@ class TestRecord(Record):
     denied: list[str] = field(default_factory=list)
     denied_evidence: dict[str, dict] = field(default_factory=dict)
     ignored: dict[str, dict] = field(default_factory=dict)
+    needs_proof: dict[str, str] = field(default_factory=dict)  # svctrace prove: verdicts
+
+    @property
+    def proven_needs(self) -> list[str]:
+        """Its needs once proofs count: less the services proven not needed. The needs
+        every plan and view places a test by."""
+        if not self.needs_proof:
+            return self.needs
+        return [s for s in self.needs if self.needs_proof.get(s) != NOT_NEEDED]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,6 +200,7 @@ class Report(Record):
 
     @classmethod
     def from_dict(cls, data: Any, what: str = "report") -> Report:
+        """The report of a JSON object; another schema or shape is a ReportError."""
         check_schema(data, REPORT_SCHEMA, what, ReportError)
         for key, kind in (("run", dict), ("tests", dict), ("fixtures", dict),
                           ("unattributed", list), ("summary", dict)):
@@ -210,9 +221,20 @@ class Report(Record):
         return {n: t for n, t in self.tests.items() if t.ran}
 
 
+def _lenient(data: Any, schema: str) -> Any:
+    # In memory, an object without "schema" (a partial report a caller built) is taken as
+    # this schema; another schema is still refused.
+    return {"schema": schema, **data} if isinstance(data, dict) and "schema" not in data \
+        else data
+
+
 def as_report(report: Report | Mapping) -> Report:
-    """The model of a report given as a model or as its JSON object."""
-    return report if isinstance(report, Report) else Report.from_dict(report)
+    """The model of a report given as a model or as its JSON object (in memory: only its
+    schema is checked, the keys a caller did not give take their defaults)."""
+    if isinstance(report, Report):
+        return report
+    check_schema(_lenient(report, REPORT_SCHEMA), REPORT_SCHEMA, "report", ReportError)
+    return Record.from_dict.__func__(Report, report)
 
 
 # -- the plan (svctrace-plan/1) ----------------------------------------------------------
@@ -257,6 +279,7 @@ class Plan(Record):
 
     @classmethod
     def from_dict(cls, data: Any, what: str = "plan") -> Plan:
+        """The plan of a JSON object; another schema or an inconsistent plan is a PlanError."""
         hint = "write one with `svctrace tiers --plan-out`"
         check_schema(data, PLAN_SCHEMA, what, PlanError, hint)
         missing = [k for k in PLAN_KEYS if k not in data]
@@ -279,7 +302,8 @@ class Plan(Record):
         return cls.from_dict(_parse(text, what, PlanError), what)
 
     def dump(self) -> str:
-        return _dumps(self.to_dict())
+        # Indented: a plan is small, and people read and review it.
+        return json.dumps(self.to_dict(), indent=1) + "\n"
 
     def covering_tier(self, needs: Iterable[str]) -> str | None:
         """The cheapest tier of the plan whose services cover `needs` (None: no tier does)."""
@@ -287,5 +311,9 @@ class Plan(Record):
 
 
 def as_plan(plan: Plan | Mapping) -> Plan:
-    """The model of a plan given as a model or as its JSON object."""
-    return plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+    """The model of a plan given as a model or as its JSON object (in memory: only its
+    schema is checked, the keys a caller did not give take their defaults)."""
+    if isinstance(plan, Plan):
+        return plan
+    check_schema(_lenient(plan, PLAN_SCHEMA), PLAN_SCHEMA, "plan", PlanError)
+    return Record.from_dict.__func__(Plan, plan)

@@ -15,6 +15,7 @@ from svctrace.capture.base import Backend, RunContext
 from svctrace.config import Config
 from svctrace.events import RunInfo
 from svctrace.join.collect import Collector
+from svctrace.report.files import write_run_report
 from svctrace.run.child import (Identity, SignalForwarder, child_environment, exec_child,
                                 exit_status, invoking_identity, reap)
 from svctrace.run.markerpipe import MarkerPipe
@@ -215,7 +216,7 @@ class Run:
             # Under sudo as the invoking user (cli.main: userfiles.act_for), so the kernel
             # refuses what they could not write themselves; the file is theirs, no chown.
             # A run in which no test ran keeps an existing report (the CLI says so).
-            self.report_written = self.collector.write(self.report_path)
+            self.report_written = write_run_report(self.report, self.report_path)
         except OutputError as exc:
             # The command has run: keep its exit status; the CLI reports this separately.
             self.write_error = f"cannot write the report to {self.report_path}: {exc.reason}"

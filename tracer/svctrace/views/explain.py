@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from collections import defaultdict
 
-from svctrace.report.build import ReportError
+from svctrace.report.model import Report, ReportError, as_report
 from svctrace.views.stacks import test_call_sites
 
 
@@ -193,11 +193,11 @@ def _keyword_matcher(expr: str):
     return lambda nodeid: matcher(nodeid.lower())
 
 
-def select_tests(report: dict, selectors: list[str] | tuple = (), keyword: str | None = None
-                 ) -> list[str]:
+def select_tests(report: Report | dict, selectors: list[str] | tuple = (),
+                 keyword: str | None = None) -> list[str]:
     """Node ids chosen by exact node ids, node id prefixes, file or folder paths, and/or a
     -k-like expression; in report order. Nothing found is an error with close names."""
-    tests = report["tests"]
+    tests = as_report(report).tests
     chosen: list[str] = []
     for sel in selectors:
         if sel in tests:
@@ -222,41 +222,43 @@ def select_tests(report: dict, selectors: list[str] | tuple = (), keyword: str |
 
 
 # -- what explain knows about one test ---------------------------------------------------
-def related(report: dict, nodeid: str) -> dict:
+def related(report: Report | dict, nodeid: str) -> dict:
     """Traffic that involves the test but is not in its own evidence: traffic of processes
     and threads it started after it ended, traffic right after it, and wider-scoped
     fixtures whose own traffic fell in its windows."""
+    report = as_report(report)
     found = {"unattributed": [], "fixtures": []}
-    for entry in report.get("unattributed", []):
+    for entry in report.unattributed:
         detail = entry.get("detail", "")
         if (entry["reason"] == "outlived-test" and detail.endswith(f" started in {nodeid}")) \
                 or (entry["reason"] == "between-tests"
                     and detail.startswith(f"after {nodeid} (")):
             found["unattributed"].append(entry)
-    uses = {f for fids in report["tests"].get(nodeid, {}).get("inherited", {}).values()
-            for f in fids}
-    for fid, fixture in report.get("fixtures", {}).items():
-        phases = fixture.get("tests", {}).get(nodeid)
+    test = report.tests.get(nodeid)
+    uses = {f for fids in (test.inherited if test else {}).values() for f in fids}
+    for fid, fixture in report.fixtures.items():
+        phases = fixture.tests.get(nodeid)
         if phases is None:
-            firsts = [e.get("first") or {} for e in fixture.get("evidence", {}).values()]
+            firsts = [e.get("first") or {} for e in fixture.evidence.values()]
             if not any(f.get("test") == nodeid for f in firsts):
                 continue
             phases = sorted({f.get("phase") for f in firsts if f.get("test") == nodeid})
-        found["fixtures"].append({"fixture": fid, "scope": fixture.get("scope"),
-                                  "services": fixture.get("services", []), "phases": phases,
+        found["fixtures"].append({"fixture": fid, "scope": fixture.scope,
+                                  "services": fixture.services, "phases": phases,
                                   "used_by_test": fid in uses,
-                                  "evidence": fixture.get("evidence", {})})
+                                  "evidence": fixture.evidence})
     return found
 
 
-def explain_data(report: dict, nodeid: str) -> dict:
+def explain_data(report: Report | dict, nodeid: str) -> dict:
     """Everything `explain` says about one test, for `explain --json`."""
-    test = report["tests"][nodeid]
-    return {"nodeid": nodeid, "backend": report["run"].get("backend"), **test,
-            "related": related(report, nodeid)}
+    report = as_report(report)
+    return {"nodeid": nodeid, "backend": report.run.backend,
+            **report.tests[nodeid].to_dict(), "related": related(report, nodeid)}
 
 
-def explain_one(report: dict, nodeid: str) -> str:
+def explain_one(report: Report | dict, nodeid: str) -> str:
+    report = as_report(report)
     data = explain_data(report, nodeid)
     head = f"{nodeid}: {data['outcome']}"
     if data.get("duration_s"):
@@ -340,24 +342,26 @@ def explain_one(report: dict, nodeid: str) -> str:
     return "\n".join(lines)
 
 
-def explain_test(report: dict, nodeid: str) -> str:
+def explain_test(report: Report | dict, nodeid: str) -> str:
     """`svctrace explain REPORT NODEID` for one selector (kept for callers of one test)."""
+    report = as_report(report)
     return explain_text(report, select_tests(report, [nodeid]))
 
 
-def explain_text(report: dict, nodeids: list[str]) -> str:
+def explain_text(report: Report | dict, nodeids: list[str]) -> str:
+    report = as_report(report)
     return "\n\n".join(explain_one(report, n) for n in nodeids)
 
 
-def drift(report: dict) -> dict[str, dict[str, dict[str, list[str]]]]:
+def drift(report: Report | dict) -> dict[str, dict[str, dict[str, list[str]]]]:
     """{file: {"hidden": {service: [tests]}, "stale": {service: [tests]}}} for tests that ran."""
     out: dict = defaultdict(lambda: {"hidden": defaultdict(list), "stale": defaultdict(list)})
-    for nodeid, test in report["tests"].items():
-        if not test["ran"]:
+    for nodeid, test in as_report(report).tests.items():
+        if not test.ran:
             continue
-        seen = set(test["services"]) | set(test.get("inherited", {}))
-        declared = set(test.get("declared", []))
-        baseline = set(test.get("baseline", []))
+        seen = set(test.services) | set(test.inherited)
+        declared = set(test.declared)
+        baseline = set(test.baseline)
         path = nodeid.split("::")[0]
         for service in sorted(seen - declared - baseline):
             out[path]["hidden"][service].append(nodeid)
@@ -367,7 +371,7 @@ def drift(report: dict) -> dict[str, dict[str, dict[str, list[str]]]]:
             for path, kinds in sorted(out.items()) if kinds["hidden"] or kinds["stale"]}
 
 
-def drift_text(report: dict) -> tuple[str, bool]:
+def drift_text(report: Report | dict) -> tuple[str, bool]:
     found = drift(report)
     if not found:
         return "no drift: every observed service is declared and every declaration observed", False

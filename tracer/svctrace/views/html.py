@@ -1,4 +1,4 @@
-"""`svctrace html`: one static, self-contained page over a report (pure: dicts in, text out).
+"""`svctrace html`: one static, self-contained page over a report (pure: a report in, text out).
 
 Everything is inlined (data, style, script): no server, no CDN, it opens from file:// as a CI
 artifact. The tests × services matrix is drawn lazily (only the rows in view), so a suite of
@@ -9,8 +9,8 @@ from __future__ import annotations
 import html
 import json
 
-from svctrace.plan.proof import proven_needs
 from svctrace.plan.tiers import group_key, tier_of
+from svctrace.report.model import Plan, Report, TestRecord, as_plan, as_report
 from svctrace.views.explain import explain_one
 from svctrace.views.html_assets import SCRIPT, STYLE
 from svctrace.views.summary import format_summary
@@ -29,87 +29,83 @@ def _split(nodeid: str) -> tuple[str, str, str]:
 PROOF_LETTERS = {"needed": "P", "not_needed": "x", "unproven": "?"}
 
 
-def _cells(test: dict, services: dict[str, int]) -> dict[int, str]:
+def _cells(test: TestRecord, services: dict[str, int]) -> dict[int, str]:
     """Per service index: phase letters observed (s, c, t), i inherited, d declared,
     b baseline, g gap; only services the test has anything for."""
     cells: dict[int, str] = {}
     for phase, letter in (("setup", "s"), ("call", "c"), ("teardown", "t")):
-        for service in test.get("phases", {}).get(phase, []):
+        for service in test.phases.get(phase, []):
             cells[services[service]] = cells.get(services[service], "") + letter
-    for service, ev in test.get("evidence", {}).items():
+    for service, ev in test.evidence.items():
         if ev.get("gaps") and service in services:
             cells[services[service]] = cells.get(services[service], "") + "g"
-    for key, letter in (("inherited", "i"), ("declared", "d"), ("baseline", "b")):
-        for service in test.get(key, []):
+    for inferred, letter in ((test.inherited, "i"), (test.declared, "d"), (test.baseline, "b")):
+        for service in inferred:
             cells[services[service]] = cells.get(services[service], "") + letter
-    for service, verdict in (test.get("needs_proof") or {}).items():  # svctrace prove
+    for service, verdict in test.needs_proof.items():  # svctrace prove
         if service in services:
             cells[services[service]] = cells.get(services[service], "") + PROOF_LETTERS[verdict]
     return cells
 
 
-def _cheapest(plan: dict, needs: list[str]) -> str | None:
-    """The cheapest tier of the plan whose services cover these needs."""
-    for name in plan["order"]:
-        if set(needs) <= set(plan["tiers"][name]["services"]):
-            return name
-    return None
-
-
-def _held_back(report: dict, plan: dict) -> list[dict]:
+def _held_back(report: Report, plan: Plan) -> list[dict]:
     """Groups (files or classes) placed in a costlier tier than some of their tests need,
     with the tests that keep them there."""
-    if plan["granularity"] == "test":
+    if plan.granularity == "test":
         return []
-    rank = {name: i for i, name in enumerate(plan["order"])}
+    rank = {name: i for i, name in enumerate(plan.order)}
     groups: dict[str, list[str]] = {}
-    for nodeid in report["tests"]:
-        groups.setdefault(group_key(nodeid, plan["granularity"]), []).append(nodeid)
+    for nodeid in report.tests:
+        groups.setdefault(group_key(nodeid, plan.granularity), []).append(nodeid)
     found = []
     for key, members in sorted(groups.items()):
         tier = tier_of(plan, members[0])
-        own = {n: _cheapest(plan, proven_needs(report["tests"][n])) for n in members}
+        own = {n: plan.covering_tier(report.tests[n].proven_needs) for n in members}
         if not any(t is not None and rank[t] < rank[tier] for t in own.values()):
             continue
         holders = [n for n, t in own.items() if t is None or rank[t] >= rank[tier]]
         found.append({"group": key, "tier": tier, "tests": len(members),
                       "cheaper": sum(1 for t in own.values()
                                      if t is not None and rank[t] < rank[tier]),
-                      "holders": [{"nodeid": n, "needs": report["tests"][n].get("needs", []),
-                                   "ran": report["tests"][n].get("ran", False)}
+                      "holders": [{"nodeid": n, "needs": report.tests[n].needs,
+                                   "ran": report.tests[n].ran}
                                   for n in holders]})
     return found
 
 
-def _changes(report: dict, old: dict) -> tuple[dict[str, str], list[str]]:
+def _changes(report: Report, old: Report) -> tuple[dict[str, str], list[str]]:
     """({nodeid: what changed since the old report}, node ids only the old report has)."""
     changed: dict[str, str] = {}
-    before = old.get("tests", {})
-    for nodeid, test in report["tests"].items():
+    before = old.tests
+    for nodeid, test in report.tests.items():
         was = before.get(nodeid)
         if was is None:
             changed[nodeid] = "new test"
             continue
         parts = []
-        added = sorted(set(test.get("needs", [])) - set(was.get("needs", [])))
-        removed = sorted(set(was.get("needs", [])) - set(test.get("needs", [])))
+        added = sorted(set(test.needs) - set(was.needs))
+        removed = sorted(set(was.needs) - set(test.needs))
         parts += [f"+{s}" for s in added] + [f"-{s}" for s in removed]
-        if was.get("outcome") != test.get("outcome"):
-            parts.append(f"{was.get('outcome')} → {test.get('outcome')}")
+        if was.outcome != test.outcome:
+            parts.append(f"{was.outcome} → {test.outcome}")
         if parts:
             changed[nodeid] = " ".join(parts)
-    gone = sorted(set(before) - set(report["tests"]))
+    gone = sorted(set(before) - set(report.tests))
     return changed, gone
 
 
-def page_data(report: dict, plan: dict | None = None, old: dict | None = None) -> dict:
+def page_data(report: Report | dict, plan: Plan | dict | None = None,
+              old: Report | dict | None = None) -> dict:
     """What the page's script reads: the matrix rows, the explain text per test, and the
     run-level tables."""
-    tests = report["tests"]
+    report = as_report(report)
+    plan = as_plan(plan) if plan is not None else None
+    old = as_report(old) if old is not None else None
+    tests = report.tests
     counts: dict[str, int] = {}
     for test in tests.values():
-        for service in set(test.get("services", [])) | set(test.get("needs", [])) \
-                | set(test.get("baseline", [])) | set(test.get("inherited", {})):
+        for service in set(test.services) | set(test.needs) \
+                | set(test.baseline) | set(test.inherited):
             counts[service] = counts.get(service, 0) + 1
     services = sorted(counts, key=lambda s: (-counts[s], s))
     index = {s: i for i, s in enumerate(services)}
@@ -128,20 +124,21 @@ def page_data(report: dict, plan: dict | None = None, old: dict | None = None) -
         path, cls, name = _split(nodeid)
         files.setdefault(path, len(files))
         classes.setdefault(cls, len(classes))
-        probes = sorted(test.get("failed_probes", {}))
-        rows.append([name, files[path], classes[cls], test.get("outcome", "?"),
-                     round(test.get("duration_s") or 0, 3),
+        probes = sorted(test.failed_probes)
+        rows.append([name, files[path], classes[cls],
+                     "?" if test.outcome is None else test.outcome,
+                     round(test.duration_s or 0, 3),
                      {str(k): v for k, v in sorted(_cells(test, index).items())},
                      tier_of(plan, nodeid) if plan else "",
                      changed.get(nodeid, ""), " ".join(probes),
                      holders.get(nodeid, "")])
         details.append(explain_one(report, nodeid))
-    run = report["run"]
+    run = report.run
     return {
         "schema": PAGE_SCHEMA,
-        "run": {"backend": run.get("backend"), "command": " ".join(run.get("command", [])),
-                "started_at": run.get("started_at"), "lost_events": run.get("lost_events", 0),
-                "tests": len(tests), "tests_ran": report["summary"].get("tests_ran")},
+        "run": {"backend": run.backend, "command": " ".join(run.command),
+                "started_at": run.extra.get("started_at"), "lost_events": run.lost_events,
+                "tests": len(tests), "tests_ran": report.summary.get("tests_ran")},
         "summary": format_summary(report, verbose=True),
         "services": services,
         "files": list(files),
@@ -153,15 +150,14 @@ def page_data(report: dict, plan: dict | None = None, old: dict | None = None) -
                           "destinations": sorted({d for ev in list(e.get("evidence", {}).values())
                                                   + list(e.get("failed_probes", {}).values())
                                                   for d in ev.get("destinations", [])})}
-                         for e in report.get("unattributed", [])],
-        "fixtures": [{"fixture": fid, "scope": f.get("scope"), "services": f.get("services", []),
-                      "tests": sorted(f.get("tests", {}))} for fid, f in
-                     report.get("fixtures", {}).items()],
+                         for e in report.unattributed],
+        "fixtures": [{"fixture": fid, "scope": f.scope, "services": f.services,
+                      "tests": sorted(f.tests)} for fid, f in report.fixtures.items()],
         "plan": None if not plan else {
-            "granularity": plan["granularity"], "order": plan["order"],
-            "fallback": plan["fallback"],
-            "tiers": {n: {"services": t["services"], "tests": len(t["tests"])}
-                      for n, t in plan["tiers"].items()},
+            "granularity": plan.granularity, "order": plan.order,
+            "fallback": plan.fallback,
+            "tiers": {n: {"services": t.services, "tests": len(t.tests)}
+                      for n, t in plan.tiers.items()},
             "held": held},
         "compare": None if old is None else {"changed": len(changed), "gone": gone},
     }
@@ -173,8 +169,8 @@ def _script_json(data: dict) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def build_page(report: dict, plan: dict | None = None, old: dict | None = None,
-               title: str | None = None) -> str:
+def build_page(report: Report | dict, plan: Plan | dict | None = None,
+               old: Report | dict | None = None, title: str | None = None) -> str:
     """The whole page, one string."""
     data = page_data(report, plan, old)
     title = title or f"svctrace: {data['run']['tests']} tests, backend {data['run']['backend']}"

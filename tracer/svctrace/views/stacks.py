@@ -1,6 +1,8 @@
 """The Python call site behind a contact, as text for explain and the HTML page (pure)."""
 from __future__ import annotations
 
+from svctrace.report.model import Report, TestRecord, as_report
+
 _SHOWN = 6  # frames of the deciding thread shown under the call site
 
 
@@ -93,18 +95,20 @@ def stack_lines(service: str, stack: dict, indent: str = "    ") -> list[str]:
     return lines
 
 
-def test_call_sites(report: dict, nodeid: str, indent: str = "    ") -> list[str]:
+def test_call_sites(report: Report | dict, nodeid: str, indent: str = "    ") -> list[str]:
     """Call-site lines for each service of a test (its own contacts, then the wider-scoped
     fixtures it inherited services from); empty when the run took no stacks."""
-    test = report.get("tests", {}).get(nodeid) or {}
+    report = as_report(report)
+    test = report.tests.get(nodeid) or TestRecord()
     lines: list[str] = []
-    for service, ev in sorted((test.get("evidence") or {}).items()):
+    for service, ev in sorted((test.evidence or {}).items()):
         stack = (ev.get("first") or {}).get("stack")
         if stack:
             lines += stack_lines(service, stack, indent)
-    for service, fixtures in sorted((test.get("inherited") or {}).items()):
+    for service, fixtures in sorted((test.inherited or {}).items()):
         for fid in fixtures:
-            ev = (report.get("fixtures", {}).get(fid, {}).get("evidence") or {}).get(service)
+            fixture = report.fixtures.get(fid)
+            ev = ((fixture.evidence if fixture else None) or {}).get(service)
             stack = ((ev or {}).get("first") or {}).get("stack")
             if stack:
                 lines += stack_lines(f"{service} (fixture {fid})", stack, indent)

@@ -1,29 +1,31 @@
 """The summary of a report: short terminal text (end of `svctrace run`, `svctrace summary`),
-a verbose variant, and Markdown for a CI job summary (pure: a report dict in, text out)."""
+a verbose variant, and Markdown for a CI job summary (pure: a report in, text out)."""
 from __future__ import annotations
 
 import signal
 from collections import Counter
+
+from svctrace.report.model import Report, as_report
 
 SETS_SHOWN = 8        # the default summary lists this many needed service sets
 # Words for what a reader cannot guess from a service's name.
 SERVICE_WORDS = {"dns": "name lookups on port 53"}
 
 
-def service_rows(report: dict) -> list[dict]:
+def service_rows(report: Report | dict) -> list[dict]:
     """Per service: tests that contacted it in their own windows (observed), tests that need
     it, and why the difference (inherited from wider-scoped fixtures, declared)."""
     observed, needed, inherited, declared = Counter(), Counter(), Counter(), Counter()
-    for test in report["tests"].values():
-        if not test.get("ran"):
+    for test in as_report(report).tests.values():
+        if not test.ran:
             continue
-        seen = set(test.get("services", []))
+        seen = set(test.services)
         observed.update(seen)
-        needed.update(test.get("needs", []))
-        for service in test.get("needs", []):
+        needed.update(test.needs)
+        for service in test.needs:
             if service in seen:
                 continue
-            if service in test.get("inherited", {}):
+            if service in test.inherited:
                 inherited[service] += 1
             else:
                 declared[service] += 1
@@ -35,10 +37,10 @@ def service_rows(report: dict) -> list[dict]:
     return rows
 
 
-def probe_rows(report: dict) -> list[tuple[str, int]]:
+def probe_rows(report: Report | dict) -> list[tuple[str, int]]:
     """(failed probe name, tests it was seen in), most frequent first."""
-    counts = Counter(name for t in report["tests"].values()
-                     for name in t.get("failed_probes", {}))
+    counts = Counter(name for t in as_report(report).tests.values()
+                     for name in t.failed_probes)
     return counts.most_common()
 
 
@@ -58,21 +60,18 @@ def _service_text(row: dict) -> str:
     return text
 
 
-def _notes(run: dict) -> list[str]:
-    return list(run.get("notes", [])) + list(run.get("backend_stats", {}).get("notes", []))
-
-
-def _unattributed(report: dict) -> Counter:
+def _unattributed(report: Report) -> Counter:
     reasons: Counter = Counter()
-    for entry in report.get("unattributed", []):
+    for entry in report.unattributed:
         reasons[entry["reason"]] += 1
     return reasons
 
 
-def denied_lines(report: dict, verbose: bool = False, shown: int = 10) -> list[str]:
+def denied_lines(report: Report | dict, verbose: bool = False, shown: int = 10) -> list[str]:
     """The guard: what it refused, and each test that tried a denied service
     with its first refusal (thread, destination, phase)."""
-    run, found = report["run"], report["summary"].get("denied", [])
+    report = as_report(report)
+    run, found = report.run.extra, report.summary.get("denied", [])
     if not run.get("guard"):
         return []
     shadow = run["guard"].get("shadow")
@@ -130,29 +129,37 @@ def no_test_line(command, exit_code: int | None, path: str, written: bool,
     return f"{head}: {path} still holds the last report; this run's was not written"
 
 
-def proof_lines(report: dict, verbose: bool = False, moved: int | None = None,
+def _verdicts(report: Report) -> dict:
+    """plan.proof.verdict_counts over the model's proven tests."""
+    from svctrace.plan.proof import verdict_counts
+    return verdict_counts({"tests": {n: {"needs_proof": t.needs_proof}
+                                     for n, t in report.tests.items() if t.needs_proof}})
+
+
+def proof_lines(report: Report | dict, verbose: bool = False, moved: int | None = None,
                 shown: int = 10) -> list[str]:
     """svctrace prove's verdicts: per service, how many tests need it, were proven not to,
     or stay unproven; how many tests moved to a cheaper tier because of proof (`moved`, when
     tiers are configured); with verbose, one line per test and service."""
-    from svctrace.plan.proof import NOT_NEEDED, verdict_counts, verdict_text
-    counts = verdict_counts(report)
+    from svctrace.plan.proof import NOT_NEEDED, verdict_text
+    report = as_report(report)
+    counts = _verdicts(report)
     if not counts:
         return []
     lines = ["  proof (re-runs with the service refused): " + ", ".join(
         f"{service}: {c['needed']} needed, {c[NOT_NEEDED]} not needed, {c['unproven']} "
         "unproven" for service, c in counts.items())]
-    lighter = sum(1 for t in report["tests"].values()
-                  if any(v == NOT_NEEDED for v in (t.get("needs_proof") or {}).values()))
+    lighter = sum(1 for t in report.tests.values()
+                  if any(v == NOT_NEEDED for v in t.needs_proof.values()))
     lines.append(f"  proof: {lighter} tests need fewer services than they used"
                  + (f"; {moved} moved to a cheaper tier because of proof"
                     if moved is not None else ""))
-    info = report["run"].get("proof") or {}
+    info = report.run.extra.get("proof") or {}
     if info.get("interrupted"):
         lines.append("  proof: interrupted; services not proven: "
                      + (", ".join(info.get("not_proven", [])) or "none"))
-    records = [(n, s, r) for n, t in sorted(report["tests"].items())
-               for s, r in sorted((t.get("proof") or {}).items())]
+    records = [(n, s, r) for n, t in sorted(report.tests.items())
+               for s, r in sorted((t.extra.get("proof") or {}).items())]
     for nodeid, service, record in records if verbose else records[:shown]:
         lines.append(f"    {nodeid}: {verdict_text(service, record)}")
     if not verbose and len(records) > shown:
@@ -160,20 +167,21 @@ def proof_lines(report: dict, verbose: bool = False, moved: int | None = None,
     return lines
 
 
-def format_summary(report: dict, path: str | None = None, verbose: bool = False,
+def format_summary(report: Report | dict, path: str | None = None, verbose: bool = False,
                    moved: int | None = None) -> str:
     """The terminal summary: what ran, lost events, services, sets, notes that matter;
     blind spots as one pointer line (listed with verbose)."""
-    run, summary = report["run"], report["summary"]
+    report = as_report(report)
+    run, summary = report.run, report.summary
     collected = summary["tests"]
-    interrupted = sum(1 for t in report["tests"].values() if t.get("outcome") == "interrupted")
-    head = (f"svctrace: backend {run['backend']}, {summary['tests_ran']} tests ran"
+    interrupted = sum(1 for t in report.tests.values() if t.outcome == "interrupted")
+    head = (f"svctrace: backend {run.backend}, {summary['tests_ran']} tests ran"
             + (f" ({collected} collected)" if collected != summary["tests_ran"] else "")
             + (f", {interrupted} interrupted" if interrupted else "")
-            + f", {run['lost_events']} lost events" + (f", report {path}" if path else ""))
+            + f", {run.lost_events} lost events" + (f", report {path}" if path else ""))
     lines = [head]
-    if run["lost_events"]:
-        lines.append(f"  WARNING: {run['lost_events']} events were lost: services may be "
+    if run.lost_events:
+        lines.append(f"  WARNING: {run.lost_events} events were lost: services may be "
                      "missing (raise ringbuf_pages in [tool.svctrace])")
     rows = service_rows(report)
     if rows:
@@ -203,24 +211,24 @@ def format_summary(report: dict, path: str | None = None, verbose: bool = False,
             f"{r} ({n})" for r, n in sorted(reasons.items())) + " — see report 'unattributed'"
             + ("" if verbose else " or `svctrace explain` of a test"))
         if verbose:
-            for entry in report["unattributed"]:
+            for entry in report.unattributed:
                 names = entry["services"] + list(entry.get("failed_probes", {}))
                 lines.append(f"    {entry['reason']}: {entry['detail']}: {', '.join(names)}")
     for item in summary.get("incidental", []):
         lines.append(f"  baseline candidate: {item['service']} in {item['share']:.0%} of tests, "
                      f"only via {item['via']} (mark it baseline in [tool.svctrace] if not needed)")
-    for note in _notes(run):
+    for note in run.notes:
         lines.append(f"  note: {note}")
-    spots = run.get("blind_spots", [])
+    spots = run.blind_spots
     if verbose:
-        events = run.get("events", {})
+        events = run.events
         if events:
             lines.append("  events: " + ", ".join(f"{k} {v}" for k, v in events.items())
                          + " (noise and self_loopback are ignored by the rules)")
         for spot in spots:
             lines.append(f"  blind spot: {spot}")
     elif spots:
-        lines.append(f"  {len(spots)} blind spots of the {run['backend']} backend: listed by "
+        lines.append(f"  {len(spots)} blind spots of the {run.backend} backend: listed by "
                      "`svctrace summary -v` and in the report's run.blind_spots")
     return "\n".join(lines)
 
@@ -229,15 +237,16 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_summary(report: dict, path: str | None = None) -> str:
+def markdown_summary(report: Report | dict, path: str | None = None) -> str:
     """The same content for a CI job summary ($GITHUB_STEP_SUMMARY)."""
-    run, summary = report["run"], report["summary"]
+    report = as_report(report)
+    run, summary = report.run, report.summary
     lines = ["## svctrace", "",
-             f"Backend **{run['backend']}**, {summary['tests_ran']} tests ran of "
-             f"{summary['tests']} collected, **{run['lost_events']} lost events**"
+             f"Backend **{run.backend}**, {summary['tests_ran']} tests ran of "
+             f"{summary['tests']} collected, **{run.lost_events} lost events**"
              + (f", report `{path}`" if path else "") + "."]
-    if run["lost_events"]:
-        lines += ["", f"> **Warning:** {run['lost_events']} events were lost: services may "
+    if run.lost_events:
+        lines += ["", f"> **Warning:** {run.lost_events} events were lost: services may "
                   "be missing (raise `ringbuf_pages` in `[tool.svctrace]`)."]
     rows = service_rows(report)
     if rows:
@@ -252,7 +261,7 @@ def markdown_summary(report: dict, path: str | None = None) -> str:
         for entry in summary["service_sets"]:
             lines.append(f"| {entry['tests']} | {_md(' + '.join(entry['needs']) or '(none)')} |")
     from svctrace.plan.proof import verdict_counts
-    proven = verdict_counts(report)
+    proven = _verdicts(report)
     if proven:  # svctrace prove
         lines += ["", "| service | proven needed | proven not needed | unproven |",
                   "|---|---:|---:|---:|"]
@@ -269,11 +278,11 @@ def markdown_summary(report: dict, path: str | None = None) -> str:
     for item in summary.get("incidental", []):
         lines += ["", f"Baseline candidate: **{item['service']}** in {item['share']:.0%} of "
                   f"tests, only via {_md(item['via'])}."]
-    notes = _notes(run)
+    notes = run.notes
     if notes:
         lines += ["", "Notes:", ""] + [f"- {_md(n)}" for n in notes]
-    spots = run.get("blind_spots", [])
+    spots = run.blind_spots
     if spots:
-        lines += ["", f"<details><summary>{len(spots)} blind spots of the {run['backend']} "
+        lines += ["", f"<details><summary>{len(spots)} blind spots of the {run.backend} "
                   "backend</summary>", ""] + [f"- {_md(s)}" for s in spots] + ["", "</details>"]
     return "\n".join(lines) + "\n"
