@@ -180,7 +180,7 @@ class Bench:
                   if self.args.backends else list(BACKENDS))
         # "ebpf+stacks": the ebpf backend under --stacks (asked for by name only)
         for config in [b for b in wanted if b.endswith("+stacks")]:
-            from svctrace.join.stacks import find_py_spy
+            from svctrace.run.stacks import find_py_spy
             base = config.partition("+")[0]
             reasons[config] = reasons.get(base, "unknown backend") or (
                 None if find_py_spy() else "py-spy is not installed")

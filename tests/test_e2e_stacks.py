@@ -10,7 +10,7 @@ import pytest
 
 from tests.support import e2e
 from tests.support.backends import needs_backend as needs
-from svctrace.join.stacks import find_py_spy
+from svctrace.run.stacks import find_py_spy
 
 pytestmark = pytest.mark.skipif(find_py_spy() is None,
                                 reason="py-spy is not installed (pip install -e .[test])")

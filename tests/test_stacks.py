@@ -10,7 +10,8 @@ import time
 import pytest
 
 from svctrace.events import Destination, Event, Freeze, ProcessEvent, Stack
-from svctrace.join.stacks import StackIndex, StackTaker, find_py_spy, parse_dump
+from svctrace.join.stacks import StackIndex, parse_dump
+from svctrace.run.stacks import StackTaker, find_py_spy
 from svctrace.views.stacks import call_site, stack_lines
 
 _DUMP = [

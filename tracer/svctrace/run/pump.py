@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def stack_taker(backend: Backend, cfg: Config, note: Callable[[str | None], None]):
     """The taker that dumps and resumes processes the kernel stops, or None (noted)."""
-    from svctrace.join import stacks
+    from svctrace.run import stacks
     if backend.name != "ebpf":
         note(f"--stacks: not taken with the {backend.name} backend (the "
              "ebpf backend takes them; inprocess takes Python-socket ones itself)"
@@ -46,7 +46,7 @@ class Pump:
         self.notes = notes
         self.log = log
         self.guard = guard
-        self.stacks = stacks  # svctrace.join.stacks.StackTaker, or None
+        self.stacks = stacks  # svctrace.run.stacks.StackTaker, or None
         self.tracing = True
         self.cmdline_seen: set[int] = set()
         self.proc_is_ours = pidns.proc_is_ours()
