@@ -164,7 +164,7 @@ PURE_CORE = ["events", "capture.wire", "contract", "join.services", "config", "j
              "join.evidence", "join.attribution", "join.collect", "join.analysis",
              "report.build", "report.merge", "plan.tiers", "guard.rules", "guard.base", "errors",
              "views.summary", "views.explain", "views.html", "views.html_assets",
-             "views.stacks"]
+             "views.stacks", "report.model", "join.stacks"]
 
 
 def test_pure_core_imports_neither_bcc_pytest_nor_click():
@@ -177,6 +177,70 @@ def test_pure_core_imports_neither_bcc_pytest_nor_click():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+# The pure core does no file I/O and no process control: reports, plans and tier lists are
+# read and written by report.files, py-spy runs from run.stacks. config reads the user's
+# pyproject (its one job) and is the only pure module allowed to open a file.
+EDGE_MODULES = {"svctrace.userfiles", "svctrace.report.jsonfile", "svctrace.report.files",
+                "subprocess", "signal", "shutil", "tempfile"}
+# Calls that touch files or processes: builtins, os functions, Path methods.
+IO_CALLS = {"open", "write_text", "write_bytes", "read_text", "read_bytes", "touch", "mkdir",
+            "makedirs", "unlink", "remove", "rmdir", "rename", "replace", "chmod", "chown",
+            "fchown", "kill", "write_file", "read_file", "write_atomic", "read_versioned",
+            "fdopen", "mkfifo", "symlink", "link", "write_report", "load_report", "read_report",
+            "write_plan", "load_plan", "read_plan", "write_lists"}
+
+
+def _io_calls(source: str) -> list[str]:
+    """Names of file or process calls and of edge modules imported in a module's source."""
+    import ast
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else \
+                func.attr if isinstance(func, ast.Attribute) else None
+            # str.replace is no file I/O: only os.replace / path.replace(target) look alike,
+            # so "replace" counts when called on the os module.
+            if name == "replace" and not (isinstance(func, ast.Attribute)
+                                          and isinstance(func.value, ast.Name)
+                                          and func.value.id == "os"):
+                continue
+            if name in IO_CALLS:
+                found.append(f"line {node.lineno}: {name}()")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            found += [f"line {node.lineno}: import {n}" for n in names if n in EDGE_MODULES]
+    return found
+
+
+def test_pure_core_does_no_file_io_nor_process_control():
+    import subprocess
+    import sys
+    modules = ", ".join(f"svctrace.{name}" for name in PURE_CORE)
+    code = (f"import sys, {modules}; "
+            f"print(sorted(set({sorted(EDGE_MODULES)!r}) & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+    package = ROOT / "tracer" / "svctrace"
+    found = {name: _io_calls((package / (name.replace(".", "/") + ".py")).read_text())
+             for name in PURE_CORE if name != "config"}
+    assert {name: calls for name, calls in found.items() if calls} == {}
+
+
+def test_the_file_io_check_sees_what_it_forbids():
+    """The check above can fail: it flags each kind of file access it is meant to forbid."""
+    source = ("import subprocess\nfrom svctrace.userfiles import write_file\n"
+              "from svctrace.report import files\nimport os\n"
+              "open('x')\nos.replace('a', 'b')\nPath('p').write_text('t')\n"
+              "'a-b'.replace('-', '')\n")
+    assert _io_calls(source) == [
+        "line 1: import subprocess", "line 2: import svctrace.userfiles",
+        "line 3: import svctrace.report.files", "line 5: open()", "line 6: replace()",
+        "line 7: write_text()"]
 
 
 def test_wheel_installs_only_distinctive_names(tmp_path):
