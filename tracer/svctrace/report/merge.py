@@ -10,6 +10,7 @@ from svctrace.errors import SvctraceError
 from svctrace.events import TEST_PHASES
 from svctrace.join.analysis import summarize
 from svctrace.plan.proof import join_proof
+from svctrace.report.model import Report
 
 
 class MergeError(SvctraceError):
@@ -101,35 +102,34 @@ def _merge_test(a: dict, b: dict) -> dict:
     return {k: merged[k] for k in sorted(merged, key=_key_order)}
 
 
-def _run_id(report: dict) -> str:
-    run_id = report.get("run", {}).get("run_id")
+def _run_id(report: Report) -> str:
+    run_id = report.run.run_id
     if isinstance(run_id, str) and run_id:
         return run_id
     # Reports without an id: the content names the run, so a duplicate input counts once.
-    return "content-" + hashlib.sha256(_canon(report).encode()).hexdigest()[:32]
+    return "content-" + hashlib.sha256(_canon(report.to_dict()).encode()).hexdigest()[:32]
 
 
-def _runs_of(report: dict) -> dict[str, dict]:
+def _runs_of(report: Report) -> dict[str, dict]:
     """The distinct runs an input stands for: its own, or the `runs` of a merged report."""
-    run = report.get("run", {})
-    if isinstance(run.get("runs"), dict):
-        return run["runs"]
-    summary = report.get("summary") or {}
-    tests_ran = summary.get("tests_ran")
+    run = report.run
+    if run.has("runs") and isinstance(run.runs, dict):
+        return run.runs
+    tests_ran = (report.summary or {}).get("tests_ran")
     if tests_ran is None:
-        tests_ran = sum(1 for t in report.get("tests", {}).values() if t.get("ran"))
-    return {_run_id(report): {"backend": run.get("backend"), "exit_code": run.get("exit_code"),
-                              "lost_events": int(run.get("lost_events") or 0),
-                              "tests_ran": tests_ran, "command": list(run.get("command", [])),
-                              "config": run.get("config")}}
+        tests_ran = len(report.ran())
+    return {_run_id(report): {"backend": run.backend, "exit_code": run.exit_code,
+                              "lost_events": int(run.lost_events or 0),
+                              "tests_ran": tests_ran, "command": list(run.command),
+                              "config": run.config}}
 
 
-def _tests_of(report: dict) -> dict[str, dict]:
-    if "runs" in report.get("run", {}):
-        return report.get("tests", {})
+def _tests_of(report: Report) -> dict[str, dict]:
+    if report.run.has("runs"):
+        return {nodeid: t.to_dict() for nodeid, t in report.tests.items()}
     run_id = _run_id(report)
-    return {nodeid: {**t, "ran_in": [run_id] if t.get("ran") else []}
-            for nodeid, t in report.get("tests", {}).items()}
+    return {nodeid: {**t.to_dict(), "ran_in": [run_id] if t.ran else []}
+            for nodeid, t in report.tests.items()}
 
 
 def _check(reports: list[dict]) -> None:
@@ -144,7 +144,7 @@ def _check(reports: list[dict]) -> None:
             raise MergeError(f"input {index} has no 'run' or 'tests' table: not a report")
 
 
-def _merge_runs(reports: list[dict], allow_mixed: bool) -> dict[str, dict]:
+def _merge_runs(reports: list[Report], allow_mixed: bool) -> dict[str, dict]:
     runs: dict[str, dict] = {}
     for report in reports:
         for run_id, run in _runs_of(report).items():
@@ -163,31 +163,34 @@ def _merge_runs(reports: list[dict], allow_mixed: bool) -> dict[str, dict]:
     return dict(sorted(runs.items()))
 
 
-def _merge_unattributed(reports: list[dict]) -> list[dict]:
+def _merge_unattributed(reports: list[Report]) -> list[dict]:
     buckets: dict[tuple, dict] = {}
     for report in reports:
-        for entry in report.get("unattributed", []):
+        for entry in report.unattributed:
             key = (str(entry.get("reason")), str(entry.get("detail")))
             buckets[key] = _combine(buckets.get(key, entry), entry)
     return [buckets[k] for k in sorted(buckets)]
 
 
-def _merge_incidental(reports: list[dict]) -> list[dict]:
+def _merge_incidental(reports: list[Report]) -> list[dict]:
     found: dict[tuple, dict] = {}
     for report in reports:
-        for item in (report.get("summary") or {}).get("incidental", []):
+        for item in (report.summary or {}).get("incidental", []):
             key = (str(item.get("service")), str(item.get("via")))
             found[key] = _combine(found.get(key, item), item)
     return [found[k] for k in sorted(found)]
 
 
-def merge_reports(reports: list[dict], allow_mixed: bool = False) -> dict:
+def merge_reports(reports: list[Report | dict], allow_mixed: bool = False) -> dict:
     """One report holding the union of the inputs' evidence.
 
     Idempotent, commutative and associative: merged reports can be merged again, and the
-    same report given twice counts once (runs are identified by `run.run_id`).
+    same report given twice counts once (runs are identified by `run.run_id`). The union
+    itself works on the JSON values, whatever their field: a newer svctrace's fields merge too.
     """
-    _check(reports)
+    _check([r.to_dict() if isinstance(r, Report) else r for r in reports])
+    reports = [r if isinstance(r, Report) else Report.from_dict(r, f"input {i}")
+               for i, r in enumerate(reports, 1)]
     runs = _merge_runs(reports, allow_mixed)
     tests: dict[str, dict] = {}
     for report in reports:
@@ -197,14 +200,14 @@ def merge_reports(reports: list[dict], allow_mixed: bool = False) -> dict:
             tests[nodeid] = _merge_test(tests.get(nodeid, test), test)
     fixtures: dict[str, dict] = {}
     for report in reports:
-        for fid, fixture in report.get("fixtures", {}).items():
+        for fid, record in report.fixtures.items():
+            fixture = record.to_dict()
             fixtures[fid] = _combine(fixtures.get(fid, fixture), fixture)
     blind_spots: set[str] = set()
     baseline: set[str] = set()
     for report in reports:
-        run = report["run"]
-        blind_spots.update(run.get("blind_spots", []))
-        baseline.update(run.get("baseline", []))
+        blind_spots.update(report.run.blind_spots)
+        baseline.update(report.run.baseline)
     backends = {r.get("backend") for r in runs.values()}
     # Per run, so that merging merged reports agrees with merging all inputs at once.
     configs = {r.get("config") for r in runs.values()}

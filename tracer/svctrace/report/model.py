@@ -85,6 +85,13 @@ class Record:
                 extra[key] = value
         return cls(**kwargs, extra=extra, keys=tuple(data))
 
+    def has(self, key: str) -> bool:
+        """Whether the object has `key`: loaded, it was in the JSON; built, it is set."""
+        if self.keys:
+            return key in self.keys
+        known = self._fields()
+        return key in self.extra or (key in known and getattr(self, key) != known[key])
+
     def to_dict(self) -> dict[str, Any]:
         known = self._fields()
         nested = self.NESTED
