@@ -370,7 +370,7 @@ def test_a_writer_killed_mid_write_never_leaves_half_a_report(tmp_path):
     target = tmp_path / "r.json"
     target.write_text(json.dumps({"schema": "svctrace-report/1", "n": -1}))
     writer = ("import json, sys\n"
-              "from svctrace.report.build import write_report\n"
+              "from svctrace.report.files import write_report\n"
               "big = {'schema': 'svctrace-report/1', 'tests': ['x' * 100] * 200_000}\n"
               "for n in range(1000):\n"
               "    big['n'] = n\n"

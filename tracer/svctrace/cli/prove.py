@@ -42,7 +42,8 @@ cgroup v2 (the guard); Ctrl-C writes the proofs gathered so far.
 def prove_command(report, output, services, jobs, backend, config_path, command) -> None:
     import os
 
-    from svctrace.report.build import ReportError, write_report
+    from svctrace.report.files import write_report
+    from svctrace.report.model import ReportError
     from svctrace.run.prove import Prover, timing_line
     from svctrace.userfiles import check_writable
 

@@ -10,7 +10,7 @@ from svctrace.errors import SvctraceError
 from svctrace.plan.tiers import tier_lists
 from svctrace.report.jsonfile import read_versioned, write_atomic
 from svctrace.report.model import (PLAN_SCHEMA, REPORT_SCHEMA, Plan, PlanError, Report,
-                                   ReportError, as_plan, as_report)
+                                   ReportError, as_plan, report_text)
 
 
 def read_report(path: str | os.PathLike) -> Report:
@@ -25,7 +25,7 @@ def load_report(path: str | os.PathLike) -> dict:
 
 def write_report(report: Report | dict, path: str | os.PathLike) -> Path:
     """Write atomically: a reader never sees half a report, a crash never leaves one."""
-    return write_atomic(as_report(report).dump(), path)
+    return write_atomic(report_text(report), path)
 
 
 def _holds_report(path: str | os.PathLike) -> bool:
@@ -44,8 +44,8 @@ def _holds_report(path: str | os.PathLike) -> bool:
 def write_run_report(report: Report | dict, path: str | os.PathLike) -> bool:
     """Write a run's report, unless no test ran and a report is already there: a typo'd
     command must not replace the last good report with an empty one. True if written."""
-    report = as_report(report)
-    if not report.summary.get("tests_ran") and _holds_report(path):
+    summary = report.summary if isinstance(report, Report) else report.get("summary") or {}
+    if not summary.get("tests_ran") and _holds_report(path):
         return False
     write_report(report, path)
     return True

@@ -237,6 +237,14 @@ class Report(Record):
         return {n: t for n, t in self.tests.items() if t.ran}
 
 
+def report_text(report: Report | dict) -> str:
+    """A report file's text: the model dumped, or a report's JSON object (schema checked)
+    dumped as it is, so that writing a report just built costs no conversion."""
+    if isinstance(report, Report):
+        return report.dump()
+    return _dumps(check_schema(report, REPORT_SCHEMA, "report", ReportError))
+
+
 def _lenient(data: Any, schema: str) -> Any:
     # In memory, an object without "schema" (a partial report a caller built) is taken as
     # this schema; another schema is still refused.

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from svctrace.contract import ENV_SELECT
 from svctrace.errors import SvctraceError
 from svctrace.plan import proof
-from svctrace.report.build import ReportError, load_report
+from svctrace.report.files import load_report
+from svctrace.report.model import ReportError
 from svctrace.userfiles import invoking_user
 
 SVCTRACE = [sys.executable, "-m", "svctrace"]
