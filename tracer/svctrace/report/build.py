@@ -111,7 +111,7 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             "baseline": sorted(baseline),
             **run.extra,
         },
-        "tests": dict(sorted(tests.items())),
+        "tests": tests,  # pytest's order (collection, then run): what users diff
         "unattributed": unattributed,
         "fixtures": {fid: {"scope": att.fixture_scopes.get(fid, "?"),
                            "services": sorted(svcs),
