@@ -308,6 +308,52 @@ def drift(report) -> None:
     _report_view(lambda data: drift_text(data)[0], report)
 
 
+def _services_option(name: str, text: str):
+    return click.option(f"--{name}", multiple=True, metavar="SVC[,SVC]", help=text)
+
+
+@main.command("list", epilog="""\b
+Examples:
+  svctrace list svctrace-report.json --needs kafka
+  pytest $(svctrace list svctrace-report.json --service kafka,clickhouse)
+  svctrace list r.json --inherited postgres --denied redis
+
+\b
+Several services in one option: any of them; several options: all of
+them. When no test matches, nothing is printed and the exit status is 1
+(so `pytest $(svctrace list ...)` never runs the whole suite by accident).""")
+@click.argument("report", type=click.Path(dir_okay=False))
+@_services_option("service", "tests that contacted SVC in their own windows (observed)")
+@_services_option("needs", "tests that need SVC: observed, inherited, declared or refused "
+                           "by the guard, less the baseline (what tiers plan on)")
+@_services_option("inherited", "tests that inherit SVC from a wider-scoped fixture")
+@_services_option("denied", "tests that tried SVC and were refused by the guard")
+@click.option("--config", "config_path", metavar="PYPROJECT", default=None,
+              help="pyproject.toml whose service map names are known too (default: the "
+                   "nearest one)")
+def list_command(report, service, needs, inherited, denied, config_path) -> None:
+    """Print the node ids of the tests related to a service, one per line, in run order."""
+    from svctrace.config import load_config
+    from svctrace.report.build import load_report
+    from svctrace.views.listing import list_tests, nothing_text
+
+    def names(values: tuple[str, ...]) -> list[str]:
+        return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+    wanted = {"service": names(service), "needs": names(needs),
+              "inherited": names(inherited), "denied": names(denied)}
+    try:
+        cfg = load_config(config_path)
+        map_names = {r.name for r in cfg.service_map().rules}
+        chosen = list_tests(load_report(report), wanted, map_names)
+    except SvctraceError as exc:
+        fail(exc)
+    if not chosen:
+        click.echo(f"svctrace list: {nothing_text(wanted)}", err=True)
+        sys.exit(EXIT_INPUT)
+    click.echo("\n".join(chosen))
+
+
 @main.command("html", epilog="""\b
 Examples:
   svctrace html svctrace-report.json -o svctrace-html
