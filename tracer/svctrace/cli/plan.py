@@ -15,7 +15,8 @@ from svctrace.report.jsonfile import write_atomic
 from svctrace.userfiles import append_file, check_writable
 from svctrace.report.build import load_report, write_report
 from svctrace.plan.tiers import (GRANULARITIES, markdown_summary, matrix, most_complete,
-                            moved_by_proof, plan_tiers, time_saved_s, write_lists)
+                                 moved_by_proof, plan_tiers, startup_estimate, startup_line,
+                                 write_lists)
 
 GITHUB_MATRIX_LIMIT = 256  # GitHub Actions refuses a matrix with more jobs than this
 
@@ -110,10 +111,13 @@ tier: the plan for a first, classifying run of the whole suite.""")
 @click.option("--target-shard-seconds", type=click.FloatRange(min=0, min_open=True),
               default=600, show_default=True,
               help="Without --shards: split each tier so a shard runs about this long.")
+@click.option("--today-shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many jobs run the whole suite today, each starting every service: "
+                   "the baseline of the startup estimate.")
 def tiers_command(report: str | None, config_path: str | None, granularity: str,
                   one_tier: bool, plan_out: str | None, lists_dir: str | None,
                   matrix_out: str | None, summary_out: str | None, shards: int | None,
-                  target_shard_seconds: float) -> None:
+                  target_shard_seconds: float, today_shards: int) -> None:
     """Put every test in the cheapest CI tier whose services cover its needs."""
     try:
         cfg = load_config(config_path)
@@ -130,7 +134,8 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
             tiers = [most_complete(tiers)]
         plan = plan_tiers(data, tiers, granularity)
         jobs = matrix(plan, shards, target_shard_seconds)
-        summary = markdown_summary(plan, jobs)
+        summary = markdown_summary(plan, jobs, today_shards)
+        estimate = startup_estimate(plan, jobs, today_shards)
         if plan_out:
             _write_json(plan, plan_out)
         if matrix_out:
@@ -152,8 +157,7 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
                    f"matrix limit of {GITHUB_MATRIX_LIMIT}; raise --target-shard-seconds",
                    err=True)
     counts = ", ".join(f"{name} {len(plan['tiers'][name]['tests'])}" for name in plan["order"])
-    click.echo(f"svctrace tiers: {counts}; {len(jobs['include'])} jobs; "
-               f"~{time_saved_s(plan, jobs):.0f}s startup saved", err=True)
+    click.echo(f"svctrace tiers: {counts}; {startup_line(estimate)}", err=True)
     from svctrace.plan.proof import has_proofs
     if has_proofs(data):  # the plan used needs less what `svctrace prove` proved not needed
         moved = moved_by_proof(data, tiers, granularity)
