@@ -335,6 +335,7 @@ def list_command(report, service, needs, inherited, denied, config_path) -> None
     """Print the node ids of the tests related to a service, one per line, in run order."""
     from svctrace.config import load_config
     from svctrace.report.build import load_report
+    from svctrace.report.rejudge import Rejudge
     from svctrace.views.listing import list_tests, nothing_text
 
     def names(values: tuple[str, ...]) -> list[str]:
@@ -344,8 +345,11 @@ def list_command(report, service, needs, inherited, denied, config_path) -> None
               "inherited": names(inherited), "denied": names(denied)}
     try:
         cfg = load_config(config_path)
-        map_names = {r.name for r in cfg.service_map().rules}
-        chosen = list_tests(load_report(report), wanted, map_names)
+        smap = cfg.service_map()
+        # named as `svctrace tiers` names them: by the current rules
+        data = Rejudge(smap).report(load_report(report), set(cfg.baseline) if cfg.path
+                                    else None)
+        chosen = list_tests(data, wanted, {r.name for r in smap.rules})
     except SvctraceError as exc:
         fail(exc)
     if not chosen:

@@ -11,6 +11,7 @@ from svctrace.cli.common import EXIT_USAGE, fail
 from svctrace.config import load_config
 from svctrace.errors import SvctraceError
 from svctrace.report.merge import merge_reports
+from svctrace.report.rejudge import Rejudge
 from svctrace.report.jsonfile import write_atomic
 from svctrace.userfiles import append_file, check_writable
 from svctrace.report.build import load_report, write_report
@@ -126,6 +127,9 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
             fail(f"no tiers configured in {where}; add for example:\n\n{TIERS_EXAMPLE}",
                  EXIT_USAGE)
         data = load_report(report) if report else {"schema": REPORT_SCHEMA, "tests": {}}
+        # Rules added since the run (a name for an address) count now, not at the next run.
+        judged = Rejudge(cfg.service_map())
+        data = judged.report(data, set(cfg.baseline) if cfg.path else None)
         tiers = list(cfg.tiers)
         # Every output checked before any is written: no plan without its matrix.
         check_writable(*[p for p in (plan_out, matrix_out, summary_out) if p],
@@ -156,6 +160,8 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
         click.echo(f"svctrace tiers: warning: {len(jobs['include'])} jobs exceed GitHub's "
                    f"matrix limit of {GITHUB_MATRIX_LIMIT}; raise --target-shard-seconds",
                    err=True)
+    for line in judged.lines():
+        click.echo(f"svctrace tiers: {line}", err=True)
     counts = ", ".join(f"{name} {len(plan['tiers'][name]['tests'])}" for name in plan["order"])
     click.echo(f"svctrace tiers: {counts}; {startup_line(estimate)}", err=True)
     from svctrace.plan.proof import has_proofs
