@@ -275,6 +275,11 @@ def explain_one(report: dict, nodeid: str) -> str:
         lines[-1] += f"  ({'; '.join(sources)})"
     if not data["ran"]:
         lines.append("  (collected but not run in this report: needs come from declarations)")
+    if data.get("unseen_clients"):
+        lines.append(f"  INCOMPLETE: its process had loaded {', '.join(data['unseen_clients'])}"
+                     f", which the {data['backend']} backend cannot see: services this test "
+                     "reached through them are missing here (the ebpf or strace backend "
+                     "sees them)")
     sites = test_call_sites(report, nodeid)  # svctrace run --stacks: first
     if sites:
         lines += ["  where in the code (Python stacks of each first contact):", *sites]

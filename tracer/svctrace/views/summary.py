@@ -58,6 +58,29 @@ def _service_text(row: dict) -> str:
     return text
 
 
+def unseen_rows(report: dict) -> list[tuple[str, int]]:
+    """(C client library the backend cannot see, tests whose process had loaded it)."""
+    counts = Counter(name for t in report["tests"].values() if t.get("ran")
+                     for name in t.get("unseen_clients") or ())
+    return sorted(counts.items(), key=lambda i: (-i[1], i[0]))
+
+
+def unseen_text(report: dict) -> str | None:
+    """One sentence: which tests' answers are incomplete, and why."""
+    rows = unseen_rows(report)
+    if not rows:
+        return None
+    return (f"INCOMPLETE: the {report['run']['backend']} backend cannot see C client "
+            "libraries that tests' processes had loaded: "
+            + ", ".join(f"{name} in {_tests(n)}" for name, n in rows)
+            + "; what those tests reached through them is missing (`svctrace explain` names "
+            "them; the ebpf or strace backend sees them)")
+
+
+def _tests(n: int) -> str:
+    return f"{n} test{'' if n == 1 else 's'}"
+
+
 def _notes(run: dict) -> list[str]:
     return list(run.get("notes", [])) + list(run.get("backend_stats", {}).get("notes", []))
 
@@ -175,6 +198,9 @@ def format_summary(report: dict, path: str | None = None, verbose: bool = False,
     if run["lost_events"]:
         lines.append(f"  WARNING: {run['lost_events']} events were lost: services may be "
                      "missing (raise ringbuf_pages in [tool.svctrace])")
+    unseen = unseen_text(report)
+    if unseen:
+        lines.append(f"  {unseen}")
     rows = service_rows(report)
     if rows:
         lines.append("  tests needing each service (observed in the test, unless said): "
@@ -239,6 +265,9 @@ def markdown_summary(report: dict, path: str | None = None) -> str:
     if run["lost_events"]:
         lines += ["", f"> **Warning:** {run['lost_events']} events were lost: services may "
                   "be missing (raise `ringbuf_pages` in `[tool.svctrace]`)."]
+    unseen = unseen_text(report)
+    if unseen:
+        lines += ["", f"> **{_md(unseen)}**"]
     rows = service_rows(report)
     if rows:
         lines += ["", "| service | tests that need it | observed in the test | inherited from "
