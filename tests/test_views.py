@@ -97,7 +97,8 @@ def test_failed_probes_fixture_teardown_and_outlived_traffic_are_pointed_to():
                        "evidence": {"kafka": contact(phases=(), sends=2)}}],
         fixtures={"::pg": {"scope": "session", "services": ["postgres"],
                            "tests": {"t.py::b": ["teardown"]},
-                           "evidence": {"postgres": contact(phases=(), sends=1)}}})
+                           "evidence": {"postgres": contact(phases=(), sends=1, first=first(
+                               kind="send", phase="setup", test="t.py::a"))}}})
     a = explain.explain_text(rep, ["t.py::a"])
     assert "failed probes (attempts that reached nothing; not needs):" in a
     assert "    unix:/run/app.sock: 1 connect enoent" in a
@@ -106,7 +107,10 @@ def test_failed_probes_fixture_teardown_and_outlived_traffic_are_pointed_to():
     assert a.endswith("see failed probes and traffic reported elsewhere above")
     b = explain.explain_text(rep, ["t.py::b"])
     assert ("session-scoped fixture ::pg ran in this test's teardown: postgres (this test "
-            "does not use it: charged to the fixture, not in its needs)") in b
+            "does not use it: charged to the fixture, not in its needs); its traffic over "
+            "every test it ran in:") in b
+    # the fixture's first contact was in another test: named, not mistaken for b's setup
+    assert "4 ms into setup of t.py::a" in b and "into setup\n" not in b + "\n"
 
 
 def test_selection_by_prefix_file_folder_and_keyword():

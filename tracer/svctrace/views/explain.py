@@ -127,6 +127,9 @@ def _contact_lines(service: str, ev: dict, label: str | None = None,
                 f"({first.get('result')}) by {kind} {thread} (pid {first.get('pid')}, "
                 f"tid {first.get('tid')})")
         when = when_text(first)
+        if when and first.get("test") and first["test"] != current:
+            # a wider-scoped fixture's evidence spans tests: its first may be another's
+            when += f" of {first['test']}"
         if when:
             text += f", {when}"
         if first.get("born_in") and first["born_in"] != current:
@@ -322,9 +325,10 @@ def explain_one(report: dict, nodeid: str) -> str:
         uses = ("this test uses it: inherited, in its needs" if fx["used_by_test"]
                 else "this test does not use it: charged to the fixture, not in its needs")
         lines.append(f"    {fx['scope']}-scoped fixture {fx['fixture']} ran in this test's "
-                     f"{', '.join(fx['phases'])}: {', '.join(fx['services'])} ({uses})")
+                     f"{', '.join(fx['phases'])}: {', '.join(fx['services'])} ({uses}); "
+                     "its traffic over every test it ran in:")
         for service, ev in fx.get("evidence", {}).items():
-            lines += ["    " + line for line in _contact_lines(service, ev)]
+            lines += ["    " + line for line in _contact_lines(service, ev, current=nodeid)]
     ignored = data.get("ignored") or {}
     for why, labels in ignored.items():
         total = sum(labels.values())
