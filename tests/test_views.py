@@ -1,6 +1,8 @@
 """The report views on small hand-made reports: explain, summary, html (pure)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from svctrace.report.build import ReportError
@@ -158,7 +160,7 @@ def test_summary_is_short_and_says_what_a_reader_cannot_guess():
     assert "dns 1 [name lookups on port 53]" in lines[1]
     assert "svc0 1 (1 declared)" in lines[1]
     assert ("  failed probes (attempts that reached nothing; not needs): "
-            "tcp:10.255.255.53:53 in 1 tests") in lines
+            "tcp:10.255.255.53:53 in 1 test") in lines
     assert "         4  in 4 more sets (-v lists them)" in lines
     assert not any("blind spot:" in l for l in lines)
     assert lines[-1] == ("  6 blind spots of the ebpf backend: listed by `svctrace summary -v` "
@@ -192,3 +194,19 @@ def test_inherited_and_observed_do_not_contradict_and_outlived_says_when():
     assert "redis (also inherited): set up or torn down by ::redis_session" in text
     assert "not observed in this test" not in text
     assert "312 ms after the test ended" in text
+
+
+def test_counts_read_as_counted_nouns():
+    """"1 tests" nowhere: every count in the summaries agrees with its noun."""
+    from svctrace.views.summary import format_summary, markdown_summary
+    rep = summary_report({"t.py::a": test_entry(services=["redis"], needs=["redis"],
+                                                failed_probes={"unix:/x": contact()})})
+    rep["run"]["lost_events"] = 1
+    rep["run"]["blind_spots"] = ["a"]
+    text = format_summary(rep) + "\n" + markdown_summary(rep)
+    assert "svctrace: backend ebpf, 1 test ran, 1 lost event" in text
+    assert "WARNING: 1 event was lost" in text and "**Warning:** 1 event was lost" in text
+    assert "unix:/x in 1 test" in text and "`unix:/x` in 1 test." in text
+    assert "1 blind spot of the ebpf backend" in text
+    assert "1 test ran of 1 collected, **1 lost event**" in text
+    assert not re.search(r"\b1 (tests|events|blind spots|sets|jobs)\b", text), text

@@ -12,6 +12,7 @@ from pytest_svctrace.workers import NOTES_KEY, send_back
 from pytest_svctrace.pools import PoolWatch
 from svctrace.capture import wire
 from svctrace.events import FixtureMarker, FixtureWindows, Marker, ProcessEvent, TestInfo
+from svctrace.words import counted
 
 _DEFERRED_ENDS = frozenset({"setup", "call"})  # see Tracer.edge
 
@@ -317,7 +318,7 @@ class Tracer:
         # Not in session_end: xdist sends workeroutput before outer hookwrappers resume.
         errors = getattr(self.sink, "errors", 0)
         if errors:
-            self.notes.add("pipe", f"{errors} writes to the marker pipe failed (did "
+            self.notes.add("pipe", f"{counted(errors, 'write')} to the marker pipe failed (did "
                                    "`svctrace run` stop?)")
         send_back(self.config, NOTES_KEY, self.notes.export())
 

@@ -384,6 +384,7 @@ def html_command(report, output, plan_path, old_path, title) -> None:
     from svctrace.plan.tiers import load_plan
     from svctrace.userfiles import make_dir, write_file
     from svctrace.views.html import build_page
+    from svctrace.words import counted
     try:
         data = load_report(report)
         plan = load_plan(plan_path) if plan_path else None
@@ -397,7 +398,8 @@ def html_command(report, output, plan_path, old_path, title) -> None:
         write_file(target, page.encode("utf-8"), what="the HTML report")
     except SvctraceError as exc:
         fail(exc, EXIT_USAGE)
-    click.echo(f"svctrace html: {len(data['tests'])} tests, {len(page) // 1024} KiB -> {target}")
+    click.echo(f"svctrace html: {counted(len(data['tests']), 'test')}, {len(page) // 1024} KiB "
+               f"-> {target}")
 
 
 

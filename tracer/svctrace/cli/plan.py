@@ -14,6 +14,7 @@ from svctrace.report.merge import merge_reports
 from svctrace.report.rejudge import Rejudge
 from svctrace.report.jsonfile import write_atomic
 from svctrace.userfiles import append_file, check_writable
+from svctrace.words import counted
 from svctrace.report.build import load_report, write_report
 from svctrace.plan.tiers import (GRANULARITIES, markdown_summary, matrix, most_complete,
                                  moved_by_proof, plan_tiers, startup_estimate, startup_line,
@@ -59,8 +60,9 @@ def merge_command(output: str, allow_mixed: bool, reports: tuple[str, ...]) -> N
     except SvctraceError as exc:
         fail(exc)
     summary = merged["summary"]
-    click.echo(f"svctrace merge: {len(reports)} inputs, {len(merged['run']['runs'])} runs, "
-               f"{summary['tests_ran']} tests ran / {summary['tests']} collected, "
+    click.echo(f"svctrace merge: {counted(len(reports), 'input')}, "
+               f"{counted(len(merged['run']['runs']), 'run')}, "
+               f"{counted(summary['tests_ran'], 'test')} ran / {summary['tests']} collected, "
                f"backend {merged['run']['backend']} -> {output}")
 
 

@@ -14,6 +14,7 @@ from svctrace.errors import SvctraceError
 from svctrace.plan.proof import proven_needs
 from svctrace.report.jsonfile import read_versioned
 from svctrace.userfiles import write_file
+from svctrace.words import counted, plural
 
 PLAN_SCHEMA = "svctrace-plan/1"
 GRANULARITIES = ("test", "class", "file")
@@ -289,7 +290,7 @@ def startup_line(estimate: dict) -> str:
 
 
 def _jobs(n: int) -> str:
-    return f"{n} job{'' if n == 1 else 's'}"
+    return counted(n, "job")
 
 
 def markdown_summary(plan: dict, matrix_: dict, today_jobs: int = 1) -> str:
@@ -297,7 +298,7 @@ def markdown_summary(plan: dict, matrix_: dict, today_jobs: int = 1) -> str:
     shards = {e["tier"]: e["shards"] for e in matrix_["include"]}
     total = sum(len(t["tests"]) for t in plan["tiers"].values())
     lines = ["## svctrace tiers", "",
-             f"{total} tests planned at {plan['granularity']} granularity; "
+             f"{counted(total, 'test')} planned at {plan['granularity']} granularity; "
              f"tests not in the report run in **{plan['fallback']}** (the most complete tier).",
              "", "| tier | services started | startup | tests | share | test time | shards |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -320,7 +321,8 @@ def markdown_summary(plan: dict, matrix_: dict, today_jobs: int = 1) -> str:
               "(checkout, install) is not counted, and it grows with the number of jobs. "
               "Today's job count: `--today-shards`."]
     if plan.get("uncovered"):
-        lines += ["", f"{len(plan['uncovered'])} tests need services no tier starts; they run "
+        lines += ["", f"{counted(len(plan['uncovered']), 'test')} {plural(len(plan['uncovered']), 'need')} "
+                  "services no tier starts; they run "
                   f"in {plan['fallback']} and may fail there:", ""]
         for nodeid, missing in sorted(plan["uncovered"].items())[:20]:
             lines.append(f"- `{nodeid}`: {', '.join(missing)}")

@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from svctrace.report.build import ReportError
 from svctrace.views.stacks import test_call_sites
+from svctrace.words import counted
 
 
 # What a user cannot guess from the report's own words.
@@ -21,8 +22,7 @@ _RELATED_WHY = {
 }
 
 
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+_count = counted
 
 
 def cut(text: str, limit: int = 160) -> str:
@@ -74,7 +74,7 @@ def _destination_lines(ev: dict) -> list[str]:
         lines.append(f"      to {label}: {', '.join(parts) or 'seen'}")
     more = len(ev.get("destinations", [])) - len(by_dest)
     if more > 0:
-        lines.append(f"      … and {more} more destinations")
+        lines.append(f"      … and {_count(more, 'more destination')}")
     return lines
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 from collections import Counter
 
+from svctrace.words import counted, plural
+
 SETS_SHOWN = 8        # the default summary lists this many needed service sets
 # Words for what a reader cannot guess from a service's name.
 SERVICE_WORDS = {"dns": "name lookups on port 53"}
@@ -78,7 +80,7 @@ def unseen_text(report: dict) -> str | None:
 
 
 def _tests(n: int) -> str:
-    return f"{n} test{'' if n == 1 else 's'}"
+    return counted(n, "test")
 
 
 def _notes(run: dict) -> list[str]:
@@ -102,7 +104,7 @@ def denied_lines(report: dict, verbose: bool = False, shown: int = 10) -> list[s
     lines = [f"  guard{' (shadow: nothing refused)' if shadow else ''}: "
              f"{'would deny' if shadow else 'denied'} "
              f"{', '.join(run.get('denied_services', [])) or 'nothing'}; "
-             f"{len({d['test'] for d in found})} tests tried a denied service"]
+             f"{counted(len({d['test'] for d in found}), 'test')} tried a denied service"]
     refused = "would be refused" if shadow else "refused"
     for entry in found if verbose else found[:shown]:
         lines.append(f"    {entry['test']}: {entry['service']} ({entry['refusals']} {refused}, "
@@ -190,13 +192,15 @@ def format_summary(report: dict, path: str | None = None, verbose: bool = False,
     run, summary = report["run"], report["summary"]
     collected = summary["tests"]
     interrupted = sum(1 for t in report["tests"].values() if t.get("outcome") == "interrupted")
-    head = (f"svctrace: backend {run['backend']}, {summary['tests_ran']} tests ran"
+    head = (f"svctrace: backend {run['backend']}, {counted(summary['tests_ran'], 'test')} ran"
             + (f" ({collected} collected)" if collected != summary["tests_ran"] else "")
             + (f", {interrupted} interrupted" if interrupted else "")
-            + f", {run['lost_events']} lost events" + (f", report {path}" if path else ""))
+            + f", {counted(run['lost_events'], 'lost event')}"
+            + (f", report {path}" if path else ""))
     lines = [head]
     if run["lost_events"]:
-        lines.append(f"  WARNING: {run['lost_events']} events were lost: services may be "
+        lines.append(f"  WARNING: {counted(run['lost_events'], 'event')} "
+                     f"{plural(run['lost_events'], 'was')} lost: services may be "
                      "missing (raise ringbuf_pages in [tool.svctrace])")
     unseen = unseen_text(report)
     if unseen:
@@ -209,7 +213,7 @@ def format_summary(report: dict, path: str | None = None, verbose: bool = False,
     if probes:
         shown = probes if verbose else probes[:3]
         lines.append("  failed probes (attempts that reached nothing; not needs): "
-                     + ", ".join(f"{name} in {n} tests" for name, n in shown)
+                     + ", ".join(f"{name} in {counted(n, 'test')}" for name, n in shown)
                      + (f", {len(probes) - len(shown)} more (-v)" if len(probes) > len(shown)
                         else ""))
     lines += denied_lines(report, verbose)
@@ -222,7 +226,8 @@ def format_summary(report: dict, path: str | None = None, verbose: bool = False,
         lines.append(f"    {entry['tests']:6d}  {' + '.join(entry['needs']) or '(none)'}")
     if len(sets) > len(shown_sets):
         rest = sum(e["tests"] for e in sets[len(shown_sets):])
-        lines.append(f"    {rest:6d}  in {len(sets) - len(shown_sets)} more sets (-v lists them)")
+        lines.append(f"    {rest:6d}  in {counted(len(sets) - len(shown_sets), 'more set')} "
+                     "(-v lists them)")
     reasons = _unattributed(report)
     if reasons:
         lines.append("  traffic outside tests: " + ", ".join(
@@ -246,7 +251,7 @@ def format_summary(report: dict, path: str | None = None, verbose: bool = False,
         for spot in spots:
             lines.append(f"  blind spot: {spot}")
     elif spots:
-        lines.append(f"  {len(spots)} blind spots of the {run['backend']} backend: listed by "
+        lines.append(f"  {counted(len(spots), 'blind spot')} of the {run['backend']} backend: listed by "
                      "`svctrace summary -v` and in the report's run.blind_spots")
     return "\n".join(lines)
 
@@ -259,11 +264,12 @@ def markdown_summary(report: dict, path: str | None = None) -> str:
     """The same content for a CI job summary ($GITHUB_STEP_SUMMARY)."""
     run, summary = report["run"], report["summary"]
     lines = ["## svctrace", "",
-             f"Backend **{run['backend']}**, {summary['tests_ran']} tests ran of "
-             f"{summary['tests']} collected, **{run['lost_events']} lost events**"
+             f"Backend **{run['backend']}**, {counted(summary['tests_ran'], 'test')} ran of "
+             f"{summary['tests']} collected, **{counted(run['lost_events'], 'lost event')}**"
              + (f", report `{path}`" if path else "") + "."]
     if run["lost_events"]:
-        lines += ["", f"> **Warning:** {run['lost_events']} events were lost: services may "
+        lines += ["", f"> **Warning:** {counted(run['lost_events'], 'event')} "
+                  f"{plural(run['lost_events'], 'was')} lost: services may "
                   "be missing (raise `ringbuf_pages` in `[tool.svctrace]`)."]
     unseen = unseen_text(report)
     if unseen:
@@ -290,7 +296,7 @@ def markdown_summary(report: dict, path: str | None = None) -> str:
     probes = probe_rows(report)
     if probes:
         lines += ["", "Failed probes (attempts that reached nothing; not needs): "
-                  + ", ".join(f"`{_md(n)}` in {c} tests" for n, c in probes) + "."]
+                  + ", ".join(f"`{_md(n)}` in {counted(c, 'test')}" for n, c in probes) + "."]
     reasons = _unattributed(report)
     if reasons:
         lines += ["", "Traffic outside tests (report `unattributed`): " + ", ".join(
@@ -303,6 +309,6 @@ def markdown_summary(report: dict, path: str | None = None) -> str:
         lines += ["", "Notes:", ""] + [f"- {_md(n)}" for n in notes]
     spots = run.get("blind_spots", [])
     if spots:
-        lines += ["", f"<details><summary>{len(spots)} blind spots of the {run['backend']} "
+        lines += ["", f"<details><summary>{counted(len(spots), 'blind spot')} of the {run['backend']} "
                   "backend</summary>", ""] + [f"- {_md(s)}" for s in spots] + ["", "</details>"]
     return "\n".join(lines) + "\n"
