@@ -99,7 +99,12 @@ def test_explain_summarises_ignored_self_loopback_traffic(traced):
     out = cli(suite, "explain", "report.json",
               "test_sample.py::test_kafka_inprocess_mock_is_not_a_service").stdout
     line = next(l for l in out.splitlines() if l.startswith("  ignored "))
-    assert "sent to its own listeners over loopback" in line and "tcp:127.0.0.1:" in line
+    assert "to and from its own listeners over loopback" in line and "tcp:127.0.0.1:" in line
+    # by the mock broker's listener port only, never the client's ephemeral ports
+    report = json.loads((suite / "report.json").read_text())
+    labels = report["tests"]["test_sample.py::test_kafka_inprocess_mock_is_not_a_service"][
+        "ignored"]["self_loopback"]
+    assert len(labels) == 1, labels
     assert "see ignored traffic above" in out
 
 

@@ -210,3 +210,14 @@ def test_counts_read_as_counted_nouns():
     assert "1 blind spot of the ebpf backend" in text
     assert "1 test ran of 1 collected, **1 lost event**" in text
     assert not re.search(r"\b1 (tests|events|blind spots|sets|jobs)\b", text), text
+
+
+def test_ignored_destinations_beyond_those_kept_read_as_a_count_not_a_label():
+    from svctrace.join.evidence import MORE_DESTINATIONS
+    rep = report({"t.py::a": test_entry(ignored={"self_loopback": {
+        "tcp:127.0.0.1:8000": 4, MORE_DESTINATIONS: 5}})})
+    line = next(l for l in explain.explain_text(rep, ["t.py::a"]).splitlines()
+                if l.startswith("  ignored "))
+    assert line.endswith(": tcp:127.0.0.1:8000 4, 5 more to other destinations"), line
+    assert "ignored 9 events to and from its own listeners over loopback" in line
+    assert "other 5" not in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 from collections import defaultdict
 
+from svctrace.join.evidence import MORE_DESTINATIONS
 from svctrace.report.build import ReportError
 from svctrace.views.stacks import test_call_sites
 from svctrace.words import counted
@@ -11,8 +12,9 @@ from svctrace.words import counted
 
 # What a user cannot guess from the report's own words.
 _IGNORED_WHY = {
-    "self_loopback": "sent to its own listeners over loopback (a server the test process runs "
-                     "itself: not an external service; ignore_self_loopback)",
+    "self_loopback": "to and from its own listeners over loopback (a server the test "
+                     "process runs itself: not an external service; ignore_self_loopback), "
+                     "by listener",
     "noise": "of library and system probes (nscd, uuidd, syslog, D-Bus, netlink, UDP "
              "connects of name lookups: the default noise list and `ignore`)",
 }
@@ -332,8 +334,11 @@ def explain_one(report: dict, nodeid: str) -> str:
     ignored = data.get("ignored") or {}
     for why, labels in ignored.items():
         total = sum(labels.values())
+        named = [f"{label} {n}" for label, n in labels.items() if label != MORE_DESTINATIONS]
+        if MORE_DESTINATIONS in labels:  # what did not fit: counted, its labels not kept
+            named.append(f"{labels[MORE_DESTINATIONS]} more to other destinations")
         lines.append(f"  ignored {_count(total, 'event')} {_IGNORED_WHY.get(why, why)}: "
-                     + ", ".join(f"{label} {n}" for label, n in labels.items()))
+                     + ", ".join(named))
     if not data["evidence"] and data["ran"]:
         pointers = []
         if probes:
