@@ -46,8 +46,9 @@ fi
 missing=()
 for p in "${want[@]}"; do installed "$p" || missing+=("$p"); done
 # Prefer headers built for this kernel; none exist for custom kernels (e.g. 6.18 here), and
-# then the distribution's headers serve, because bcc's tracepoint programs read the live
-# tracepoint format from tracefs (see DESIGN.md).
+# then the distribution's headers serve (Debian's 6.1 ones, linked as /lib/modules/$KVER/build
+# below), because bcc's TRACEPOINT_PROBE programs read the live tracepoint format from
+# tracefs; the kernel struct offsets svctrace reads come from BTF, not from these headers.
 need_headers=yes
 if installed "linux-headers-$KVER" || installed "linux-headers-$ARCH"; then need_headers=no; fi
 
