@@ -166,6 +166,10 @@ STEP="pip install -e .[test]"
 say "installing svctrace and its test dependencies into .venv"
 PIP_ROOT_USER_ACTION=ignore .venv/bin/python -m pip install -q --disable-pip-version-check \
     -e '.[test]'
+# setuptools leaves svctrace.egg-info in the checkout (the editable install does not use it).
+# Left there, owned by whoever ran this (root), it breaks every other user's `pip install .`
+# from a shared checkout: setuptools cannot rewrite it. Each build makes it anew.
+rm -rf ./svctrace.egg-info
 
 # svctrace finds the distribution's bcc by itself (svctrace.kernel.bcc_import): no link.
 # Earlier versions of this script linked it into the venv; that link is no longer needed.
@@ -193,10 +197,8 @@ fi
 # ---------------------------------------------------------------- ownership
 STEP="handing .venv to the invoking user"
 if [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ]; then
-    for p in .venv ./*.egg-info build; do
-        if [ -e "$p" ]; then chown -R -h "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$p"; fi
-    done
-    say "gave .venv (and build metadata) to uid $SUDO_UID"
+    chown -R -h "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" .venv
+    say "gave .venv to uid $SUDO_UID"
 fi
 
 say "done; run the tests with: .venv/bin/python -m pytest tests/ -p no:cacheprovider -q -rs"
