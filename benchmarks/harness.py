@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
