@@ -80,7 +80,7 @@ def test_a_c_thread_is_traced_to_the_python_stack_that_created_it():
     assert found["call_site"] == {"file": "tests/test_k.py", "line": 12, "function": "test_k"}
     assert call_site("kafka", found).startswith(
         "kafka: rdk:broker-1 runs no Python code; that thread was created (through 1 more thread "
-        "creation(s)) at tests/test_k.py:12 in test_k")
+        "creation) at tests/test_k.py:12 in test_k")
 
 
 def test_no_creation_seen_says_why():
