@@ -196,7 +196,8 @@ def _check_selected(report: dict, plan: dict, tier: str) -> None:
     from svctrace.plan.tiers import tier_of
     outside = [n for n, t in report["tests"].items() if t.get("ran") and tier_of(plan, n) != tier]
     if outside:
-        tests = "1 test" if len(outside) == 1 else f"{len(outside)} tests"
+        from svctrace.words import counted
+        tests = counted(len(outside), "test")
         click.echo(f"svctrace: WARNING: {tests} outside tier {tier!r} ran (e.g. "
                    f"{outside[0]}): the command's pytest did not select the tier (an "
                    "svctrace plugin older than this svctrace, installed in its environment, "

@@ -169,5 +169,5 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
     from svctrace.plan.proof import has_proofs
     if has_proofs(data):  # the plan used needs less what `svctrace prove` proved not needed
         moved = moved_by_proof(data, tiers, granularity)
-        click.echo(f"svctrace tiers: {moved} tests moved to a cheaper tier because of proof",
-                   err=True)
+        click.echo(f"svctrace tiers: {counted(moved, 'test')} moved to a cheaper tier because "
+                   "of proof", err=True)

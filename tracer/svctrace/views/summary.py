@@ -169,7 +169,8 @@ def proof_lines(report: dict, verbose: bool = False, moved: int | None = None,
         "unproven" for service, c in counts.items())]
     lighter = sum(1 for t in report["tests"].values()
                   if any(v == NOT_NEEDED for v in (t.get("needs_proof") or {}).values()))
-    lines.append(f"  proof: {lighter} tests need fewer services than they used"
+    lines.append(f"  proof: {counted(lighter, 'test')} {plural(lighter, 'need')} fewer services than "
+                 "they used"
                  + (f"; {moved} moved to a cheaper tier because of proof"
                     if moved is not None else ""))
     info = report["run"].get("proof") or {}
