@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 from tests.support.action import copy_action, run_action
 from tests.support.backends import needs_backend
 
-PYTEST = os.path.join(os.path.dirname(os.sys.executable), "python") + " -m pytest -q -p no:cacheprovider"
+# The project's own pytest (this venv's), as a job's `command` names it.
+PYTEST = f"{sys.executable} -m pytest -q -p no:cacheprovider"
 
 TEST_PLAIN = "def test_plain():\n    assert 1 + 1 == 2\n"
 TEST_BILLING = """import os, socket
