@@ -73,7 +73,7 @@ def test_version_comes_from_one_place():
     """pyproject takes the version from svctrace.__version__; --version adds the commit."""
     assert 'dynamic = ["version"]' in (REPO / "pyproject.toml").read_text()
     proc = _run(sys.executable, "-m", "svctrace", "--version", check=True)
-    assert proc.stdout.startswith(f"svctrace {svctrace.__version__} (commit {_head()}"), proc.stdout
+    assert proc.stdout.startswith(f"svctrace, version {svctrace.__version__} (commit {_head()}"), proc.stdout
 
 
 def _hidden(*cmd, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -111,7 +111,7 @@ def test_wheel_in_a_fresh_venv_traces_a_suite_in_another_venv(dist, tmp_path):
     try:
         version = _hidden(bin_ / "svctrace", "--version", cwd=project, env=env)
         assert version.returncode == 0, version.stderr
-        assert version.stdout.startswith(f"svctrace {svctrace.__version__} (commit {_head()}")
+        assert version.stdout.startswith(f"svctrace, version {svctrace.__version__} (commit {_head()}")
         where = _hidden(bin_ / "python", "-c", "import svctrace, pytest_svctrace; "
                         "print(svctrace.__file__, pytest_svctrace.__file__)", cwd=project, env=env)
         assert str(REPO) not in where.stdout and str(tool) in where.stdout, where.stdout

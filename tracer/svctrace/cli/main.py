@@ -42,7 +42,7 @@ def _print_version(ctx, _param, value) -> None:
     if not value or ctx.resilient_parsing:
         return
     from svctrace.cli.version import version_text
-    click.echo(f"svctrace {version_text()}")
+    click.echo(f"svctrace, version {version_text()}")   # click's own wording
     ctx.exit()
 
 
