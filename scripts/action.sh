@@ -30,6 +30,11 @@ case "$MODE" in run|merge|tiers) ;; *) fail "mode '$MODE' is not one of run, mer
 if [ "$MODE" = run ] && [ -z "${INPUT_COMMAND:-}" ]; then
     fail "mode run needs the 'command' input (the test command to trace, e.g. pytest tests/)."
 fi
+# The command reaches svctrace as one bash -c string, so svctrace cannot read a tier from
+# its pytest options: the guard's tier comes from the inputs.
+if [ "$MODE" = run ] && truthy "${INPUT_GUARD:-}" && { [ -z "${INPUT_PLAN:-}" ] || [ -z "${INPUT_TIER:-}" ]; }; then
+    fail "guard: true needs the 'plan' and 'tier' inputs (the tier to run and guard)."
+fi
 [ -z "${INPUT_WORKING_DIRECTORY:-}" ] || cd "$INPUT_WORKING_DIRECTORY" \
     || fail "working-directory '$INPUT_WORKING_DIRECTORY' does not exist."
 
@@ -92,6 +97,7 @@ if [ "$MODE" = run ]; then
     truthy "${INPUT_GUARD:-}" && opts+=(--guard)
     [ -z "${INPUT_PLAN:-}" ] || opts+=(--plan "$INPUT_PLAN")
     [ -z "${INPUT_TIER:-}" ] || opts+=(--tier "$INPUT_TIER")
+    [ -z "${INPUT_SHARD:-}" ] || opts+=(--shard "$INPUT_SHARD")
     truthy "${INPUT_STACKS:-}" && opts+=(--stacks)
     # A report left from before (a cached workspace) must not be summarized as this run's.
     started=$(mktemp "${RUNNER_TEMP:-/tmp}/svctrace-action-start.XXXXXX")

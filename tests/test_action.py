@@ -24,6 +24,9 @@ def test_billing():
     socket.create_connection(("127.0.0.1", int(os.environ["BILLING_PORT"])), timeout=5).close()
 """
 TEST_FAILS = "def test_fails():\n    assert False, 'on purpose'\n"
+# A test that touched nothing when classified, then gained a hidden call (a stale plan).
+TEST_HOOK_THEN = "def test_hook():\n    pass\n"
+TEST_HOOK_NOW = TEST_BILLING.replace("test_billing", "test_hook")
 
 
 @pytest.fixture(scope="module")
@@ -107,45 +110,57 @@ def test_run_in_pid_namespace_passes_failure_through_and_summarizes(job):
 @needs_backend("ebpf")
 def test_shards_merge_tiers_and_a_guarded_tier(job):
     """The CI loop through the Action: two traced shards, merge (glob), tiers (plan, matrix
-    output), then the cheap tier under the guard: the misplaced test is refused, named in
-    the summary with the tier it ran in and the tier it belongs in."""
+    output), then the cheap tier under the guard with a plan gone stale: the test that now
+    calls billing is refused, named in the summary with its tier and the tier it belongs in."""
     _, _, ws, _ = job
-    for shard, path in (("1", "tests/test_plain.py"), ("2", "tests/test_billing.py")):
-        step = _run(job, {"command": f"{PYTEST} {path}", "report": f"shards/report-{shard}.json"})
+    hook = ws / "tests" / "test_hook.py"
+    hook.write_text(TEST_HOOK_THEN)
+    try:
+        shards = (("1", "tests/test_plain.py tests/test_hook.py"), ("2", "tests/test_billing.py"))
+        for shard, paths in shards:
+            step = _run(job, {"command": f"{PYTEST} {paths}",
+                              "report": f"shards/report-{shard}.json"})
+            assert step.returncode == 0, step.log
+            assert step.outputs["exit-code"] == "0"
+        assert "| billing | 1 |" in step.summary
+
+        step = _run(job, {"mode": "merge", "reports": "shards/report-*.json",
+                          "report": "merged.json"})
         assert step.returncode == 0, step.log
-        assert step.outputs["exit-code"] == "0"
-    assert "| billing | 1 |" in step.summary
+        merged = json.loads((ws / "merged.json").read_text())
+        assert set(merged["tests"]) == {"tests/test_plain.py::test_plain",
+                                        "tests/test_hook.py::test_hook",
+                                        "tests/test_billing.py::test_billing"}
+        assert "3 tests ran" in step.summary
 
-    step = _run(job, {"mode": "merge", "reports": "shards/report-*.json",
-                      "report": "merged.json"})
-    assert step.returncode == 0, step.log
-    merged = json.loads((ws / "merged.json").read_text())
-    assert set(merged["tests"]) == {"tests/test_plain.py::test_plain",
-                                    "tests/test_billing.py::test_billing"}
-    assert "2 tests ran" in step.summary
+        step = _run(job, {"mode": "tiers", "report": "merged.json", "plan": "plan.json",
+                          "shards": "1"})
+        assert step.returncode == 0, step.log
+        plan = json.loads((ws / "plan.json").read_text())
+        assert plan["assignments"] == {"tests/test_plain.py::test_plain": "unit",
+                                       "tests/test_hook.py::test_hook": "unit",
+                                       "tests/test_billing.py::test_billing": "full"}
+        matrix = json.loads(step.outputs["matrix"])
+        assert sorted((j["tier"], j["services"]) for j in matrix["include"]) == \
+            [("full", "billing"), ("unit", "")]
+        assert "unit" in step.summary and "full" in step.summary
 
-    step = _run(job, {"mode": "tiers", "report": "merged.json", "plan": "plan.json",
-                      "shards": "1"})
-    assert step.returncode == 0, step.log
-    plan = json.loads((ws / "plan.json").read_text())
-    assert plan["assignments"] == {"tests/test_plain.py::test_plain": "unit",
-                                   "tests/test_billing.py::test_billing": "full"}
-    matrix = json.loads(step.outputs["matrix"])
-    assert sorted((j["tier"], j["services"]) for j in matrix["include"]) == \
-        [("full", "billing"), ("unit", "")]
-    assert "unit" in step.summary and "full" in step.summary
-
-    # The whole suite in tier "unit", guarded: test_billing is refused at once.
-    step = _run(job, {"command": f"{PYTEST} tests", "guard": "true", "plan": "plan.json",
-                      "tier": "unit", "report": "guarded.json"})
-    assert step.returncode == 1, step.log
-    guarded = json.loads((ws / "guarded.json").read_text())
-    assert guarded["tests"]["tests/test_billing.py::test_billing"]["denied"] == ["billing"]
-    assert "**Guard** of tier `unit`: denied billing, " in step.summary
-    assert "**1 tests tried a denied service**" in step.summary
-    row = next(line for line in step.summary.splitlines()
-               if line.startswith("| `tests/test_billing.py::test_billing`"))
-    assert "| billing | unit | full |" in row, row
+        # Tier "unit" (its tests only), guarded, after test_hook gained its call.
+        hook.write_text(TEST_HOOK_NOW)
+        step = _run(job, {"command": f"{PYTEST} tests", "guard": "true", "plan": "plan.json",
+                          "tier": "unit", "shard": "1/1", "report": "guarded.json"})
+        assert step.returncode == 1, step.log
+        guarded = json.loads((ws / "guarded.json").read_text())
+        ran = {n for n, t in guarded["tests"].items() if t["ran"]}
+        assert ran == {"tests/test_plain.py::test_plain", "tests/test_hook.py::test_hook"}
+        assert guarded["tests"]["tests/test_hook.py::test_hook"]["denied"] == ["billing"]
+        assert "**Guard** of tier `unit`: denied billing, " in step.summary
+        assert "**1 tests tried a denied service**" in step.summary
+        row = next(line for line in step.summary.splitlines()
+                   if line.startswith("| `tests/test_hook.py::test_hook`"))
+        assert "| billing | unit | full |" in row, row
+    finally:
+        hook.unlink()
 
 
 def test_merge_names_a_missing_shard(job):
@@ -161,6 +176,7 @@ def test_merge_names_a_missing_shard(job):
     ({"mode": "bogus"}, "mode 'bogus' is not one of run, merge, tiers."),
     ({"command": ""}, "mode run needs the 'command' input"),
     ({"command": "true", "args": "--report 'unclosed"}, "input args is not valid shell words"),
+    ({"command": "true", "guard": "true"}, "guard: true needs the 'plan' and 'tier' inputs"),
 ])
 def test_bad_inputs_are_one_error_line(job, inputs, message):
     step = _run(job, inputs)
