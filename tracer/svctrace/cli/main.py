@@ -5,7 +5,6 @@ import sys
 
 import click
 
-from svctrace import __version__
 from svctrace.capture import CHOICES
 from svctrace.cli.common import (EXIT_CODES_HELP, EXIT_DOCTOR_UNUSABLE, EXIT_INPUT,
                                  EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, fail)
@@ -38,6 +37,15 @@ A tier job (svctrace need not be installed in the project's venv):
 """
 
 
+def _print_version(ctx, _param, value) -> None:
+    """--version, computed only when asked: it may run git."""
+    if not value or ctx.resilient_parsing:
+        return
+    from svctrace.cli.version import version_text
+    click.echo(f"svctrace, version {version_text()}")   # click's own wording
+    ctx.exit()
+
+
 class _Commands(click.Group):
     """Imports the plan commands' modules (merge, tiers: ~25 ms) only when one of them runs
     or --help lists them, not on every `svctrace run`."""
@@ -59,7 +67,9 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=EXIT_CODES_HELP)
-@click.version_option(__version__, prog_name="svctrace")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version,
+              help="Show the version (and the git commit it was built from) and exit.")
 def main() -> None:
     """svctrace: which external services does each pytest test really contact?
 
@@ -245,11 +255,21 @@ def _report_view(render, *args) -> None:
                    "bucket outside tests and the event counts")
 @click.option("--markdown", is_flag=True,
               help="Markdown for a CI job summary (e.g. >> \"$GITHUB_STEP_SUMMARY\")")
-def summary(report, verbose, markdown) -> None:
+@click.option("--plan", "plan_path", metavar="PLAN", default=None,
+              help="with --markdown, for a guarded tier run: the tiers plan, to name the "
+                   "tier each refused test belongs in")
+def summary(report, verbose, markdown, plan_path) -> None:
     """Print the summary of a report (as at the end of `svctrace run`)."""
     from svctrace.views.summary import format_summary, markdown_summary
     if markdown:
-        _report_view(lambda data: markdown_summary(data, report).rstrip("\n"), report)
+        plan = None
+        if plan_path:
+            from svctrace.plan.tiers import load_plan
+            try:
+                plan = load_plan(plan_path)
+            except SvctraceError as exc:
+                fail(exc, EXIT_INPUT)
+        _report_view(lambda data: markdown_summary(data, report, plan).rstrip("\n"), report)
     else:
         _report_view(lambda data: format_summary(data, report, verbose, _moved(data)),
                      report)

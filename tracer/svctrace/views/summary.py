@@ -261,8 +261,37 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_summary(report: dict, path: str | None = None) -> str:
-    """The same content for a CI job summary ($GITHUB_STEP_SUMMARY)."""
+def _md_guard(report: dict, plan: dict | None) -> list[str]:
+    """The guard's refusals as a table: each test that tried a denied service, the tier it
+    ran in and, given the plan, the tier that covers it."""
+    from svctrace.guard.rules import covering_tier
+    run, found = report["run"], report["summary"].get("denied", [])
+    guard = run.get("guard")
+    if not guard:
+        return []
+    tier = guard.get("tier")
+    tried = sorted({d["test"] for d in found})
+    what = f"of tier `{_md(tier)}`" if tier else f"(--{guard.get('mode')})"
+    lines = ["", f"**Guard** {what}: denied {_md(', '.join(run.get('denied_services', [])) or 'nothing')}; "
+             f"**{len(tried)} tests tried a denied service**."]
+    if not found:
+        return lines
+    lines += ["", "| test | refused | ran in tier | belongs in tier | refusals | first refusal |",
+              "|---|---|---|---|---:|---|"]
+    for entry in found:
+        home = "-"
+        if plan is not None:
+            needs = report["tests"].get(entry["test"], {}).get("needs", [])
+            home = covering_tier(plan, needs) or "none covers it"
+        lines.append(f"| `{_md(entry['test'])}` | {_md(entry['service'])} | {_md(tier or '-')} "
+                     f"| {_md(home)} | {entry['refusals']} | thread {_md(entry['thread'])} to "
+                     f"`{_md(entry['destination'])}` in {_md(entry['phase'] or 'no phase')} |")
+    return lines
+
+
+def markdown_summary(report: dict, path: str | None = None, plan: dict | None = None) -> str:
+    """The same content for a CI job summary ($GITHUB_STEP_SUMMARY); with the tiers plan of
+    a guarded run, the tier each refused test belongs in."""
     run, summary = report["run"], report["summary"]
     lines = ["## svctrace", "",
              f"Backend **{run['backend']}**, {counted(summary['tests_ran'], 'test')} ran of "
@@ -283,6 +312,7 @@ def markdown_summary(report: dict, path: str | None = None) -> str:
             name = r["service"] + (f" ({r['about']})" if r["about"] else "")
             lines.append(f"| {_md(name)} | {r['needs']} | {r['observed']} | {r['inherited']} "
                          f"| {r['declared']} |")
+    lines += _md_guard(report, plan)
     if summary["service_sets"]:
         lines += ["", "| tests | needed service set |", "|---:|---|"]
         for entry in summary["service_sets"]:
