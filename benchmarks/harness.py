@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -587,9 +588,9 @@ class Bench:
         sent = sum(json.loads(line)["sends"] for line in result_file.read_text().splitlines())
         points = []
         for _t, line, rss in res.progress:
-            if " events, " in line and rss:
-                events = int(line.split(" events, ")[0].rsplit(" ", 1)[-1])
-                points.append({"events": events, "rss_bytes": rss})
+            found = re.search(r"(\d+) events?, ", line)  # "1 event, " too
+            if found and rss:
+                points.append({"events": int(found.group(1)), "rss_bytes": rss})
         # "start" once a tenth of the records arrived: the attribution backlog (3 s of
         # events) and Python's heap have grown to their working size by then
         none = {"events": None, "rss_bytes": None}

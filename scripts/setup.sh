@@ -25,10 +25,10 @@ quiet() {
     rm -f "$log"
 }
 
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+# shellcheck source=scripts/kernel-deps.sh
+. scripts/kernel-deps.sh   # headers and tracefs, shared with the GitHub Action
+installed() { kd_installed "$1"; }
 
-ARCH=$(dpkg --print-architecture)
-KVER=$(uname -r)
 PY=${PYTHON:-python3}
 BCC_SRC=/usr/lib/python3/dist-packages/bcc   # Debian's python3-bpfcc (PyPI's `bcc` is unrelated)
 
@@ -46,21 +46,20 @@ fi
 missing=()
 for p in "${want[@]}"; do installed "$p" || missing+=("$p"); done
 # Prefer headers built for this kernel; none exist for custom kernels (e.g. 6.18 here), and
-# then the distribution's headers serve, because bcc's tracepoint programs read the live
-# tracepoint format from tracefs (see DESIGN.md).
+# then the distribution's headers serve (Debian's 6.1 ones, linked as /lib/modules/$KVER/build
+# below), because bcc's TRACEPOINT_PROBE programs read the live tracepoint format from
+# tracefs; the kernel struct offsets svctrace reads come from BTF, not from these headers.
 need_headers=yes
-if installed "linux-headers-$KVER" || installed "linux-headers-$ARCH"; then need_headers=no; fi
+if kd_headers_installed; then need_headers=no; fi
 
 if [ "${#missing[@]}" -gt 0 ] || [ "$need_headers" = yes ]; then
     STEP="apt-get update"
     say "updating apt package lists"
     quiet apt-get update
     if [ "$need_headers" = yes ]; then
-        if apt-cache show "linux-headers-$KVER" >/dev/null 2>&1; then
-            missing+=("linux-headers-$KVER")
-        else
-            missing+=("linux-headers-$ARCH")
-        fi
+        hdr_pkg=$(kd_headers_candidate)
+        [ -n "$hdr_pkg" ] || fail "no kernel headers package for $(uname -r) in apt's lists."
+        missing+=("$hdr_pkg")
     fi
     STEP="apt-get install ${missing[*]}"
     say "installing ${missing[*]}"
@@ -101,45 +100,12 @@ if ! installed chromium; then
     fi
 fi
 
-# ---------------------------------------------------------------- kernel headers for bcc
+# ---------------------------------------------------------------- kernel headers, tracefs
 STEP="linking kernel headers"
-MOD=/lib/modules/$KVER
-if [ ! -e "$MOD/build" ] || [ ! -e "$MOD/source" ]; then
-    # Debian lays headers out as /usr/src/linux-headers-<ver>-<arch> (build) plus
-    # /usr/src/linux-headers-<ver>-common (source), exactly as its own /lib/modules links.
-    hdr=$(ls -d /usr/src/linux-headers-*-"$ARCH" 2>/dev/null | sort -V | tail -n 1 || true)
-    [ -n "$hdr" ] || fail "no /usr/src/linux-headers-*-$ARCH directory to link for kernel $KVER."
-    common=${hdr%-"$ARCH"}-common
-    mkdir -p "$MOD"
-    if [ ! -e "$MOD/build" ]; then
-        ln -sfn "$hdr" "$MOD/build"
-        say "no headers package for kernel $KVER: linked $MOD/build -> $hdr"
-    fi
-    if [ ! -e "$MOD/source" ] && [ -d "$common" ]; then
-        ln -sfn "$common" "$MOD/source"
-        say "linked $MOD/source -> $common"
-    fi
-else
-    say "kernel headers present at $MOD/build"
-fi
-
-# ---------------------------------------------------------------- tracefs / debugfs
+kd_link_headers
 # Not mounted at boot on these machines, and mounts do not survive a reboot: re-run setup.
 STEP="mounting tracefs"
-if ! mountpoint -q /sys/kernel/tracing; then
-    mount -t tracefs tracefs /sys/kernel/tracing
-    say "mounted tracefs at /sys/kernel/tracing"
-fi
-STEP="mounting debugfs"
-# bcc 0.26 looks for /sys/kernel/debug/tracing first, then /sys/kernel/tracing: debugfs is
-# a convenience, not a requirement, so failing to mount it only warns.
-if ! mountpoint -q /sys/kernel/debug; then
-    if mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null; then
-        say "mounted debugfs at /sys/kernel/debug"
-    else
-        say "warning: could not mount debugfs (bcc will use /sys/kernel/tracing)"
-    fi
-fi
+kd_mount_tracefs
 
 # libpq's default socket dir; Debian creates it via systemd-tmpfiles, absent without systemd.
 STEP="creating /var/run/postgresql"
@@ -165,6 +131,10 @@ STEP="pip install -e .[test]"
 say "installing svctrace and its test dependencies into .venv"
 PIP_ROOT_USER_ACTION=ignore .venv/bin/python -m pip install -q --disable-pip-version-check \
     -e '.[test]'
+# setuptools leaves svctrace.egg-info in the checkout (the editable install does not use it).
+# Left there, owned by whoever ran this (root), it breaks every other user's `pip install .`
+# from a shared checkout: setuptools cannot rewrite it. Each build makes it anew.
+rm -rf ./svctrace.egg-info
 
 # svctrace finds the distribution's bcc by itself (svctrace.kernel.bcc_import): no link.
 # Earlier versions of this script linked it into the venv; that link is no longer needed.
@@ -192,10 +162,8 @@ fi
 # ---------------------------------------------------------------- ownership
 STEP="handing .venv to the invoking user"
 if [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ]; then
-    for p in .venv ./*.egg-info build; do
-        if [ -e "$p" ]; then chown -R -h "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$p"; fi
-    done
-    say "gave .venv (and build metadata) to uid $SUDO_UID"
+    chown -R -h "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" .venv
+    say "gave .venv to uid $SUDO_UID"
 fi
 
 say "done; run the tests with: .venv/bin/python -m pytest tests/ -p no:cacheprovider -q -rs"

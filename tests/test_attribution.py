@@ -9,6 +9,7 @@ from svctrace.join.attribution import SETUP_HOLD_MAX_NS
 from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Marker,
                              ProcessEvent, RunInfo, TestInfo)
 from svctrace.report.build import build_report
+from svctrace.join.evidence import MAX_KEPT, MORE_DESTINATIONS
 from svctrace.join.services import ServiceMap
 
 PG = Destination("inet", "tcp", "127.0.0.1", 5432)
@@ -427,11 +428,18 @@ def test_ignored_traffic_is_counted_against_the_test_whose_window_it_fell_in():
         Event("listen", 1001, None, 100, 100, "python", Destination("inet", "tcp",
                                                                      "127.0.0.1", 8000)),
         ev(1022, Destination("inet", "tcp", "127.0.0.1", 8000)),
+        # the server's reply goes to the client's ephemeral port: counted by its listener
+        ev(1022, Destination("inet", "tcp", "127.0.0.1", 51234), kind="send", local=8000),
         ev(1023, NSCD), ev(1024, NSCD), ev(1200, NSCD)]   # the last one is after the test
-    report = attribute(records)
+    # more noise destinations than are kept: the rest counted apart, not as a label
+    records += [ev(1030 + i, Destination("unix", "unix", f"/dev/log{i}")) for i in range(9)]
+    report = attribute(records, Config(ignore=["unix:/dev/log*"]))
+    noise = {"unix:/var/run/nscd/socket": 2,
+             **{f"unix:/dev/log{i}": 1 for i in range(MAX_KEPT - 1)},
+             MORE_DESTINATIONS: 9 - (MAX_KEPT - 1)}
     assert report["tests"]["t.py::a"]["ignored"] == {
-        "noise": {"unix:/var/run/nscd/socket": 2},
-        "self_loopback": {"tcp:127.0.0.1:8000": 1}}
+        "noise": dict(sorted(noise.items())),
+        "self_loopback": {"tcp:127.0.0.1:8000": 2}}
 
 
 def test_a_pool_worker_born_in_an_earlier_test_works_for_the_running_test():

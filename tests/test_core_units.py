@@ -246,11 +246,18 @@ def test_the_file_io_check_sees_what_it_forbids():
 
 def test_wheel_installs_only_distinctive_names(tmp_path):
     """Nothing generic (tracer, plugin, bpf) may land in site-packages."""
+    import shutil
     import subprocess
     import sys
     import zipfile
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True,
+    # From a copy: a build in the checkout leaves build/ and svctrace.egg-info there, owned
+    # by root when the tests run as root, and another user's `pip install .` then fails.
+    source = tmp_path / "src"
+    for name in ("tracer", "plugin", "bpf"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)], check=True, capture_output=True,
                    cwd=tmp_path)
     wheel = next(tmp_path.glob("svctrace-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()

@@ -124,6 +124,7 @@ SLEEPY = """
 import socket, time
 def test_sleeps():
     socket.socket().connect_ex(("127.0.0.1", 9092))
+    open("reached", "w").close()
     time.sleep(60)
 """
 
@@ -160,7 +161,8 @@ def test_cgroup_is_removed_after_ctrl_c_and_a_killed_pytest(tmp_path, how):
     proc = _start_sleepy(tmp_path, "r.json")
     cgroup = _new_cgroup(proc)
     pytest_pid = _pytest_in(cgroup)
-    time.sleep(1)  # let it reach the sleep
+    # The test has tried kafka and sleeps: the report must say so, whatever then kills it.
+    _wait_for(lambda: (tmp_path / "reached").exists())
     if how == "ctrl-c":
         proc.send_signal(signal.SIGINT)  # forwarded to the command's process group
     else:

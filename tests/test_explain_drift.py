@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -98,7 +99,12 @@ def test_explain_summarises_ignored_self_loopback_traffic(traced):
     out = cli(suite, "explain", "report.json",
               "test_sample.py::test_kafka_inprocess_mock_is_not_a_service").stdout
     line = next(l for l in out.splitlines() if l.startswith("  ignored "))
-    assert "sent to its own listeners over loopback" in line and "tcp:127.0.0.1:" in line
+    assert "to and from its own listeners over loopback" in line and "tcp:127.0.0.1:" in line
+    # by the mock broker's listener port only, never the client's ephemeral ports
+    report = json.loads((suite / "report.json").read_text())
+    labels = report["tests"]["test_sample.py::test_kafka_inprocess_mock_is_not_a_service"][
+        "ignored"]["self_loopback"]
+    assert len(labels) == 1, labels
     assert "see ignored traffic above" in out
 
 
@@ -167,3 +173,57 @@ def test_summary_matches_the_report(traced):
     assert f"| {report['summary']['service_sets'][0]['tests']} | " in markdown
     if BEST != "inprocess":  # the session fixture's libpq traffic
         assert "postgres 9 (2 inherited from wider-scoped fixtures)" in proc.stdout
+
+
+def test_list_prints_node_ids_that_pytest_runs(traced, sample_env):
+    suite, report = traced
+    expected = e2e.expected(BEST)
+    kafka = [n for n, phases in expected.items() if "kafka" in sum(phases.values(), [])]
+    proc = cli(suite, "list", "report.json", "--service", "kafka")
+    if not kafka:  # the in-process backend: librdkafka is invisible, nothing to list
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr == "svctrace list: no test in the report contacted kafka in " \
+                              "its own windows (observed)\n"
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [n for n in report["tests"] if n in kafka]
+    # one node id per line: what a shell hands to pytest as they are
+    collect = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                              "-p", "no:cacheprovider", *proc.stdout.split()],
+                             cwd=suite, capture_output=True, text=True,
+                             env=e2e.child_env(sample_env))
+    assert [l for l in collect.stdout.splitlines() if "::" in l] == kafka, collect.stdout
+
+
+def test_list_needs_inherited_and_denied(traced):
+    suite, report = traced
+    needs = cli(suite, "list", "report.json", "--needs", "postgres,redis").stdout.splitlines()
+    assert needs == [n for n, t in report["tests"].items()
+                     if {"postgres", "redis"} & set(t["needs"])]
+    inherited = cli(suite, "list", "report.json", "--inherited", "postgres")
+    want = sorted(e2e.expected_inherited(BEST))
+    if want:
+        assert sorted(inherited.stdout.splitlines()) == want
+        # options together: all of them
+        both = cli(suite, "list", "report.json", "--inherited", "postgres", "--service",
+                   "postgres").stdout.splitlines()
+        assert both == [n for n in want if "postgres" in report["tests"][n]["services"]]
+    else:
+        assert inherited.returncode == 1
+    denied = cli(suite, "list", "report.json", "--denied", "redis")  # no guard in this run
+    assert denied.returncode == 1 and denied.stdout == ""
+    assert "no test in the report tried redis and was refused" in denied.stderr
+
+
+def test_list_unknown_service_names_the_known_ones(traced):
+    suite, report = traced
+    proc = cli(suite, "list", "report.json", "--needs", "kafak")
+    assert proc.returncode == 2 and proc.stdout == ""
+    known = sorted({s for t in report["tests"].values() for s in t["needs"]})
+    assert proc.stderr.startswith("svctrace: error: no service 'kafak' in the report or the "
+                                  "service map; the report knows: ")
+    assert all(s in proc.stderr for s in known) and "Traceback" not in proc.stderr
+    # a service of the map that no test touched is no error: just no test
+    assert cli(suite, "list", "report.json", "--service", "mongodb").returncode == 1
+    none = cli(suite, "list", "report.json")
+    assert none.returncode == 2 and "name a service" in none.stderr

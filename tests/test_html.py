@@ -212,6 +212,32 @@ def test_filters_in_the_address_apply_on_load(sample_page):
 
 
 @needs_chromium
+def test_tier_and_notes_are_not_cut_off_with_a_plan_and_a_comparison(sample_page):
+    """As the user saw it at 1400 px: the header said "tier / not…", notes were clipped."""
+    page, _ = sample_page
+    browser = Browser()
+    try:
+        browser.call("Emulation.setDeviceMetricsOverride", {
+            "width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=True)
+        browser.open(page.as_uri())
+        clipped = ("[...document.querySelectorAll(SEL)].filter(e => e.scrollWidth > "
+                   "e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1)"
+                   ".map(e => e.textContent)")
+        heads = browser.js("[...document.querySelectorAll('#matrix-head span.hz')]"
+                           ".map(e => e.textContent)")
+        assert heads == ["outcome", "sec", "tier / notes"]
+        assert browser.js(clipped.replace("SEL", "'#matrix-head span.hz'")) == []
+        notes = browser.js("[...document.querySelectorAll('#matrix .row.test .note')]"
+                           ".map(e => e.textContent)")
+        assert any("holds file" in n for n in notes) and any("-redis" in n for n in notes)
+        assert browser.js(clipped.replace("SEL", "'#matrix .row.test .note'")) == []
+        assert not browser.errors, browser.errors
+    finally:
+        browser.close()
+
+
+@needs_chromium
 def test_screenshot_of_the_sample_page(sample_page, tmp_path):
     page, _ = sample_page
     shot = tmp_path / "sample.png"

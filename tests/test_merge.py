@@ -58,7 +58,8 @@ def _contact(rng: random.Random, phase: str) -> Contact:
 def random_report(rng: random.Random, backend: str = "ebpf") -> dict:
     """A real build_report output over a random subset of NODEIDS, some only collected."""
     tests = {}
-    for nodeid in rng.sample(NODEIDS, rng.randint(1, len(NODEIDS))):
+    chosen = set(rng.sample(NODEIDS, rng.randint(1, len(NODEIDS))))
+    for nodeid in (n for n in NODEIDS if n in chosen):  # one collection's order, as pytest
         record = TestRecord(nodeid, worker=rng.choice([None, "gw0", "gw1"]),
                             info=TestInfo(nodeid, fixtures=tuple(rng.sample(FIXTURES, 1)),
                                           path=nodeid.split("::")[0]))
@@ -147,14 +148,48 @@ def test_order_independent(seed: int) -> None:
         assert _dump(merge_reports(shuffled)) == expected
 
 
+def _keeps_order(merged: dict, inputs: list[dict]) -> bool:
+    where = {nodeid: i for i, nodeid in enumerate(merged["tests"])}
+    return all([where[n] for n in r["tests"]] == sorted(where[n] for n in r["tests"])
+               for r in inputs)
+
+
+def _by_nodeid(report: dict) -> str:
+    return _dump({**report, "tests": dict(sorted(report["tests"].items()))})
+
+
 @pytest.mark.parametrize("seed", range(ITERATIONS))
 def test_associative(seed: int) -> None:
+    """The same content whatever the grouping. (Tests no input orders against each other go
+    by node id in each merge, and a later merge takes that as an order: the flat merge keeps
+    every input's order, a grouped one the order of what it was given.)"""
     rng = random.Random(seed)
     a, b, c = (random_report(rng) for _ in range(3))
-    flat = _dump(merge_reports([a, b, c]))
-    assert _dump(merge_reports([merge_reports([a, b]), c])) == flat
-    assert _dump(merge_reports([a, merge_reports([b, c])])) == flat
-    assert _dump(merge_reports([merge_reports([a, c]), merge_reports([b])])) == flat
+    flat = merge_reports([a, b, c])
+    assert _keeps_order(flat, [a, b, c])
+    for grouped in (merge_reports([merge_reports([a, b]), c]),
+                    merge_reports([a, merge_reports([b, c])]),
+                    merge_reports([merge_reports([a, c]), merge_reports([b])])):
+        assert _by_nodeid(grouped) == _by_nodeid(flat)
+
+
+def test_merged_tests_keep_pytests_order() -> None:
+    """Shards of one collection: each shard's run order is kept; where no shard orders two
+    tests, node ids decide; reports that disagree (pytest-randomly) still give every test."""
+    rng = random.Random(7)
+    shards = [random_report(rng) for _ in range(3)]
+    merged = merge_reports(shards)
+    assert _keeps_order(merged, shards)
+    everything = [n for n in NODEIDS if any(n in r["tests"] for r in shards)]
+    whole = random_report(random.Random(1))
+    whole_order = [n for n in NODEIDS if n in whole["tests"]]
+    assert list(merge_reports([whole])["tests"]) == whole_order  # pytest's, not sorted
+    assert whole_order != sorted(whole_order)
+    assert set(merged["tests"]) == set(everything)
+    shuffled = json.loads(json.dumps(whole))
+    shuffled["run"]["run_id"] = "other"
+    shuffled["tests"] = dict(reversed(list(shuffled["tests"].items())))
+    assert sorted(merge_reports([whole, shuffled])["tests"]) == sorted(whole_order)
 
 
 @pytest.mark.parametrize("seed", range(50))

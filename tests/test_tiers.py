@@ -226,13 +226,23 @@ def test_matrix_shards_by_duration_and_always_has_the_fallback() -> None:
 def test_markdown_summary_and_time_saved() -> None:
     plan = plan_tiers(REPORT, TIERS)
     jobs = matrix(plan, shards=2)
-    # bare 2 shards, db 2, events 1 (one test), full 2: saved against starting "full" everywhere.
-    assert time_saved_s(plan, jobs) == 280 * 2 + (280 - 20) * 2 + (280 - 120) * 1
+    # bare 2 shards, db 2, events 1 (one test), full 2: 7 jobs start 0+0+20+20+120+280+280.
+    planned = 20 * 2 + 120 + 280 * 2
+    # against what runs today: one job starting everything is cheaper than 7 jobs...
+    assert time_saved_s(plan, jobs) == 280 - planned < 0
     text = markdown_summary(plan, jobs)
+    assert "**Estimated service startup: this plan costs 7m 20s more** of CI machine " \
+           "time. Today: 1 job starting the services of full (4m 40s each), 4m 40s in all; " \
+           "this plan: 7 jobs starting their tier's services, 12m 00s in all." in text
+    assert "Assumed: each job starts its tier's services once" in text
+    # ...and 7 full jobs today cost more than these 7
+    assert time_saved_s(plan, jobs, 7) == 7 * 280 - planned
+    text = markdown_summary(plan, jobs, 7)
+    assert "**Estimated service startup: this plan saves 20m 40s** of CI machine time. " \
+           "Today: 7 jobs starting the services of full (4m 40s each), 32m 40s in all" in text
     assert "| db | postgres, redis | 20s | 2 | 25% | 3s | 2 |" in text
     assert "| bare | (none) | 0s | 2 | 25% | 2s | 2 |" in text
     assert "| full (fallback) | clickhouse, kafka, postgres, redis, snuba | 4m 40s | 3 |" in text
-    assert "Estimated CI time saved: 20m 40s" in text
     assert "`tests/test_search.py::test_index`: elasticsearch" in text
 
 
@@ -314,7 +324,15 @@ def test_cli_tiers_writes_every_output(tmp_path) -> None:
     assert (out / "lists" / "db.txt").read_text() == "a.py::test_db\n"
     assert "## svctrace tiers" in (out / "summary.md").read_text()
     assert result.stdout == ""
-    assert "svctrace tiers: db 1, full 1; 3 jobs; ~180s startup saved" in result.stderr
+    # 2 shards of full (200 s), one of db (20): against one job starting everything today
+    assert "svctrace tiers: db 1, full 1; 3 jobs start services for 7m 00s in all, " \
+           "against 3m 20s for today's 1 job starting everything: costs 3m 40s more" \
+           in result.stderr
+    again = CliRunner().invoke(tiers_command, [report, "--config", config, "--shards", "2",
+                                               "--today-shards", "4"])
+    assert "against 13m 20s for today's 4 jobs starting everything: saves 6m 20s" \
+           in again.stderr
+    assert "Today: 4 jobs starting the services of full (3m 20s each)" in again.stdout
 
 
 def test_cli_tiers_prints_the_summary_by_default(tmp_path) -> None:

@@ -1,6 +1,8 @@
 """The report views on small hand-made reports: explain, summary, html (pure)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from svctrace.report.model import ReportError
@@ -97,7 +99,8 @@ def test_failed_probes_fixture_teardown_and_outlived_traffic_are_pointed_to():
                        "evidence": {"kafka": contact(phases=(), sends=2)}}],
         fixtures={"::pg": {"scope": "session", "services": ["postgres"],
                            "tests": {"t.py::b": ["teardown"]},
-                           "evidence": {"postgres": contact(phases=(), sends=1)}}})
+                           "evidence": {"postgres": contact(phases=(), sends=1, first=first(
+                               kind="send", phase="setup", test="t.py::a"))}}})
     a = explain.explain_text(rep, ["t.py::a"])
     assert "failed probes (attempts that reached nothing; not needs):" in a
     assert "    unix:/run/app.sock: 1 connect enoent" in a
@@ -106,7 +109,10 @@ def test_failed_probes_fixture_teardown_and_outlived_traffic_are_pointed_to():
     assert a.endswith("see failed probes and traffic reported elsewhere above")
     b = explain.explain_text(rep, ["t.py::b"])
     assert ("session-scoped fixture ::pg ran in this test's teardown: postgres (this test "
-            "does not use it: charged to the fixture, not in its needs)") in b
+            "does not use it: charged to the fixture, not in its needs); its traffic over "
+            "every test it ran in:") in b
+    # the fixture's first contact was in another test: named, not mistaken for b's setup
+    assert "4 ms into setup of t.py::a" in b and "into setup\n" not in b + "\n"
 
 
 def test_selection_by_prefix_file_folder_and_keyword():
@@ -154,7 +160,7 @@ def test_summary_is_short_and_says_what_a_reader_cannot_guess():
     assert "dns 1 [name lookups on port 53]" in lines[1]
     assert "svc0 1 (1 declared)" in lines[1]
     assert ("  failed probes (attempts that reached nothing; not needs): "
-            "tcp:10.255.255.53:53 in 1 tests") in lines
+            "tcp:10.255.255.53:53 in 1 test") in lines
     assert "         4  in 4 more sets (-v lists them)" in lines
     assert not any("blind spot:" in l for l in lines)
     assert lines[-1] == ("  6 blind spots of the ebpf backend: listed by `svctrace summary -v` "
@@ -188,3 +194,30 @@ def test_inherited_and_observed_do_not_contradict_and_outlived_says_when():
     assert "redis (also inherited): set up or torn down by ::redis_session" in text
     assert "not observed in this test" not in text
     assert "312 ms after the test ended" in text
+
+
+def test_counts_read_as_counted_nouns():
+    """"1 tests" nowhere: every count in the summaries agrees with its noun."""
+    from svctrace.views.summary import format_summary, markdown_summary
+    rep = summary_report({"t.py::a": test_entry(services=["redis"], needs=["redis"],
+                                                failed_probes={"unix:/x": contact()})})
+    rep["run"]["lost_events"] = 1
+    rep["run"]["blind_spots"] = ["a"]
+    text = format_summary(rep) + "\n" + markdown_summary(rep)
+    assert "svctrace: backend ebpf, 1 test ran, 1 lost event" in text
+    assert "WARNING: 1 event was lost" in text and "**Warning:** 1 event was lost" in text
+    assert "unix:/x in 1 test" in text and "`unix:/x` in 1 test." in text
+    assert "1 blind spot of the ebpf backend" in text
+    assert "1 test ran of 1 collected, **1 lost event**" in text
+    assert not re.search(r"\b1 (tests|events|blind spots|sets|jobs)\b", text), text
+
+
+def test_ignored_destinations_beyond_those_kept_read_as_a_count_not_a_label():
+    from svctrace.join.evidence import MORE_DESTINATIONS
+    rep = report({"t.py::a": test_entry(ignored={"self_loopback": {
+        "tcp:127.0.0.1:8000": 4, MORE_DESTINATIONS: 5}})})
+    line = next(l for l in explain.explain_text(rep, ["t.py::a"]).splitlines()
+                if l.startswith("  ignored "))
+    assert line.endswith(": tcp:127.0.0.1:8000 4, 5 more to other destinations"), line
+    assert "ignored 9 events to and from its own listeners over loopback" in line
+    assert "other 5" not in line

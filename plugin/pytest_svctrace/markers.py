@@ -12,6 +12,7 @@ from pytest_svctrace.workers import NOTES_KEY, send_back
 from pytest_svctrace.pools import PoolWatch
 from svctrace.capture import wire
 from svctrace.events import FixtureMarker, FixtureWindows, Marker, ProcessEvent, TestInfo
+from svctrace.words import counted
 
 _DEFERRED_ENDS = frozenset({"setup", "call"})  # see Tracer.edge
 
@@ -184,16 +185,18 @@ class Tracer:
                        FixtureWindows(pid, when, tuple(windows)), urgent=False)
             self._windows = []
 
-    def describe(self, item: pytest.Item, pulled: frozenset = frozenset()) -> None:
+    def describe(self, item: pytest.Item, pulled: frozenset = frozenset(),
+                 unseen: tuple[str, ...] = ()) -> None:
         """TestInfo: the fixture closure known at collection, plus `pulled`: fixtures the
-        test activated at run time (request.getfixturevalue, pytest-django's DB setup)."""
+        test activated at run time (request.getfixturevalue, pytest-django's DB setup),
+        and `unseen`: C clients loaded that the in-process backend cannot see."""
         try:
             cls = getattr(item, "cls", None)
             bases = tuple(c.__name__ for c in cls.__mro__[1:] if c is not object) if cls \
                 else ()
             info = TestInfo(item.nodeid, tuple(sorted(closure(item) | pulled)),
                             tuple(sorted({m.name for m in item.iter_markers()})),
-                            item.nodeid.split("::")[0], bases, self.worker)
+                            item.nodeid.split("::")[0], bases, self.worker, unseen)
         except Exception as exc:  # pytest internals moved: degrade, never fail the test
             self.notes.add("describe", f"could not describe a test: {type(exc).__name__}: "
                                        f"{exc}")
@@ -276,9 +279,20 @@ class Tracer:
             self.notes.add("pulled", f"could not list pulled fixtures: {type(exc).__name__}: "
                                      f"{exc}")
             pulled = frozenset()
-        if pulled:
-            self.describe(item, pulled)
+        unseen = self._unseen() if self.inprocess else ()
+        if pulled or unseen:
+            self.describe(item, pulled, unseen)
         yield from self._phase(item, "teardown")
+
+    def _unseen(self) -> tuple[str, ...]:
+        """C clients loaded in this process by now: the in-process answer misses them."""
+        try:
+            from svctrace.capture.inprocess import loaded_unseen_clients
+            return loaded_unseen_clients()
+        except Exception as exc:  # never fail the test over it
+            self.notes.add("unseen", f"could not list loaded C client libraries: "
+                                     f"{type(exc).__name__}: {exc}")
+            return ()
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_fixture_setup(self, fixturedef, request):
@@ -304,7 +318,7 @@ class Tracer:
         # Not in session_end: xdist sends workeroutput before outer hookwrappers resume.
         errors = getattr(self.sink, "errors", 0)
         if errors:
-            self.notes.add("pipe", f"{errors} writes to the marker pipe failed (did "
+            self.notes.add("pipe", f"{counted(errors, 'write')} to the marker pipe failed (did "
                                    "`svctrace run` stop?)")
         send_back(self.config, NOTES_KEY, self.notes.export())
 

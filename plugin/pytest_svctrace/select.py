@@ -8,6 +8,7 @@ import pytest
 
 from svctrace.contract import ENV_PLAN, ENV_SELECT, ENV_SHARD, ENV_TIER
 from svctrace.errors import SvctraceError
+from svctrace.words import counted
 
 FROM_RUN = pytest.StashKey[tuple]()  # (plan, tier, shard) given to `svctrace run`
 LISTED = pytest.StashKey[str]()  # the file of node ids `svctrace prove` re-runs
@@ -92,7 +93,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         config.hook.pytest_deselected(items=deselected)
     items[:] = kept
     services = ", ".join(plan.tiers[tier].services) or "no services"
-    message = (f"svctrace: tier {tier!r} ({services}): kept {len(kept)} tests"
+    message = (f"svctrace: tier {tier!r} ({services}): kept {counted(len(kept), 'test')}"
                + (f" (shard {shard})" if shard else "")
                + f", deselected {len(deselected)}"
                + (f"; {unknown} not in the plan, kept here because this tier is the most "

@@ -1,6 +1,6 @@
 """Service hosts at their own non-loopback addresses: a network namespace joined to the root
-namespace by a veth pair, with TCP listeners inside (DESIGN.md: end-to-end tests of host:port
-and CIDR rules for real).
+namespace by a veth pair, with TCP listeners inside: host:port and CIDR service rules are
+tested end to end at addresses other than loopback.
 
     with service_host("svct", ["10.231.7.2", "10.231.7.3"], [8080, 9999]) as host:
         ...  # connect to 10.231.7.2:8080 from this (the root) namespace

@@ -51,7 +51,8 @@ def ensure_venv(name: str, python: str, packages: tuple[str, ...]) -> Path:
     with open(ROOT / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers or parallel runs: one builder
         done = venv / ".svctrace-ready"
-        if not done.exists():
+        # Made again when the wanted packages change (e.g. a newer setuptools floor).
+        if not done.exists() or done.read_text() != " ".join(packages):
             shutil.rmtree(venv, ignore_errors=True)
             subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300)
             if packages:
@@ -71,7 +72,7 @@ def svctrace_venv() -> Path:
     """svctrace alone in a venv of its own (no test extras, no bcc link), refreshed from
     this working tree: what `pipx install svctrace` gives a user."""
     venv = ensure_venv("svctrace-alone", sys.executable, ("click>=8.0", "psutil>=5.9",
-                                                       "pytest>=7.0", "setuptools>=64",
+                                                       "pytest>=7.0", "setuptools>=77",
                                                        "wheel"))
     with open(ROOT / "svctrace-alone.lock", "w") as lock, \
             tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +83,7 @@ def svctrace_venv() -> Path:
         for name in ("tracer", "plugin", "bpf"):
             shutil.copytree(REPO / name, source / name,
                             ignore=shutil.ignore_patterns("__pycache__"))
-        for name in ("pyproject.toml", "README.md"):
+        for name in ("pyproject.toml", "setup.py", "README.md"):
             shutil.copy(REPO / name, source / name)
         _pip(venv, "--no-deps", "--no-build-isolation", "--force-reinstall", str(source))
     return venv

@@ -148,6 +148,9 @@ class TestInfo:
     path: str = ""                  # file path relative to rootdir
     bases: tuple[str, ...] = ()     # base class names of its class, if any
     worker: str | None = None
+    # in-process backend, sent again at the test's end: C client libraries loaded in its
+    # process that the backend cannot see ("libpq (psycopg2)"): its answer is incomplete
+    unseen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

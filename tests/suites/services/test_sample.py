@@ -160,14 +160,18 @@ def test_multiprocessing_spawn():
 
 def test_outliving_process():
     """Starts a process that queries Postgres only after this test has ended."""
-    code = ("import os, time, psycopg2; time.sleep(0.5); "
+    # It waits for the next test to release it (or for pytest's exit to close its stdin),
+    # not for a guessed time: on a busy machine this test may still be running after 0.5 s.
+    code = ("import os, sys, psycopg2; sys.stdin.read(1); "
             "psycopg2.connect(os.environ['SVCTRACE_PG_DSN']).close()")
-    _ORPHANS.append(subprocess.Popen([sys.executable, "-c", code]))
+    _ORPHANS.append(subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE))
 
 
 def test_after_outliving_process():
     """The orphan's query happens during this test: it must not be charged here."""
     for orphan in _ORPHANS:
+        orphan.stdin.write(b"go")
+        orphan.stdin.close()
         assert orphan.wait(30) == 0
 
 

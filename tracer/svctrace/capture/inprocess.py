@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import ssl
 import sys
@@ -237,6 +238,48 @@ def _thread_start(self):
         ProcessEvent("thread", born_mono, born_wall, os.getpid(), creator, self.name,
                      tid=self.native_id)))
     return result
+
+
+# C clients that talk to their service with their own sockets, never Python's: loaded in a
+# process, they make the in-process answer incomplete. Matched on the file names that
+# /proc/self/maps shows (wheels bundle them as <package>.libs/libpq-<hash>.so.5).
+_UNSEEN = tuple((name, re.compile(rf"/{lib}(?:-[^/]*)?\.so")) for name, lib in (
+    ("libpq", "libpq"), ("librdkafka", "librdkafka"), ("grpc core", r"cygrpc\.[^/]*"),
+    ("libmysqlclient", "lib(?:mysqlclient|mariadb)"), ("libmemcached", "libmemcached"),
+    ("unixODBC", "libodbc"), ("Oracle client", "libclntsh")))
+_unseen_state: dict = {"modules": -1, "found": ()}
+
+
+def unseen_clients(maps: str) -> tuple[str, ...]:
+    """The C client libraries a /proc/PID/maps text shows, with the Python package that
+    bundles each where its path says so: ("libpq (psycopg2)", "librdkafka (confluent_kafka)")."""
+    found: dict[str, None] = {}
+    for line in maps.splitlines():
+        path = line.rsplit(" ", 1)[-1]
+        if not path.startswith("/") or ".so" not in path:
+            continue
+        for name, pattern in _UNSEEN:
+            if pattern.search(path):
+                folder = path.rsplit("/", 2)[-2]
+                if folder.endswith(".libs"):  # auditwheel's bundle: <package>.libs
+                    folder = folder[:-len(".libs")].removesuffix("_binary")
+                    name = f"{name} ({folder})"
+                found[name] = None
+    return tuple(sorted(found))
+
+
+def loaded_unseen_clients() -> tuple[str, ...]:
+    """unseen_clients of this process. Cheap to call at every test's end: maps are read
+    again only when an import added modules since the last call (how these get loaded)."""
+    modules = len(sys.modules)
+    if modules != _unseen_state["modules"]:
+        _unseen_state["modules"] = modules
+        try:
+            with open("/proc/self/maps") as fh:
+                _unseen_state["found"] = unseen_clients(fh.read())
+        except OSError:  # no procfs: say nothing rather than guess
+            pass
+    return _unseen_state["found"]
 
 
 def install(sink: Callable, stack_sink: Callable | None = None) -> None:

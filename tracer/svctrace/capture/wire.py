@@ -28,7 +28,8 @@ _TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEven
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (*_TAGS, Destination)}
 _TUPLES = {cls: tuple(i for i, name in enumerate(_FIELDS[cls])
-                      if name in ("fixtures", "markers", "bases", "cmdline", "threads"))
+                      if name in ("fixtures", "markers", "bases", "cmdline", "threads",
+                                  "unseen"))
             for cls in _TAGS}
 _DEST_INDEX = _FIELDS[Event].index("dest")
 _CHUNK_DATA = 2900  # raw bytes per chunk: base64 makes 3868, plus the envelope < PIPE_BUF

@@ -5,7 +5,6 @@ import sys
 
 import click
 
-from svctrace import __version__
 from svctrace.capture import CHOICES
 from svctrace.cli.common import (EXIT_CODES_HELP, EXIT_DOCTOR_UNUSABLE, EXIT_INPUT,
                                  EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, fail)
@@ -38,6 +37,15 @@ A tier job (svctrace need not be installed in the project's venv):
 """
 
 
+def _print_version(ctx, _param, value) -> None:
+    """--version, computed only when asked: it may run git."""
+    if not value or ctx.resilient_parsing:
+        return
+    from svctrace.cli.version import version_text
+    click.echo(f"svctrace, version {version_text()}")   # click's own wording
+    ctx.exit()
+
+
 class _Commands(click.Group):
     """Imports the plan commands' modules (merge, tiers: ~25 ms) only when one of them runs
     or --help lists them, not on every `svctrace run`."""
@@ -59,7 +67,9 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=EXIT_CODES_HELP)
-@click.version_option(__version__, prog_name="svctrace")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version,
+              help="Show the version (and the git commit it was built from) and exit.")
 def main() -> None:
     """svctrace: which external services does each pytest test really contact?
 
@@ -197,7 +207,8 @@ def _check_selected(report: dict, plan: dict, tier: str) -> None:
     from svctrace.plan.tiers import tier_of
     outside = [n for n, t in report["tests"].items() if t.get("ran") and tier_of(plan, n) != tier]
     if outside:
-        tests = "1 test" if len(outside) == 1 else f"{len(outside)} tests"
+        from svctrace.words import counted
+        tests = counted(len(outside), "test")
         click.echo(f"svctrace: WARNING: {tests} outside tier {tier!r} ran (e.g. "
                    f"{outside[0]}): the command's pytest did not select the tier (an "
                    "svctrace plugin older than this svctrace, installed in its environment, "
@@ -245,11 +256,21 @@ def _report_view(render, *args) -> None:
                    "bucket outside tests and the event counts")
 @click.option("--markdown", is_flag=True,
               help="Markdown for a CI job summary (e.g. >> \"$GITHUB_STEP_SUMMARY\")")
-def summary(report, verbose, markdown) -> None:
+@click.option("--plan", "plan_path", metavar="PLAN", default=None,
+              help="with --markdown, for a guarded tier run: the tiers plan, to name the "
+                   "tier each refused test belongs in")
+def summary(report, verbose, markdown, plan_path) -> None:
     """Print the summary of a report (as at the end of `svctrace run`)."""
     from svctrace.views.summary import format_summary, markdown_summary
     if markdown:
-        _report_view(lambda data: markdown_summary(data, report).rstrip("\n"), report)
+        plan = None
+        if plan_path:
+            from svctrace.plan.tiers import load_plan
+            try:
+                plan = load_plan(plan_path)
+            except SvctraceError as exc:
+                fail(exc, EXIT_INPUT)
+        _report_view(lambda data: markdown_summary(data, report, plan).rstrip("\n"), report)
     else:
         _report_view(lambda data: format_summary(data, report, verbose, _moved(data)),
                      report)
@@ -308,6 +329,56 @@ def drift(report) -> None:
     _report_view(lambda data: drift_text(data)[0], report)
 
 
+def _services_option(name: str, text: str):
+    return click.option(f"--{name}", multiple=True, metavar="SVC[,SVC]", help=text)
+
+
+@main.command("list", epilog="""\b
+Examples:
+  svctrace list svctrace-report.json --needs kafka
+  pytest $(svctrace list svctrace-report.json --service kafka,clickhouse)
+  svctrace list r.json --inherited postgres --denied redis
+
+\b
+Several services in one option: any of them; several options: all of
+them. When no test matches, nothing is printed and the exit status is 1
+(so `pytest $(svctrace list ...)` never runs the whole suite by accident).""")
+@click.argument("report", type=click.Path(dir_okay=False))
+@_services_option("service", "tests that contacted SVC in their own windows (observed)")
+@_services_option("needs", "tests that need SVC: observed, inherited, declared or refused "
+                           "by the guard, less the baseline (what tiers plan on)")
+@_services_option("inherited", "tests that inherit SVC from a wider-scoped fixture")
+@_services_option("denied", "tests that tried SVC and were refused by the guard")
+@click.option("--config", "config_path", metavar="PYPROJECT", default=None,
+              help="pyproject.toml whose service map names are known too (default: the "
+                   "nearest one)")
+def list_command(report, service, needs, inherited, denied, config_path) -> None:
+    """Print the node ids of the tests related to a service, one per line, in run order."""
+    from svctrace.config import load_config
+    from svctrace.report.build import load_report
+    from svctrace.report.rejudge import Rejudge
+    from svctrace.views.listing import list_tests, nothing_text
+
+    def names(values: tuple[str, ...]) -> list[str]:
+        return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+    wanted = {"service": names(service), "needs": names(needs),
+              "inherited": names(inherited), "denied": names(denied)}
+    try:
+        cfg = load_config(config_path)
+        smap = cfg.service_map()
+        # named as `svctrace tiers` names them: by the current rules
+        data = Rejudge(smap).report(load_report(report), set(cfg.baseline) if cfg.path
+                                    else None)
+        chosen = list_tests(data, wanted, {r.name for r in smap.rules})
+    except SvctraceError as exc:
+        fail(exc)
+    if not chosen:
+        click.echo(f"svctrace list: {nothing_text(wanted)}", err=True)
+        sys.exit(EXIT_INPUT)
+    click.echo("\n".join(chosen))
+
+
 @main.command("html", epilog="""\b
 Examples:
   svctrace html svctrace-report.json -o svctrace-html
@@ -333,6 +404,7 @@ def html_command(report, output, plan_path, old_path, title) -> None:
     from svctrace.report.files import read_plan, read_report
     from svctrace.userfiles import make_dir, write_file
     from svctrace.views.html import build_page
+    from svctrace.words import counted
     try:
         data = read_report(report)
         plan = read_plan(plan_path) if plan_path else None
@@ -346,7 +418,8 @@ def html_command(report, output, plan_path, old_path, title) -> None:
         write_file(target, page.encode("utf-8"), what="the HTML report")
     except SvctraceError as exc:
         fail(exc, EXIT_USAGE)
-    click.echo(f"svctrace html: {len(data.tests)} tests, {len(page) // 1024} KiB -> {target}")
+    click.echo(f"svctrace html: {counted(len(data.tests), 'test')}, {len(page) // 1024} KiB "
+               f"-> {target}")
 
 
 

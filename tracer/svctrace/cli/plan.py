@@ -6,17 +6,19 @@ from pathlib import Path
 
 import click
 
+from svctrace import REPORT_SCHEMA
 from svctrace.cli.common import EXIT_USAGE, fail
 from svctrace.config import load_config
 from svctrace.errors import SvctraceError
 from svctrace.report.merge import merge_reports
+from svctrace.report.rejudge import Rejudge
 from svctrace.report.jsonfile import write_atomic
 from svctrace.userfiles import append_file, check_writable
-from svctrace.report.files import (load_report, read_report, write_lists, write_plan,
-                                   write_report)
+from svctrace.words import counted
+from svctrace.report.files import load_report, write_lists, write_plan, write_report
 from svctrace.report.model import GRANULARITIES, Plan, Report
 from svctrace.plan.tiers import (markdown_summary, matrix, most_complete, moved_by_proof,
-                                 plan_tiers, time_saved_s)
+                                 plan_tiers, startup_estimate, startup_line)
 
 GITHUB_MATRIX_LIMIT = 256  # GitHub Actions refuses a matrix with more jobs than this
 
@@ -58,8 +60,9 @@ def merge_command(output: str, allow_mixed: bool, reports: tuple[str, ...]) -> N
     except SvctraceError as exc:
         fail(exc)
     summary = merged["summary"]
-    click.echo(f"svctrace merge: {len(reports)} inputs, {len(merged['run']['runs'])} runs, "
-               f"{summary['tests_ran']} tests ran / {summary['tests']} collected, "
+    click.echo(f"svctrace merge: {counted(len(reports), 'input')}, "
+               f"{counted(len(merged['run']['runs']), 'run')}, "
+               f"{counted(summary['tests_ran'], 'test')} ran / {summary['tests']} collected, "
                f"backend {merged['run']['backend']} -> {output}")
 
 
@@ -111,10 +114,13 @@ tier: the plan for a first, classifying run of the whole suite.""")
 @click.option("--target-shard-seconds", type=click.FloatRange(min=0, min_open=True),
               default=600, show_default=True,
               help="Without --shards: split each tier so a shard runs about this long.")
+@click.option("--today-shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many jobs run the whole suite today, each starting every service: "
+                   "the baseline of the startup estimate.")
 def tiers_command(report: str | None, config_path: str | None, granularity: str,
                   one_tier: bool, plan_out: str | None, lists_dir: str | None,
                   matrix_out: str | None, summary_out: str | None, shards: int | None,
-                  target_shard_seconds: float) -> None:
+                  target_shard_seconds: float, today_shards: int) -> None:
     """Put every test in the cheapest CI tier whose services cover its needs."""
     try:
         cfg = load_config(config_path)
@@ -122,7 +128,10 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
             where = cfg.path or "pyproject.toml"
             fail(f"no tiers configured in {where}; add for example:\n\n{TIERS_EXAMPLE}",
                  EXIT_USAGE)
-        data = read_report(report) if report else Report()
+        raw = load_report(report) if report else {"schema": REPORT_SCHEMA, "tests": {}}
+        # Rules added since the run (a name for an address) count now, not at the next run.
+        judged = Rejudge(cfg.service_map())
+        data = Report.from_dict(judged.report(raw, set(cfg.baseline) if cfg.path else None))
         tiers = list(cfg.tiers)
         # Every output checked before any is written: no plan without its matrix.
         check_writable(*[p for p in (plan_out, matrix_out, summary_out) if p],
@@ -131,7 +140,8 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
             tiers = [most_complete(tiers)]
         plan = Plan.from_dict(plan_tiers(data, tiers, granularity))
         jobs = matrix(plan, shards, target_shard_seconds)
-        summary = markdown_summary(plan, jobs)
+        summary = markdown_summary(plan, jobs, today_shards)
+        estimate = startup_estimate(plan, jobs, today_shards)
         if plan_out:
             write_plan(plan, plan_out)
         if matrix_out:
@@ -152,10 +162,11 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
         click.echo(f"svctrace tiers: warning: {len(jobs['include'])} jobs exceed GitHub's "
                    f"matrix limit of {GITHUB_MATRIX_LIMIT}; raise --target-shard-seconds",
                    err=True)
+    for line in judged.lines():
+        click.echo(f"svctrace tiers: {line}", err=True)
     counts = ", ".join(f"{name} {len(plan.tiers[name].tests)}" for name in plan.order)
-    click.echo(f"svctrace tiers: {counts}; {len(jobs['include'])} jobs; "
-               f"~{time_saved_s(plan, jobs):.0f}s startup saved", err=True)
+    click.echo(f"svctrace tiers: {counts}; {startup_line(estimate)}", err=True)
     if any(t.needs_proof for t in data.tests.values()):  # the plan used needs less what `svctrace prove` proved not needed
         moved = moved_by_proof(data, tiers, granularity)
-        click.echo(f"svctrace tiers: {moved} tests moved to a cheaper tier because of proof",
-                   err=True)
+        click.echo(f"svctrace tiers: {counted(moved, 'test')} moved to a cheaper tier because "
+                   "of proof", err=True)

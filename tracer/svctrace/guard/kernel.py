@@ -19,6 +19,7 @@ from svctrace.events import Destination, Event
 from svctrace.guard.rules import (MAX_PATHS, MAX_RULES, PATTERN_MAX, DenySpec, GuardError,
                                   Table)
 from svctrace.run.rundirs import running_since
+from svctrace.words import counted
 
 # enum bpf_attach_type (include/uapi/linux/bpf.h); bcc 0.26 has no name for the unix hook.
 ATTACH = {"connect4": 10, "connect6": 11, "sendmsg4": 14, "sendmsg6": 15, "connect_unix": 49}
@@ -345,7 +346,7 @@ class Guard:  # implements guard.base.Enforcer
         if self.cgroup is not None and self.parent is not None and self.cgroup.exists():
             moved = _evacuate(self.cgroup, self.parent)
             if moved:
-                self.notes.append(f"guard: {moved} processes of the command outlived it; "
+                self.notes.append(f"guard: {counted(moved, 'process')} of the command outlived it; "
                                   "they were moved out of the guard's cgroup")
             reason = _remove(self.cgroup, self.parent)
             if reason:

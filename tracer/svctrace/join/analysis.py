@@ -138,7 +138,9 @@ def summarize(report: dict, incidental: list | None = None) -> dict:
         "tests": len(tests),
         "tests_ran": sum(1 for t in tests.values() if t["ran"]),
         "services": dict(sorted(per_service.items())),
-        "service_sets": [{"needs": list(k), "tests": v} for k, v in sets.most_common()],
+        # ties by the set, not by the first test's place: the same for any test order
+        "service_sets": [{"needs": list(k), "tests": v}
+                         for k, v in sorted(sets.items(), key=lambda i: (-i[1], i[0]))],
         "incidental": incidental if incidental is not None
         else report.get("summary", {}).get("incidental", []),
         "denied": denied_tests(tests),

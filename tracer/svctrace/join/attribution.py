@@ -23,11 +23,11 @@ from __future__ import annotations
 import bisect
 import collections
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, Marker,
                              ProcessEvent, Stack, TestInfo)
-from svctrace.join.evidence import MAX_KEPT, Contact, result_text
+from svctrace.join.evidence import MAX_KEPT, MORE_DESTINATIONS, Contact, result_text
 from svctrace.join.lineage import Lineage
 from svctrace.join.services import DENIED, NOISE, PROBE, ServiceMap
 from svctrace.join.stacks import StackIndex
@@ -475,9 +475,15 @@ class Attributor:
         if window is None:
             return
         labels = self._test(window.nodeid).ignored.setdefault(why, {})
-        label = ev.dest.label()
+        dest = ev.dest
+        if why == "self_loopback" and ev.local_port and \
+                ev.local_port in self.listeners.get(ev.pid, ()):
+            # a reply of the test's own server: its destination is the client's ephemeral
+            # port; the listener it answers for is what a reader recognises
+            dest = replace(dest, port=ev.local_port)
+        label = dest.label()
         if label not in labels and len(labels) >= MAX_KEPT:
-            label = "other"
+            label = MORE_DESTINATIONS
         labels[label] = labels.get(label, 0) + max(ev.count, 1)
 
     def _process(self, ev: Event, owner: int | None, ts: int) -> dict:

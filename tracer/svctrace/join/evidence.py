@@ -9,6 +9,8 @@ from typing import Callable
 from svctrace.events import Event
 
 MAX_KEPT = 8  # threads, destinations and processes kept per contact: evidence, not a log
+# Where ignored traffic beyond MAX_KEPT destinations is counted: no label looks like it
+MORE_DESTINATIONS = "(more destinations)"
 
 
 def result_text(kind: str, result: int) -> str:

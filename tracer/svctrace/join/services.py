@@ -10,7 +10,8 @@ from typing import Mapping
 
 from svctrace.events import Destination
 
-# DESIGN.md "Default service map". Users extend/override it in [tool.svctrace.services].
+# The default service map (README "Configuration"). Users extend/override it in
+# [tool.svctrace.services].
 DEFAULT_SERVICES: dict[str, tuple[str, ...]] = {
     "postgres": ("5432", "unix:*/.s.PGSQL.*"),
     "redis": ("6379",),

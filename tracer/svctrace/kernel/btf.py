@@ -1,8 +1,8 @@
 """Minimal reader of the kernel's BTF (/sys/kernel/btf/vmlinux): struct member offsets (pure).
 
 The eBPF backend reads `struct sock_common` fields with bpf_probe_read_kernel at byte offsets
-it must not take from the (older) installed headers: DESIGN.md records that `struct sock`
-already differs between the 6.1 headers and the 6.18 kernel. BTF describes the running
+it must not take from the (older) installed headers: `struct sock` already differs between
+Debian's 6.1 headers and a 6.18 kernel (`sk_protocol` at 516 there, 532 here). BTF describes the running
 kernel, so offsets come from here. Format: Documentation/bpf/btf.rst (header, type section,
 string section); only what offsets need is decoded, but every kind's length is parsed.
 """

@@ -12,6 +12,7 @@ from svctrace.config import Tier
 from svctrace.errors import SvctraceError
 from svctrace.report.model import (GRANULARITIES, PLAN_SCHEMA, Plan, PlanError, Report,
                                    as_plan, as_report, covering_tier)
+from svctrace.words import counted, plural
 
 DEFAULT_DURATION_S = 1.0  # when the report knows no duration at all
 # Tier names become file names (<tier>.txt) and CI job names.
@@ -222,22 +223,50 @@ def _seconds(value: float) -> str:
     return f"{value // 60}m {value % 60:02d}s" if value >= 60 else f"{value}s"
 
 
-def time_saved_s(plan: Plan | dict, matrix_: dict) -> float:
-    """Startup seconds saved versus every job starting the fallback tier's services."""
+def startup_estimate(plan: Plan | dict, matrix_: dict, today_jobs: int = 1) -> dict:
+    """Service startup of the plan's jobs against today's CI: `today_jobs` jobs that each
+    start every service (the fallback tier's). Machine time: test time is the same either
+    way (shards spread the tests, they do not shorten them). saved_s < 0 is a loss."""
+    if today_jobs < 1:
+        raise TiersError(f"today's job count must be at least 1, got {today_jobs}")
     plan = as_plan(plan)
     full = plan.tiers[plan.fallback].startup_s
-    return sum(full - plan.tiers[e["tier"]].startup_s for e in matrix_["include"]
-               if e["tier"] != plan.fallback)
+    planned = sum(plan.tiers[e["tier"]].startup_s for e in matrix_["include"])
+    return {"today_jobs": today_jobs, "today_s": today_jobs * full, "fallback_s": full,
+            "jobs": len(matrix_["include"]), "planned_s": planned,
+            "saved_s": today_jobs * full - planned}
 
 
-def markdown_summary(plan: Plan | dict, matrix_: dict) -> str:
+def time_saved_s(plan: Plan | dict, matrix_: dict, today_jobs: int = 1) -> float:
+    """Startup seconds the plan saves against today's `today_jobs` full jobs (< 0: costs)."""
+    return startup_estimate(plan, matrix_, today_jobs)["saved_s"]
+
+
+def estimate_text(estimate: dict) -> str:
+    """'saves 3m 20s' or 'costs 20s more', as the estimate says."""
+    saved = estimate["saved_s"]
+    return f"saves {_seconds(saved)}" if saved >= 0 else f"costs {_seconds(-saved)} more"
+
+
+def startup_line(estimate: dict) -> str:
+    """One line: both startups and what the difference is."""
+    return (f"{_jobs(estimate['jobs'])} start services for {_seconds(estimate['planned_s'])} "
+            f"in all, against {_seconds(estimate['today_s'])} for today's "
+            f"{_jobs(estimate['today_jobs'])} starting everything: {estimate_text(estimate)}")
+
+
+def _jobs(n: int) -> str:
+    return counted(n, "job")
+
+
+def markdown_summary(plan: Plan | dict, matrix_: dict, today_jobs: int = 1) -> str:
     """The job-summary page: tests per tier, services each starts, shards, time saved."""
     plan = as_plan(plan)
     shards = {e["tier"]: e["shards"] for e in matrix_["include"]}
     total = sum(len(t.tests) for t in plan.tiers.values())
     fallback = plan.fallback
     lines = ["## svctrace tiers", "",
-             f"{total} tests planned at {plan.granularity} granularity; "
+             f"{counted(total, 'test')} planned at {plan.granularity} granularity; "
              f"tests not in the report run in **{fallback}** (the most complete tier).",
              "", "| tier | services started | startup | tests | share | test time | shards |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -249,13 +278,19 @@ def markdown_summary(plan: Plan | dict, matrix_: dict) -> str:
                      f"| {', '.join(tier.services) or '(none)'} | {_seconds(tier.startup_s)} "
                      f"| {count} | {share} | {_seconds(tier.duration_s)} "
                      f"| {shards.get(name, 0) or '-'} |")
-    saved = time_saved_s(plan, matrix_)
-    jobs = len(matrix_["include"])
-    lines += ["", f"**Estimated CI time saved: {_seconds(saved)}** of service startup across "
-              f"{jobs} jobs, compared with every job starting the services of "
-              f"{fallback} ({_seconds(plan.tiers[fallback].startup_s)} each)."]
+    est = startup_estimate(plan, matrix_, today_jobs)
+    lines += ["", f"**Estimated service startup: this plan {estimate_text(est)}** of CI "
+              f"machine time. Today: {_jobs(est['today_jobs'])} starting the services of "
+              f"{fallback} ({_seconds(est['fallback_s'])} each), "
+              f"{_seconds(est['today_s'])} in all; this plan: {_jobs(est['jobs'])} starting "
+              f"their tier's services, {_seconds(est['planned_s'])} in all.",
+              "", "Assumed: each job starts its tier's services once, taking the tier's "
+              "`startup_s`; test time is the same either way; each job's own overhead "
+              "(checkout, install) is not counted, and it grows with the number of jobs. "
+              "Today's job count: `--today-shards`."]
     if plan.uncovered:
-        lines += ["", f"{len(plan.uncovered)} tests need services no tier starts; they run "
+        lines += ["", f"{counted(len(plan.uncovered), 'test')} {plural(len(plan.uncovered), 'need')} "
+                  "services no tier starts; they run "
                   f"in {fallback} and may fail there:", ""]
         for nodeid, missing in sorted(plan.uncovered.items())[:20]:
             lines.append(f"- `{nodeid}`: {', '.join(missing)}")

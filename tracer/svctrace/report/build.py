@@ -76,6 +76,9 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             "denied_evidence": _by_phase(test.denied),
             "ignored": {why: dict(sorted(labels.items()))
                         for why, labels in sorted(test.ignored.items())},
+            # C clients the in-process backend cannot see, loaded in the test's process:
+            # what it reached through them is missing from this answer
+            "unseen_clients": list(test.info.unseen) if test.info else [],
         }
     unattributed = []
     for key in sorted(set(att.unattributed) | set(att.unattributed_probes)):
@@ -102,7 +105,7 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             "baseline": sorted(baseline),
             **run.extra,
         },
-        "tests": dict(sorted(tests.items())),
+        "tests": tests,  # pytest's order (collection, then run): what users diff
         "unattributed": unattributed,
         "fixtures": {fid: {"scope": att.fixture_scopes.get(fid, "?"),
                            "services": sorted(svcs),

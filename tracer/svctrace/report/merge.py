@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from typing import Any
 
@@ -181,6 +182,40 @@ def _merge_incidental(reports: list[Report]) -> list[dict]:
     return [found[k] for k in sorted(found)]
 
 
+def run_order(orders: list[list[str]]) -> list[str]:
+    """One order of every node id that keeps each input's order (pytest's run order: what
+    users diff). Tests no input orders against each other (two shards' own tests) go by
+    node id, and so do tests that inputs order differently (pytest-randomly), so the result
+    does not depend on the order of the inputs."""
+    after: dict[str, set[str]] = {}
+    before: dict[str, int] = {}
+    for order in orders:
+        for nodeid in order:
+            after.setdefault(nodeid, set())
+            before.setdefault(nodeid, 0)
+        for a, b in zip(order, order[1:]):
+            if b not in after[a]:
+                after[a].add(b)
+                before[b] += 1
+    ready = [n for n, count in before.items() if not count]
+    heapq.heapify(ready)
+    out: list[str] = []
+    left = set(after)
+    while left:
+        if not ready:  # inputs disagree: a cycle; the smallest id left goes first
+            ready = [min(left)]
+        nodeid = heapq.heappop(ready)
+        if nodeid not in left:
+            continue
+        left.discard(nodeid)
+        out.append(nodeid)
+        for nxt in after[nodeid]:
+            before[nxt] -= 1
+            if before[nxt] == 0 and nxt in left:
+                heapq.heappush(ready, nxt)
+    return out
+
+
 def merge_reports(reports: list[Report | dict], allow_mixed: bool = False) -> dict:
     """One report holding the union of the inputs' evidence.
 
@@ -229,7 +264,8 @@ def merge_reports(reports: list[Report | dict], allow_mixed: bool = False) -> di
             "baseline": sorted(baseline),
             "runs": runs,
         },
-        "tests": dict(sorted(tests.items())),
+        "tests": {nodeid: tests[nodeid] for nodeid in run_order(
+            [list(r.tests) for r in reports])},
         "unattributed": _merge_unattributed(reports),
         "fixtures": dict(sorted(fixtures.items())),
     }

@@ -153,6 +153,7 @@ class TestRecord(Record):
     denied: list[str] = field(default_factory=list)
     denied_evidence: dict[str, dict] = field(default_factory=dict)
     ignored: dict[str, dict] = field(default_factory=dict)
+    unseen_clients: list[str] = field(default_factory=list)  # inprocess: C clients it misses
     needs_proof: dict[str, str] = field(default_factory=dict)  # svctrace prove: verdicts
 
     @property

@@ -18,6 +18,7 @@ from svctrace.plan import proof
 from svctrace.report.files import load_report
 from svctrace.report.model import ReportError
 from svctrace.userfiles import invoking_user
+from svctrace.words import counted
 
 SVCTRACE = [sys.executable, "-m", "svctrace"]
 LOG_TAIL = 15  # lines of a failed re-run's output worth showing
@@ -142,18 +143,19 @@ class Prover:
         if not missing:
             return
         if len(missing) == len(rerun.nodeids):
-            raise ProveError(f"COMMAND ran none of the {len(missing)} tests {self.report_path} "
-                             f"says touched {rerun.service} (e.g. {missing[0]}): the report "
+            raise ProveError(f"COMMAND ran none of the {counted(len(missing), 'test')} "
+                             f"{self.report_path} says touched {rerun.service} (e.g. {missing[0]}): the report "
                              "comes from another suite, or COMMAND selects other tests")
-        raise ProveError(f"COMMAND did not run {len(missing)} of the {len(rerun.nodeids)} tests "
+        raise ProveError(f"COMMAND did not run {len(missing)} of the "
+                         f"{counted(len(rerun.nodeids), 'test')} "
                          f"{self.report_path} says touched {rerun.service} (e.g. {missing[0]}):"
                          " it selects different tests than the run that wrote the report")
 
     def _progress(self, rerun: ReRun, done: int, total: int) -> None:
         counts = rerun.outcomes()
         listing = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
-        self.log(f"prove: {rerun.label}: {len(rerun.nodeids)} tests in {rerun.duration_s:.1f} "
-                 f"s ({listing}); {done} of {total} test re-runs done")
+        self.log(f"prove: {rerun.label}: {counted(len(rerun.nodeids), 'test')} in "
+                 f"{rerun.duration_s:.1f} s ({listing}); {done} of {total} test re-runs done")
 
     def execute(self) -> dict:
         """Run every re-run (the first alone, as the check that COMMAND runs REPORT's
@@ -171,7 +173,7 @@ class Prover:
                 width = 1 if done == 0 else self.jobs
                 while pending and len(running) < width:
                     rerun = pending.pop(0)
-                    self.log(f"prove: {rerun.label}: re-running {len(rerun.nodeids)} tests")
+                    self.log(f"prove: {rerun.label}: re-running {counted(len(rerun.nodeids), 'test')}")
                     self._start(rerun, folder, len(self.runs) - len(pending))
                     running.append(rerun)
                 rerun = self._wait_any(running)

@@ -22,6 +22,7 @@ from svctrace.run.markerpipe import MarkerPipe
 from svctrace.run.pump import Pump, stack_taker
 from svctrace.run.terminal import Progress, give_terminal, take_terminal
 from svctrace.userfiles import OutputError
+from svctrace.words import counted
 
 if TYPE_CHECKING:  # the guard's module loads only for guarded runs
     from svctrace.guard.base import Enforcer
@@ -169,7 +170,7 @@ class Run:
             self.collector.flush(self._now() - WATERMARK_NS)
             if progress.due():
                 ran, events, markers = self.collector.progress()
-                progress.show(pipe.path, f"{ran} tests so far, {events} events, "
+                progress.show(pipe.path, f"{counted(ran, 'test')} so far, {counted(events, 'event')}, "
                               f"{self.backend.stats().get('lost_events', 0)} lost",
                               plugin_seen=bool(markers))
 

@@ -5,13 +5,16 @@ import difflib
 from collections import defaultdict
 
 from svctrace.report.model import Report, ReportError, as_report
+from svctrace.join.evidence import MORE_DESTINATIONS
 from svctrace.views.stacks import test_call_sites
+from svctrace.words import counted
 
 
 # What a user cannot guess from the report's own words.
 _IGNORED_WHY = {
-    "self_loopback": "sent to its own listeners over loopback (a server the test process runs "
-                     "itself: not an external service; ignore_self_loopback)",
+    "self_loopback": "to and from its own listeners over loopback (a server the test "
+                     "process runs itself: not an external service; ignore_self_loopback), "
+                     "by listener",
     "noise": "of library and system probes (nscd, uuidd, syslog, D-Bus, netlink, UDP "
              "connects of name lookups: the default noise list and `ignore`)",
 }
@@ -21,8 +24,7 @@ _RELATED_WHY = {
 }
 
 
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+_count = counted
 
 
 def cut(text: str, limit: int = 160) -> str:
@@ -74,7 +76,7 @@ def _destination_lines(ev: dict) -> list[str]:
         lines.append(f"      to {label}: {', '.join(parts) or 'seen'}")
     more = len(ev.get("destinations", [])) - len(by_dest)
     if more > 0:
-        lines.append(f"      … and {more} more destinations")
+        lines.append(f"      … and {_count(more, 'more destination')}")
     return lines
 
 
@@ -127,6 +129,9 @@ def _contact_lines(service: str, ev: dict, label: str | None = None,
                 f"({first.get('result')}) by {kind} {thread} (pid {first.get('pid')}, "
                 f"tid {first.get('tid')})")
         when = when_text(first)
+        if when and first.get("test") and first["test"] != current:
+            # a wider-scoped fixture's evidence spans tests: its first may be another's
+            when += f" of {first['test']}"
         if when:
             text += f", {when}"
         if first.get("born_in") and first["born_in"] != current:
@@ -277,6 +282,11 @@ def explain_one(report: Report | dict, nodeid: str) -> str:
         lines[-1] += f"  ({'; '.join(sources)})"
     if not data["ran"]:
         lines.append("  (collected but not run in this report: needs come from declarations)")
+    if data.get("unseen_clients"):
+        lines.append(f"  INCOMPLETE: its process had loaded {', '.join(data['unseen_clients'])}"
+                     f", which the {data['backend']} backend cannot see: services this test "
+                     "reached through them are missing here (the ebpf or strace backend "
+                     "sees them)")
     sites = test_call_sites(report, nodeid)  # svctrace run --stacks: first
     if sites:
         lines += ["  where in the code (Python stacks of each first contact):", *sites]
@@ -319,14 +329,18 @@ def explain_one(report: Report | dict, nodeid: str) -> str:
         uses = ("this test uses it: inherited, in its needs" if fx["used_by_test"]
                 else "this test does not use it: charged to the fixture, not in its needs")
         lines.append(f"    {fx['scope']}-scoped fixture {fx['fixture']} ran in this test's "
-                     f"{', '.join(fx['phases'])}: {', '.join(fx['services'])} ({uses})")
+                     f"{', '.join(fx['phases'])}: {', '.join(fx['services'])} ({uses}); "
+                     "its traffic over every test it ran in:")
         for service, ev in fx.get("evidence", {}).items():
-            lines += ["    " + line for line in _contact_lines(service, ev)]
+            lines += ["    " + line for line in _contact_lines(service, ev, current=nodeid)]
     ignored = data.get("ignored") or {}
     for why, labels in ignored.items():
         total = sum(labels.values())
+        named = [f"{label} {n}" for label, n in labels.items() if label != MORE_DESTINATIONS]
+        if MORE_DESTINATIONS in labels:  # what did not fit: counted, its labels not kept
+            named.append(f"{labels[MORE_DESTINATIONS]} more to other destinations")
         lines.append(f"  ignored {_count(total, 'event')} {_IGNORED_WHY.get(why, why)}: "
-                     + ", ".join(f"{label} {n}" for label, n in labels.items()))
+                     + ", ".join(named))
     if not data["evidence"] and data["ran"]:
         pointers = []
         if probes:

@@ -14,6 +14,7 @@ from svctrace.report.model import Plan, Report, TestRecord, as_plan, as_report
 from svctrace.views.explain import explain_one
 from svctrace.views.html_assets import SCRIPT, STYLE
 from svctrace.views.summary import format_summary
+from svctrace.words import counted
 
 PAGE_SCHEMA = "svctrace-html/1"
 
@@ -173,7 +174,7 @@ def build_page(report: Report | dict, plan: Plan | dict | None = None,
                old: Report | dict | None = None, title: str | None = None) -> str:
     """The whole page, one string."""
     data = page_data(report, plan, old)
-    title = title or f"svctrace: {data['run']['tests']} tests, backend {data['run']['backend']}"
+    title = title or f"svctrace: {counted(data['run']['tests'], 'test')}, backend {data['run']['backend']}"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -34,7 +34,8 @@ border-bottom:1px solid #f1f3f5;white-space:nowrap}
 height:90px;align-items:end}
 #matrix-head span{writing-mode:vertical-rl;transform:rotate(180deg);padding:4px 0;
 overflow:hidden;max-height:88px;justify-self:center;white-space:nowrap;text-overflow:ellipsis}
-#matrix-head span.name{writing-mode:horizontal-tb;transform:none;justify-self:start}
+#matrix-head span.name,#matrix-head span.hz{writing-mode:horizontal-tb;transform:none;
+justify-self:start;padding:0 4px 4px}
 .c{text-align:center;font:11px ui-monospace,monospace;border-radius:3px;margin:1px;
 line-height:18px;overflow:hidden}
 .c.o{background:var(--obs);color:#fff}
@@ -61,7 +62,10 @@ SCRIPT = r"""
   var $ = function (id) { return document.getElementById(id); };
   var ROW = 22, NS = D.services.length;
   var matrix = $("matrix"), spacer = $("spacer");
-  var columns = "minmax(220px,1fr) repeat(" + NS + ",var(--cell)) 80px 56px minmax(90px,160px)";
+  // the notes column grows with the page: with --plan and --compare it says the tier, what
+  // changed and what a test holds, and must not be cut at a fixed width
+  var columns = "minmax(220px,2fr) repeat(" + NS + ",var(--cell)) 80px 56px " +
+    (D.plan || D.compare ? "minmax(160px,1fr)" : "minmax(90px,160px)");
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -95,7 +99,8 @@ SCRIPT = r"""
   head.style.gridTemplateColumns = columns;
   head.appendChild(el("span", "name", "test (grouped by file and class)"));
   D.services.forEach(function (s) { var h = el("span", null, s); h.title = s; head.appendChild(h); });
-  ["outcome", "sec", D.plan ? "tier / notes" : "notes"].forEach(function (t) { head.appendChild(el("span", null, t)); });
+  // words, not service names: written across (up the 90 px header they were cut off)
+  ["outcome", "sec", D.plan ? "tier / notes" : "notes"].forEach(function (t) { head.appendChild(el("span", "hz", t)); });
 
   var entries = [];   // [kind, index, counts]: kind "f" file, "k" class, "t" test
   var selected = -1;

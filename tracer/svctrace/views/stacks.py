@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from svctrace.report.model import Report, TestRecord, as_report
+from svctrace.words import counted
 
 _SHOWN = 6  # frames of the deciding thread shown under the call site
 
@@ -57,7 +58,7 @@ def call_site(service: str, stack: dict) -> str:
         text = (f"{service}: {stack.get('contacting_thread', 'a thread with no Python code')}"
                 f"; that thread was created")
         if len(links) > 1:
-            text += f" (through {len(links) - 1} more thread creation(s))"
+            text += f" (through {counted(len(links) - 1, 'more thread creation')})"
         text += f" at {_where(site)}"
         if first.get("taken_ms_before"):
             text += (f" (the stack of its creator's first thread creation then, "
@@ -85,7 +86,7 @@ def stack_lines(service: str, stack: dict, indent: str = "    ") -> list[str]:
             tag = {"test": "  (the test)", "library": "  (library)"}.get(frame.get("mark"), "")
             lines.append(f"{indent}    {_where(frame)}{tag}")
         if len(frames) > start + _SHOWN:
-            lines.append(f"{indent}    … {len(frames) - start - _SHOWN} more frames in the report")
+            lines.append(f"{indent}    … {counted(len(frames) - start - _SHOWN, 'more frame')} in the report")
     for thread in stack.get("threads", []):
         if thread.get("role") == "main" and stack.get("via") != "contacting thread":
             inner = next((f for f in thread.get("frames", []) if f.get("mark") != "library"),

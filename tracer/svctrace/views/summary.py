@@ -5,7 +5,8 @@ from __future__ import annotations
 import signal
 from collections import Counter
 
-from svctrace.report.model import Report, as_report
+from svctrace.report.model import Plan, Report, as_plan, as_report
+from svctrace.words import counted, plural
 
 SETS_SHOWN = 8        # the default summary lists this many needed service sets
 # Words for what a reader cannot guess from a service's name.
@@ -60,6 +61,29 @@ def _service_text(row: dict) -> str:
     return text
 
 
+def unseen_rows(report: Report) -> list[tuple[str, int]]:
+    """(C client library the backend cannot see, tests whose process had loaded it)."""
+    counts = Counter(name for t in report.tests.values() if t.ran
+                     for name in t.unseen_clients)
+    return sorted(counts.items(), key=lambda i: (-i[1], i[0]))
+
+
+def unseen_text(report: Report) -> str | None:
+    """One sentence: which tests' answers are incomplete, and why."""
+    rows = unseen_rows(report)
+    if not rows:
+        return None
+    return (f"INCOMPLETE: the {report.run.backend} backend cannot see C client "
+            "libraries that tests' processes had loaded: "
+            + ", ".join(f"{name} in {_tests(n)}" for name, n in rows)
+            + "; what those tests reached through them is missing (`svctrace explain` names "
+            "them; the ebpf or strace backend sees them)")
+
+
+def _tests(n: int) -> str:
+    return counted(n, "test")
+
+
 def _unattributed(report: Report) -> Counter:
     reasons: Counter = Counter()
     for entry in report.unattributed:
@@ -78,7 +102,7 @@ def denied_lines(report: Report | dict, verbose: bool = False, shown: int = 10) 
     lines = [f"  guard{' (shadow: nothing refused)' if shadow else ''}: "
              f"{'would deny' if shadow else 'denied'} "
              f"{', '.join(run.get('denied_services', [])) or 'nothing'}; "
-             f"{len({d['test'] for d in found})} tests tried a denied service"]
+             f"{counted(len({d['test'] for d in found}), 'test')} tried a denied service"]
     refused = "would be refused" if shadow else "refused"
     for entry in found if verbose else found[:shown]:
         lines.append(f"    {entry['test']}: {entry['service']} ({entry['refusals']} {refused}, "
@@ -151,7 +175,8 @@ def proof_lines(report: Report | dict, verbose: bool = False, moved: int | None 
         "unproven" for service, c in counts.items())]
     lighter = sum(1 for t in report.tests.values()
                   if any(v == NOT_NEEDED for v in t.needs_proof.values()))
-    lines.append(f"  proof: {lighter} tests need fewer services than they used"
+    lines.append(f"  proof: {counted(lighter, 'test')} {plural(lighter, 'need')} fewer services than "
+                 "they used"
                  + (f"; {moved} moved to a cheaper tier because of proof"
                     if moved is not None else ""))
     info = report.run.extra.get("proof") or {}
@@ -175,14 +200,19 @@ def format_summary(report: Report | dict, path: str | None = None, verbose: bool
     run, summary = report.run, report.summary
     collected = summary["tests"]
     interrupted = sum(1 for t in report.tests.values() if t.outcome == "interrupted")
-    head = (f"svctrace: backend {run.backend}, {summary['tests_ran']} tests ran"
+    head = (f"svctrace: backend {run.backend}, {counted(summary['tests_ran'], 'test')} ran"
             + (f" ({collected} collected)" if collected != summary["tests_ran"] else "")
             + (f", {interrupted} interrupted" if interrupted else "")
-            + f", {run.lost_events} lost events" + (f", report {path}" if path else ""))
+            + f", {counted(run.lost_events, 'lost event')}"
+            + (f", report {path}" if path else ""))
     lines = [head]
     if run.lost_events:
-        lines.append(f"  WARNING: {run.lost_events} events were lost: services may be "
+        lines.append(f"  WARNING: {counted(run.lost_events, 'event')} "
+                     f"{plural(run.lost_events, 'was')} lost: services may be "
                      "missing (raise ringbuf_pages in [tool.svctrace])")
+    unseen = unseen_text(report)
+    if unseen:
+        lines.append(f"  {unseen}")
     rows = service_rows(report)
     if rows:
         lines.append("  tests needing each service (observed in the test, unless said): "
@@ -191,7 +221,7 @@ def format_summary(report: Report | dict, path: str | None = None, verbose: bool
     if probes:
         shown = probes if verbose else probes[:3]
         lines.append("  failed probes (attempts that reached nothing; not needs): "
-                     + ", ".join(f"{name} in {n} tests" for name, n in shown)
+                     + ", ".join(f"{name} in {counted(n, 'test')}" for name, n in shown)
                      + (f", {len(probes) - len(shown)} more (-v)" if len(probes) > len(shown)
                         else ""))
     lines += denied_lines(report, verbose)
@@ -204,7 +234,8 @@ def format_summary(report: Report | dict, path: str | None = None, verbose: bool
         lines.append(f"    {entry['tests']:6d}  {' + '.join(entry['needs']) or '(none)'}")
     if len(sets) > len(shown_sets):
         rest = sum(e["tests"] for e in sets[len(shown_sets):])
-        lines.append(f"    {rest:6d}  in {len(sets) - len(shown_sets)} more sets (-v lists them)")
+        lines.append(f"    {rest:6d}  in {counted(len(sets) - len(shown_sets), 'more set')} "
+                     "(-v lists them)")
     reasons = _unattributed(report)
     if reasons:
         lines.append("  traffic outside tests: " + ", ".join(
@@ -228,7 +259,7 @@ def format_summary(report: Report | dict, path: str | None = None, verbose: bool
         for spot in spots:
             lines.append(f"  blind spot: {spot}")
     elif spots:
-        lines.append(f"  {len(spots)} blind spots of the {run.backend} backend: listed by "
+        lines.append(f"  {counted(len(spots), 'blind spot')} of the {run.backend} backend: listed by "
                      "`svctrace summary -v` and in the report's run.blind_spots")
     return "\n".join(lines)
 
@@ -237,17 +268,50 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_summary(report: Report | dict, path: str | None = None) -> str:
-    """The same content for a CI job summary ($GITHUB_STEP_SUMMARY)."""
+def _md_guard(report: Report, plan: Plan | dict | None) -> list[str]:
+    """The guard's refusals as a table: each test that tried a denied service, the tier it
+    ran in and, given the plan, the tier that covers it."""
+    run, found = report.run, report.summary.get("denied", [])
+    guard = run.extra.get("guard")
+    if not guard:
+        return []
+    tier = guard.get("tier")
+    tried = sorted({d["test"] for d in found})
+    what = f"of tier `{_md(tier)}`" if tier else f"(--{guard.get('mode')})"
+    lines = ["", f"**Guard** {what}: denied {_md(', '.join(run.extra.get('denied_services', [])) or 'nothing')}; "
+             f"**{len(tried)} tests tried a denied service**."]
+    if not found:
+        return lines
+    lines += ["", "| test | refused | ran in tier | belongs in tier | refusals | first refusal |",
+              "|---|---|---|---|---:|---|"]
+    for entry in found:
+        home = "-"
+        if plan is not None:
+            test = report.tests.get(entry["test"])
+            home = as_plan(plan).covering_tier(test.proven_needs if test else []) or "none covers it"
+        lines.append(f"| `{_md(entry['test'])}` | {_md(entry['service'])} | {_md(tier or '-')} "
+                     f"| {_md(home)} | {entry['refusals']} | thread {_md(entry['thread'])} to "
+                     f"`{_md(entry['destination'])}` in {_md(entry['phase'] or 'no phase')} |")
+    return lines
+
+
+def markdown_summary(report: Report | dict, path: str | None = None,
+                     plan: Plan | dict | None = None) -> str:
+    """The same content for a CI job summary ($GITHUB_STEP_SUMMARY); with the tiers plan of
+    a guarded run, the tier each refused test belongs in."""
     report = as_report(report)
     run, summary = report.run, report.summary
     lines = ["## svctrace", "",
-             f"Backend **{run.backend}**, {summary['tests_ran']} tests ran of "
-             f"{summary['tests']} collected, **{run.lost_events} lost events**"
+             f"Backend **{run.backend}**, {counted(summary['tests_ran'], 'test')} ran of "
+             f"{summary['tests']} collected, **{counted(run.lost_events, 'lost event')}**"
              + (f", report `{path}`" if path else "") + "."]
     if run.lost_events:
-        lines += ["", f"> **Warning:** {run.lost_events} events were lost: services may "
+        lines += ["", f"> **Warning:** {counted(run.lost_events, 'event')} "
+                  f"{plural(run.lost_events, 'was')} lost: services may "
                   "be missing (raise `ringbuf_pages` in `[tool.svctrace]`)."]
+    unseen = unseen_text(report)
+    if unseen:
+        lines += ["", f"> **{_md(unseen)}**"]
     rows = service_rows(report)
     if rows:
         lines += ["", "| service | tests that need it | observed in the test | inherited from "
@@ -256,6 +320,7 @@ def markdown_summary(report: Report | dict, path: str | None = None) -> str:
             name = r["service"] + (f" ({r['about']})" if r["about"] else "")
             lines.append(f"| {_md(name)} | {r['needs']} | {r['observed']} | {r['inherited']} "
                          f"| {r['declared']} |")
+    lines += _md_guard(report, plan)
     if summary["service_sets"]:
         lines += ["", "| tests | needed service set |", "|---:|---|"]
         for entry in summary["service_sets"]:
@@ -270,7 +335,7 @@ def markdown_summary(report: Report | dict, path: str | None = None) -> str:
     probes = probe_rows(report)
     if probes:
         lines += ["", "Failed probes (attempts that reached nothing; not needs): "
-                  + ", ".join(f"`{_md(n)}` in {c} tests" for n, c in probes) + "."]
+                  + ", ".join(f"`{_md(n)}` in {counted(c, 'test')}" for n, c in probes) + "."]
     reasons = _unattributed(report)
     if reasons:
         lines += ["", "Traffic outside tests (report `unattributed`): " + ", ".join(
@@ -283,6 +348,6 @@ def markdown_summary(report: Report | dict, path: str | None = None) -> str:
         lines += ["", "Notes:", ""] + [f"- {_md(n)}" for n in notes]
     spots = run.blind_spots
     if spots:
-        lines += ["", f"<details><summary>{len(spots)} blind spots of the {run.backend} "
+        lines += ["", f"<details><summary>{counted(len(spots), 'blind spot')} of the {run.backend} "
                   "backend</summary>", ""] + [f"- {_md(s)}" for s in spots] + ["", "</details>"]
     return "\n".join(lines) + "\n"
