@@ -265,7 +265,7 @@ def summary(report, verbose, markdown, plan_path) -> None:
     if markdown:
         plan = None
         if plan_path:
-            from svctrace.plan.tiers import load_plan
+            from svctrace.report.files import load_plan
             try:
                 plan = load_plan(plan_path)
             except SvctraceError as exc:
@@ -355,7 +355,7 @@ them. When no test matches, nothing is printed and the exit status is 1
 def list_command(report, service, needs, inherited, denied, config_path) -> None:
     """Print the node ids of the tests related to a service, one per line, in run order."""
     from svctrace.config import load_config
-    from svctrace.report.build import load_report
+    from svctrace.report.files import load_report
     from svctrace.report.rejudge import Rejudge
     from svctrace.views.listing import list_tests, nothing_text
 
