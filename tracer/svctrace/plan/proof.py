@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-NEEDED, NOT_NEEDED, UNPROVEN = "needed", "not_needed", "unproven"
+from svctrace.report.model import NEEDED, NOT_NEEDED, UNPROVEN, TestRecord
+
 VERDICTS = (NEEDED, NOT_NEEDED, UNPROVEN)
 FAILED = ("failed", "error")
 
@@ -126,9 +127,8 @@ def join_proof(record: dict) -> dict:
 
 
 def proven_needs(test: dict) -> list[str]:
-    """What a test needs once proofs count: its needs less the services proven not needed."""
-    proof = test.get("needs_proof") or {}
-    return [s for s in test.get("needs", []) if proof.get(s) != NOT_NEEDED]
+    """What a test (its JSON object) needs once proofs count: TestRecord.proven_needs."""
+    return TestRecord.from_dict(test).proven_needs
 
 
 def has_proofs(report: dict) -> bool:

@@ -7,9 +7,10 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 from svctrace import REPORT_SCHEMA
 from svctrace.errors import SvctraceError
-from svctrace.plan.proof import NOT_NEEDED
 
 PLAN_SCHEMA = "svctrace-plan/1"
+# A test's `needs_proof` verdicts per service (svctrace prove); plan.proof decides them.
+NEEDED, NOT_NEEDED, UNPROVEN = "needed", "not_needed", "unproven"
 GRANULARITIES = ("test", "class", "file")
 # Keys a plan must have (older plans may lack `uncovered` and `groups`).
 PLAN_KEYS = ("granularity", "tiers", "order", "fallback", "assignments", "durations",
