@@ -99,7 +99,7 @@ def test_rule_matching(spec, dest, expected):
     assert parse_rule("x", spec).matches(dest) is expected
 
 
-@pytest.mark.parametrize("spec", ["", "99999", "abc:12", "unix:", "[::1", "10.0.0.0/99"])
+@pytest.mark.parametrize("spec", ["", "99999", "ab c:12", "cache.ci:http", "unix:", "[::1", "10.0.0.0/99"])
 def test_bad_rules_raise(spec):
     with pytest.raises(RuleError):
         parse_rule("x", spec)

@@ -193,6 +193,28 @@ class Stack:
 
 
 @dataclass(frozen=True, slots=True)
+class Lookup:
+    """A host name lookup by the traced tree, as a backend saw it.
+
+    how "dns": `payload` is one DNS message the tree received from `server` (port 53) on a
+    socket it sent a query from; the join parses it (join/dns.py), the backend does not.
+    how "nss": the C library's getaddrinfo(`name`) in the tree returned `addresses` (the
+    hosts file, nss modules, or DNS behind them).
+    """
+
+    how: str
+    mono_ns: int | None
+    wall_ns: int | None
+    pid: int
+    tid: int
+    server: Destination | None = None
+    payload: bytes = b""
+    name: str = ""
+    addresses: tuple[str, ...] = ()
+    stream: bool = False  # DNS over TCP: payload is stream bytes (2-byte length prefixes)
+
+
+@dataclass(frozen=True, slots=True)
 class RunInfo:
     """Backend-independent facts about the traced run (filled by the runner or plugin)."""
 
@@ -203,4 +225,5 @@ class RunInfo:
     extra: dict = field(default_factory=dict)
 
 
-Record = Event | ProcessEvent | Marker | FixtureMarker | TestInfo | Freeze | Stack
+Record = (Event | ProcessEvent | Marker | FixtureMarker | TestInfo | Freeze | Stack
+          | Lookup)

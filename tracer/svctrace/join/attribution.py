@@ -25,11 +25,12 @@ import collections
 import ipaddress
 from dataclasses import dataclass, field, replace
 
-from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, Marker,
-                             ProcessEvent, Stack, TestInfo)
+from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, Lookup,
+                             Marker, ProcessEvent, Stack, TestInfo)
 from svctrace.join.evidence import MAX_KEPT, MORE_DESTINATIONS, Contact, result_text
 from svctrace.join.lineage import Lineage
-from svctrace.join.services import DENIED, NOISE, PROBE, ServiceMap
+from svctrace.join.names import NameTable
+from svctrace.join.services import DENIED, NOISE, PROBE, ServiceMap, canonical
 from svctrace.join.stacks import StackIndex
 
 SETUP_HOLD_MAX_NS = 600 * 10**9
@@ -90,6 +91,7 @@ class Attribution:
     # wider-scoped fixture -> {test whose window its traffic fell in: {phases}}: a session
     # fixture set up in one test and torn down in another is found from either (explain)
     fixture_tests: dict[str, dict[str, set]] = field(default_factory=dict)
+    names: NameTable = field(default_factory=NameTable)  # host names the tree resolved
 
 
 class Attributor:
@@ -120,13 +122,14 @@ class Attributor:
         self.unattributed: dict[tuple[str, str], dict[str, Contact]] = {}
         self.unattributed_probes: dict[tuple[str, str], dict[str, Contact]] = {}
         self.stacks = StackIndex()  # --stacks: Python call sites
+        self.names = NameTable()
         self.counts = {"events": 0, "attributed": 0, "unattributed": 0, "noise": 0,
                        "self_loopback": 0, "failed_probes": 0, "markers": 0}
         self._adders = {Event: self._add_event, Marker: self._add_marker,
                         FixtureMarker: self._add_fixture_marker,
                         FixtureWindows: self._add_fixture_windows,
                         ProcessEvent: self._add_process, TestInfo: self._add_info,
-                        Stack: self.stacks.add}
+                        Stack: self.stacks.add, Lookup: self._add_lookup}
 
     # -- feeding -------------------------------------------------------------------------
     def _ts(self, record) -> int | None:
@@ -156,6 +159,11 @@ class Attributor:
             return
         self.counts["events"] += 1
         self.pending.append(ev)
+
+    def _add_lookup(self, lookup: Lookup) -> None:
+        # Not queued: a lookup precedes the contacts it names, which wait in `pending`.
+        ts = self._ts(lookup) or 0
+        self.names.add(lookup, ts, self._owner(lookup.pid, ts)[0])
 
     def _add_process(self, pe: ProcessEvent) -> None:
         ts = self._ts(pe)
@@ -265,7 +273,7 @@ class Attributor:
         self.flush(None)
         return Attribution(self.tests, self.unattributed, self.fixture_services,
                            self.fixture_scopes, dict(self.counts), self.unattributed_probes,
-                           self.fixture_tests)
+                           self.fixture_tests, self.names)
 
     def _owner(self, pid: int, ts: int) -> tuple[int | None, int | None]:
         """(nearest marker-writing ancestor-or-self of `pid` as it was at `ts`, the fork time
@@ -357,8 +365,19 @@ class Attributor:
                 return fid, scope
         return None, None
 
+    def _learned(self, ev: Event) -> tuple:
+        """The names the run learned for ev's address before ev (join/names.py)."""
+        dest = canonical(ev.dest)
+        if not self.names.knows(dest):
+            return ()
+        ts = self._ts(ev) or 0
+        return self.names.names_for(dest, ts, self._owner(ev.pid, ts)[0], ev.pid, ev.tid,
+                                    ev.kind)
+
     def _attribute(self, ev: Event) -> None:
-        verdict = self.map.judge(ev.kind, ev.dest, ev.result)
+        learned = self._learned(ev) if self.names else ()
+        verdict = self.map.judge(ev.kind, ev.dest, ev.result,
+                                 tuple(entry.name for entry in learned))
         if verdict.what == NOISE:
             self.counts["noise"] += 1
             self._ignored(ev, "noise")
@@ -372,7 +391,7 @@ class Attributor:
         owner, fork_ts = self._owner(ev.pid, ts)
         if owner is None:
             self._unattributed("not-under-pytest", "process outside the pytest tree",
-                               name, label, probe, ev, ts)
+                               name, label, probe, ev, ts, learned=learned)
             return
         window, gap, previous = self._locate(owner, ts)
         what, started, outlives = self._origin(owner, ev, ts, fork_ts)
@@ -381,14 +400,17 @@ class Attributor:
                                                  or started.nodeid != window.nodeid):
             self._unattributed("outlived-test", f"{what} started in {started.nodeid}",
                                name, label, probe, ev, ts, born_in, owner,
-                               lambda: self._test_end(owner, started))
+                               lambda: self._test_end(owner, started), learned)
             return
         if window is None:
-            self._outside_tests(owner, ts, previous, name, label, probe, ev)
+            self._outside_tests(owner, ts, previous, name, label, probe, ev, learned)
             return
 
         def evidence() -> dict:
-            return self._evidence(ev, window, ts, label, gap, born_in)
+            found = self._evidence(ev, window, ts, label, gap, born_in)
+            if learned:
+                found["names"] = [entry.as_dict() for entry in learned]
+            return found
 
         def process() -> dict:
             return self._process(ev, owner, ts)
@@ -396,13 +418,13 @@ class Attributor:
         fixture, scope = self._fixture_at(owner, ts)
         if verdict.what == DENIED:  # refused by the guard: the test that tried it needs it
             self._test(window.nodeid).denied[window.phase].setdefault(name, Contact()).add(
-                ev, ts, evidence, fixture, label, gap, process)
+                ev, ts, evidence, fixture, label, gap, process, learned)
             self.counts["denied"] = self.counts.get("denied", 0) + 1
             return
         if probe:  # evidence, not a need: it stays with the test, whichever fixture ran it
             test = self._test(window.nodeid)
             test.probes[window.phase].setdefault(name, Contact()).add(
-                ev, ts, evidence, fixture, label, gap, process)
+                ev, ts, evidence, fixture, label, gap, process, learned)
             self.counts["failed_probes"] += 1
             return
         if fixture and scope and scope != "function":
@@ -411,18 +433,18 @@ class Attributor:
             # to the fixture; the report lists it as inherited by each dependent test.
             self.fixture_services.setdefault(fixture, {}).setdefault(name, Contact()).add(
                 ev, ts, lambda: {**evidence(), "test": window.nodeid}, fixture, label, gap,
-                process)
+                process, learned)
             seen_in = self.fixture_tests.setdefault(fixture, {})
             if window.nodeid in seen_in or len(seen_in) < 64:
                 seen_in.setdefault(window.nodeid, set()).add(window.phase)
         else:
             test = self._test(window.nodeid)
             test.phases[window.phase].setdefault(name, Contact()).add(
-                ev, ts, evidence, fixture, label, gap, process)
+                ev, ts, evidence, fixture, label, gap, process, learned)
         self.counts["attributed"] += 1
 
     def _outside_tests(self, owner: int, ts: int, previous: Window | None, name: str,
-                       label: str, probe: bool, ev: Event) -> None:
+                       label: str, probe: bool, ev: Event, learned: tuple = ()) -> None:
         # Collection is nested in the session window: look for each, not for the latest.
         inside = {w.phase: w for w in self.outer.get(owner, ()) if w.contains(ts)}
         session = next((w for w in self.outer.get(owner, ()) if w.phase == "session"), None)
@@ -440,7 +462,7 @@ class Attributor:
             reason, detail = "outside-session", "before pytest's session started"
         ended = previous.end if previous is not None and reason == "between-tests" else None
         self._unattributed(reason, detail, name, label, probe, ev, ts, None, owner,
-                           lambda: ended)
+                           lambda: ended, learned)
 
     def _test_end(self, owner: int, window: Window) -> int | None:
         """When the test of `window` ended: the end of its last phase window seen."""
@@ -450,7 +472,8 @@ class Attributor:
 
     def _unattributed(self, reason: str, detail: str, name: str, label: str, probe: bool,
                       ev: Event, ts: int, born_in: str | None = None,
-                      owner: int | None = None, ended=lambda: None) -> None:
+                      owner: int | None = None, ended=lambda: None,
+                      learned: tuple = ()) -> None:
         """`ended()`: when the test the detail names ended, for `after_ms` (the first
         event's evidence only: called once per bucket and service)."""
         where = self.unattributed_probes if probe else self.unattributed
@@ -460,11 +483,13 @@ class Attributor:
             found = self._evidence(ev, None, ts, label, None, born_in)
             since = ended()
             found["after_ms"] = round((ts - since) / 1e6, 3) if since is not None else None
+            if learned:
+                found["names"] = [entry.as_dict() for entry in learned]
             return found
 
         bucket.setdefault(name, Contact()).add(
             ev, ts, evidence, None, label,
-            None, lambda: self._process(ev, owner, ts))
+            None, lambda: self._process(ev, owner, ts), learned)
         self.counts["failed_probes" if probe else "unattributed"] += 1
 
     def _ignored(self, ev: Event, why: str) -> None:

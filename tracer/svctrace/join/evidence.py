@@ -25,6 +25,16 @@ def result_text(kind: str, result: int) -> str:
     return errno.errorcode.get(-result, str(result)).lower()
 
 
+def _add_names(entry: dict, names: list[dict]) -> None:
+    """Union the host names of one destination entry, by name and how (a few at most)."""
+    known = entry.setdefault("names", [])
+    for found in names:
+        if len(known) < MAX_KEPT and not any(k["name"] == found["name"]
+                                             and k["how"] == found["how"] for k in known):
+            known.append(found)
+    known.sort(key=lambda k: (k["name"], k["how"]))
+
+
 @dataclass
 class Contact:
     """Aggregated evidence for one service in one place (test phase or unattributed bucket)."""
@@ -63,9 +73,10 @@ class Contact:
 
     def add(self, ev: Event, ts: int, evidence: Callable[[], dict], fixture: str | None,
             label: str, gap: str | None = None,
-            process: Callable[[], dict] | None = None) -> None:
+            process: Callable[[], dict] | None = None, names: tuple = ()) -> None:
         """Count ev; evidence() describes it and is only called when ev is the first;
-        process() describes ev's process, called the first time its pid is seen."""
+        process() describes ev's process, called the first time its pid is seen; names:
+        the host names learned for its address (join/names.Learned)."""
         if ev.kind == "connect_result":
             # the later failure of a connect already counted (same time and thread)
             if ev.result < 0:
@@ -74,6 +85,8 @@ class Contact:
                     self.first["result"] = result_text(ev.kind, ev.result)
             return
         entry = self._dest(label)
+        if names and entry is not None:
+            _add_names(entry, [learned.as_dict() for learned in names])
         if ev.kind in ("connect", "denied"):  # a refusal by the guard is a failed attempt
             self.connects += 1
             if entry is not None:
@@ -126,6 +139,8 @@ class Contact:
                 mine[key] += theirs[key]
             for result, n in theirs["errors"].items():
                 mine["errors"][result] = mine["errors"].get(result, 0) + n
+            if theirs.get("names"):
+                _add_names(mine, theirs["names"])
         for pid, theirs in other.processes.items():
             mine = self.processes.get(pid)
             if mine is None and len(self.processes) < MAX_KEPT:

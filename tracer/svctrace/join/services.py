@@ -5,10 +5,12 @@ import errno
 import fnmatch
 import glob
 import ipaddress
+import re
 from dataclasses import dataclass, replace
 from typing import Mapping
 
 from svctrace.events import Destination
+from svctrace.join.names import first_label_service, named_label
 
 # The default service map (README "Configuration"). Users extend/override it in
 # [tool.svctrace.services].
@@ -62,17 +64,36 @@ class Rule:
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     ports: tuple[int, int] | None = None
     transport: str | None = None  # "tcp" | "udp" | None (either)
+    # A host name or glob ("kafka", "*.kafka.svc"): matches the names the run observed for
+    # a destination (join/names.py), never a resolution of svctrace's own.
+    host_glob: str | None = None
 
     @property
     def specificity(self) -> tuple:
         """Sort key, larger first: rules with a port (host:port, then CIDR:port, then port
         alone) before rules without one (CIDR alone); then the narrower network, the
         narrower port range, and a rule tied to a transport."""
-        prefix = self.network.prefixlen if self.network is not None else -1
+        # a host name is narrower than any address range: it names one service
+        prefix = 129 if self.host_glob is not None else \
+            self.network.prefixlen if self.network is not None else -1
         width = self.ports[1] - self.ports[0] if self.ports else 0
         return (self.ports is not None, prefix, -width, self.transport is not None)
 
+    def matches_name(self, dest: Destination, names: tuple[str, ...]) -> bool:
+        """A host rule: one of the names observed for dest matches (and its port)."""
+        if self.host_glob is None or not names or dest.family not in ("inet", "inet6"):
+            return False
+        if self.transport and dest.transport in ("tcp", "udp") \
+                and dest.transport != self.transport:
+            return False
+        if self.ports and not (dest.port is not None
+                               and self.ports[0] <= dest.port <= self.ports[1]):
+            return False
+        return any(fnmatch.fnmatchcase(name, self.host_glob) for name in names)
+
     def matches(self, dest: Destination) -> bool:
+        if self.host_glob is not None:
+            return False  # only by name: see matches_name
         if self.unix_glob is not None:
             return dest.family == "unix" and fnmatch.fnmatchcase(dest.address, self.unix_glob)
         if dest.family not in ("inet", "inet6"):
@@ -110,13 +131,34 @@ def _network(text: str, spec: str):
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise RuleError(f"{spec!r}: {text!r} is not an IP address or CIDR "
-                        "(host names are not resolved: give the address)") from None
+        raise RuleError(f"{spec!r}: {text!r} is not an IP address, CIDR or host name"
+                        ) from None
+
+
+_HOST = re.compile(r"[a-z0-9*?_\[\]-]+(\.[a-z0-9*?_\[\]-]+)*\.?")
+
+
+def _host_rule(name: str, spec: str, host: str, port: str | None,
+               transport: str | None) -> Rule | None:
+    """A rule by host name or glob ("kafka:9092", "*.kafka.svc:*", "cache.ci"), or None
+    when `host` is an address (a CIDR rule)."""
+    lowered = host.lower()
+    if not _HOST.fullmatch(lowered) or lowered.replace(".", "").replace("/", "").isdigit():
+        return None
+    try:
+        ipaddress.ip_network(host, strict=False)
+        return None
+    except ValueError:
+        pass
+    ports = None if port in (None, "*") else _port_range(port, spec)
+    return Rule(name, spec, ports=ports, transport=transport,
+                host_glob=lowered.rstrip("."))
 
 
 def parse_rule(name: str, spec: str) -> Rule:
     """Parse one rule: "5432", "7000-7005", "8125/udp", "10.0.0.5:8080", "[::1]:5432",
-    "10.0.0.0/8", "10.0.0.0/8:9092", "unix:/run/*.sock"."""
+    "10.0.0.0/8", "10.0.0.0/8:9092", "unix:/run/*.sock", and by the host names the run
+    observed: "kafka:9092", "*.kafka.svc:*", "cache.ci" (any port)."""
     if not isinstance(spec, str) or not spec.strip():
         raise RuleError(f"{spec!r}: a rule must be a non-empty string")
     text = spec.strip()
@@ -139,8 +181,14 @@ def parse_rule(name: str, spec: str) -> Rule:
         return Rule(name, spec, ports=_port_range(text, spec), transport=transport)
     if text.count(":") == 1:
         host, _, port = text.partition(":")
+        by_name = _host_rule(name, spec, host, port, transport)
+        if by_name is not None:
+            return by_name
         return Rule(name, spec, network=_network(host, spec),
                     ports=_port_range(port, spec), transport=transport)
+    by_name = _host_rule(name, spec, text, None, transport)
+    if by_name is not None:
+        return by_name
     return Rule(name, spec, network=_network(text, spec), transport=transport)
 
 
@@ -227,14 +275,20 @@ class ServiceMap:
         self.noise = [parse_rule("(noise)", spec) for spec in DEFAULT_IGNORE + tuple(noise)]
         self._cache: dict[Destination, str | None] = {}
         self._verdicts: dict[tuple, Verdict] = {}
+        self.service_names = frozenset(rule.name for rule in self.rules)
+        self.by_name = [rule for rule in self.rules + self.ignore if rule.host_glob]
 
     @property
     def user_rule_count(self) -> int:
         """How many of `rules` (first) are the user's: they win over every default."""
         return self._user_rules
 
-    def classify(self, dest: Destination) -> str | None:
-        """Service name, the destination's label when no rule matches, None for noise."""
+    def classify(self, dest: Destination, names: tuple[str, ...] = ()) -> str | None:
+        """Service name, the destination's label when no rule matches, None for noise.
+        names: the host names the run observed for dest (join/names.py): host rules match
+        them, and an unnamed destination known by exactly one is labelled by it."""
+        if names:
+            return self._classify_named(dest, names)
         if dest in self._cache:
             return self._cache[dest]
         result: str | None = None
@@ -251,20 +305,39 @@ class ServiceMap:
             self._cache[dest] = result
         return result
 
-    def judge(self, kind: str, dest: Destination, result: int) -> Verdict:
+    def _classify_named(self, dest: Destination, names: tuple[str, ...]) -> str | None:
+        if any(r.matches_name(dest, names) for r in self.ignore if r.host_glob):
+            return None
+        user = self.rules[:self._user_rules]
+        by_rule = next((r.name for r in user if r.matches_name(dest, names)), None)
+        if by_rule is not None:
+            return by_rule
+        found = self.classify(dest)
+        if found != dest.label() or len(names) != 1:
+            return found  # a rule or a default names it; several names: ambiguous
+        # "clickhouse.ci", "kafka-1": the name says the service (a refused connect sends
+        # no bytes that could; its in-progress connect and its sends must agree with it)
+        return first_label_service(names[0], self.service_names) or \
+            named_label(dest, names[0])
+
+    def judge(self, kind: str, dest: Destination, result: int,
+              names: tuple[str, ...] = ()) -> Verdict:
         """The contact rule (README "Attribution rules") for a connect, connect_result or
-        send with this result: contact, probe or noise, and under which name."""
-        key = (kind, dest, result if result < 0 else 0)  # a send's byte count does not matter
+        send with this result: contact, probe or noise, and under which name (names: the
+        host names observed for dest, see classify)."""
+        # a send's byte count does not matter
+        key = (kind, dest, result if result < 0 else 0, names)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = self._judge(kind, canonical(dest), result)
+            verdict = self._judge(kind, canonical(dest), result, names)
             if len(self._verdicts) < 100_000:
                 self._verdicts[key] = verdict
         return verdict
 
-    def _judge(self, kind: str, dest: Destination, result: int) -> Verdict:
+    def _judge(self, kind: str, dest: Destination, result: int,
+               names: tuple[str, ...] = ()) -> Verdict:
         if kind == "denied":  # the guard's own record: it refused exactly what a rule names
-            name = self.classify(dest)
+            name = self.classify(dest, names)
             return _NOISE if name is None else Verdict(DENIED, name, dest.label())
         if dest.family == "unix":
             name = self.classify(dest)
@@ -279,16 +352,16 @@ class ServiceMap:
             if dest.transport not in ("tcp", "udp"):
                 dest = replace(dest, transport="tcp")  # only a TCP connect gets that far
         elif result in _LOCAL_FAILURES:
-            return self._probe(dest)
+            return self._probe(dest, names)
         elif kind == "connect" and dest.transport != "tcp":
             # A UDP connect sends nothing (glibc's getaddrinfo connects UDP sockets to sort
             # candidate addresses), and a TCP connect that succeeded is never "other".
             return _NOISE
-        name = self.classify(dest)
+        name = self.classify(dest, names)
         return _NOISE if name is None else Verdict(CONTACT, name, dest.label())
 
-    def _probe(self, dest: Destination) -> Verdict:
-        name = self.classify(dest)
+    def _probe(self, dest: Destination, names: tuple[str, ...] = ()) -> Verdict:
+        name = self.classify(dest, names)
         if name is None:
             return _NOISE
         label = _probe_label(dest)

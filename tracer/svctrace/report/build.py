@@ -103,6 +103,9 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             "backend_stats": stats,
             "config": str(cfg.path) if cfg.path else None,
             "baseline": sorted(baseline),
+            # host name -> the addresses the traced tree resolved it to, and how
+            "names": att.names.summary(),
+            "name_lookups": dict(att.names.counts),
             **run.extra,
         },
         "tests": tests,  # pytest's order (collection, then run): what users diff
