@@ -78,7 +78,7 @@ struct send_ctx {
 	__u32 addrlen; /* sendto only */
 	__u32 idx;     /* sendmmsg: index of the next message (one sock_send_length each) */
 	__u32 how;     /* enum how; HOW_NONE between syscalls */
-	__u32 _pad;
+	__u32 fd;      /* the socket: a query sent to port 53 marks it (mark_dns) */
 };
 
 struct pending_connect {
@@ -354,6 +354,179 @@ static __always_inline void freeze_thread(const struct svct_event *e)
 #define freeze_thread(e) do { } while (0)
 #endif
 
+/* ---- names: DNS replies to the tree's own queries ------------------------------------ */
+
+#define SVCT_DNS_PORT 53
+/* How a receive names its buffer, saved at its entry */
+enum dns_how { DNS_BUF = 1, DNS_MSGHDR = 2 };
+
+struct dns_key {
+	__u32 tgid;
+	__u32 fd;
+};
+
+/* The server a socket of the tree connected or sent to at port 53 */
+struct dns_peer {
+	__u16 dport;
+	__u8 family;
+	__u8 proto;
+	__u8 addr_len;
+	__u8 _pad[3];
+	__u8 addr[16];
+};
+
+struct dns_recv {
+	__u64 uarg; /* DNS_BUF: the buffer; DNS_MSGHDR: the user_msghdr */
+	__u32 fd;
+	__u32 how;
+};
+
+/* (traced tgid, fd) of sockets that queried port 53. LRU: a closed fd is not tracked, so
+ * a reused fd may have its receives copied too; user space parses strictly and drops what
+ * is not a DNS reply. */
+BPF_TABLE("lru_hash", struct dns_key, struct dns_peer, dns_fds, 1024);
+BPF_TABLE("lru_hash", __u32, struct dns_recv, dns_receiving, 1024);
+/* 0 until the tree first uses port 53: until then a receive costs one array lookup */
+BPF_ARRAY(dns_armed, __u64, 1);
+
+static __always_inline int dns_is_armed(void)
+{
+	__u32 zero = 0;
+	__u64 *armed = dns_armed.lookup(&zero);
+
+	return armed && *armed;
+}
+
+/* Socket fd of the current (traced) process sent or connected to e's port-53 server. */
+static __always_inline void mark_dns(__u32 fd, const struct svct_event *e)
+{
+	struct dns_key key = {.tgid = current_tgid(), .fd = fd};
+	struct dns_peer peer = {};
+	__u32 zero = 0;
+	__u64 *armed;
+
+	if (e->dport != SVCT_DNS_PORT || (e->family != SVCT_AF_INET && e->family != SVCT_AF_INET6))
+		return;
+	peer.dport = e->dport;
+	peer.family = e->family;
+	peer.proto = e->proto;
+	peer.addr_len = e->addr_len;
+	__builtin_memcpy(peer.addr, e->addr.v6, 16);
+	dns_fds.update(&key, &peer);
+	armed = dns_armed.lookup(&zero);
+	if (armed && !*armed)
+		*armed = 1;
+}
+
+static __always_inline int dns_recv_begins(__u32 fd, const void *uarg, __u32 how)
+{
+	struct dns_key key;
+	struct dns_recv r = {.uarg = (__u64)uarg, .fd = fd, .how = how};
+	__u32 tid;
+
+	if (!dns_is_armed())
+		return 0;
+	key.tgid = current_tgid(); /* only traced processes ever enter dns_fds */
+	key.fd = fd;
+	if (!dns_fds.lookup(&key))
+		return 0;
+	tid = current_tid();
+	dns_receiving.update(&tid, &r);
+	return 0;
+}
+
+static __always_inline int dns_recv_ends(long ret)
+{
+	__u32 tid = current_tid();
+	struct dns_recv *pending, r;
+	struct dns_peer *peer;
+	struct dns_key key;
+	struct svct_dns *d;
+	const char *buf;
+	__u64 n;
+
+	if (!dns_is_armed())
+		return 0;
+	pending = dns_receiving.lookup(&tid);
+	if (!pending)
+		return 0;
+	r = *pending;
+	dns_receiving.delete(&tid);
+	if (ret <= 0)
+		return 0;
+	key.tgid = current_tgid();
+	key.fd = r.fd;
+	peer = dns_fds.lookup(&key);
+	if (!peer)
+		return 0;
+	buf = (const char *)r.uarg;
+	if (r.how == DNS_MSGHDR) {
+		const char *iov = 0;
+		/* struct user_msghdr: msg_iov at 16; struct iovec: iov_base at 0 (uapi) */
+		bpf_probe_read_user(&iov, sizeof(iov), buf + 16);
+		buf = 0;
+		if (iov)
+			bpf_probe_read_user(&buf, sizeof(buf), iov);
+		if (!buf)
+			return 0;
+	}
+	d = events.ringbuf_reserve(sizeof(struct svct_dns));
+	if (!d) {
+		count(CNT_LOST);
+		return 0;
+	}
+	__builtin_memset(d, 0, sizeof(*d)); /* ring buffer memory is not zeroed */
+	if (fill_task(&d->head, SVCT_DNS_REPLY)) {
+		events.ringbuf_discard(d, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+	d->head.result = ret;
+	d->head.family = peer->family;
+	d->head.proto = peer->proto;
+	d->head.dport = peer->dport;
+	d->head.addr_len = peer->addr_len;
+	__builtin_memcpy(d->head.addr.v6, peer->addr, 16);
+	d->stream = peer->proto == SVCT_P_TCP;
+	n = (__u64)ret;
+	if (n > SVCT_DNS_MAX)
+		n = SVCT_DNS_MAX;
+	asm volatile("" : "+r"(n)); /* the verifier needs the bound on this very register */
+	if (n > SVCT_DNS_MAX)
+		n = 0;
+	if (n && !bpf_probe_read_user(d->data, n, buf))
+		d->len = n;
+	events.ringbuf_submit(d, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
+{
+	return dns_recv_begins(args->fd, args->ubuf, DNS_BUF);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return dns_recv_ends(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
+{
+	return dns_recv_begins(args->fd, args->msg, DNS_MSGHDR);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return dns_recv_ends(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_read)
+{
+	return dns_recv_begins(args->fd, args->buf, DNS_BUF);
+}
+/* A closed resolver socket's fd is soon reused by the connection it resolved for: its
+ * receives must not be copied. */
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+	struct dns_key key;
+
+	if (!dns_is_armed())
+		return 0;
+	key.tgid = current_tgid();
+	key.fd = args->fd;
+	dns_fds.delete(&key);
+	return 0;
+}
+
 /* ---- process tree ---------------------------------------------------------------- */
 
 /* Children and threads are announced from the creating thread when its clone-family call
@@ -453,6 +626,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read)
 	struct ns_ids ids;
 	__u8 one = 1;
 
+	dns_recv_ends(args->ret); /* a DNS reply over TCP, or read() on a UDP socket (Go) */
 	if (!waiting || !*waiting)
 		return 0;
 	tgid = current_tgid();
@@ -565,6 +739,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	 * own type tells */
 	if ((p->e.family == SVCT_AF_INET || p->e.family == SVCT_AF_INET6) && !p->e.proto)
 		p->e.proto = socket_proto(p->fd);
+	if (ret == 0 || ret == -SVCT_EINPROGRESS)
+		mark_dns(p->fd, &p->e); /* glibc and Go connect their resolver sockets */
 	e = reserve();
 	if (e) {
 		__builtin_memcpy(e, &p->e, sizeof(*e));
@@ -686,10 +862,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 /* ---- sends --------------------------------------------------------------------------- */
 
 /* Remember how the current syscall names its destination; the caller checked `traced`. */
-static __always_inline int store_send(const void *uarg, __u32 addrlen, __u32 how)
+static __always_inline int store_send(const void *uarg, __u32 addrlen, __u32 how, __u32 fd)
 {
 	__u32 tid = current_tid();
-	struct send_ctx sc = {.uarg = (__u64)uarg, .addrlen = addrlen, .how = how};
+	struct send_ctx sc = {.uarg = (__u64)uarg, .addrlen = addrlen, .how = how, .fd = fd};
 	struct send_ctx *slot;
 
 	slot = sending.lookup(&tid);
@@ -700,11 +876,11 @@ static __always_inline int store_send(const void *uarg, __u32 addrlen, __u32 how
 	return 0;
 }
 
-static __always_inline int save_send(const void *uarg, __u32 addrlen, __u32 how)
+static __always_inline int save_send(const void *uarg, __u32 addrlen, __u32 how, __u32 fd)
 {
 	if (!is_traced(current_tgid()))
 		return 0;
-	return store_send(uarg, addrlen, how);
+	return store_send(uarg, addrlen, how, fd);
 }
 
 static __always_inline int forget_send(void)
@@ -744,17 +920,17 @@ TRACEPOINT_PROBE(syscalls, sys_enter_write)
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 {
-	return save_send(args->addr, args->addr_len, HOW_SENDTO);
+	return save_send(args->addr, args->addr_len, HOW_SENDTO, args->fd);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return forget_send(); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 {
-	return save_send(args->msg, 0, HOW_SENDMSG);
+	return save_send(args->msg, 0, HOW_SENDMSG, args->fd);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return forget_send(); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 {
-	return save_send(args->mmsg, 0, HOW_SENDMMSG);
+	return save_send(args->mmsg, 0, HOW_SENDMMSG, args->fd);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return forget_send(); }
 
@@ -937,8 +1113,10 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 		inet_dest(e, (const char *)args->sk);
 	}
 	/* unconnected datagram sockets: the peer is in the syscall's own arguments */
-	if (!e->addr_len && sc)
+	if (!e->addr_len && sc) {
 		syscall_dest(e, sc);
+		mark_dns(sc->fd, e); /* an unconnected query to port 53 (musl, dnspython) */
+	}
 	if (!e->addr_len) {
 		count(CNT_SENDS_UNKNOWN_DEST);
 		return 0;

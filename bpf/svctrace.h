@@ -26,6 +26,8 @@ enum svct_kind {
 	SVCT_FREEZE = 9,  /* --stacks: process pid was stopped (SIGSTOP) right after the record
 	                   * this copies (result = its kind: CONNECT, SEND or THREAD; count =
 	                   * marker epoch + 1); user space must send SIGCONT */
+	SVCT_DNS_REPLY = 10, /* a struct svct_dns: bytes the tree received on a socket it sent
+	                      * a query to port 53 from (head.addr/dport: that server) */
 };
 
 /* proto: transport, decoded from sk_protocol (sends) or from the connect's TCP state
@@ -80,5 +82,18 @@ struct svct_event {
 	                          * "tail" record the sends on the same socket that followed the
 	                          * first one in the same marker epoch (ts/tid = the last one) */
 };                               /* sizeof == 160 */
+
+/* Host names the tree resolves: the first SVCT_DNS_MAX bytes of each receive on a socket
+ * the tree connected or sent to port 53 (UDP or TCP). User space parses them (join/dns.py);
+ * a longer reply is cut, and its parse says so. Other sockets' receives cost one map
+ * lookup, and nothing at all until the tree has used port 53 once. */
+#define SVCT_DNS_MAX 512
+struct svct_dns {
+	struct svct_event head;  /* kind SVCT_DNS_REPLY; result = bytes received */
+	__u16 len;               /* bytes of data in use (<= SVCT_DNS_MAX) */
+	__u8 stream;             /* 1: TCP (data is stream bytes with 2-byte length prefixes) */
+	__u8 _pad[5];
+	__u8 data[SVCT_DNS_MAX];
+};                               /* sizeof == 680 */
 
 #endif

@@ -19,14 +19,16 @@ from svctrace.kernel import tracefs as tracefs_
 from svctrace.capture.base import Backend, BackendFailed, BackendUnavailable, RunContext
 from svctrace.kernel.bcc_import import load_bcc
 from svctrace.kernel.bpf_image import LoadedProgram
-from svctrace.events import Destination, Event, Freeze, ProcessEvent
+from svctrace.events import Destination, Event, Freeze, Lookup, ProcessEvent
 
 # Mirrors of bpf/svctrace.h, checked field by field by tests/test_kernel_contract.py:
 # struct svct_event (fixed width, no implicit padding, 160 bytes), enum svct_kind,
 # enum svct_proto and enum svct_counter.
 _EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
 _KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
-          7: "connect_result", 8: "thread", 9: "freeze"}
+          7: "connect_result", 8: "thread", 9: "freeze", 10: "dns_reply"}
+# struct svct_dns: a struct svct_event head, len, stream, padding, SVCT_DNS_MAX bytes.
+_DNS = struct.Struct(f"<{_EVENT.size}sHB5x512s")
 _PROCESS_KINDS = {"fork", "exit", "exec", "thread"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
 _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
@@ -235,6 +237,16 @@ def _destination(family: int, proto: int, addr_len: int, addr: bytes, dport: int
     return Destination(fam, transport, "", dport if fam in ("inet", "inet6") else None)
 
 
+def decode_dns(raw: bytes) -> Lookup:
+    """A struct svct_dns record -> Lookup("dns"): the bytes, parsed by the join."""
+    head, length, stream, data = _DNS.unpack(raw)
+    (ts, pid, tid, _ppid, _result, _comm, dport, _lport, _kind, family, proto, addr_len,
+     addr, _count) = _EVENT.unpack(head)
+    server = _destination(family, proto, addr_len, addr, dport)
+    return Lookup("dns", ts, None, pid, tid, server=server,
+                  payload=data[:min(length, len(data))], stream=bool(stream))
+
+
 def decode(raw: bytes) -> Event | ProcessEvent | Freeze:
     """One ring buffer record -> Event / ProcessEvent. Noise is the core's to judge."""
     (ts, pid, tid, ppid, result, comm, dport, lport, kind, family, proto, addr_len, addr,
@@ -372,10 +384,13 @@ class EbpfBackend(Backend):
     def _on_event(self, _ctx, data, size: int) -> int:
         # Runs inside ring_buffer_consume(); an exception here would be swallowed by ctypes.
         try:
-            if size != _EVENT.size:
-                raise ValueError(f"record of {size} bytes, expected {_EVENT.size}: "
-                                 "bpf/svctrace.h and _EVENT disagree")
-            record = decode(ctypes.string_at(data, size))
+            if size == _DNS.size:
+                record = decode_dns(ctypes.string_at(data, size))
+            elif size != _EVENT.size:
+                raise ValueError(f"record of {size} bytes, expected {_EVENT.size} or "
+                                 f"{_DNS.size}: bpf/svctrace.h and _EVENT/_DNS disagree")
+            else:
+                record = decode(ctypes.string_at(data, size))
         except Exception as exc:
             self._decode_errors.append(str(exc))
             return 0
