@@ -1131,3 +1131,87 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 	freeze_contact(e);
 	return 0;
 }
+
+/* ---- names: getaddrinfo (hosts file, nss) ------------------------------------------- */
+
+/* Between getaddrinfo's entry and return in one thread: its node and its result pointer */
+struct gai_call {
+	__u64 node;
+	__u64 res;
+};
+BPF_TABLE("lru_hash", __u32, struct gai_call, gai_calls, 1024);
+
+/* Argument and return registers in struct pt_regs, the uprobe's context: -D from ebpf.py
+ * (a uapi layout per architecture; <uapi/linux/ptrace.h> is not included, see above) */
+#if !defined(OFF_REG_PARM1) || !defined(OFF_REG_PARM4) || !defined(OFF_REG_RC)
+#error "pt_regs register offsets must be passed as -D defines"
+#endif
+static __always_inline __u64 reg(void *ctx, int off)
+{
+	return *(__u64 *)((char *)ctx + off);
+}
+
+/* uprobe on the C library's getaddrinfo(node, service, hints, res) (attached by ebpf.py to
+ * the libc file the command maps: a uprobe is bound to one file) */
+int uprobe_gai_enter(void *ctx)
+{
+	struct gai_call c = {.node = reg(ctx, OFF_REG_PARM1), .res = reg(ctx, OFF_REG_PARM4)};
+	__u32 tid = current_tid();
+
+	if (!c.node || !c.res || !is_traced(current_tgid()))
+		return 0;
+	gai_calls.update(&tid, &c);
+	return 0;
+}
+
+/* uretprobe: on success, *res is the struct addrinfo list (x86-64/aarch64 glibc and musl
+ * layout: ai_family at 4, ai_addr at 24, ai_next at 40) */
+int uretprobe_gai_return(void *ctx)
+{
+	__u32 tid = current_tid();
+	struct gai_call *pending = gai_calls.lookup(&tid), c;
+	const char *ai = 0;
+	struct svct_nss *n;
+
+	if (!pending)
+		return 0;
+	c = *pending;
+	gai_calls.delete(&tid);
+	if ((int)reg(ctx, OFF_REG_RC) != 0)
+		return 0;
+	bpf_probe_read_user(&ai, sizeof(ai), (const void *)c.res);
+	if (!ai)
+		return 0;
+	n = events.ringbuf_reserve(sizeof(struct svct_nss));
+	if (!n) {
+		count(CNT_LOST);
+		return 0;
+	}
+	__builtin_memset(n, 0, sizeof(*n));
+	if (fill_task(&n->head, SVCT_NSS_RESULT)) {
+		events.ringbuf_discard(n, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+	bpf_probe_read_user_str(n->name, sizeof(n->name), (const void *)c.node);
+#pragma unroll
+	for (int i = 0; i < SVCT_NSS_ADDRS; i++) {
+		const char *sa = 0;
+		int family = 0;
+
+		if (!ai)
+			break;
+		bpf_probe_read_user(&family, sizeof(family), ai + 4);
+		bpf_probe_read_user(&sa, sizeof(sa), ai + 24);
+		if (sa && family == SVCT_AF_INET) {
+			bpf_probe_read_user(n->addr[i], 4, sa + 4);
+			n->family[i] = SVCT_AF_INET;
+		} else if (sa && family == SVCT_AF_INET6) {
+			bpf_probe_read_user(n->addr[i], 16, sa + 8);
+			n->family[i] = SVCT_AF_INET6;
+		}
+		n->naddr = i + 1;
+		bpf_probe_read_user(&ai, sizeof(ai), ai + 40);
+	}
+	events.ringbuf_submit(n, BPF_RB_NO_WAKEUP);
+	return 0;
+}

@@ -28,6 +28,7 @@ enum svct_kind {
 	                   * marker epoch + 1); user space must send SIGCONT */
 	SVCT_DNS_REPLY = 10, /* a struct svct_dns: bytes the tree received on a socket it sent
 	                      * a query to port 53 from (head.addr/dport: that server) */
+	SVCT_NSS_RESULT = 11, /* a struct svct_nss: getaddrinfo() of the tree returned */
 };
 
 /* proto: transport, decoded from sk_protocol (sends) or from the connect's TCP state
@@ -95,5 +96,18 @@ struct svct_dns {
 	__u8 _pad[5];
 	__u8 data[SVCT_DNS_MAX];
 };                               /* sizeof == 680 */
+
+/* getaddrinfo(name) in the tree returned these addresses (the hosts file, nss modules, or
+ * DNS behind them): a uprobe and a uretprobe on the C library the command maps. */
+#define SVCT_NSS_ADDRS 8
+#define SVCT_NAME_LEN 256
+struct svct_nss {
+	struct svct_event head;  /* kind SVCT_NSS_RESULT, stamped when the call returned */
+	__u8 naddr;              /* entries of the result list read (<= SVCT_NSS_ADDRS) */
+	__u8 _pad[7];
+	__u8 family[SVCT_NSS_ADDRS]; /* AF_INET, AF_INET6, or 0: an entry of another family */
+	__u8 addr[SVCT_NSS_ADDRS][16]; /* network order; AF_INET uses the first 4 bytes */
+	char name[SVCT_NAME_LEN];      /* the node asked for, NUL-terminated */
+};                               /* sizeof == 560 */
 
 #endif

@@ -134,6 +134,17 @@ def test_a_connect_takes_the_name_its_thread_resolved_last():
     assert table.names_for(local, 5, 100, 100, 101) == ()
 
 
+def test_getaddrinfo_passing_a_dns_reply_on_keeps_dns_as_how_it_was_learned():
+    table = NameTable()
+    table.add(dns(10, "cache.ci"), 10, 100)
+    table.add(Lookup("nss", 12, None, 100, 100, name="cache.ci", addresses=("127.0.0.1",)),
+              12, 100)
+    table.add(Lookup("nss", 14, None, 100, 100, name="files.ci", addresses=("10.0.0.9",)),
+              14, 100)
+    assert table.summary() == {"cache.ci": {"addresses": ["127.0.0.1"], "how": ["dns"]},
+                               "files.ci": {"addresses": ["10.0.0.9"], "how": ["nss"]}}
+
+
 def test_sends_take_the_names_of_their_connection():
     table = NameTable()
     table.add(dns(10, "cache.ci", tid=101), 10, 100)

@@ -26,9 +26,19 @@ from svctrace.events import Destination, Event, Freeze, Lookup, ProcessEvent
 # enum svct_proto and enum svct_counter.
 _EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
 _KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
-          7: "connect_result", 8: "thread", 9: "freeze", 10: "dns_reply"}
+          7: "connect_result", 8: "thread", 9: "freeze", 10: "dns_reply", 11: "nss_result"}
 # struct svct_dns: a struct svct_event head, len, stream, padding, SVCT_DNS_MAX bytes.
 _DNS = struct.Struct(f"<{_EVENT.size}sHB5x512s")
+# struct svct_nss: head, naddr, padding, family[8], addr[8][16], name[256].
+_NSS = struct.Struct(f"<{_EVENT.size}sB7x8s128s256s")
+# The uprobe programs of svctrace.bpf.c (PROG_TYPE_KPROBE: uprobes are kprobe-type
+# programs; attached by child_started to the libc the command maps)
+_PROG_TYPE_KPROBE = 2
+_UPROBES = {"uprobe_gai_enter": ("getaddrinfo", False), "uretprobe_gai_return": ("getaddrinfo", True)}
+# Byte offsets in struct pt_regs of the first and fourth argument and the return value
+# (uapi: arch/x86/include/uapi/asm/ptrace.h di/cx/ax; arm64 user_pt_regs regs[0]/[3]/[0])
+_PT_REGS = {"x86_64": (112, 88, 80), "aarch64": (0, 24, 0)}
+_LIBC = re.compile(r"\s(/\S*/libc(?:\.so\.6|-[0-9.]+\.so|\.musl-\w+\.so\.1))$")
 _PROCESS_KINDS = {"fork", "exit", "exec", "thread"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
 _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
@@ -190,6 +200,8 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
     exit_format = tracefs / "events/sched/sched_process_exit/format"
     flags = [f"-D{name}={value}" for name, value in offsets.items()]
     flags.append(f"-DRINGBUF_PAGES={ringbuf_pages}")
+    parm1, parm4, rc = _PT_REGS.get(os.uname().machine, _PT_REGS["x86_64"])
+    flags += [f"-DOFF_REG_PARM1={parm1}", f"-DOFF_REG_PARM4={parm4}", f"-DOFF_REG_RC={rc}"]
     if aggs_max:
         flags.append(f"-DAGGS_MAX={aggs_max}")
     if stacks:  # off: the freeze code is not compiled at all
@@ -210,8 +222,9 @@ def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool 
     "compiled" by bcc, ~0.35 s of CPU; "kept" from earlier this boot; or why the kept
     one was refused)."""
     defines = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
+    kinds = {name: (_PROG_TYPE_KPROBE, 0) for name in _UPROBES}
     try:
-        return bpf_program.load("svctrace.bpf.c", defines, IMAGE_PREFIX)
+        return bpf_program.load("svctrace.bpf.c", defines, IMAGE_PREFIX, kinds)
     except bpf_image.ImageError as exc:
         raise BackendUnavailable(f"the eBPF program did not compile or load:\n{exc}"
                                  ) from exc
@@ -245,6 +258,36 @@ def decode_dns(raw: bytes) -> Lookup:
     server = _destination(family, proto, addr_len, addr, dport)
     return Lookup("dns", ts, None, pid, tid, server=server,
                   payload=data[:min(length, len(data))], stream=bool(stream))
+
+
+def decode_nss(raw: bytes) -> Lookup:
+    """A struct svct_nss record -> Lookup("nss"): getaddrinfo's name and addresses."""
+    head, naddr, families, addrs, name = _NSS.unpack(raw)
+    ts, pid, tid = struct.unpack_from("<QII", head)
+    addresses = []
+    for i in range(min(naddr, 8)):
+        raw_addr = addrs[i * 16:(i + 1) * 16]
+        if families[i] == 2:
+            addresses.append(str(ipaddress.IPv4Address(raw_addr[:4])))
+        elif families[i] == 10:
+            addresses.append(str(ipaddress.IPv6Address(raw_addr)))
+    return Lookup("nss", ts, None, pid, tid, name=_text(name),
+                  addresses=tuple(dict.fromkeys(addresses)))
+
+
+def libc_of(pid: int) -> str | None:
+    """The C library file process `pid` maps, as this process can open it (through
+    /proc/PID/root: a container's libc is another file than ours), or None."""
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            for line in fh:
+                found = _LIBC.search(line.rstrip("\n"))
+                if found:
+                    inside = f"/proc/{pid}/root{found.group(1)}"
+                    return inside if os.path.exists(inside) else found.group(1)
+    except OSError:
+        return None
+    return None
 
 
 def decode(raw: bytes) -> Event | ProcessEvent | Freeze:
@@ -298,7 +341,7 @@ def detach(bpf) -> None:
     runs after this returns; an ioctl, no grace period), a detached helper inherits the
     fds, and this process drops its own references cheaply: the helper's exit closes the
     last ones after the runner is gone, on nobody's wall clock."""
-    fds = list(bpf.tracepoint_fds.values())
+    fds = [*bpf.tracepoint_fds.values(), *bpf.uprobe_fds.values()]
     for fd in fds:
         try:
             fcntl.ioctl(fd, PERF_EVENT_IOC_DISABLE, 0)
@@ -351,6 +394,7 @@ class EbpfBackend(Backend):
         self._drained_sends = 0  # folded counts read from the map itself at stop()
         # "compiled", "kept", or why the kept one was refused (a run note): _load_program
         self.program_origin = ""
+        self.nss_note = ""  # why getaddrinfo is not traced, if it is not
 
     @classmethod
     def prepare_host(cls) -> list[str]:
@@ -386,6 +430,8 @@ class EbpfBackend(Backend):
         try:
             if size == _DNS.size:
                 record = decode_dns(ctypes.string_at(data, size))
+            elif size == _NSS.size:
+                record = decode_nss(ctypes.string_at(data, size))
             elif size != _EVENT.size:
                 raise ValueError(f"record of {size} bytes, expected {_EVENT.size} or "
                                  f"{_DNS.size}: bpf/svctrace.h and _EVENT/_DNS disagree")
@@ -404,9 +450,27 @@ class EbpfBackend(Backend):
         where its kernel pid is known (a container's pid is not the kernel's)."""
         if self._bpf is None:
             raise BackendFailed("child_started() before prepare() or after stop()")
+        self._attach_nss(pid)
         self._bpf["seeds"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
         waiting = self._bpf["seeding"]
         waiting[0] = ctypes.c_uint64(waiting[0].value + 1)
+
+    def _attach_nss(self, pid: int) -> None:
+        """Uprobes on getaddrinfo of the libc `pid` maps (once): names from the hosts file
+        and nss. Without them names come from DNS replies only (a run note says so)."""
+        if self._bpf is None or self._bpf.uprobe_fds or self.nss_note:
+            return
+        path = libc_of(pid)
+        try:
+            if path is None:
+                raise BackendFailed(f"no C library in /proc/{pid}/maps")
+            _, offset = load_bcc().BPF._check_path_symbol(path.encode(), b"getaddrinfo",
+                                                          None, -1)
+            for name, (_symbol, retprobe) in _UPROBES.items():
+                self._bpf.attach_uprobe(name, path, offset, retprobe)
+        except Exception as exc:  # bcc raises plain Exception when the symbol is missing
+            self.nss_note = (f"host names from getaddrinfo (hosts file, nss) are not "
+                             f"traced: {exc}; names come from DNS replies only")
 
     def poll(self) -> list[Event | ProcessEvent]:
         if self._bpf is None:
@@ -449,7 +513,8 @@ class EbpfBackend(Backend):
 
     def notes(self) -> list[str]:
         refused = self.program_origin not in ("", "kept", "compiled")
-        return [self.program_origin] if refused else []
+        return ([self.program_origin] if refused else []) + \
+            ([self.nss_note] if self.nss_note else [])
 
     def stats(self) -> dict:
         counters = self._kernel_counters() if self._bpf is not None else self._final_stats

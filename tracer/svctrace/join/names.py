@@ -16,6 +16,9 @@ from svctrace.events import Destination, Lookup
 from svctrace.join.dns import parse_reply, split_stream
 
 MAX_ADDRESSES = 65536  # addresses remembered; beyond it new lookups are counted, not kept
+# A getaddrinfo result this soon after its process's DNS reply for the same name is that
+# reply passed through (the resolver's own timeout is 5 s by default, times its attempts)
+_SAME_LOOKUP_NS = 30 * 10**9
 _STREAM_MAX = 65536 + 2  # one DNS/TCP message at most is buffered per socket
 HOW_TEXT = {"dns": "DNS answer", "nss": "getaddrinfo (hosts file or nss)"}
 
@@ -110,6 +113,10 @@ class NameTable:
         for address in addresses:
             key = _canonical(address)
             known = self._by_address.get(key)
+            if template.how == "nss" and known and any(
+                    e.how == "dns" and e.name == name and e.pid == template.pid
+                    and 0 <= template.ts - e.ts <= _SAME_LOOKUP_NS for e in known[-8:]):
+                continue  # getaddrinfo returning what the DNS reply just said: that is how
             if known is None:
                 if len(self._by_address) >= MAX_ADDRESSES:
                     self.counts["names_dropped"] += 1

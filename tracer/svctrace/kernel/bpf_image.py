@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import struct
 import sys
@@ -106,6 +107,8 @@ def libbcc(path: str) -> ctypes.CDLL:
             ("bpf_lookup_elem", i, [i, vp, vp]), ("bpf_get_next_key", i, [i, vp, vp]),
             ("bpf_update_elem", i, [i, vp, vp, ctypes.c_ulonglong]),
             ("bpf_attach_tracepoint", i, [i, cp, cp]),
+            ("bpf_attach_uprobe", i, [i, i, cp, cp, ctypes.c_ulonglong, i]),
+            ("bpf_detach_uprobe", i, [cp]),
             ("bpf_new_ringbuf", vp, [i, RINGBUF_CALLBACK, vp]),
             ("bpf_add_ringbuf", i, [vp, i, RINGBUF_CALLBACK, vp]),
             ("bpf_consume_ringbuf", i, [vp]), ("bpf_free_ringbuf", None, [vp])):
@@ -325,6 +328,7 @@ class LoadedProgram:
         self.map_fds: dict[str, int] = {}
         self.program_fds: dict[str, int] = {}
         self.tracepoint_fds: dict[str, int] = {}
+        self.uprobe_fds: dict[str, int] = {}  # event name -> perf event fd
         self._cgroup_links: list[tuple[int, int, int]] = []  # (cgroup fd, prog fd, type)
         self._tables: dict[str, Table] = {}
         self._ringbuf = None
@@ -374,6 +378,19 @@ class LoadedProgram:
 
     def num_open_tracepoints(self) -> int:
         return len(self.tracepoint_fds)
+
+    def attach_uprobe(self, name: str, path: str, offset: int, retprobe: bool = False
+                      ) -> None:
+        """Attach program `name` (loaded as PROG_TYPE_KPROBE) to the function at file
+        offset `offset` of binary `path`, at its entry or its return (ImageError)."""
+        tag = re.sub(r"[^A-Za-z0-9_]", "_", path)
+        event = f"svct_{'r' if retprobe else 'p'}_{tag}_0x{offset:x}_{os.getpid()}"
+        fd = self._lib.bpf_attach_uprobe(self.program_fds[name], int(retprobe),
+                                         event.encode(), path.encode(), offset, -1)
+        if fd < 0:
+            raise ImageError(f"attaching {name} to {path}+0x{offset:x} failed: "
+                             f"{os.strerror(ctypes.get_errno() or errno.EINVAL)}")
+        self.uprobe_fds[event] = fd
 
     def attach_cgroup(self, name: str, cgroup_fd: int, attach_type: int) -> None:
         """Attach program `name` to a cgroup (OSError when the kernel refuses)."""
@@ -426,13 +443,16 @@ class LoadedProgram:
         if self._ringbuf is not None:
             self._lib.bpf_free_ringbuf(self._ringbuf)
             self._ringbuf = None
-        for fds in (self.tracepoint_fds, self.program_fds, self.map_fds):
+        events = list(self.uprobe_fds)
+        for fds in (self.tracepoint_fds, self.uprobe_fds, self.program_fds, self.map_fds):
             for fd in fds.values():
                 try:
                     os.close(fd)
                 except OSError:
                     pass
             fds.clear()
+        for event in events:  # only a uprobe made through tracefs (no uprobe PMU) remains
+            self._lib.bpf_detach_uprobe(event.encode())
         self._tables.clear()
 
 
