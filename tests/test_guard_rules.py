@@ -105,3 +105,12 @@ def test_plan_arguments_and_the_misplaced_line():
                         "t.py::b": {"denied": [], "needs": ["postgres"]}}}
     assert misplaced_lines(report, plan, spec) == [
         "guard: t.py::a tried kafka, which tier 'db' does not start: it belongs in tier 'full'"]
+
+
+def test_a_rule_by_host_name_is_not_a_port_rule_in_the_kernel_table():
+    # "cache.ci:6379" must not make the guard refuse every connect to port 6379
+    smap = ServiceMap({"cache": ["cache.ci:6379", "10.0.0.5:6379"]})
+    table = compile_table(smap, ["cache"])
+    assert kernel_refuses(table, Destination("inet", "tcp", "10.0.0.5", 6379))
+    assert not kernel_refuses(table, Destination("inet", "tcp", "10.0.0.6", 6379))
+    assert any("names a host" in note for note in table.notes)

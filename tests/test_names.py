@@ -141,6 +141,9 @@ def test_getaddrinfo_passing_a_dns_reply_on_keeps_dns_as_how_it_was_learned():
               12, 100)
     table.add(Lookup("nss", 14, None, 100, 100, name="files.ci", addresses=("10.0.0.9",)),
               14, 100)
+    # an address given to getaddrinfo is not a name
+    table.add(Lookup("nss", 15, None, 100, 100, name="10.0.0.9", addresses=("10.0.0.9",)),
+              15, 100)
     assert table.summary() == {"cache.ci": {"addresses": ["127.0.0.1"], "how": ["dns"]},
                                "files.ci": {"addresses": ["10.0.0.9"], "how": ["nss"]}}
 
@@ -217,3 +220,44 @@ def test_the_report_names_a_destination_by_the_name_its_test_resolved():
     assert evidence["first"]["names"][0]["name"] == "mystery.ci"
     assert report["run"]["names"] == {"mystery.ci": {"addresses": ["10.231.1.3"],
                                                      "how": ["dns"]}}
+
+
+# -- the views -------------------------------------------------------------------------------
+def _report(records):
+    cfg = Config()
+    att = Attributor(cfg.service_map())
+    for record in records:
+        att.add(record)
+    return build_report(att.finish(), RunInfo("test"), cfg)
+
+
+def test_explain_and_summary_say_the_name_the_test_used_and_how_it_was_learned():
+    from svctrace.views.explain import explain_one
+    from svctrace.views.summary import format_summary
+    report = _report(_markers(100, "t.py::a", 1000, 2000) + [
+        dns(1100, "cache.ci"),
+        Event("connect", 1200, None, 100, 100, "python", dest("127.0.0.1", 6379), 0)])
+    text = explain_one(report, "t.py::a")
+    assert "to cache.ci:6379 (127.0.0.1, name from a DNS answer): 1 connect" in text
+    summary = format_summary(report)
+    assert "services by the names tests used: redis at cache.ci:6379 (127.0.0.1" in summary
+    assert "internet" not in summary
+
+
+def test_a_destination_on_the_internet_is_marked_and_summarised():
+    from svctrace.views.summary import format_summary
+    # synthetic events only: nothing is sent anywhere
+    report = _report(_markers(100, "t.py::a", 1000, 2000) + _markers(100, "t.py::b", 3000, 4000)
+                     + [Lookup("nss", 1100, None, 100, 100, name="api.example.com",
+                               addresses=("93.184.216.34",)),
+                        Event("connect", 1200, None, 100, 100, "python",
+                              dest("93.184.216.34", 443), 0),
+                        Event("connect", 3200, None, 100, 100, "python",
+                              dest("10.0.0.8", 443), 0)])
+    entry = report["tests"]["t.py::a"]["evidence"]["tcp:api.example.com:443"]
+    assert entry["by_destination"]["tcp:93.184.216.34:443"]["internet"] is True
+    private = report["tests"]["t.py::b"]["evidence"]["tcp:10.0.0.8:443"]
+    assert "internet" not in private["by_destination"]["tcp:10.0.0.8:443"]
+    summary = format_summary(report)
+    assert "1 tests reach the internet" in summary
+    assert "t.py::a: api.example.com:443 (93.184.216.34, name from getaddrinfo" in summary

@@ -158,6 +158,14 @@ def compile_table(smap: ServiceMap, denied: tuple[str, ...] | list[str]) -> Tabl
             if rule.unix_glob is not None:
                 _add_unix(table, rule, value)
                 continue
+            if rule.host_glob is not None:
+                # Names are known only once the run resolves them, after the table is
+                # loaded: a rule by name is not in the kernel's table (docs/naming.md).
+                if action == ACT_DENY:
+                    table.notes.append(
+                        f"rule {rule.spec!r} of {rule.name} names a host: the guard refuses "
+                        f"{rule.name} only at the addresses of its other rules, not by name")
+                continue
             if rule.ports is not None and rule.network is None:
                 for proto in _protos(rule):
                     winner = port_only.setdefault(proto, [-1] * 65536)

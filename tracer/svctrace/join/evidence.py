@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 from svctrace.events import Event
@@ -23,6 +25,19 @@ def result_text(kind: str, result: int) -> str:
     if result == -errno.ECONNREFUSED:
         return "refused"
     return errno.errorcode.get(-result, str(result)).lower()
+
+
+@lru_cache(maxsize=4096)
+def internet(address: str) -> bool:
+    """Is `address` on the internet: globally routable, so neither loopback, private,
+    link-local, shared (CGNAT), documentation nor reserved (RFC 6890's registries)."""
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_global and not addr.is_multicast
 
 
 def _add_names(entry: dict, names: list[dict]) -> None:
@@ -57,11 +72,14 @@ class Contact:
     # with the thread names seen in it, so threads and child processes are told apart.
     processes: dict = field(default_factory=dict)
 
-    def _dest(self, label: str) -> dict | None:
+    def _dest(self, label: str, ev: Event | None = None) -> dict | None:
         entry = self.by_destination.get(label)
         if entry is None and len(self.by_destination) < MAX_KEPT:
             entry = self.by_destination[label] = {"connects": 0, "failed_connects": 0,
                                                   "sends": 0, "errors": {}}
+            if ev is not None and ev.dest.family in ("inet", "inet6") \
+                    and internet(ev.dest.address):
+                entry["internet"] = True  # a test that needs the internet is flaky
         return entry
 
     def _failed(self, label: str, result: str) -> None:
@@ -84,7 +102,7 @@ class Contact:
                 if self.first and self.first_ts == ts and self.first["kind"] == "connect":
                     self.first["result"] = result_text(ev.kind, ev.result)
             return
-        entry = self._dest(label)
+        entry = self._dest(label, ev)
         if names and entry is not None:
             _add_names(entry, [learned.as_dict() for learned in names])
         if ev.kind in ("connect", "denied"):  # a refusal by the guard is a failed attempt
@@ -139,6 +157,8 @@ class Contact:
                 mine[key] += theirs[key]
             for result, n in theirs["errors"].items():
                 mine["errors"][result] = mine["errors"].get(result, 0) + n
+            if theirs.get("internet"):
+                mine["internet"] = True
             if theirs.get("names"):
                 _add_names(mine, theirs["names"])
         for pid, theirs in other.processes.items():

@@ -56,6 +56,14 @@ def _canonical(address: str) -> str:
     return str(addr)
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+        return True
+    except ValueError:
+        return not text
+
+
 class NameTable:
     """address -> names learned, fed with Lookup records in arrival order."""
 
@@ -108,6 +116,8 @@ class NameTable:
         return messages
 
     def _learn(self, name: str, addresses, template: Learned) -> None:
+        if _is_address(name):
+            return  # getaddrinfo("127.0.0.1"): an address, not a name the test used
         learned = Learned(name, template.how, template.ts, template.pid, template.owner,
                           template.tid, template.aliases, template.server)
         for address in addresses:

@@ -8,6 +8,7 @@ from svctrace.report.model import Report, ReportError, as_report
 from svctrace.join.evidence import MORE_DESTINATIONS
 from svctrace.views.stacks import test_call_sites
 from svctrace.words import counted
+from svctrace.views.names import where_text
 
 
 # What a user cannot guess from the report's own words.
@@ -73,7 +74,7 @@ def _destination_lines(ev: dict) -> list[str]:
                                        None))
         if counts["sends"]:
             parts.append(_count(counts["sends"], "send"))
-        lines.append(f"      to {label}: {', '.join(parts) or 'seen'}")
+        lines.append(f"      to {where_text(label, counts)}: {', '.join(parts) or 'seen'}")
     more = len(ev.get("destinations", [])) - len(by_dest)
     if more > 0:
         lines.append(f"      … and {_count(more, 'more destination')}")

@@ -7,6 +7,7 @@ from collections import Counter
 
 from svctrace.report.model import Plan, Report, as_plan, as_report
 from svctrace.words import counted, plural
+from svctrace.views.names import internet_lines, service_name_lines
 
 SETS_SHOWN = 8        # the default summary lists this many needed service sets
 # Words for what a reader cannot guess from a service's name.
@@ -226,6 +227,8 @@ def format_summary(report: Report | dict, path: str | None = None, verbose: bool
                         else ""))
     lines += denied_lines(report, verbose)
     lines += proof_lines(report, verbose, moved)
+    lines += service_name_lines(report)
+    lines += internet_lines(report, verbose)
     sets = summary["service_sets"]
     if sets:
         lines.append("  tests by needed service set:")
