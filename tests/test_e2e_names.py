@@ -144,3 +144,21 @@ def test_services_are_named_by_the_names_the_suite_used(named, ebpf_report, redi
     assert report["run"]["names"]["files.ci"] == {"addresses": [b], "how": ["nss"]}
     assert report["run"]["name_lookups"]["nss_lookups"] >= 5
     assert report["run"]["name_lookups"]["dns_replies"] >= 4
+
+
+@pytest.mark.parametrize("backend", [pytest.param("inprocess", marks=backend_marks("inprocess"))])
+def test_inprocess_names_what_python_resolved(named, backend):
+    """In-process sees Python's socket.getaddrinfo only: libpq's own lookup is a blind spot
+    (it does not see libpq's connection either)."""
+    report = _run(named, backend)
+    tests = {n.split("::")[1]: t for n, t in report["tests"].items()}
+    assert {name: [s for s in test["services"] if s != "dns"]
+            for name, test in tests.items()} == {
+        "test_redis_by_name": ["redis"],
+        "test_postgres_by_cname": [],
+        "test_unknown_protocol_by_name": [f"tcp:mystery.ci:{MYSTERY}"],
+        "test_refused_by_name": ["clickhouse"],
+        "test_hosts_file_name": [f"tcp:files.ci:{MYSTERY}"],
+        "test_no_names": [],
+    }
+    assert any("getaddrinfo" in spot for spot in report["run"]["blind_spots"])

@@ -261,3 +261,10 @@ def test_a_destination_on_the_internet_is_marked_and_summarised():
     summary = format_summary(report)
     assert "1 tests reach the internet" in summary
     assert "t.py::a: api.example.com:443 (93.184.216.34, name from getaddrinfo" in summary
+
+
+def test_an_inprocess_lookup_crosses_the_marker_pipe_unchanged():
+    from svctrace.capture import wire
+    lookup = Lookup("nss", 10, 20, 100, 101, name="cache.ci", addresses=("127.0.0.1", "::1"))
+    (line,) = wire.encode(lookup)
+    assert wire.record_of(line) == lookup

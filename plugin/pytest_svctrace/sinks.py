@@ -38,7 +38,7 @@ class Folder:
 
     def add(self, event) -> object | None:
         """The event to record now, or None when it was folded."""
-        if event.kind != "send":
+        if getattr(event, "kind", None) != "send":  # a Lookup (getaddrinfo) has no kind
             return event
         key = (event.pid, event.dest, event.local_port)
         slot = self._open.get(key)

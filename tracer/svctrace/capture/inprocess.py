@@ -7,6 +7,7 @@ socket's behaviour and never raises into user code: tracing errors are swallowed
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
 import socket
@@ -18,18 +19,21 @@ import weakref
 from typing import Callable
 
 from svctrace.capture.base import Backend
-from svctrace.events import Destination, Event, ProcessEvent, Stack
+from svctrace.events import Destination, Event, Lookup, ProcessEvent, Stack
 
 BLIND_SPOTS = (
     "C-extension sockets (libpq via psycopg2/psycopg, librdkafka via confluent-kafka, "
     "grpc core): they never call Python's socket methods",
     "subprocesses that are not Python processes running this plugin",
+    "host names resolved outside Python's socket.getaddrinfo (libpq, librdkafka, DNS "
+    "libraries): their destinations are named by address",
 )
 
 _REAL = {name: getattr(socket.socket, name) for name in
          ("connect", "connect_ex", "send", "sendall", "sendto", "sendmsg", "listen")}
 _REAL_SSL = {name: ssl.SSLSocket.__dict__[name] for name in ("send", "sendall")}
 _REAL_THREAD_START = threading.Thread.start
+_REAL_GETADDRINFO = socket.getaddrinfo
 _state: dict = {"sink": None, "errors": 0, "stacks": None, "stacked": set()}
 _MAX_FRAMES = 40
 _peers: "weakref.WeakKeyDictionary[socket.socket, tuple]" = weakref.WeakKeyDictionary()
@@ -206,6 +210,33 @@ def _sendmsg(self, buffers, ancdata=(), flags=0, address=None):
     return result
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
+
+
+def _getaddrinfo(host, *args, **kwargs):
+    """socket.getaddrinfo, reporting the name and the addresses it gave (names by host)."""
+    result = _REAL_GETADDRINFO(host, *args, **kwargs)
+    sink = _state["sink"]
+    if sink is not None and isinstance(host, (str, bytes)) and host:
+        try:
+            name = host.decode("idna") if isinstance(host, bytes) else host
+            if _is_address(name):
+                return result  # an address given as such: no name was used
+            addresses = tuple(dict.fromkeys(str(entry[4][0]).split("%", 1)[0]
+                                            for entry in result
+                                            if entry[0] in (socket.AF_INET, socket.AF_INET6)))
+            sink(Lookup("nss", time.monotonic_ns(), time.time_ns(), os.getpid(),
+                        threading.get_native_id(), name=name, addresses=addresses))
+        except Exception:  # never into user code
+            _state["errors"] += 1
+    return result
+
+
 def _listen(self, *args):
     result = _REAL["listen"](self, *args)
 
@@ -300,6 +331,7 @@ def install(sink: Callable, stack_sink: Callable | None = None) -> None:
         ssl.SSLSocket.send = _sender("send", _REAL_SSL["send"])
         ssl.SSLSocket.sendall = _sender("sendall", _REAL_SSL["sendall"])
         threading.Thread.start = _thread_start
+        socket.getaddrinfo = _getaddrinfo
 
 
 def uninstall() -> None:
@@ -315,6 +347,7 @@ def uninstall() -> None:
         for name, real in _REAL_SSL.items():
             setattr(ssl.SSLSocket, name, real)
         threading.Thread.start = _REAL_THREAD_START
+        socket.getaddrinfo = _REAL_GETADDRINFO
 
 
 def installed() -> bool:

@@ -121,6 +121,8 @@ class StraceBackend(Backend):
         "socket I/O submitted through io_uring",
         "the late outcome of a non-blocking connect (libpq, librdkafka): a refusal after "
         "EINPROGRESS is not traced (getsockopt(SO_ERROR)), so it shows as 'in progress'",
+        "host names (DNS replies, getaddrinfo): not traced, so destinations are named by "
+        "address and port and rules by host name never match",
     )
     WRITES_BLIND_SPOT = (
         "sends made with write()/writev() (OpenSSL's TLS sockets, Go programs): not traced "

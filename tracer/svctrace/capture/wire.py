@@ -19,19 +19,21 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Iterator
 
-from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Marker,
-                             ProcessEvent, Stack, TestInfo)
+from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Lookup,
+                             Marker, ProcessEvent, Stack, TestInfo)
 
 PIPE_BUF = 4096
 _TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p",
-         Stack: "s", FixtureWindows: "w"}
+         Stack: "s", FixtureWindows: "w", Lookup: "l"}
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (*_TAGS, Destination)}
 _TUPLES = {cls: tuple(i for i, name in enumerate(_FIELDS[cls])
                       if name in ("fixtures", "markers", "bases", "cmdline", "threads",
-                                  "unseen"))
+                                  "unseen", "addresses"))
             for cls in _TAGS}
 _DEST_INDEX = _FIELDS[Event].index("dest")
+_LOOKUP_SERVER = _FIELDS[Lookup].index("server")
+_LOOKUP_PAYLOAD = _FIELDS[Lookup].index("payload")
 _CHUNK_DATA = 2900  # raw bytes per chunk: base64 makes 3868, plus the envelope < PIPE_BUF
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 # json's C scanner itself: json.loads adds two whitespace regex matches per line
@@ -53,6 +55,8 @@ def _values(record) -> list:
     if type(record) is Event:
         dest = record.dest
         values[_DEST_INDEX + 1] = [dest.family, dest.transport, dest.address, dest.port]
+    elif type(record) is Lookup:  # in-process getaddrinfo: a name and addresses, no bytes
+        values[_LOOKUP_SERVER + 1], values[_LOOKUP_PAYLOAD + 1] = None, ""
     return values
 
 
@@ -110,6 +114,8 @@ def _record(values: list):
         args[_DEST_INDEX] = Destination(*args[_DEST_INDEX])
     elif cls is FixtureWindows:
         args[2] = tuple(map(tuple, args[2]))
+    elif cls is Lookup:
+        args[_LOOKUP_SERVER], args[_LOOKUP_PAYLOAD] = None, b""
     for index in _TUPLES[cls]:
         args[index] = tuple(args[index])
     return cls(*args)
