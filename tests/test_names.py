@@ -268,3 +268,19 @@ def test_an_inprocess_lookup_crosses_the_marker_pipe_unchanged():
     lookup = Lookup("nss", 10, 20, 100, 101, name="cache.ci", addresses=("127.0.0.1", "::1"))
     (line,) = wire.encode(lookup)
     assert wire.record_of(line) == lookup
+
+
+def test_a_baseline_glob_covers_services_known_by_host_name():
+    cfg = Config(baseline=["tcp:*.internal:*"])
+    att = Attributor(cfg.service_map())
+    for record in _markers(100, "t.py::a", 1000, 2000) + [
+            dns(1100, "mystery.ci"),
+            Lookup("nss", 1150, None, 100, 100, name="metrics.internal",
+                   addresses=("10.0.0.9",)),
+            Event("connect", 1200, None, 100, 100, "python", dest("10.231.1.3", 7777), 0),
+            Event("connect", 1300, None, 100, 100, "python", dest("10.0.0.9", 9100), 0)]:
+        att.add(record)
+    test = build_report(att.finish(), RunInfo("test"), cfg)["tests"]["t.py::a"]
+    assert test["services"] == ["tcp:metrics.internal:9100", "tcp:mystery.ci:7777"]
+    assert test["needs"] == ["tcp:mystery.ci:7777"]
+    assert test["baseline"] == ["tcp:metrics.internal:9100"]

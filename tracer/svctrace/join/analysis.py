@@ -95,10 +95,15 @@ def inherited_services(test: TestRecord, att: Attribution) -> dict[str, list[str
 
 
 def needs(observed: list[str], inherited: dict, declared: list[str], baseline: set[str],
-          denied: list[str] = ()) -> tuple[list[str], list[str]]:
+          denied: list[str] = (), patterns: tuple[str, ...] = ()
+          ) -> tuple[list[str], list[str]]:
     """(needs, baseline touched): observed, inherited, declared and denied (the guard
-    refused it: the test tried it), less the baseline."""
+    refused it: the test tried it), less the baseline. patterns: baseline globs, for
+    services known by host name ("tcp:*.internal:*")."""
     union = set(observed) | set(inherited) | set(declared) | set(denied)
+    if patterns:
+        baseline = baseline | {s for s in union
+                               if any(fnmatch.fnmatchcase(s, p) for p in patterns)}
     return sorted(union - baseline), sorted(union & baseline)
 
 

@@ -50,6 +50,7 @@ def _by_phase(per_phase: dict[str, dict[str, Contact]]) -> dict[str, dict]:
 def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None = None) -> dict:
     """The report dict (schema svctrace-report/1); see README "Report format"."""
     baseline = set(cfg.baseline)
+    patterns = tuple(b for b in baseline if any(c in b for c in "*?["))
     tests: dict[str, dict] = {}
     for nodeid, test in att.tests.items():
         phases = {p: sorted(test.phases[p]) for p in TEST_PHASES}
@@ -58,7 +59,7 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
         declared = analysis.declared_services(test, cfg)
         denied = sorted({s for phase in test.denied.values() for s in phase})
         needs, touched_baseline = analysis.needs(observed, inherited, declared, baseline,
-                                                 denied)
+                                                 denied, patterns)
         tests[nodeid] = {
             "services": observed,
             "phases": phases,
