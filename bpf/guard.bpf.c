@@ -29,7 +29,7 @@
 #define N_PATTERNS 0
 #endif
 #ifndef STAGES
-#define STAGES 0xff
+#define STAGES 0x3ff
 #endif
 /* What refuse() makes the hook return: 0 refuses; a shadow guard lets the operation go on. */
 #ifdef SHADOW

@@ -14,7 +14,8 @@
 #define UNIX_PATH 108	/* sizeof(((struct sockaddr_un *)0)->sun_path) */
 #define UNIX_BUF 128	/* path buffers: a power of two, so "& 0x7f" keeps the verifier happy */
 #define PATTERN_MAX 64	/* bytes of a basename prefix (".s.PGSQL." of a glob on any folder) */
-#define N_STAGES 8	/* precedence levels of the inet rules, looked up in order */
+#define N_STAGES 10	/* precedence levels of the inet rules, looked up in order: ignore,
+			 * user, noise, internet, default; each with and without a port */
 
 /* verdict.action */
 enum guard_action {

@@ -162,3 +162,42 @@ def test_inprocess_names_what_python_resolved(named, backend):
         "test_no_names": [],
     }
     assert any("getaddrinfo" in spot for spot in report["run"]["blind_spots"])
+
+
+INTERNET_SUITE = '''
+import errno, socket, pytest
+
+def attempt(address):
+    sock = socket.socket()
+    try:
+        return sock.connect_ex((address, 443))
+    finally:
+        sock.close()
+
+def test_reaches_the_internet():
+    # refused by the guard before any packet could leave (this network namespace has no
+    # route anywhere anyway: without the guard it is ENETUNREACH)
+    assert attempt("192.88.99.1") == errno.ECONNREFUSED
+
+def test_private_address_is_not_the_internet():
+    assert attempt("10.231.0.9") == errno.ENETUNREACH
+'''
+
+
+@pytest.mark.parametrize("backend", [pytest.param("ebpf", marks=backend_marks("ebpf"))])
+def test_deny_internet_refuses_public_addresses_only(tmp_path, backend):
+    """`--deny internet` inside a network namespace with no interface up: nothing can leave
+    the machine whatever the guard does; the guard must refuse the public address first."""
+    (tmp_path / "test_net.py").write_text(INTERNET_SUITE)
+    cmd = ["unshare", "--net", *e2e.SVCTRACE, "run", "--backend", backend, "--deny",
+           "internet", "-o", "r.json", "--progress", "0", "--", sys.executable, "-m",
+           "pytest", "-q", "-p", "no:cacheprovider", "test_net.py"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+    report = json.loads((tmp_path / "r.json").read_text())
+    tests = report["tests"]
+    assert tests["test_net.py::test_reaches_the_internet"]["denied"] == ["internet"]
+    assert tests["test_net.py::test_private_address_is_not_the_internet"]["denied"] == []
+    assert report["run"]["guard"]["refusals"] == {"internet": 1}

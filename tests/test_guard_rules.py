@@ -28,7 +28,7 @@ def kernel_refuses(table, dest: Destination) -> bool:
     addr = ipaddress.ip_address(dest.address)
     family = 2 if addr.version == 4 else 10
     bits = "".join(f"{b:08b}" for b in addr.packed.ljust(16, b"\0"))
-    for stage in range(8):
+    for stage in range(10):
         port = 0 if stage & 1 else dest.port
         key = f"{port:016b}" + bits
         best = None
@@ -114,3 +114,24 @@ def test_a_rule_by_host_name_is_not_a_port_rule_in_the_kernel_table():
     assert kernel_refuses(table, Destination("inet", "tcp", "10.0.0.5", 6379))
     assert not kernel_refuses(table, Destination("inet", "tcp", "10.0.0.6", 6379))
     assert any("names a host" in note for note in table.notes)
+
+
+def test_deny_internet_refuses_globally_routable_addresses_only():
+    from svctrace.join.evidence import internet
+    from svctrace.guard.rules import internet_networks
+    smap = ServiceMap({"stripe": ["198.51.100.7:443", "93.184.216.34:443"]})
+    table = compile_table(smap, ["internet"])
+    for address, port in (("8.8.8.8", 53), ("93.184.216.35", 5432), ("2606:4700::1111", 443),
+                          ("1.0.0.1", 80)):
+        family = "inet6" if ":" in address else "inet"
+        assert kernel_refuses(table, Destination(family, "tcp", address, port)), address
+        assert internet(address)
+    for address in ("127.0.0.1", "10.1.2.3", "192.168.1.1", "169.254.1.1", "100.64.1.1",
+                    "::1", "fe80::1", "fd00::1", "2001:db8::1", "93.184.216.34"):
+        family = "inet6" if ":" in address else "inet"
+        # (93.184.216.34:443 is the user's stripe rule: the user's rules come first)
+        assert not kernel_refuses(table, Destination(family, "tcp", address, 443)), address
+    # the networks cover exactly what evidence calls internet, at their edges
+    for net in internet_networks():
+        assert internet(str(net.network_address)) and internet(str(net.broadcast_address)), net
+    assert deny_spec(smap, ["internet"], [], []).denied == ("internet",)

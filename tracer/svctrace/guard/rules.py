@@ -2,6 +2,7 @@
 kernel's deny table compiled from the service map with the map's own precedence."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -15,8 +16,19 @@ ACT_ALLOW, ACT_DENY = 0, 1
 UNIX_PATH = 108
 PROTOS = {"tcp": 6, "udp": 17}
 # Stages in the order classify() consults them (bpf/guard.bpf.c looks them up in this
-# order; odd stages hold rules without a port).
-STAGE_NAMES = ("ignore", "user", "noise", "default")
+# order; odd stages hold rules without a port). "internet": `--deny internet`, the globally
+# routable addresses: after the user's rules, before the port defaults (a database at a
+# public address is on the internet whatever its port).
+STAGE_NAMES = ("ignore", "user", "noise", "internet", "default")
+INTERNET = "internet"
+# Not globally routable (IANA special-purpose registries; evidence.internet() agrees, a
+# test checks it): the internet is every other address.
+_NOT_GLOBAL = {4: ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8",
+                   "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24",
+                   "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+                   "224.0.0.0/3"),
+               6: ("2001::/23", "2001:db8::/32", "2002::/16")}
+_INTERNET_ROOTS = {4: "0.0.0.0/0", 6: "2000::/3"}
 MAX_PORTS_PER_NETWORK_RULE = 1024  # "10.0.0.0/8:9000-9100" is expanded port by port
 MAX_RULES = 16384
 MAX_PATHS = 1024
@@ -51,7 +63,7 @@ def _split(values: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def _check_known(names: list[str], smap: ServiceMap, option: str) -> None:
-    known = named_services(smap)
+    known = named_services(smap) + ([INTERNET] if option == "--deny" else [])
     unknown = [n for n in names if n not in known]
     if unknown:
         raise GuardError(f"{option} {', '.join(unknown)}: the service map names no such "
@@ -121,6 +133,19 @@ def _aligned_blocks(winner: list[int]):
         port += size
 
 
+def internet_networks() -> list:
+    """The globally routable networks, as few CIDRs as cover them exactly."""
+    out = []
+    for version, root in _INTERNET_ROOTS.items():
+        nets = [ipaddress.ip_network(root)]
+        for hole in map(ipaddress.ip_network, _NOT_GLOBAL[version]):
+            nets = [piece for net in nets
+                    for piece in (net.address_exclude(hole) if hole.subnet_of(net) else
+                                  () if net.subnet_of(hole) else (net,))]
+        out += sorted(nets)
+    return out
+
+
 def _families(rule: Rule) -> tuple[int, ...]:
     if rule.network is None:
         return (2, 10)
@@ -141,17 +166,20 @@ def compile_table(smap: ServiceMap, denied: tuple[str, ...] | list[str]) -> Tabl
     """The deny table that refuses exactly the destinations classify() names as a denied
     service. Raises GuardError for a denied service's rule the kernel cannot match."""
     denied = set(denied)
-    table = Table(services=named_services(smap))
+    table = Table(services=named_services(smap) + ([INTERNET] if INTERNET in denied else []))
     index = {name: i for i, name in enumerate(table.services)}
     user = smap.rules[:smap.user_rule_count]
     default = smap.rules[smap.user_rule_count:]
     rank = 0
-    for stage, rules in enumerate((smap.ignore, user, smap.noise, default)):
+    for stage, rules in enumerate((smap.ignore, user, smap.noise, (), default)):
+        if STAGE_NAMES[stage] == INTERNET and INTERNET in denied:
+            rank += 1
+            _add_internet(table, (ACT_DENY, index[INTERNET], rank), stage)
         port_only: dict[int, list[int]] = {}
         ranked = []
         for rule in rules:
             rank += 1
-            named = stage in (1, 3)
+            named = STAGE_NAMES[stage] in ("user", "default")
             action = ACT_DENY if named and rule.name in denied else ACT_ALLOW
             value = (action, index.get(rule.name, 0) if named else 0, rank)
             ranked.append(value)
@@ -215,6 +243,17 @@ def compile_table(smap: ServiceMap, denied: tuple[str, ...] | list[str]) -> Tabl
         raise GuardError(f"the service map has more unix rules than the kernel table holds "
                          f"({MAX_PATHS} paths, {MAX_PATTERNS} basename patterns)")
     return table
+
+
+def _add_internet(table: Table, value: tuple[int, int, int], stage: int) -> None:
+    """Deny every globally routable address, any port, TCP and UDP (the stage's port-less
+    half: stage * 2 + 1)."""
+    for net in internet_networks():
+        family = 2 if net.version == 4 else 10
+        for proto in PROTOS.values():
+            key = (stage * 2 + 1, family, proto, 0, 48 + net.prefixlen,
+                   net.network_address.packed.ljust(16, b"\0"))
+            table.inet[key] = value
 
 
 def _unix_name(text: str) -> bytes:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 
 from svctrace.events import Destination
+from svctrace.join.evidence import internet
 from svctrace.join.names import first_label_service, named_label
 
 # The default service map (README "Configuration"). Users extend/override it in
@@ -338,7 +339,12 @@ class ServiceMap:
                names: tuple[str, ...] = ()) -> Verdict:
         if kind == "denied":  # the guard's own record: it refused exactly what a rule names
             name = self.classify(dest, names)
-            return _NOISE if name is None else Verdict(DENIED, name, dest.label())
+            if name is None:
+                return _NOISE
+            if dest.family in ("inet", "inet6") and internet(dest.address) and not any(
+                    r.name == name for r in self.rules[:self._user_rules]):
+                name = "internet"  # `--deny internet` comes before the port defaults
+            return Verdict(DENIED, name, dest.label())
         if dest.family == "unix":
             name = self.classify(dest)
             if name is None:
