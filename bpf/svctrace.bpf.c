@@ -1140,6 +1140,11 @@ struct gai_call {
 	__u64 res;
 };
 BPF_TABLE("lru_hash", __u32, struct gai_call, gai_calls, 1024);
+/* 1 while the guard refuses services by host name: each getaddrinfo result stops its
+ * process (SIGSTOP, a group stop) until user space has put the addresses of a denied name
+ * into the guard's table and sent SIGCONT, so the connect that follows is refused. */
+BPF_ARRAY(gai_hold, __u32, 1);
+#define SVCT_SIGSTOP_NSS 19
 
 /* Argument and return registers in struct pt_regs, the uprobe's context: -D from ebpf.py
  * (a uapi layout per architecture; <uapi/linux/ptrace.h> is not included, see above) */
@@ -1211,6 +1216,12 @@ int uretprobe_gai_return(void *ctx)
 		}
 		n->naddr = i + 1;
 		bpf_probe_read_user(&ai, sizeof(ai), ai + 40);
+	}
+	{
+		__u32 zero = 0, *hold = gai_hold.lookup(&zero);
+		/* only once the record is sure to reach user space, which resumes the process */
+		if (hold && *hold && !bpf_send_signal(SVCT_SIGSTOP_NSS))
+			n->head.result = 1;
 	}
 	events.ringbuf_submit(n, BPF_RB_NO_WAKEUP);
 	return 0;

@@ -102,7 +102,9 @@ struct svct_dns {
 #define SVCT_NSS_ADDRS 8
 #define SVCT_NAME_LEN 256
 struct svct_nss {
-	struct svct_event head;  /* kind SVCT_NSS_RESULT, stamped when the call returned */
+	struct svct_event head;  /* kind SVCT_NSS_RESULT, stamped when the call returned;
+	                          * result 1: the process was stopped (gai_hold), user space
+	                          * must send SIGCONT */
 	__u8 naddr;              /* entries of the result list read (<= SVCT_NSS_ADDRS) */
 	__u8 _pad[7];
 	__u8 family[SVCT_NSS_ADDRS]; /* AF_INET, AF_INET6, or 0: an entry of another family */

@@ -201,3 +201,49 @@ def test_deny_internet_refuses_public_addresses_only(tmp_path, backend):
     assert tests["test_net.py::test_reaches_the_internet"]["denied"] == ["internet"]
     assert tests["test_net.py::test_private_address_is_not_the_internet"]["denied"] == []
     assert report["run"]["guard"]["refusals"] == {"internet": 1}
+
+
+GUARDED_SUITE = '''
+import os, socket, pytest
+
+REDIS_PORT = int(os.environ["SVCT_NAMES_REDIS_PORT"])
+MYSTERY_PORT = int(os.environ["SVCT_NAMES_MYSTERY_PORT"])
+
+def test_denied_by_name():
+    # the rule is by name only: redis at cache.ci, refused at the address it resolved to
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("cache.ci", REDIS_PORT), timeout=5).close()
+
+def test_same_address_other_port_is_not_denied():
+    # the guard refuses addresses: cache.ci is 127.0.0.1, so the rule gives its port
+    socket.create_connection(("127.0.0.1", int(os.environ["SVCT_NAMES_PG_PORT"])),
+                             timeout=5).close()
+
+def test_other_name_is_not_denied():
+    socket.create_connection(("mystery.ci", MYSTERY_PORT), timeout=5).close()
+'''
+
+
+@pytest.mark.parametrize("backend", [pytest.param("ebpf", marks=backend_marks("ebpf"))])
+def test_deny_by_name_refuses_the_addresses_the_name_resolved_to(named, tmp_path, backend):
+    """`--deny redis` where redis is known only by name (cache.ci:*): getaddrinfo's result
+    holds the process until the guard refuses that address and port, so the very first
+    connect is refused."""
+    _, env, prefix, _ = named
+    (tmp_path / "test_guarded.py").write_text(GUARDED_SUITE)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.svctrace]\n[tool.svctrace.services]\n'
+        f'redis = ["cache.ci:{env["SVCT_NAMES_REDIS_PORT"]}"]\n')
+    cmd = [*prefix, *e2e.SVCTRACE, "run", "--backend", backend, "--deny", "redis", "-o",
+           "r.json", "--progress", "0", "--", sys.executable, "-m", "pytest", "-q",
+           "-p", "no:cacheprovider", "test_guarded.py"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=e2e.child_env(env), capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+    report = json.loads((tmp_path / "r.json").read_text())
+    tests = {n.split("::")[1]: t for n, t in report["tests"].items()}
+    assert tests["test_denied_by_name"]["denied"] == ["redis"]
+    assert tests["test_same_address_other_port_is_not_denied"]["denied"] == []
+    assert tests["test_other_name_is_not_denied"]["denied"] == []
+    assert report["run"]["guard"]["refusals"] == {"redis": 1}

@@ -113,7 +113,14 @@ def test_a_rule_by_host_name_is_not_a_port_rule_in_the_kernel_table():
     table = compile_table(smap, ["cache"])
     assert kernel_refuses(table, Destination("inet", "tcp", "10.0.0.5", 6379))
     assert not kernel_refuses(table, Destination("inet", "tcp", "10.0.0.6", 6379))
-    assert any("names a host" in note for note in table.notes)
+    # once the run resolves cache.ci, its addresses are refused at that port only
+    from svctrace.guard.rules import entries_for_name
+    table.inet.update(entries_for_name(table, "Cache.CI.", ["10.0.0.6", "::ffff:10.0.0.7"]))
+    assert kernel_refuses(table, Destination("inet", "tcp", "10.0.0.6", 6379))
+    assert kernel_refuses(table, Destination("inet", "tcp", "10.0.0.7", 6379))
+    assert not kernel_refuses(table, Destination("inet", "tcp", "10.0.0.6", 6380))
+    assert entries_for_name(table, "other.ci", ["10.0.0.8"]) == {}
+    assert table.stages & 0b1100  # the user's stages are looked up even with no entry yet
 
 
 def test_deny_internet_refuses_globally_routable_addresses_only():

@@ -212,6 +212,7 @@ class Lookup:
     name: str = ""
     addresses: tuple[str, ...] = ()
     stream: bool = False  # DNS over TCP: payload is stream bytes (2-byte length prefixes)
+    held: bool = False  # eBPF: the process is stopped until the reader sends it SIGCONT
 
 
 @dataclass(frozen=True, slots=True)

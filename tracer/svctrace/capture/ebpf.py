@@ -263,7 +263,7 @@ def decode_dns(raw: bytes) -> Lookup:
 def decode_nss(raw: bytes) -> Lookup:
     """A struct svct_nss record -> Lookup("nss"): getaddrinfo's name and addresses."""
     head, naddr, families, addrs, name = _NSS.unpack(raw)
-    ts, pid, tid = struct.unpack_from("<QII", head)
+    ts, pid, tid, _ppid, result = struct.unpack_from("<QIIIi", head)
     addresses = []
     for i in range(min(naddr, 8)):
         raw_addr = addrs[i * 16:(i + 1) * 16]
@@ -272,7 +272,7 @@ def decode_nss(raw: bytes) -> Lookup:
         elif families[i] == 10:
             addresses.append(str(ipaddress.IPv6Address(raw_addr)))
     return Lookup("nss", ts, None, pid, tid, name=_text(name),
-                  addresses=tuple(dict.fromkeys(addresses)))
+                  addresses=tuple(dict.fromkeys(addresses)), held=result == 1)
 
 
 def libc_of(pid: int) -> str | None:
@@ -471,6 +471,14 @@ class EbpfBackend(Backend):
         except Exception as exc:  # bcc raises plain Exception when the symbol is missing
             self.nss_note = (f"host names from getaddrinfo (hosts file, nss) are not "
                              f"traced: {exc}; names come from DNS replies only")
+
+    def hold_lookups(self) -> bool:
+        """Stop each process at its getaddrinfo results until the reader resumes it (the
+        guard refusing services by host name); False when getaddrinfo is not traced."""
+        if self._bpf is None:
+            return False
+        self._bpf["gai_hold"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+        return True
 
     def poll(self) -> list[Event | ProcessEvent]:
         if self._bpf is None:

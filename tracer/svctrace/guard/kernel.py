@@ -17,7 +17,7 @@ from svctrace.kernel.bcc_import import load_bcc
 from svctrace.kernel.bpf_image import ImageError, LoadedProgram
 from svctrace.events import Destination, Event
 from svctrace.guard.rules import (MAX_PATHS, MAX_RULES, PATTERN_MAX, DenySpec, GuardError,
-                                  Table)
+                                  Table, entries_for_name)
 from svctrace.run.rundirs import running_since
 from svctrace.words import counted
 
@@ -311,6 +311,32 @@ class Guard:  # implements guard.base.Enforcer
             leaf.verdict.action, leaf.verdict.service, leaf.verdict.rank = action, service, rank
             leaf.prefix = prefix[:PATTERN_MAX]
             patterns[ctypes.c_int(i)] = leaf
+
+    def refuses_by_name(self) -> bool:
+        return bool(self.table.by_name)
+
+    def learn(self, lookup) -> None:
+        """The run resolved a name (events.Lookup): refuse its addresses for every denied
+        service whose rule names that host (a getaddrinfo result arrives while its process
+        is held, so before its connect; a DNS reply only by the next connect)."""
+        if not self.table.by_name or self._bpf is None:
+            return
+        names_addresses = []
+        if lookup.how == "nss" and lookup.name:
+            names_addresses.append((lookup.name, lookup.addresses))
+        elif lookup.how == "dns" and lookup.payload and not lookup.stream:
+            from svctrace.join.dns import parse_reply
+            reply = parse_reply(lookup.payload)
+            if reply is not None and reply.addresses:
+                names_addresses.append((reply.question, reply.addresses))
+        rules = self._bpf["inet_rules"]
+        for name, addresses in names_addresses:
+            for fields, (action, service, rank) in entries_for_name(
+                    self.table, name, addresses).items():
+                if fields in self.table.inet:
+                    continue  # an address rule already decides it
+                key = rules.Key.from_buffer_copy(_key(fields))
+                rules[key] = rules.Leaf(action, service, rank)
 
     def enter(self, pid: int) -> None:
         """Put the forked command (blocked on its gate) into the guard's cgroup: it and

@@ -112,10 +112,16 @@ class Table:
     unix_patterns: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped_globs: list[str] = field(default_factory=list)  # allow rules the kernel skips
+    # Denied services' rules by host name: (rule, verdict, stage), entered into the kernel
+    # table address by address as the run resolves matching names (entries_for_name)
+    by_name: list = field(default_factory=list)
 
     @property
     def stages(self) -> int:
-        return sum(1 << stage for stage in {key[0] for key in self.inet})
+        stages = {key[0] for key in self.inet}
+        for _rule, _value, stage in self.by_name:
+            stages |= {stage * 2, stage * 2 + 1}
+        return sum(1 << stage for stage in stages)
 
 
 def _aligned_blocks(winner: list[int]):
@@ -188,11 +194,9 @@ def compile_table(smap: ServiceMap, denied: tuple[str, ...] | list[str]) -> Tabl
                 continue
             if rule.host_glob is not None:
                 # Names are known only once the run resolves them, after the table is
-                # loaded: a rule by name is not in the kernel's table (docs/naming.md).
+                # loaded: their addresses are entered then (entries_for_name).
                 if action == ACT_DENY:
-                    table.notes.append(
-                        f"rule {rule.spec!r} of {rule.name} names a host: the guard refuses "
-                        f"{rule.name} only at the addresses of its other rules, not by name")
+                    table.by_name.append((rule, value, stage))
                 continue
             if rule.ports is not None and rule.network is None:
                 for proto in _protos(rule):
@@ -243,6 +247,35 @@ def compile_table(smap: ServiceMap, denied: tuple[str, ...] | list[str]) -> Tabl
         raise GuardError(f"the service map has more unix rules than the kernel table holds "
                          f"({MAX_PATHS} paths, {MAX_PATTERNS} basename patterns)")
     return table
+
+
+def entries_for_name(table: Table, name: str, addresses) -> dict:
+    """Kernel table entries refusing `addresses`, which the run resolved `name` to, for
+    each denied service's rule naming that host: {key fields: verdict}."""
+    import fnmatch
+    found: dict = {}
+    name = name.rstrip(".").lower()
+    for rule, value, stage in table.by_name:
+        if not fnmatch.fnmatchcase(name, rule.host_glob):
+            continue
+        ports: list = [None]
+        if rule.ports is not None:
+            low, high = rule.ports
+            ports = list(range(low, min(high, low + MAX_PORTS_PER_NETWORK_RULE) + 1))
+        for address in addresses:
+            try:
+                addr = ipaddress.ip_address(address)
+            except ValueError:
+                continue
+            if addr.version == 6 and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            family, bits = (2, 32) if addr.version == 4 else (10, 128)
+            for proto in _protos(rule):
+                for port in ports:
+                    key = (stage * 2 + (port is None), family, proto, port or 0, 48 + bits,
+                           addr.packed.ljust(16, b"\0"))
+                    found[key] = value
+    return found
 
 
 def _add_internet(table: Table, value: tuple[int, int, int], stage: int) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable
 
 from svctrace.capture.base import Backend
 from svctrace.config import Config
-from svctrace.events import Event, Freeze, ProcessEvent
+from svctrace.events import Event, Freeze, Lookup, ProcessEvent
 from svctrace.join.collect import Collector
 from svctrace.kernel import pidns
 
@@ -54,7 +54,9 @@ class Pump:
     def feed(self, records) -> None:
         add = self.collector.add
         for record in records:
-            if type(record) is Freeze:  # stopped by the kernel: dump, resume (always)
+            if type(record) is Lookup:
+                self.lookup(record)
+            elif type(record) is Freeze:  # stopped by the kernel: dump, resume (always)
                 stack = self.stacks.take(record) if self.stacks else None
                 if self.stacks is None:  # not compiled without a taker; never left stopped
                     try:
@@ -68,6 +70,19 @@ class Pump:
                 self.cmdline_seen.add(record.pid)
                 self.learn_cmdline(record.pid)
             add(record)
+
+    def lookup(self, record: Lookup) -> None:
+        """A name the run resolved: the guard refuses its addresses if a denied service's
+        rule names it; a process the kernel held at that getaddrinfo result resumes."""
+        try:
+            if self.guard is not None:
+                self.guard.learn(record)
+        finally:
+            if record.held:
+                try:
+                    os.kill(record.pid, signal.SIGCONT)
+                except OSError:
+                    pass
 
     def learn_cmdline(self, pid: int) -> None:
         # /proc of another PID namespace (unshare --pid without --mount-proc) shows

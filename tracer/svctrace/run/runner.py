@@ -77,6 +77,18 @@ class Run:
             self.notes.append(text)
             self.log(text)
 
+    def _hold_lookups(self) -> None:
+        """A guard refusing services by host name learns their addresses at each
+        getaddrinfo result, while the process waits for it (the eBPF backend holds it;
+        the pump resumes it)."""
+        if self.guard is None or not self.guard.refuses_by_name():
+            return
+        hold = getattr(self.backend, "hold_lookups", None)
+        if hold is None or not hold():
+            self.notes.append("the guard refuses services by host name only from the next "
+                              "connect after this backend reports the name (not held: only "
+                              "the eBPF backend with getaddrinfo traced holds a lookup)")
+
     def _now(self) -> int:
         return time.monotonic_ns() if self.backend.clock == "mono" else time.time_ns()
 
@@ -129,6 +141,7 @@ class Run:
                     if self.guard is not None:
                         self.guard.enter(pid)  # guarded before its first instruction
                     self.backend.child_started(pid)
+                    self._hold_lookups()
                     os.write(gate_w, b"g")  # probes attached: the command may start now
                 finally:
                     os.close(gate_w)  # without "g" the child exits 125 instead of running
