@@ -284,3 +284,13 @@ def test_a_baseline_glob_covers_services_known_by_host_name():
     assert test["services"] == ["tcp:metrics.internal:9100", "tcp:mystery.ci:7777"]
     assert test["needs"] == ["tcp:mystery.ci:7777"]
     assert test["baseline"] == ["tcp:metrics.internal:9100"]
+
+
+def test_merging_reports_unions_the_names_they_resolved():
+    from svctrace.report.merge import merge_reports
+    one = _report(_markers(100, "t.py::a", 1000, 2000) + [dns(1100, "cache.ci")])
+    two = _report(_markers(100, "t.py::b", 1000, 2000) + [
+        Lookup("nss", 1100, None, 100, 100, name="cache.ci", addresses=("10.0.0.2",))])
+    merged = merge_reports([one, two])
+    assert merged["run"]["names"] == {"cache.ci": {"addresses": ["10.0.0.2", "127.0.0.1"],
+                                                   "how": ["dns", "nss"]}}

@@ -240,9 +240,11 @@ def merge_reports(reports: list[Report | dict], allow_mixed: bool = False) -> di
             fixtures[fid] = _combine(fixtures.get(fid, fixture), fixture)
     blind_spots: set[str] = set()
     baseline: set[str] = set()
+    names = None  # host name -> addresses and how, over every run (docs/naming.md)
     for report in reports:
         blind_spots.update(report.run.blind_spots)
         baseline.update(report.run.baseline)
+        names = _combine(names, report.run.extra.get("names") or {})
     backends = {r.get("backend") for r in runs.values()}
     # Per run, so that merging merged reports agrees with merging all inputs at once.
     configs = {r.get("config") for r in runs.values()}
@@ -262,6 +264,7 @@ def merge_reports(reports: list[Report | dict], allow_mixed: bool = False) -> di
             "backend_stats": {},
             "config": configs.pop() if len(configs) == 1 else None,
             "baseline": sorted(baseline),
+            "names": names or {},
             "runs": runs,
         },
         "tests": {nodeid: tests[nodeid] for nodeid in run_order(
