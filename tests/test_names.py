@@ -294,3 +294,19 @@ def test_merging_reports_unions_the_names_they_resolved():
     merged = merge_reports([one, two])
     assert merged["run"]["names"] == {"cache.ci": {"addresses": ["10.0.0.2", "127.0.0.1"],
                                                    "how": ["dns", "nss"]}}
+
+
+def test_the_name_records_match_the_header():
+    import re
+    from importlib.resources import files
+    from svctrace.capture import ebpf
+    header = (files("svctrace.bpf") / "svctrace.h").read_text()
+    define = {name: int(value) for name, value in
+              re.findall(r"#define (SVCT_\w+) (\d+)", header)}
+    event = ebpf._EVENT.size
+    assert ebpf._DNS.size == event + 8 + define["SVCT_DNS_MAX"]
+    assert ebpf._NSS.size == (event + 8 + define["SVCT_NSS_ADDRS"] * 17
+                              + define["SVCT_NAME_LEN"])
+    assert f"sizeof == {ebpf._DNS.size}" in header and f"sizeof == {ebpf._NSS.size}" in header
+    assert re.search(r"SVCT_DNS_REPLY = 10\b", header) and ebpf._KINDS[10] == "dns_reply"
+    assert re.search(r"SVCT_NSS_RESULT = 11\b", header) and ebpf._KINDS[11] == "nss_result"

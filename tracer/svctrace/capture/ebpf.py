@@ -224,7 +224,9 @@ def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool 
     defines = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
     kinds = {name: (_PROG_TYPE_KPROBE, 0) for name in _UPROBES}
     try:
-        return bpf_program.load("svctrace.bpf.c", defines, IMAGE_PREFIX, kinds)
+        # a kernel that refuses uprobe programs still traces everything else (a note says)
+        return bpf_program.load("svctrace.bpf.c", defines, IMAGE_PREFIX, kinds,
+                                optional=frozenset(_UPROBES))
     except bpf_image.ImageError as exc:
         raise BackendUnavailable(f"the eBPF program did not compile or load:\n{exc}"
                                  ) from exc
@@ -462,6 +464,9 @@ class EbpfBackend(Backend):
             return
         path = libc_of(pid)
         try:
+            refused = [why for name, why in self._bpf.refused.items() if name in _UPROBES]
+            if refused:
+                raise BackendFailed(refused[0])
             if path is None:
                 raise BackendFailed(f"no C library in /proc/{pid}/maps")
             _, offset = load_bcc().BPF._check_path_symbol(path.encode(), b"getaddrinfo",
@@ -475,7 +480,7 @@ class EbpfBackend(Backend):
     def hold_lookups(self) -> bool:
         """Stop each process at its getaddrinfo results until the reader resumes it (the
         guard refusing services by host name); False when getaddrinfo is not traced."""
-        if self._bpf is None:
+        if self._bpf is None or not self._bpf.uprobe_fds:
             return False
         self._bpf["gai_hold"][ctypes.c_int(0)] = ctypes.c_uint32(1)
         return True
