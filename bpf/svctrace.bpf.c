@@ -1208,10 +1208,10 @@ int uretprobe_gai_return(void *ctx)
 		bpf_probe_read_user(&family, sizeof(family), ai + 4);
 		bpf_probe_read_user(&sa, sizeof(sa), ai + 24);
 		if (sa && family == SVCT_AF_INET) {
-			bpf_probe_read_user(n->addr[i], 4, sa + 4);
+			bpf_probe_read_user(n->addr + i * 16, 4, sa + 4);
 			n->family[i] = SVCT_AF_INET;
 		} else if (sa && family == SVCT_AF_INET6) {
-			bpf_probe_read_user(n->addr[i], 16, sa + 8);
+			bpf_probe_read_user(n->addr + i * 16, 16, sa + 8);
 			n->family[i] = SVCT_AF_INET6;
 		}
 		n->naddr = i + 1;

@@ -100,6 +100,7 @@ struct svct_dns {
 /* getaddrinfo(name) in the tree returned these addresses (the hosts file, nss modules, or
  * DNS behind them): a uprobe and a uretprobe on the C library the command maps. */
 #define SVCT_NSS_ADDRS 8
+#define SVCT_NSS_ADDR_BYTES 128 /* SVCT_NSS_ADDRS addresses of 16 bytes each */
 #define SVCT_NAME_LEN 256
 struct svct_nss {
 	struct svct_event head;  /* kind SVCT_NSS_RESULT, stamped when the call returned;
@@ -108,7 +109,8 @@ struct svct_nss {
 	__u8 naddr;              /* entries of the result list read (<= SVCT_NSS_ADDRS) */
 	__u8 _pad[7];
 	__u8 family[SVCT_NSS_ADDRS]; /* AF_INET, AF_INET6, or 0: an entry of another family */
-	__u8 addr[SVCT_NSS_ADDRS][16]; /* network order; AF_INET uses the first 4 bytes */
+	__u8 addr[SVCT_NSS_ADDR_BYTES]; /* entry i at 16 * i, network order; AF_INET uses
+	                                 * the first 4 bytes of its 16 */
 	char name[SVCT_NAME_LEN];      /* the node asked for, NUL-terminated */
 };                               /* sizeof == 560 */
 

@@ -297,16 +297,22 @@ def test_merging_reports_unions_the_names_they_resolved():
 
 
 def test_the_name_records_match_the_header():
-    import re
-    from importlib.resources import files
+    """struct svct_dns and struct svct_nss of bpf/svctrace.h against ebpf's decoders."""
+    from pathlib import Path
     from svctrace.capture import ebpf
-    header = (files("svctrace.bpf") / "svctrace.h").read_text()
-    define = {name: int(value) for name, value in
-              re.findall(r"#define (SVCT_\w+) (\d+)", header)}
+    from tests.support import cheader
+    bpf = Path(ebpf.__file__).resolve().parents[3] / "bpf"
+    header = cheader.parse((bpf / "svctrace.h").read_text())
     event = ebpf._EVENT.size
-    assert ebpf._DNS.size == event + 8 + define["SVCT_DNS_MAX"]
-    assert ebpf._NSS.size == (event + 8 + define["SVCT_NSS_ADDRS"] * 17
-                              + define["SVCT_NAME_LEN"])
-    assert f"sizeof == {ebpf._DNS.size}" in header and f"sizeof == {ebpf._NSS.size}" in header
-    assert re.search(r"SVCT_DNS_REPLY = 10\b", header) and ebpf._KINDS[10] == "dns_reply"
-    assert re.search(r"SVCT_NSS_RESULT = 11\b", header) and ebpf._KINDS[11] == "nss_result"
+    dns_struct, nss_struct = header.structs["svct_dns"], header.structs["svct_nss"]
+    assert dns_struct.padding() == 0 and nss_struct.padding() == 0
+    assert ebpf._DNS.size == dns_struct.size and ebpf._NSS.size == nss_struct.size
+    # the decoders' layouts: the head, then these fields at these offsets and sizes
+    assert [(f.name, f.offset, f.size) for f in dns_struct.fields] == [
+        ("head", 0, event), ("len", event, 2), ("stream", event + 2, 1),
+        ("_pad", event + 3, 5), ("data", event + 8, 512)]
+    assert [(f.name, f.offset, f.size) for f in nss_struct.fields] == [
+        ("head", 0, event), ("naddr", event, 1), ("_pad", event + 1, 7),
+        ("family", event + 8, 8), ("addr", event + 16, 128), ("name", event + 144, 256)]
+    assert header.defines["SVCT_DNS_MAX"] == 512
+    assert header.defines["SVCT_NSS_ADDR_BYTES"] == 16 * header.defines["SVCT_NSS_ADDRS"]
