@@ -472,7 +472,7 @@ static __always_inline int dns_recv_ends(long ret)
 	}
 	d = events.ringbuf_reserve(sizeof(struct svct_dns));
 	if (!d) {
-		count(CNT_LOST);
+		count(CNT_LOST_EVENTS);
 		return 0;
 	}
 	__builtin_memset(d, 0, sizeof(*d)); /* ring buffer memory is not zeroed */
@@ -1189,7 +1189,7 @@ int uretprobe_gai_return(void *ctx)
 		return 0;
 	n = events.ringbuf_reserve(sizeof(struct svct_nss));
 	if (!n) {
-		count(CNT_LOST);
+		count(CNT_LOST_EVENTS);
 		return 0;
 	}
 	__builtin_memset(n, 0, sizeof(*n));
