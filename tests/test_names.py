@@ -148,6 +148,21 @@ def test_getaddrinfo_passing_a_dns_reply_on_keeps_dns_as_how_it_was_learned():
                                "files.ci": {"addresses": ["10.0.0.9"], "how": ["nss"]}}
 
 
+def test_a_repeated_lookup_keeps_one_entry_and_the_newest_wins():
+    table = NameTable()
+    for ts in range(10, 10010, 10):
+        table.add(Lookup("nss", ts, None, 100, 101, name="localhost",
+                         addresses=("127.0.0.1",)), ts, 100)
+    table.add(Lookup("nss", 20000, None, 100, 101, name="cache.ci", addresses=("127.0.0.1",)),
+              20000, 100)
+    table.add(Lookup("nss", 30000, None, 100, 101, name="localhost",
+                     addresses=("127.0.0.1",)), 30000, 100)
+    assert len(table._by_address["127.0.0.1"]) == 2
+    local = dest("127.0.0.1", 5432)
+    assert [n.name for n in table.names_for(local, 25000, 100, 100, 101)] == ["cache.ci"]
+    assert [n.name for n in table.names_for(local, 35000, 100, 100, 101)] == ["localhost"]
+
+
 def test_sends_take_the_names_of_their_connection():
     table = NameTable()
     table.add(dns(10, "cache.ci", tid=101), 10, 100)

@@ -132,6 +132,13 @@ class NameTable:
                     self.counts["names_dropped"] += 1
                     continue
                 known = self._by_address[key] = []
+            # The same lookup again (a loop resolving "localhost"): only its newest counts,
+            # so the list grows with distinct (name, thread) pairs, not with lookups.
+            same = next((i for i, e in enumerate(known) if e.name == name
+                         and e.how == learned.how and e.tid == learned.tid
+                         and e.pid == learned.pid), None)
+            if same is not None:
+                del known[same]
             known.append(learned)
 
     def summary(self, limit: int = 500) -> dict:
