@@ -106,7 +106,8 @@ def _tour() -> tuple[str, str]:
 @pytest.mark.skipif(os.geteuid() != 0, reason="the tour's `svctrace run` needs root")
 def test_readme_tour_runs_as_written(services):
     demo = REPO / "examples" / "demo"
-    made = [demo / "svctrace-report.json", demo / "plan.json", demo / "svctrace-html"]
+    made = [demo / "svctrace-report.json", demo / "plan.json", demo / "svctrace-html",
+            demo / "proven.json"]
     before, guard = _tour()
     if not shutil.which("sudo"):   # the README says: as root, leave out `sudo -E`
         before, guard = before.replace("sudo -E ", ""), guard.replace("sudo -E ", "")
@@ -119,6 +120,10 @@ def test_readme_tour_runs_as_written(services):
                "redis 1" in first.stdout
         assert "needs: postgres" in first.stdout
         assert (demo / "svctrace-html" / "index.html").exists()
+        assert "\ntest_demo.py::test_save_order\n" in first.stdout  # svctrace list
+        proven = json.loads((demo / "proven.json").read_text())
+        assert proven["tests"]["test_demo.py::test_save_order"]["needs_proof"] == \
+            {"postgres": "needed"}
         plan = json.loads((demo / "plan.json").read_text())
         assert plan["assignments"] == {"test_demo.py::test_save_order": "db",
                                        "test_demo.py::test_cache_hit": "db",
