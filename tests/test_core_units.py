@@ -164,7 +164,8 @@ PURE_CORE = ["events", "capture.wire", "contract", "join.services", "config", "j
              "join.evidence", "join.attribution", "join.collect", "join.analysis",
              "report.build", "report.merge", "plan.tiers", "guard.rules", "guard.base", "errors",
              "views.summary", "views.explain", "views.html", "views.html_assets",
-             "views.stacks", "report.model", "join.stacks"]
+             "views.stacks", "report.model", "join.stacks", "join.names", "join.dns",
+             "report.rejudge", "plan.proof", "views.listing", "views.names", "words"]
 
 
 def test_pure_core_imports_neither_bcc_pytest_nor_click():
