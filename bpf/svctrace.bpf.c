@@ -17,6 +17,11 @@
  *       after its first contact with a destination, and a thread's creator right after
  *       the clone, once per marker epoch; user space dumps its Python stacks and resumes
  *       it. Without the define none of this is compiled.
+ *   SVCT_FIRST_BYTES  keep the first bytes of a process's first send on a socket (struct
+ *       svct_first), read through the task's saved user registers: OFF_REGS_NR,
+ *       OFF_REGS_ARG2, OFF_REGS_ARG3 (struct pt_regs, BTF) and the syscall numbers
+ *       SVCT_NR_WRITE, SVCT_NR_WRITEV, SVCT_NR_SENDTO, SVCT_NR_SENDMSG, SVCT_NR_SENDMMSG,
+ *       all per architecture (capture/ebpf.py); without it, first sends are plain sends.
  * Only thread groups in `traced` (keyed by host tgid, the kernel's own) are reported. The
  * runner knows the command only by its pid in the runner's namespace, while the command
  * waits in a read() on a gate pipe: the runner puts that pid in `seeds`, and the return of
@@ -1049,8 +1054,9 @@ static __always_inline void emit_tail(struct agg *a)
 	submit(t);
 }
 
-/* 1: e was folded into its socket's record (discard it); 0: emit e. */
-static __always_inline int fold_send(struct svct_event *e, __u64 sk)
+/* 1: e was folded into its socket's record (discard it); 0: emit e. *first: e is the
+ * process's first send on this socket (to this destination, for a datagram socket). */
+static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 {
 	struct agg_key key = {.sk = sk, .tgid = e->pid};
 	__u32 zero = 0;
@@ -1066,6 +1072,7 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk)
 		__builtin_memcpy(a->last_comm, e->comm, sizeof(a->last_comm));
 		return 1;
 	}
+	*first = !a || !same_dest(&a->first, e);
 	if (a && a->count)
 		emit_tail(a);
 	fresh = agg_scratch.lookup(&zero);
@@ -1080,12 +1087,75 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk)
 	return 0;
 }
 
+#ifdef SVCT_FIRST_BYTES
+/* The first bytes the current send syscall passed, into f. sock:sock_send_length gives
+ * the socket but not the buffer, and saving the buffer at every sys_enter_write/sendto
+ * would cost every send: the syscall's arguments are read instead from the user
+ * registers the kernel saved at syscall entry (bpf_task_pt_regs, Linux 5.15), only here,
+ * for a first send. Anything unreadable leaves data_len 0. */
+static __always_inline void first_bytes(struct svct_first *f, __s32 sent)
+{
+	const char *regs = (const char *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u64 nr = 0, arg2 = 0, arg3 = 0, n = 0;
+	const char *buf = 0, *iov = 0;
+
+	if (sent <= 0 || !regs)
+		return;
+	bpf_probe_read_kernel(&nr, sizeof(nr), regs + OFF_REGS_NR);
+	bpf_probe_read_kernel(&arg2, sizeof(arg2), regs + OFF_REGS_ARG2);
+	bpf_probe_read_kernel(&arg3, sizeof(arg3), regs + OFF_REGS_ARG3);
+	if (nr == SVCT_NR_WRITE || nr == SVCT_NR_SENDTO) {
+		buf = (const char *)arg2;
+		n = arg3;
+	} else if (nr == SVCT_NR_SENDMSG || nr == SVCT_NR_SENDMMSG || nr == SVCT_NR_WRITEV) {
+		iov = (const char *)arg2; /* writev: the iovec array itself */
+		if (nr != SVCT_NR_WRITEV) /* struct user_msghdr: msg_iov at 16 (uapi); an
+		                           * mmsghdr starts with one: its first message */
+			bpf_probe_read_user(&iov, sizeof(iov), (const char *)arg2 + 16);
+		if (iov) {
+			bpf_probe_read_user(&buf, sizeof(buf), iov);   /* iov_base */
+			bpf_probe_read_user(&n, sizeof(n), iov + 8);   /* iov_len */
+		}
+	}
+	if (!buf)
+		return;
+	if (n > (__u64)sent)
+		n = sent;
+	if (n > SVCT_DATA_LEN)
+		n = SVCT_DATA_LEN;
+	asm volatile("" : "+r"(n)); /* the verifier needs the bound on this very register */
+	if (n > SVCT_DATA_LEN)
+		return;
+	if (!bpf_probe_read_user(f->data, n, buf))
+		f->data_len = n;
+}
+
+/* Emit e as a first send, with its bytes; 0 when the ring buffer is full (counted). */
+static __always_inline int submit_first(const struct svct_event *e)
+{
+	struct svct_first *f = events.ringbuf_reserve(sizeof(struct svct_first));
+
+	if (!f) {
+		count(CNT_LOST);
+		return 0;
+	}
+	__builtin_memcpy(&f->e, e, sizeof(*e));
+	f->data_len = 0;
+	f->_pad = 0;
+	__builtin_memset(f->data, 0, sizeof(f->data)); /* no stale ring bytes reach user space */
+	first_bytes(f, e->result);
+	events.ringbuf_submit(f, BPF_RB_NO_WAKEUP);
+	return 1;
+}
+#endif
+
 TRACEPOINT_PROBE(sock, sock_send_length)
 {
 	__u32 tid = current_tid(), zero = 0;
 	__u16 family = args->family;
 	struct send_ctx *sc;
 	struct svct_event *e, *out;
+	int first = 0;
 
 	/* netlink (glibc name lookups), packet, vsock...: never a service; dropped here so
 	 * they cost no ring buffer space */
@@ -1121,8 +1191,15 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 		count(CNT_SENDS_UNKNOWN_DEST);
 		return 0;
 	}
-	if (fold_send(e, (__u64)args->sk))
+	if (fold_send(e, (__u64)args->sk, &first))
 		return 0;
+#ifdef SVCT_FIRST_BYTES
+	if (first) {
+		if (submit_first(e))
+			freeze_contact(e);
+		return 0;
+	}
+#endif
 	out = reserve();
 	if (!out)
 		return 0;

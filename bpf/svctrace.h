@@ -11,6 +11,8 @@
 
 #define SVCT_COMM_LEN 16
 #define SVCT_PATH_LEN 108 /* sizeof(((struct sockaddr_un *)0)->sun_path) */
+#define SVCT_DATA_LEN 256 /* bytes kept of a socket's first send: a TLS ClientHello's SNI
+                           * and an HTTP request's Host header fit in it */
 
 /* kind: what happened */
 enum svct_kind {
@@ -113,5 +115,17 @@ struct svct_nss {
 	                                 * the first 4 bytes of its 16 */
 	char name[SVCT_NAME_LEN];      /* the node asked for, NUL-terminated */
 };                               /* sizeof == 560 */
+
+/* The first send of a process on a socket (the first to each destination, for an
+ * unconnected datagram socket): its SEND record, then the first bytes it sent, read from
+ * the syscall's own buffer (write, sendto, sendmsg/sendmmsg and writev: their first iovec).
+ * User space recognises the protocol from them and keeps nothing else of them. Only this
+ * record is larger; every other send costs what it did. */
+struct svct_first {
+	struct svct_event e;     /* kind SVCT_SEND */
+	__u32 data_len;          /* bytes of data in use (0: none could be read) */
+	__u32 _pad;
+	__u8 data[SVCT_DATA_LEN];
+};                               /* sizeof == 424 */
 
 #endif

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import platform
 import select
 import socket
 import subprocess
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from svctrace.capture.base import RunContext
-from svctrace.capture.ebpf import _EVENT, EbpfBackend, decode, diagnose
+from svctrace.capture.ebpf import (_EVENT, FIRST_BYTES_SYSCALLS, EbpfBackend, decode,
+                                   diagnose)
 from svctrace.events import Destination, Event, ProcessEvent
 from tests.support.backends import needs_backend
 
@@ -441,3 +443,63 @@ def test_folded_sends_lost_to_lru_eviction_are_counted(tmp_path: Path) -> None:
     assert stats["evicted_sends"] > 0
     assert reported + stats["evicted_sends"] == sockets * per_socket
     assert stats["lost_events"] == 0
+
+
+@needs_ebpf
+def test_first_send_carries_its_first_bytes_for_every_send_syscall(tmp_path: Path) -> None:
+    """write, send(to), sendmsg, sendmmsg (first iovec) and writev: the kernel keeps the
+    first bytes of a socket's first send only; later sends carry none."""
+    if platform.machine() not in FIRST_BYTES_SYSCALLS:
+        pytest.skip(f"first-send bytes are not read on {platform.machine()} (x86_64 only)")
+    tracer = EbpfBackend()
+    tracer.prepare(RunContext(command=["test"]))
+    server = _listen(socket.AF_INET, ("127.0.0.1", 0))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    big = b"GET / HTTP/1.1\r\nHost: billing.internal:8080\r\n" + b"x" * 1000
+
+    def work():
+        for how in ("write", "send", "sendmsg", "writev", "big"):
+            c = socket.create_connection(server.getsockname())
+            head = f"{how}-first".encode()
+            if how == "write":
+                os.write(c.fileno(), head)
+            elif how == "send":
+                c.send(head)
+            elif how == "sendmsg":
+                c.sendmsg([head, b"-second-iovec"])
+            elif how == "writev":
+                os.writev(c.fileno(), [head, b"-second-iovec"])
+            else:
+                c.sendall(big)
+            c.send(b"later")
+            c.close()
+        out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        out.sendto(b"stats.one:1|c", udp.getsockname())
+        out.sendto(b"stats.two:1|c", udp.getsockname())
+
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    acceptor = threading.Thread(target=accept)
+    acceptor.start()
+    try:
+        pid, records = _traced_fork_then_stop(tracer, work)
+    finally:
+        stop.set()
+        acceptor.join()
+    sends = [r for r in records if isinstance(r, Event) and r.kind == "send"
+             and r.pid == pid]
+    firsts = sorted(r.first_bytes for r in sends if r.first_bytes is not None)
+    assert firsts == sorted([b"write-first", b"send-first", b"sendmsg-first",
+                             b"writev-first", big[:256], b"stats.one:1|c"])
+    # the later sends on each socket were sent and carry nothing
+    assert sum(r.count for r in sends if r.first_bytes is None) >= 6

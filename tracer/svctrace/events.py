@@ -48,6 +48,9 @@ class Event:
     local_port: the socket's own port where known (server-side replies are not contacts).
     count: how many operations the record stands for: the eBPF backend folds sends on one
           socket between two marker writes into the first and a final "tail" record.
+    first_bytes: a send that was the process's first on its socket (first datagram to a
+          destination): up to the first few hundred bytes it sent, for protocol
+          recognition only (join/protocols.py); never written anywhere. None otherwise.
     kind "connect_result": a non-blocking connect (reported as -EINPROGRESS) failed later;
           same time and destination as its connect, result = -errno.
     """
@@ -62,6 +65,7 @@ class Event:
     result: int = 0
     local_port: int | None = None
     count: int = 1
+    first_bytes: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

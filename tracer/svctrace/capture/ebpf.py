@@ -7,6 +7,7 @@ import fcntl
 import importlib.resources
 import ipaddress
 import os
+import platform
 import re
 import struct
 import subprocess
@@ -25,6 +26,9 @@ from svctrace.events import Destination, Event, Freeze, Lookup, ProcessEvent
 # struct svct_event (fixed width, no implicit padding, 160 bytes), enum svct_kind,
 # enum svct_proto and enum svct_counter.
 _EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
+# struct svct_first: a socket's first send (svct_event), data_len, pad, data[SVCT_DATA_LEN].
+_FIRST_TAIL = struct.Struct("<II256s")
+_FIRST_SIZE = _EVENT.size + _FIRST_TAIL.size
 _KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
           7: "connect_result", 8: "thread", 9: "freeze", 10: "dns_reply", 11: "nss_result"}
 # struct svct_dns: a struct svct_event head, len, stream, padding, SVCT_DNS_MAX bytes.
@@ -67,6 +71,17 @@ KERNEL_DEFINES = {
     "OFF_FILE_PRIVATE": ("file", "private_data"),
     "OFF_SOCKET_TYPE": ("socket", "type"),
 }
+# First bytes of a socket's first send (SVCT_FIRST_BYTES): the send syscall's arguments
+# are read from the user registers saved at syscall entry, whose layout and syscall
+# numbers are the architecture's own. Per machine: -D name -> pt_regs member (BTF), and
+# the syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl). Elsewhere: a blind spot.
+FIRST_BYTES_REGS = {"x86_64": {"OFF_REGS_NR": "orig_ax", "OFF_REGS_ARG2": "si",
+                               "OFF_REGS_ARG3": "dx"}}
+FIRST_BYTES_SYSCALLS = {"x86_64": {"SVCT_NR_WRITE": 1, "SVCT_NR_WRITEV": 20,
+                                   "SVCT_NR_SENDTO": 44, "SVCT_NR_SENDMSG": 46,
+                                   "SVCT_NR_SENDMMSG": 307}}
+KERNEL_DEFINES.update({define: ("pt_regs", member) for define, member in
+                       FIRST_BYTES_REGS.get(platform.machine(), {}).items()})
 _PROBE = re.compile(rb"^TRACEPOINT_PROBE\((\w+), (\w+)\)", re.M)
 
 
@@ -206,6 +221,10 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
         flags.append(f"-DAGGS_MAX={aggs_max}")
     if stacks:  # off: the freeze code is not compiled at all
         flags.append("-DSVCT_STACKS=1")
+    syscalls = FIRST_BYTES_SYSCALLS.get(platform.machine())
+    if syscalls and all(define in offsets for define in FIRST_BYTES_REGS[platform.machine()]):
+        flags.append("-DSVCT_FIRST_BYTES=1")
+        flags += [f"-D{name}={number}" for name, number in syscalls.items()]
     ns = pidns.current()
     flags += [f"-DPIDNS_DEV={ns.kernel_dev}ULL", f"-DPIDNS_INO={ns.inode}ULL"]
     try:  # group_dead appeared in the tracepoint's format in 6.x; older ones lack it
@@ -294,6 +313,10 @@ def libc_of(pid: int) -> str | None:
 
 def decode(raw: bytes) -> Event | ProcessEvent | Freeze:
     """One ring buffer record -> Event / ProcessEvent. Noise is the core's to judge."""
+    if len(raw) == _FIRST_SIZE:  # a first send: its record, then its first bytes
+        event = decode(raw[:_EVENT.size])
+        size, _pad, data = _FIRST_TAIL.unpack_from(raw, _EVENT.size)
+        return dataclasses.replace(event, first_bytes=data[:min(size, len(data))])
     (ts, pid, tid, ppid, result, comm, dport, lport, kind, family, proto, addr_len, addr,
      count) = _EVENT.unpack(raw)
     name = _KINDS.get(kind, "?")
@@ -384,6 +407,9 @@ class EbpfBackend(Backend):
         "netlink and other non-IP, non-unix families: dropped in the kernel",
         "processes of the command that enter a PID namespace of their own (unshare "
         "--pid inside a test): counted as foreign_pidns_events, not reported",
+        "protocols are recognised from the first 256 bytes of a socket's first send "
+        "(its first iovec for sendmsg/writev); sends through io_uring, sendfile or "
+        "splice carry no bytes",
     )
 
     def __init__(self) -> None:
@@ -434,9 +460,10 @@ class EbpfBackend(Backend):
                 record = decode_dns(ctypes.string_at(data, size))
             elif size == _NSS.size:
                 record = decode_nss(ctypes.string_at(data, size))
-            elif size != _EVENT.size:
-                raise ValueError(f"record of {size} bytes, expected {_EVENT.size} or "
-                                 f"{_DNS.size}: bpf/svctrace.h and _EVENT/_DNS disagree")
+            elif size not in (_EVENT.size, _FIRST_SIZE):
+                raise ValueError(f"record of {size} bytes, expected {_EVENT.size}, "
+                                 f"{_FIRST_SIZE}, {_DNS.size} or {_NSS.size}: "
+                                 "bpf/svctrace.h and its mirrors disagree")
             else:
                 record = decode(ctypes.string_at(data, size))
         except Exception as exc:
