@@ -366,7 +366,8 @@ def test_probes_and_failed_lookups_are_evidence_not_needs():
         ev(1024, metadata, result=-errno.ENETUNREACH),
         ev(1025, Destination("inet", "udp", "10.0.0.2", 53)),              # noise
         ev(2021, Destination("inet", "udp", "10.0.0.2", 53), kind="send", result=40),
-        ev(2022, Destination("inet", "other", "10.0.0.9", 80), result=-errno.ECONNREFUSED)]
+        ev(2022, Destination("inet", "other", "10.0.0.9", 80), result=-errno.ECONNREFUSED),
+        ev(2023, Destination("inet", "tcp", "10.0.0.9", 5432), result=-errno.ECONNREFUSED)]
     report = attribute(records)
     a, b = report["tests"]["t.py::a"], report["tests"]["t.py::b"]
     assert a["services"] == [] and a["needs"] == []
@@ -375,10 +376,13 @@ def test_probes_and_failed_lookups_are_evidence_not_needs():
     dns = a["failed_probes"]["dns"]
     assert dns["phases"] == ["call"] and dns["destinations"] == ["10.255.255.53:53"]
     assert dns["first"]["result"] == "enetunreach"
-    assert b["services"] == ["dns", "tcp:10.0.0.9:80"] and b["needs"] == b["services"]
-    assert b["failed_probes"] == {}
+    # refused where nothing names it: a failed probe, no need; where a rule names it
+    # (postgres by its port), a contact as before
+    assert b["services"] == ["dns", "postgres"] and b["needs"] == b["services"]
+    assert list(b["failed_probes"]) == ["10.0.0.9:80"]
+    assert b["failed_probes"]["10.0.0.9:80"]["first"]["result"] == "refused"
     assert report["run"]["events"]["noise"] == 2
-    assert report["run"]["events"]["failed_probes"] == 3
+    assert report["run"]["events"]["failed_probes"] == 4
 
 
 def test_a_thread_seen_while_its_session_fixture_still_runs_is_judged_again_later():

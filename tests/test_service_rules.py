@@ -113,8 +113,11 @@ CONTACT_RULE = [
      (PROBE, "dns", "10.255.255.53:53")),
     (("send", udp("10.0.0.2", 53), 40), (CONTACT, "dns", "udp:10.0.0.2:53")),
     # unknown transport: a TCP-only outcome proves TCP; success is a UDP connect
+    # refused where nothing names it (no rule, name or protocol): a failed probe
     (("connect", unknown("169.254.169.254", 80), -errno.ECONNREFUSED),
-     (CONTACT, "tcp:169.254.169.254:80", "tcp:169.254.169.254:80")),
+     (PROBE, "169.254.169.254:80", "169.254.169.254:80")),
+    (("connect_result", tcp("127.0.0.1", 41234), -errno.ECONNREFUSED),
+     (PROBE, "127.0.0.1:41234", "127.0.0.1:41234")),
     (("connect", unknown("10.0.0.5", 5432), -errno.EINPROGRESS),
      (CONTACT, "postgres", "tcp:10.0.0.5:5432")),
     (("connect", unknown("10.0.0.5", 8125), 0), (NOISE, None, None)),

@@ -94,6 +94,24 @@ def inherited_services(test: TestRecord, att: Attribution) -> dict[str, list[str
     return {k: sorted(v) for k, v in sorted(inherited.items())}
 
 
+def suite_started(test: TestRecord, att: Attribution, inherited: dict) -> list[str]:
+    """Services this test reached only at listeners of the traced tree (a server a fixture
+    started itself): observed, but no tier has to start them. Inferred from where each
+    contact went (att.destinations)."""
+    own = {label for label, d in att.destinations.items() if d.get("suite_listener")}
+    if not own:
+        return []
+    contacts: dict[str, list] = {}
+    for phase in TEST_PHASES:
+        for service, contact in test.phases[phase].items():
+            contacts.setdefault(service, []).append(contact)
+    for service, fids in inherited.items():
+        for fid in fids:
+            contacts.setdefault(service, []).append(att.fixture_services[fid][service])
+    return sorted(service for service, found in contacts.items()
+                  if all(c.destinations and c.destinations <= own for c in found))
+
+
 def needs(observed: list[str], inherited: dict, declared: list[str], baseline: set[str],
           denied: list[str] = (), patterns: tuple[str, ...] = ()
           ) -> tuple[list[str], list[str]]:

@@ -30,6 +30,7 @@ from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, 
 from svctrace.join.evidence import MAX_KEPT, MORE_DESTINATIONS, Contact, result_text
 from svctrace.join.lineage import Lineage
 from svctrace.join.names import NameTable
+from svctrace.join.protocols import AMBIGUOUS
 from svctrace.join.services import DENIED, NOISE, PROBE, ServiceMap, canonical
 from svctrace.join.stacks import StackIndex
 
@@ -92,6 +93,8 @@ class Attribution:
     # fixture set up in one test and torn down in another is found from either (explain)
     fixture_tests: dict[str, dict[str, set]] = field(default_factory=dict)
     names: NameTable = field(default_factory=NameTable)  # host names the tree resolved
+    # destination label -> what its traffic said: protocol, hosts, the suite's own listener
+    destinations: dict[str, dict] = field(default_factory=dict)
 
 
 class Attributor:
@@ -156,8 +159,15 @@ class Attributor:
         if ev.kind == "listen":
             if ev.dest.port:
                 self.listeners.setdefault(ev.pid, set()).add(ev.dest.port)
+                self.map.wire.listen(ev.dest, ev.pid)
             return
         self.counts["events"] += 1
+        if ev.first_bytes:
+            # Learned on arrival, before the connects to the same destination (which
+            # wait WATERMARK_NS in `pending`) are named; the bytes are not kept.
+            if not (ev.local_port and ev.local_port in self.listeners.get(ev.pid, ())):
+                self.map.wire.learn(ev.dest, ev.first_bytes)  # (not a server's reply)
+            ev = replace(ev, first_bytes=None)
         self.pending.append(ev)
 
     def _add_lookup(self, lookup: Lookup) -> None:
@@ -273,7 +283,8 @@ class Attributor:
         self.flush(None)
         return Attribution(self.tests, self.unattributed, self.fixture_services,
                            self.fixture_scopes, dict(self.counts), self.unattributed_probes,
-                           self.fixture_tests, self.names)
+                           self.fixture_tests, self.names,
+                           self.map.wire.describe(self.map.classify))
 
     def _owner(self, pid: int, ts: int) -> tuple[int | None, int | None]:
         """(nearest marker-writing ancestor-or-self of `pid` as it was at `ts`, the fork time
@@ -302,6 +313,18 @@ class Attributor:
             except ValueError:
                 return False
         return False
+
+    def _suite_listener_unrecognised(self, ev: Event) -> bool:
+        """Traffic to a listener of the traced tree whose protocol no client's bytes told
+        (a helper proxy on a random port): the suite's own, no service; evidence only. A
+        user rule naming it wins."""
+        wire = self.map.wire
+        if ev.dest.family not in ("inet", "inet6") or wire.listener(ev.dest) is None:
+            return False
+        learned = wire.recognised(ev.dest)
+        if learned is not None and learned.recognition.protocol != AMBIGUOUS:
+            return False
+        return not self.map.named_by_user(ev.dest)
 
     def _locate(self, owner: int, ts: int) -> tuple[Window | None, str | None, Window | None]:
         """(the test window of `owner` that owns ts, the gap's name when ts falls between
@@ -385,6 +408,10 @@ class Attributor:
         if self.ignore_self_loopback and self._is_self_traffic(ev):
             self.counts["self_loopback"] += 1
             self._ignored(ev, "self_loopback")
+            return
+        if self._suite_listener_unrecognised(ev):
+            self.counts["suite_listener"] = self.counts.get("suite_listener", 0) + 1
+            self._ignored(ev, "suite_listener")
             return
         ts = self._ts(ev) or 0
         name, label, probe = verdict.name, verdict.label, verdict.what == PROBE

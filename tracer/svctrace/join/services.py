@@ -12,6 +12,8 @@ from typing import Mapping
 from svctrace.events import Destination
 from svctrace.join.evidence import internet
 from svctrace.join.names import first_label_service, named_label
+from svctrace.join.naming import Wire, host_name
+from svctrace.join.protocols import AMBIGUOUS
 
 # The default service map (README "Configuration"). Users extend/override it in
 # [tool.svctrace.services].
@@ -31,6 +33,27 @@ DEFAULT_SERVICES: dict[str, tuple[str, ...]] = {
     "statsd": ("8125/udp",),
     "symbolicator": ("3021",),
     "dns": ("53",),  # a resolver (udp and tcp); README "Attribution rules" says when it is a need
+}
+# Protocols recognised from a client's first bytes (join/protocols.py) -> service name.
+# HTTP, HTTP/2 and TLS are no one service: they are named after the host the client asked
+# for (protocol_name below).
+PROTOCOL_SERVICES = {"postgres": "postgres", "redis": "redis", "kafka": "kafka",
+                     "clickhouse": "clickhouse", "memcached": "memcached",
+                     "mongodb": "mongodb", "amqp": "rabbitmq", "zookeeper": "zookeeper",
+                     "statsd": "statsd", "dns": "dns"}
+_HOST_NAMED = {"http": 80, "http2": 80, "tls": 443}  # protocol -> the scheme's own port
+# What each default rule's port speaks: a recognised protocol keeps the default name only
+# where it fits ("redis" on 7001 stays redis-cluster; a mock HTTP server on 9000, the
+# native ClickHouse port, is not clickhouse). TLS fits every port: it wraps anything.
+DEFAULT_PROTOCOLS: dict[str, frozenset] = {
+    "5432": frozenset({"postgres"}), "6379": frozenset({"redis"}),
+    "7000-7005": frozenset({"redis"}), "9092": frozenset({"kafka"}),
+    "2181": frozenset({"zookeeper"}), "8123": frozenset({"http", "clickhouse"}),
+    "9000": frozenset({"clickhouse"}), "1218": frozenset({"http"}),
+    "11211": frozenset({"memcached"}), "5672": frozenset({"amqp"}),
+    "3306": frozenset(), "27017": frozenset({"mongodb"}), "9200": frozenset({"http"}),
+    "8125/udp": frozenset({"statsd"}), "3021": frozenset({"http"}),
+    "53": frozenset({"dns"}),
 }
 # Sockets that libraries and the C library probe on their own: none is a service a CI job
 # starts. The one list of default noise for every backend (a user rule naming one of
@@ -271,25 +294,39 @@ class ServiceMap:
             rules = [parse_rule(name, spec) for name, specs in source.items() for spec in specs]
             rules.sort(key=lambda r: r.specificity, reverse=True)  # stable: config order on ties
             self.rules.extend(rules)
-            self._user_rules = self._user_rules or len(self.rules)
+            if source is user:  # (with no user rules every rule is a default one)
+                self._user_rules = len(self.rules)
         # Default noise applies with or without the default services: it is never a service.
         self.noise = [parse_rule("(noise)", spec) for spec in DEFAULT_IGNORE + tuple(noise)]
         self._cache: dict[Destination, str | None] = {}
         self._verdicts: dict[tuple, Verdict] = {}
         self.service_names = frozenset(rule.name for rule in self.rules)
         self.by_name = [rule for rule in self.rules + self.ignore if rule.host_glob]
+        # What the run's own traffic says of each destination (protocol, host, the tree's
+        # own listeners): the names depend on it, so a change drops the caches.
+        self.wire = Wire()
+        self._wire_version = 0
 
     @property
     def user_rule_count(self) -> int:
         """How many of `rules` (first) are the user's: they win over every default."""
         return self._user_rules
 
+    def _sync(self) -> None:
+        if self._wire_version != self.wire.version:
+            self._wire_version = self.wire.version
+            self._cache.clear()
+            self._verdicts.clear()
+
     def classify(self, dest: Destination, names: tuple[str, ...] = ()) -> str | None:
         """Service name, the destination's label when no rule matches, None for noise.
-        names: the host names the run observed for dest (join/names.py): host rules match
-        them, and an unnamed destination known by exactly one is labelled by it."""
+        In order: the user's rules; the protocol its clients spoke (a default rule that
+        speaks it keeps its name); the default rules; the host names (names: those the run
+        observed for dest, join/names.py: host rules match them, and an unnamed
+        destination known by exactly one is labelled by it); the label."""
         if names:
             return self._classify_named(dest, names)
+        self._sync()
         if dest in self._cache:
             return self._cache[dest]
         result: str | None = None
@@ -300,8 +337,10 @@ class ServiceMap:
             user = self.rules[:self._user_rules]
             result = next((r.name for r in user if r.matches(dest)), None)
             if result is None and not any(r.matches(dest) for r in self.noise):
-                result = next((r.name for r in self.rules[self._user_rules:]
-                               if r.matches(dest)), dest.label())
+                defaults = [r for r in self.rules[self._user_rules:] if r.matches(dest)]
+                result = self._by_protocol(dest, defaults)
+                if result is None:
+                    result = defaults[0].name if defaults else dest.label()
         if len(self._cache) < 100_000:
             self._cache[dest] = result
         return result
@@ -321,6 +360,31 @@ class ServiceMap:
         return first_label_service(names[0], self.service_names) or \
             named_label(dest, names[0])
 
+    def named_by_user(self, dest: Destination) -> bool:
+        """Whether one of the user's rules names dest."""
+        return any(r.matches(canonical(dest)) for r in self.rules[:self._user_rules])
+
+    def _by_protocol(self, dest: Destination, defaults: list[Rule]) -> str | None:
+        """The name the recognised protocol gives dest, or None (not recognised, or
+        ambiguous: the default rules and the label decide)."""
+        learned = self.wire.recognised(dest) if dest.family in ("inet", "inet6") else None
+        if learned is None or learned.recognition.protocol == AMBIGUOUS:
+            return None
+        protocol = learned.recognition.protocol
+        if self.wire.listener(dest) is not None:
+            # A server the suite started itself (a random port, new every run): its
+            # protocol is the stable name.
+            return PROTOCOL_SERVICES.get(protocol, protocol)
+        for rule in defaults:
+            speaks = DEFAULT_PROTOCOLS.get(rule.spec)
+            if protocol == "tls" or speaks is None or protocol in speaks:
+                return rule.name
+        if protocol in _HOST_NAMED:
+            port = _HOST_NAMED[protocol]
+            return host_name(learned.recognition, learned.hosts, dest, port) \
+                or f"{protocol}:{dest.label().split(':', 1)[1]}"
+        return PROTOCOL_SERVICES.get(protocol, protocol)
+
     def judge(self, kind: str, dest: Destination, result: int,
               names: tuple[str, ...] = ()) -> Verdict:
         """The contact rule (README "Attribution rules") for a connect, connect_result or
@@ -328,6 +392,7 @@ class ServiceMap:
         host names observed for dest, see classify)."""
         # a send's byte count does not matter
         key = (kind, dest, result if result < 0 else 0, names)
+        self._sync()
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = self._judge(kind, canonical(dest), result, names)
@@ -364,6 +429,11 @@ class ServiceMap:
             # candidate addresses), and a TCP connect that succeeded is never "other".
             return _NOISE
         name = self.classify(dest, names)
+        if name == dest.label() and result == -errno.ECONNREFUSED \
+                and kind in ("connect", "connect_result"):
+            # Refused, and nothing (rule, name, protocol) says what it was: port 0, or a
+            # closed port a test probes on purpose. No tier could start it.
+            return self._probe(dest)
         return _NOISE if name is None else Verdict(CONTACT, name, dest.label())
 
     def _probe(self, dest: Destination, names: tuple[str, ...] = ()) -> Verdict:

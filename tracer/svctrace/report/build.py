@@ -58,8 +58,11 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
         inherited = analysis.inherited_services(test, att)
         declared = analysis.declared_services(test, cfg)
         denied = sorted({s for phase in test.denied.values() for s in phase})
-        needs, touched_baseline = analysis.needs(observed, inherited, declared, baseline,
-                                                 denied, patterns)
+        started = analysis.suite_started(test, att, inherited)
+        needs, touched_baseline = analysis.needs(
+            [s for s in observed if s not in started],
+            {s: f for s, f in inherited.items() if s not in started}, declared, baseline,
+            denied, patterns)
         tests[nodeid] = {
             "services": observed,
             "phases": phases,
@@ -72,6 +75,7 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             "declared": declared,
             "baseline": touched_baseline,
             "needs": needs,
+            "suite_started": started,                 # served by the suite's own listeners
             "failed_probes": _by_phase(test.probes),
             "denied": denied,                         # refused by the guard
             "denied_evidence": _by_phase(test.denied),
@@ -111,6 +115,7 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
         },
         "tests": tests,  # pytest's order (collection, then run): what users diff
         "unattributed": unattributed,
+        "destinations": att.destinations,
         "fixtures": {fid: {"scope": att.fixture_scopes.get(fid, "?"),
                            "services": sorted(svcs),
                            "tests": {nodeid: [p for p in TEST_PHASES if p in phases]
