@@ -157,3 +157,22 @@ def test_unconnected_udp_first_datagram_names_statsd():
                  first_bytes=b"app.hits:1|c")
     test, _ = services_of([send, replace(send, mono_ns=1022, first_bytes=None)])
     assert test["services"] == ["statsd"]
+
+
+def test_explain_summary_and_html_say_how_a_destination_is_known():
+    from svctrace.views.explain import explain_one
+    from svctrace.views.html import build_page
+    from svctrace.views.summary import format_summary
+    _, report = services_of(_listen(1005, 300, 40135)
+                            + contact(1021, tcp("127.0.0.1", 16379), RESP)
+                            + contact(1023, tcp("127.0.0.1", 40135), KAFKA))
+    text = explain_one(report, "t.py::a")
+    assert "redis at 127.0.0.1:16379, recognised from a RESP command (HELLO)" in text
+    assert ("kafka at 127.0.0.1:40135, recognised from an ApiVersions request (v3); "
+            "a listener of the traced suite itself") in text
+    assert "started by the suite itself, not needs" in text and "kafka" in text
+    summary = format_summary(report)
+    assert "named from their traffic: redis at 127.0.0.1:16379" in summary
+    assert "started by the suite itself (its own listeners; not needs): kafka in 1 tests" \
+        in summary
+    assert "recognised from a RESP command (HELLO)" in build_page(report)

@@ -238,6 +238,10 @@ def merge_reports(reports: list[Report | dict], allow_mixed: bool = False) -> di
         for fid, record in report.fixtures.items():
             fixture = record.to_dict()
             fixtures[fid] = _combine(fixtures.get(fid, fixture), fixture)
+    destinations: dict[str, dict] = {}  # what each run's wire said of each destination
+    for report in reports:
+        for label, entry in report.get("destinations", {}).items():
+            destinations[label] = _combine(destinations.get(label, entry), entry)
     blind_spots: set[str] = set()
     baseline: set[str] = set()
     names = None  # host name -> addresses and how, over every run (docs/naming.md)
@@ -271,6 +275,7 @@ def merge_reports(reports: list[Report | dict], allow_mixed: bool = False) -> di
             [list(r.tests) for r in reports])},
         "unattributed": _merge_unattributed(reports),
         "fixtures": dict(sorted(fixtures.items())),
+        "destinations": dict(sorted(destinations.items())),
     }
     merged["summary"] = summarize(merged, _merge_incidental(reports))
     return merged

@@ -7,6 +7,7 @@ from collections import defaultdict
 from svctrace.report.model import Report, ReportError, as_report
 from svctrace.join.evidence import MORE_DESTINATIONS
 from svctrace.views.stacks import test_call_sites
+from svctrace.views.wire import how_known
 from svctrace.words import counted
 from svctrace.views.names import where_text
 
@@ -18,6 +19,8 @@ _IGNORED_WHY = {
                      "by listener",
     "noise": "of library and system probes (nscd, uuidd, syslog, D-Bus, netlink, UDP "
              "connects of name lookups: the default noise list and `ignore`)",
+    "suite_listener": "sent to listeners of the traced suite itself whose protocol no "
+                      "client's first bytes told (a helper the tests start: not a service)",
 }
 _RELATED_WHY = {
     "outlived-test": "a process or thread this test started, after the test ended",
@@ -60,7 +63,7 @@ def _connect_text(connects: int, failed: int, errors: dict, first_result: str | 
     return f"{text} {why}" if failed == connects else f"{text} ({failed} failed: {why})"
 
 
-def _destination_lines(ev: dict) -> list[str]:
+def _destination_lines(ev: dict, known: dict | None = None) -> list[str]:
     first = ev.get("first") or {}
     by_dest = ev.get("by_destination")
     if not by_dest:  # a report from before per-destination counts: the labels only
@@ -75,6 +78,9 @@ def _destination_lines(ev: dict) -> list[str]:
         if counts["sends"]:
             parts.append(_count(counts["sends"], "send"))
         lines.append(f"      to {where_text(label, counts)}: {', '.join(parts) or 'seen'}")
+        how = how_known(known, label)  # what its traffic said of it
+        if how:
+            lines.append(f"        {how}")
     more = len(ev.get("destinations", [])) - len(by_dest)
     if more > 0:
         lines.append(f"      … and {_count(more, 'more destination')}")
@@ -103,7 +109,7 @@ def _process_lines(ev: dict) -> list[str]:
 
 
 def _contact_lines(service: str, ev: dict, label: str | None = None,
-                   current: str | None = None) -> list[str]:
+                   current: str | None = None, known: dict | None = None) -> list[str]:
     parts = []
     first = ev.get("first") or {}
     if ev.get("connects") or ev.get("failed_connects"):
@@ -121,7 +127,7 @@ def _contact_lines(service: str, ev: dict, label: str | None = None,
     if ev.get("gaps"):
         where += f" (and between phases: {', '.join(ev['gaps'])})"
     lines = [f"  {label or service}: {' and '.join(parts) or 'seen'}{where}"]
-    lines += _destination_lines(ev)
+    lines += _destination_lines(ev, known)
     lines += _process_lines(ev)
     if first:
         thread = first.get("thread")
@@ -291,8 +297,12 @@ def explain_one(report: Report | dict, nodeid: str) -> str:
     sites = test_call_sites(report, nodeid)  # svctrace run --stacks: first
     if sites:
         lines += ["  where in the code (Python stacks of each first contact):", *sites]
+    known = report.get("destinations")
     for service, ev in data["evidence"].items():
-        lines += _contact_lines(service, ev, current=nodeid)
+        lines += _contact_lines(service, ev, current=nodeid, known=known)
+    if data.get("suite_started"):
+        lines.append(f"  started by the suite itself, not needs (reached only at listeners "
+                     f"of the traced tree): {', '.join(data['suite_started'])}")
     for service, fixtures in data.get("inherited", {}).items():
         how = "also inherited" if service in data["services"] else \
             "inherited, not observed in this test"
@@ -314,7 +324,7 @@ def explain_one(report: Report | dict, nodeid: str) -> str:
     if probes:
         lines.append("  failed probes (attempts that reached nothing; not needs):")
         for name, ev in probes.items():
-            lines += ["  " + line for line in _contact_lines(name, ev)]
+            lines += ["  " + line for line in _contact_lines(name, ev, known=known)]
     rel = data["related"]
     if rel["unattributed"] or rel["fixtures"]:
         lines.append("  traffic involving this test, reported elsewhere:")

@@ -6,6 +6,7 @@ import signal
 from collections import Counter
 
 from svctrace.report.model import Plan, Report, as_plan, as_report
+from svctrace.views.wire import wire_lines
 from svctrace.words import counted, plural
 from svctrace.views.names import internet_lines, service_name_lines
 
@@ -229,6 +230,7 @@ def format_summary(report: Report | dict, path: str | None = None, verbose: bool
     lines += proof_lines(report, verbose, moved)
     lines += service_name_lines(report)
     lines += internet_lines(report, verbose)
+    lines += wire_lines(report, verbose)
     sets = summary["service_sets"]
     if sets:
         lines.append("  tests by needed service set:")
@@ -258,7 +260,7 @@ def format_summary(report: Report | dict, path: str | None = None, verbose: bool
         events = run.events
         if events:
             lines.append("  events: " + ", ".join(f"{k} {v}" for k, v in events.items())
-                         + " (noise and self_loopback are ignored by the rules)")
+                         + " (noise, self_loopback and suite_listener are ignored by the rules)")
         for spot in spots:
             lines.append(f"  blind spot: {spot}")
     elif spots:
