@@ -150,6 +150,7 @@ class TestRecord(Record):
     declared: list[str] = field(default_factory=list)
     baseline: list[str] = field(default_factory=list)
     needs: list[str] = field(default_factory=list)
+    suite_started: list[str] = field(default_factory=list)  # at the suite's own listeners
     failed_probes: dict[str, dict] = field(default_factory=dict)
     denied: list[str] = field(default_factory=list)
     denied_evidence: dict[str, dict] = field(default_factory=dict)
@@ -208,6 +209,7 @@ class Report(Record):
     tests: dict[str, TestRecord] = field(default_factory=dict)
     unattributed: list[dict] = field(default_factory=list)
     fixtures: dict[str, FixtureRecord] = field(default_factory=dict)
+    destinations: dict[str, dict] = field(default_factory=dict)  # what their traffic said
     summary: dict = field(default_factory=dict)
 
     NESTED: ClassVar[dict[str, tuple]] = {

@@ -19,11 +19,13 @@ def service_rows(report: Report | dict) -> list[dict]:
     """Per service: tests that contacted it in their own windows (observed), tests that need
     it, and why the difference (inherited from wider-scoped fixtures, declared)."""
     observed, needed, inherited, declared = Counter(), Counter(), Counter(), Counter()
+    started = Counter()
     for test in as_report(report).tests.values():
         if not test.ran:
             continue
         seen = set(test.services)
         observed.update(seen)
+        started.update(test.suite_started)
         needed.update(test.needs)
         for service in test.needs:
             if service in seen:
@@ -36,7 +38,8 @@ def service_rows(report: Report | dict) -> list[dict]:
     for service in sorted(set(observed) | set(needed), key=lambda s: (-needed[s], -observed[s], s)):
         rows.append({"service": service, "observed": observed[service],
                      "needs": needed[service], "inherited": inherited[service],
-                     "declared": declared[service], "about": SERVICE_WORDS.get(service)})
+                     "declared": declared[service], "about": SERVICE_WORDS.get(service),
+                     "suite_started": started[service]})
     return rows
 
 
@@ -54,6 +57,8 @@ def _service_text(row: dict) -> str:
         why.append(f"{row['inherited']} inherited from wider-scoped fixtures")
     if row["declared"]:
         why.append(f"{row['declared']} declared")
+    if row.get("suite_started"):
+        why.append(f"{row['suite_started']} started by the suite itself")
     if row["observed"] != row["needs"] and not why:
         why.append(f"{row['observed']} observed, some in baseline")
     if why:
