@@ -264,3 +264,31 @@ def test_strace_writes_in_pyproject_reaches_the_backend(tmp_path, config):
         assert test["phases"]["call"] == ["web"] and not writes_blind
     else:
         assert test["phases"]["call"] == [] and writes_blind
+
+
+CLIENTS = """
+import sys, psycopg2, redis
+redis.Redis.from_url(sys.argv[1]).ping()
+psycopg2.connect(sys.argv[2]).close()
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_first_sends_carry_the_bytes_strace_printed(services):
+    """libpq and redis-py through strace: each connection's first send carries what strace
+    printed of it (-s), and the protocols are recognised from it."""
+    from svctrace.join.protocols import recognise
+    backend = StraceBackend()
+    backend.prepare(RunContext(command=[]))
+    dsn = services["pg_dsn"].replace("@127.0.0.1:", "@127.0.0.1:") + "?sslmode=disable"
+    records, output, _ = run_traced(backend, [sys.executable, "-c", CLIENTS,
+                                              services["redis_url"], dsn])
+    assert output.strip() == "done"
+    firsts = {r.dest.port: r.first_bytes for r in records
+              if isinstance(r, Event) and r.kind == "send" and r.first_bytes}
+    assert recognise(firsts[services["redis_port"]]).protocol == "redis"
+    assert recognise(firsts[services["pg_port"]]).source == "a StartupMessage"
+    later = [r for r in records if isinstance(r, Event) and r.kind == "send"
+             and r.dest.port == services["redis_port"] and r.first_bytes is None]
+    assert later, "redis-py's later sends carry no bytes"

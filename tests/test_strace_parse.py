@@ -198,8 +198,9 @@ def test_tcp_connect_send_and_server_reply():
                            tcp("127.0.0.1", 57095), 0, 57095)
     assert out[1] == Event("connect", None, 1795275713338361594, 4983, 4983, "python",
                            tcp("127.0.0.1", 57095), 0, None)
+    # a connection's first send carries the bytes strace printed of it
     assert out[2] == Event("send", None, 1795275713339439174, 4983, 4983, "python",
-                           tcp("127.0.0.1", 57095), 5, 54404)
+                           tcp("127.0.0.1", 57095), 5, 54404, first_bytes=b"hello")
     # the accepted socket replies to the client's ephemeral port, from the listener's port
     assert (out[3].dest, out[3].local_port) == (tcp("127.0.0.1", 54404), 57095)
 
@@ -226,6 +227,8 @@ def test_udp_unconnected_sendto_connected_send_and_sendmsg_msg_name():
     assert basic == [("send", udp("127.0.0.1", 8125), None),
                      ("connect", udp("127.0.0.1", 8126), None),
                      ("send", udp("127.0.0.1", 8126), 35045)]
+    firsts = [e.first_bytes for e in events(parse(BASIC), "send") if e.dest.transport == "udp"]
+    assert all(firsts), "the first datagram to each destination carries its bytes"
     threads = [(e.kind, e.dest) for e in events(parse(THREADS)) if e.dest.transport == "udp"]
     assert threads == [("send", udp("::1", 8125)), ("send", udp("127.0.0.1", 8127))]
 

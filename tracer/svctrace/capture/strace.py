@@ -39,7 +39,8 @@ TRACE_SET = (
 # through write() are rare (OpenSSL's socket BIO, Go): traced only on request.
 WRITES = ("write", "writev")
 # -s also caps how many argv elements strace prints for execve: 128 keeps cmdlines whole
-# while send payload previews stay short.
+# while send payload previews stay short; a connection's first 128 bytes name most
+# protocols (join/protocols.py), every send printing more would cost every send.
 STRING_LIMIT = 128
 NS_TIMESTAMPS = "--absolute-timestamps=format:unix,precision:ns"
 _PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size default: 1 MiB of slack for strace
@@ -123,6 +124,9 @@ class StraceBackend(Backend):
         "EINPROGRESS is not traced (getsockopt(SO_ERROR)), so it shows as 'in progress'",
         "host names (DNS replies, getaddrinfo): not traced, so destinations are named by "
         "address and port and rules by host name never match",
+        "protocols are recognised from the first 128 bytes strace prints of a connection's "
+        "first send (-s): a TLS ClientHello's SNI usually lies beyond them, and OpenSSL "
+        "sends its handshake with writes, traced only with strace_writes",
     )
     WRITES_BLIND_SPOT = (
         "sends made with write()/writev() (OpenSSL's TLS sockets, Go programs): not traced "

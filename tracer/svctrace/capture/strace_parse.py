@@ -6,7 +6,7 @@ import functools
 import re
 import signal as _signal
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from svctrace.events import Destination, Event, ProcessEvent
@@ -112,6 +112,13 @@ def _unquote(body: str) -> str:
         pos = m.end()
     out += body[pos:].encode("utf-8", "surrogateescape")
     return out.decode("utf-8", "surrogateescape")
+
+
+def _first_bytes(args: str) -> bytes | None:
+    """The payload strace printed (its first STRING_LIMIT bytes; sendmsg: the first
+    iov_base) as bytes."""
+    m = _STR.search(args)
+    return _unquote(m[1]).encode("utf-8", "surrogateescape") if m else None
 
 
 def _signal_status(name: str) -> int | None:
@@ -260,6 +267,9 @@ class StraceParser:
         # Socket inode -> connect destination: joins unix sends across dup, fork,
         # SCM_RIGHTS and exec without trusting a possibly stale fd table. Bounded (LRU).
         self._peer_by_inode: OrderedDict[int, Destination] = OrderedDict()
+        # (tgid, local port, destination) of inet connections that sent already: only a
+        # connection's first send carries its bytes (protocol recognition)
+        self._sent: set[tuple] = set()
         self._max_orphan_lines = max_orphan_lines
         self._max_inodes = max_inodes
         self._handlers: dict[str, Callable[[int, int, str, str], list[Record]]] = {
@@ -602,7 +612,20 @@ class StraceParser:
             if sock is None or sock.family not in ("unix",):
                 self.stats.unresolved_sends += 1
             return []
-        return [self._event("send", tid, ts, dest, value, local_port)]
+        event = self._event("send", tid, ts, dest, value, local_port)
+        # (an unconnected datagram socket may show no local port: its first datagram to
+        # each destination counts)
+        if value > 0 and dest.family in ("inet", "inet6") \
+                and (local_port or dest.transport == "udp"):
+            key = (event.pid, local_port, dest)
+            if key not in self._sent:
+                if len(self._sent) >= 65536:
+                    self._sent.clear()  # bounded: at worst a later send is taken as first
+                self._sent.add(key)
+                first = _first_bytes(args)
+                if first:
+                    event = replace(event, first_bytes=first)
+        return [event]
 
     def _send_dest(self, args: str, sock: _Sock | None,
                    entry: _Fd | None) -> tuple[Destination | None, int | None]:
