@@ -101,7 +101,7 @@ def test_long(x):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((pytester.path / "r.json").read_text())
     nodeid = f"test_long.py::test_long[{'x' * 6000}]"
-    assert report["tests"][nodeid]["services"] == ["tcp:127.0.0.1:9"]
+    assert list(report["tests"][nodeid]["failed_probes"]) == ["127.0.0.1:9"]
 
 
 def test_patch_never_changes_behaviour_or_raises_from_tracing():

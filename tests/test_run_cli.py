@@ -98,7 +98,7 @@ def test_sigint_is_forwarded_and_the_report_keeps_what_was_traced(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, out + err  # pytest's own "interrupted" status, passed through
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["tests"]["test_slow.py::test_first"]["services"] == ["tcp:127.0.0.1:9"]
+    assert list(report["tests"]["test_slow.py::test_first"]["failed_probes"]) == ["127.0.0.1:9"]
     assert report["tests"]["test_slow.py::test_slow"]["outcome"] in ("interrupted", "failed",
                                                                      "error")
     assert any("SIGINT" in note for note in report["run"]["notes"])
@@ -113,7 +113,7 @@ def test_crashed_pytest_still_leaves_a_report(tmp_path):
                     "-p", "no:cacheprovider", "test_crash.py", cwd=tmp_path)
     assert proc.returncode == 128 + signal.SIGKILL
     report = json.loads((tmp_path / "svctrace-report.json").read_text())
-    assert report["tests"]["test_crash.py::test_a"]["services"] == ["tcp:127.0.0.1:9"]
+    assert list(report["tests"]["test_crash.py::test_a"]["failed_probes"]) == ["127.0.0.1:9"]
     assert report["tests"]["test_crash.py::test_b"]["outcome"] == "interrupted"
 
 
@@ -195,7 +195,7 @@ def test_auto_falls_back_to_strace_without_bpf_capabilities_and_says_why(tmp_pat
     assert "backend auto: using strace" in proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["run"]["backend"] == "strace"
-    assert report["tests"]["test_x.py::test_x"]["services"] == ["tcp:127.0.0.1:9"]
+    assert list(report["tests"]["test_x.py::test_x"]["failed_probes"]) == ["127.0.0.1:9"]
 
 
 @pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv"),
@@ -273,7 +273,7 @@ def test_ctrl_c_at_a_terminal_interrupts_pytest_once_and_leaves_a_report(tmp_pat
     text = output.decode(errors="replace")
     assert "KeyboardInterrupt" in text
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["tests"]["test_slow.py::test_first"]["services"] == ["tcp:127.0.0.1:9"]
+    assert list(report["tests"]["test_slow.py::test_first"]["failed_probes"]) == ["127.0.0.1:9"]
     assert report["tests"]["test_slow.py::test_slow"]["outcome"] in ("interrupted", "failed")
     assert not any("SIGINT" in note for note in report["run"]["notes"])  # not sent to svctrace
 

@@ -27,6 +27,8 @@ BLIND_SPOTS = (
     "subprocesses that are not Python processes running this plugin",
     "host names resolved outside Python's socket.getaddrinfo (libpq, librdkafka, DNS "
     "libraries): their destinations are named by address",
+    "TLS handshakes (OpenSSL sends the ClientHello itself): a TLS connection's protocol "
+    "and host are recognised from the plaintext it sends (an HTTP request's Host), not SNI",
 )
 
 _REAL = {name: getattr(socket.socket, name) for name in
@@ -38,6 +40,10 @@ _state: dict = {"sink": None, "errors": 0, "stacks": None, "stacked": set()}
 _MAX_FRAMES = 40
 _peers: "weakref.WeakKeyDictionary[socket.socket, tuple]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+# Destinations each socket has sent to: only a first send carries its bytes. A TLS socket's
+# are its plaintext (the handshake happens inside OpenSSL): an HTTP request's Host names it.
+_sent: "weakref.WeakKeyDictionary[socket.socket, set]" = weakref.WeakKeyDictionary()
+FIRST_BYTES = 256  # as the eBPF backend keeps (bpf/svctrace.h SVCT_DATA_LEN)
 
 
 def _transport(sock: socket.socket) -> str:
@@ -82,14 +88,34 @@ def _peer(sock: socket.socket) -> tuple:
     return dest, local
 
 
+def _first(sock: socket.socket, dest: Destination | None, data) -> bytes | None:
+    """The first FIRST_BYTES of data when it is sock's first send to dest (an inet
+    destination), for protocol recognition; else None."""
+    if dest is None or dest.family not in ("inet", "inet6"):
+        return None
+    sent = _sent.get(sock)
+    if sent is None:
+        try:
+            sent = _sent[sock] = set()
+        except TypeError:
+            return None
+    if dest in sent or len(sent) >= 64:
+        return None
+    sent.add(dest)
+    try:
+        return bytes(memoryview(data).cast("B")[:FIRST_BYTES])
+    except (TypeError, ValueError):
+        return None
+
+
 def _emit(kind: str, dest: Destination | None, result: int, local: int | None,
-          started: int) -> None:
+          started: int, first: bytes | None = None) -> None:
     sink = _state["sink"]
     if sink is None or dest is None:
         return
     tid = threading.get_native_id()
     sink(Event(kind, started, time.time_ns(), os.getpid(), tid,
-               threading.current_thread().name, dest, result, local))
+               threading.current_thread().name, dest, result, local, first_bytes=first))
     stack_sink = _state["stacks"]
     if stack_sink is not None and (tid, dest) not in _state["stacked"]:
         # --stacks: taken inside the call itself, so exact; once per thread and
@@ -185,7 +211,8 @@ def _sender(name: str, real: Callable):
         # sendall returns None on success: it sent everything it was given.
         _guard(lambda: _emit("send", _peer(self)[0],
                              result if isinstance(result, int) else _nbytes(args),
-                             _peer(self)[1], started))
+                             _peer(self)[1], started,
+                             _first(self, _peer(self)[0], args[0]) if args else None))
         return result
     send.__name__ = name
     return send
@@ -195,7 +222,8 @@ def _sendto(self, data, *args):
     started = time.monotonic_ns()
     result = _REAL["sendto"](self, data, *args)
     address = args[-1] if args else None
-    _guard(lambda: _emit("send", _destination(self, address), result, _peer(self)[1], started))
+    _guard(lambda: _emit("send", _destination(self, address), result, _peer(self)[1], started,
+                         _first(self, _destination(self, address), data)))
     return result
 
 
@@ -206,7 +234,9 @@ def _sendmsg(self, buffers, ancdata=(), flags=0, address=None):
     else:
         result = _REAL["sendmsg"](self, buffers, ancdata, flags, address)
     dest = _destination(self, address) if address is not None else _peer(self)[0]
-    _guard(lambda: _emit("send", dest, result, _peer(self)[1], started))
+    _guard(lambda: _emit("send", dest, result, _peer(self)[1], started,
+                         _first(self, dest, buffers[0])
+                         if isinstance(buffers, (list, tuple)) and buffers else None))
     return result
 
 

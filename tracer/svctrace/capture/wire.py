@@ -34,6 +34,7 @@ _TUPLES = {cls: tuple(i for i, name in enumerate(_FIELDS[cls])
 _DEST_INDEX = _FIELDS[Event].index("dest")
 _LOOKUP_SERVER = _FIELDS[Lookup].index("server")
 _LOOKUP_PAYLOAD = _FIELDS[Lookup].index("payload")
+_FIRST_INDEX = _FIELDS[Event].index("first_bytes")  # bytes: base64 text on the wire
 _CHUNK_DATA = 2900  # raw bytes per chunk: base64 makes 3868, plus the envelope < PIPE_BUF
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 # json's C scanner itself: json.loads adds two whitespace regex matches per line
@@ -55,6 +56,8 @@ def _values(record) -> list:
     if type(record) is Event:
         dest = record.dest
         values[_DEST_INDEX + 1] = [dest.family, dest.transport, dest.address, dest.port]
+        if record.first_bytes is not None:
+            values[_FIRST_INDEX + 1] = base64.b64encode(record.first_bytes).decode()
     elif type(record) is Lookup:  # in-process getaddrinfo: a name and addresses, no bytes
         values[_LOOKUP_SERVER + 1], values[_LOOKUP_PAYLOAD + 1] = None, ""
     return values
@@ -112,6 +115,11 @@ def _record(values: list):
     args = values[1:]
     if cls is Event:
         args[_DEST_INDEX] = Destination(*args[_DEST_INDEX])
+        if len(args) > _FIRST_INDEX and args[_FIRST_INDEX] is not None:
+            try:
+                args[_FIRST_INDEX] = base64.b64decode(args[_FIRST_INDEX], validate=True)
+            except (TypeError, ValueError):
+                raise ProtocolError("an event's first bytes are not base64") from None
     elif cls is FixtureWindows:
         args[2] = tuple(map(tuple, args[2]))
     elif cls is Lookup:
