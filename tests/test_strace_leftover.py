@@ -144,9 +144,10 @@ def test_pytest_run_with_leftover_process_reports_its_test(tmp_path):
         assert took < 30, f"took {took:.1f} s"
         assert report["run"]["exit_code"] == 0
         test = report["tests"]["test_x.py::test_leaves_a_process_behind"]
-        # refused where nothing names it: a failed probe, in the call
-        assert list(test["failed_probes"]) == ["127.0.0.1:9"], test
-        assert test["failed_probes"]["127.0.0.1:9"]["phases"] == ["call"]
+        # a connect with a timeout returns EINPROGRESS; strace does not see its later
+        # refusal (a blind spot), so it stays a contact rather than a failed probe
+        assert test["services"] == ["tcp:127.0.0.1:9"], test
+        assert test["phases"]["call"] == ["tcp:127.0.0.1:9"]
         stats = report["run"]["backend_stats"]
         assert stats["leftover_processes_detached"] is True
         left = processes_with_cmdline(sleeper)
