@@ -5,8 +5,10 @@ import ctypes
 import json
 import os
 import platform
+import re
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -16,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from svctrace.capture.base import RunContext
-from svctrace.capture.ebpf import (_EVENT, FIRST_BYTES_SYSCALLS, EbpfBackend, decode,
-                                   diagnose)
+from svctrace.capture.ebpf import (_EVENT, _FIRST_SIZE, FIRST_BYTES_SYSCALLS, EbpfBackend,
+                                   decode, diagnose)
 from svctrace.events import Destination, Event, ProcessEvent
 from tests.support.backends import needs_backend
 
@@ -503,3 +505,16 @@ def test_first_send_carries_its_first_bytes_for_every_send_syscall(tmp_path: Pat
                              b"writev-first", big[:256], b"stats.one:1|c"])
     # the later sends on each socket were sent and carry nothing
     assert sum(r.count for r in sends if r.first_bytes is None) >= 6
+
+
+def test_first_send_record_matches_the_header() -> None:
+    """struct svct_first = svct_event, data_len, pad, data[SVCT_DATA_LEN]: the size user
+    space accepts follows bpf/svctrace.h, and a record decodes to its bytes exactly."""
+    header = (Path(__file__).resolve().parents[1] / "bpf" / "svctrace.h").read_text()
+    data_len = int(re.search(r"#define SVCT_DATA_LEN (\d+)", header)[1])
+    assert "sizeof == 424" in header and _FIRST_SIZE == _EVENT.size + 8 + data_len == 424
+    head = _record(2, 2, 1, bytes([127, 0, 0, 1]), dport=6379)
+    raw = head + struct.pack("<II", 6, 0) + b"PING\r\n".ljust(data_len, b"\0")
+    event = decode(raw)
+    assert event.kind == "send" and event.dest.port == 6379
+    assert event.first_bytes == b"PING\r\n"

@@ -410,7 +410,9 @@ class EbpfBackend(Backend):
         "protocols are recognised from the first 256 bytes of a socket's first send "
         "(its first iovec for sendmsg/writev); sends through io_uring, sendfile or "
         "splice carry no bytes",
-    )
+    ) + (() if platform.machine() in FIRST_BYTES_SYSCALLS else (
+        f"no protocol is recognised on {platform.machine()}: the first bytes of a send are "
+        "read through x86_64's syscall registers only",))
 
     def __init__(self) -> None:
         self._bpf = None
