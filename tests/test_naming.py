@@ -176,3 +176,17 @@ def test_explain_summary_and_html_say_how_a_destination_is_known():
     assert "started by the suite itself (its own listeners; not needs): kafka in 1 tests" \
         in summary
     assert "recognised from a RESP command (HELLO)" in build_page(report)
+
+
+def test_merge_unions_destinations_and_suite_started():
+    from svctrace.report.merge import merge_reports
+    _, one = services_of(contact(1021, tcp("127.0.0.1", 16379), RESP))
+    _, two = services_of(_listen(1005, 300, 40135)
+                         + contact(1021, tcp("127.0.0.1", 40135), KAFKA))
+    merged = merge_reports([one, two])
+    assert sorted(merged["destinations"]) == ["tcp:127.0.0.1:16379", "tcp:127.0.0.1:40135"]
+    assert merged["destinations"]["tcp:127.0.0.1:40135"]["suite_listener"] is True
+    test = merged["tests"]["t.py::a"]
+    assert test["services"] == ["kafka", "redis"] and test["suite_started"] == ["kafka"]
+    assert test["needs"] == ["redis"]
+    assert merge_reports([merged, one]) == merge_reports([one, two])
