@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import e2e
-from tests.support.backends import needs_backend
+from tests.support.backends import backend_marks, needs_backend
 
 SUITE = Path(__file__).resolve().parent / "suites" / "protocols"
 TLS_SERVER = """
@@ -167,3 +167,42 @@ def test_ebpf_names_destinations_from_their_traffic(tmp_path, servers):
     summary = subprocess.run([*e2e.SVCTRACE, "summary", "-v", str(suite / "report.json")],
                              capture_output=True, text=True, check=True).stdout
     assert f"redis at 127.0.0.1:{servers['WIRE_REDIS_PORT']}, recognised from a RESP" in summary
+
+
+def _services(report: dict) -> dict[str, list[str]]:
+    return {n.split("::")[1]: t["services"] for n, t in report["tests"].items()}
+
+
+@pytest.mark.parametrize("backend", [
+    pytest.param("strace", marks=backend_marks("strace")), "inprocess"])
+def test_other_backends_name_what_they_see(tmp_path, servers, backend):
+    """strace reads the bytes it prints of a first send (not OpenSSL's handshake writes);
+    in-process reads Python's sends (not libpq's nor librdkafka's, and a TLS socket's
+    plaintext) and sees no listener of a non-Python subprocess."""
+    suite = tmp_path / "suite"
+    shutil.copytree(SUITE, suite, ignore=shutil.ignore_patterns("__pycache__"))
+    (suite / "pyproject.toml").write_text("[tool.svctrace]\n")
+    report, proc = e2e.run_svctrace(backend, suite, servers)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    http, tls = servers["WIRE_HTTP_PORT"], servers["WIRE_TLS_PORT"]
+    got = _services(report)
+    helper = got.pop("test_a_helper_the_suite_starts_is_no_service")
+    common = {"test_redis_on_its_own_port": ["redis"],
+              "test_http_by_host": [f"billing.internal:{http}"],
+              "test_http_mock_on_9000": ["http:127.0.0.2:9000"],
+              "test_redis_the_suite_starts_itself": ["redis"],
+              "test_probe_of_a_closed_port": []}
+    if backend == "strace":
+        assert got == {**common, "test_postgres_on_its_own_port": ["postgres"],
+                       "test_kafka_on_its_own_port": ["kafka"],
+                       "test_tls_by_sni": [f"tcp:127.0.0.1:{tls}"]}  # writes: not traced
+        assert helper == []
+        own = report["tests"]["test_wire.py::test_redis_the_suite_starts_itself"]
+        assert own["suite_started"] == ["redis"] and own["needs"] == []
+    else:
+        assert got == {**common, "test_postgres_on_its_own_port": [],
+                       "test_kafka_on_its_own_port": [],
+                       "test_tls_by_sni": ["api.example.test"]}  # its plaintext's Host
+        # the helper's listen is not seen (a subprocess without the plugin): an address
+        assert len(helper) == 1 and helper[0].startswith("tcp:127.0.0.1:")
+    assert any("protocol" in spot or "TLS" in spot for spot in report["run"]["blind_spots"])

@@ -409,7 +409,7 @@ class Attributor:
             self.counts["self_loopback"] += 1
             self._ignored(ev, "self_loopback")
             return
-        if self._suite_listener_unrecognised(ev):
+        if self.map.wire.listening and self._suite_listener_unrecognised(ev):
             self.counts["suite_listener"] = self.counts.get("suite_listener", 0) + 1
             self._ignored(ev, "suite_listener")
             return

@@ -89,6 +89,11 @@ class Wire:
                 bound[dest.address] = pid
                 self.version += 1
 
+    @property
+    def listening(self) -> bool:
+        """Whether any process of the tree listens (most runs: none, and no check)."""
+        return bool(self._listeners)
+
     def listener(self, dest: Destination) -> int | None:
         """The pid of the traced process listening where dest points, if any: the same
         address, or any loopback address when it listens on all of them."""

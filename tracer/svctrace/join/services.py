@@ -313,10 +313,10 @@ class ServiceMap:
         return self._user_rules
 
     def _sync(self) -> None:
-        if self._wire_version != self.wire.version:
-            self._wire_version = self.wire.version
-            self._cache.clear()
-            self._verdicts.clear()
+        """The wire learned something that may rename a destination: forget the names."""
+        self._wire_version = self.wire.version
+        self._cache.clear()
+        self._verdicts.clear()
 
     def classify(self, dest: Destination, names: tuple[str, ...] = ()) -> str | None:
         """Service name, the destination's label when no rule matches, None for noise.
@@ -326,7 +326,8 @@ class ServiceMap:
         destination known by exactly one is labelled by it); the label."""
         if names:
             return self._classify_named(dest, names)
-        self._sync()
+        if self._wire_version != self.wire.version:
+            self._sync()
         if dest in self._cache:
             return self._cache[dest]
         result: str | None = None
@@ -390,9 +391,10 @@ class ServiceMap:
         """The contact rule (README "Attribution rules") for a connect, connect_result or
         send with this result: contact, probe or noise, and under which name (names: the
         host names observed for dest, see classify)."""
+        if self._wire_version != self.wire.version:
+            self._sync()
         # a send's byte count does not matter
         key = (kind, dest, result if result < 0 else 0, names)
-        self._sync()
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = self._judge(kind, canonical(dest), result, names)
