@@ -1136,7 +1136,7 @@ static __always_inline int submit_first(const struct svct_event *e)
 	struct svct_first *f = events.ringbuf_reserve(sizeof(struct svct_first));
 
 	if (!f) {
-		count(CNT_LOST);
+		count(CNT_LOST_EVENTS);
 		return 0;
 	}
 	__builtin_memcpy(&f->e, e, sizeof(*e));

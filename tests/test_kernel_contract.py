@@ -26,6 +26,15 @@ def test_svct_event_matches_the_decoders_struct_format():
     assert ebpf._EVENT.size == event.size
 
 
+def test_svct_first_matches_the_decoders_struct_format():
+    header = _header("svctrace.h")
+    first = header.structs["svct_first"]
+    assert first.padding() == 0
+    assert cheader.format_items(ebpf._FIRST.format) == cheader.expected_items(first)
+    assert first.field("e").size == ebpf._EVENT.size
+    assert first.field("data").size == header.defines["SVCT_DATA_LEN"]
+
+
 def test_every_kind_transport_and_counter_of_svctrace_h_is_mirrored():
     header = _header("svctrace.h")
     kinds = {name[len("SVCT_"):].lower(): value

@@ -27,8 +27,8 @@ from svctrace.events import Destination, Event, Freeze, Lookup, ProcessEvent
 # enum svct_proto and enum svct_counter.
 _EVENT = struct.Struct("<QIIIi16sHHBBBB108sI")
 # struct svct_first: a socket's first send (svct_event), data_len, pad, data[SVCT_DATA_LEN].
-_FIRST_TAIL = struct.Struct("<II256s")
-_FIRST_SIZE = _EVENT.size + _FIRST_TAIL.size
+_FIRST = struct.Struct(f"<{_EVENT.size}sII256s")
+_FIRST_SIZE = _FIRST.size
 _KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
           7: "connect_result", 8: "thread", 9: "freeze", 10: "dns_reply", 11: "nss_result"}
 # struct svct_dns: a struct svct_event head, len, stream, padding, SVCT_DNS_MAX bytes.
@@ -314,9 +314,8 @@ def libc_of(pid: int) -> str | None:
 def decode(raw: bytes) -> Event | ProcessEvent | Freeze:
     """One ring buffer record -> Event / ProcessEvent. Noise is the core's to judge."""
     if len(raw) == _FIRST_SIZE:  # a first send: its record, then its first bytes
-        event = decode(raw[:_EVENT.size])
-        size, _pad, data = _FIRST_TAIL.unpack_from(raw, _EVENT.size)
-        return dataclasses.replace(event, first_bytes=data[:min(size, len(data))])
+        head, size, _pad, data = _FIRST.unpack(raw)
+        return dataclasses.replace(decode(head), first_bytes=data[:min(size, len(data))])
     (ts, pid, tid, ppid, result, comm, dport, lport, kind, family, proto, addr_len, addr,
      count) = _EVENT.unpack(raw)
     name = _KINDS.get(kind, "?")
