@@ -190,3 +190,20 @@ def test_merge_unions_destinations_and_suite_started():
     assert test["services"] == ["kafka", "redis"] and test["suite_started"] == ["kafka"]
     assert test["needs"] == ["redis"]
     assert merge_reports([merged, one]) == merge_reports([one, two])
+
+
+def test_a_nonblocking_connect_refused_later_is_one_failed_probe():
+    """eBPF reports EINPROGRESS, then the refusal: the connect takes the refusal, so an
+    unnamed destination is a failed probe only, and a named one a failed contact."""
+    def refused(ts, dest):
+        return [Event("connect", ts, None, 100, 100, "python", dest, -errno.EINPROGRESS),
+                Event("connect_result", ts, None, 100, 100, "python", dest,
+                      -errno.ECONNREFUSED)]
+    test, report = services_of(refused(1021, tcp("127.0.0.1", 41234))
+                               + refused(1023, tcp("127.0.0.1", 5432)))
+    assert test["services"] == ["postgres"] and list(test["failed_probes"]) == [
+        "127.0.0.1:41234"]
+    pg = test["evidence"]["postgres"]
+    assert (pg["connects"], pg["failed_connects"], pg["first"]["result"]) == (1, 1, "refused")
+    probe = test["failed_probes"]["127.0.0.1:41234"]
+    assert (probe["connects"], probe["failed_connects"]) == (1, 1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import errno
 import ipaddress
 from dataclasses import dataclass, field, replace
 
@@ -161,6 +162,8 @@ class Attributor:
                 self.listeners.setdefault(ev.pid, set()).add(ev.dest.port)
                 self.map.wire.listen(ev.dest, ev.pid)
             return
+        if ev.kind == "connect_result" and self._settle(ev):
+            return
         self.counts["events"] += 1
         if ev.first_bytes:
             # Learned on arrival, before the connects to the same destination (which
@@ -174,6 +177,19 @@ class Attributor:
         # Not queued: a lookup precedes the contacts it names, which wait in `pending`.
         ts = self._ts(lookup) or 0
         self.names.add(lookup, ts, self._owner(lookup.pid, ts)[0])
+
+    def _settle(self, late: Event) -> bool:
+        """A non-blocking connect's later failure, while the connect still waits in
+        `pending`: the connect takes its result, so it is judged as the refusal it was (a
+        refused connect that nothing names is a failed probe, not a contact and a probe)."""
+        ts, pending = self._ts(late), self.pending
+        for back in range(1, min(len(pending), 512) + 1):
+            ev = pending[-back]
+            if ev.kind == "connect" and ev.tid == late.tid and self._ts(ev) == ts \
+                    and ev.dest == late.dest and ev.result == -errno.EINPROGRESS:
+                pending[-back] = replace(ev, result=late.result)
+                return True
+        return False
 
     def _add_process(self, pe: ProcessEvent) -> None:
         ts = self._ts(pe)
