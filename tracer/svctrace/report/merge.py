@@ -240,7 +240,7 @@ def merge_reports(reports: list[Report | dict], allow_mixed: bool = False) -> di
             fixtures[fid] = _combine(fixtures.get(fid, fixture), fixture)
     destinations: dict[str, dict] = {}  # what each run's wire said of each destination
     for report in reports:
-        for label, entry in report.get("destinations", {}).items():
+        for label, entry in report.destinations.items():
             destinations[label] = _combine(destinations.get(label, entry), entry)
     blind_spots: set[str] = set()
     baseline: set[str] = set()

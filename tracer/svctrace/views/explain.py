@@ -297,7 +297,7 @@ def explain_one(report: Report | dict, nodeid: str) -> str:
     sites = test_call_sites(report, nodeid)  # svctrace run --stacks: first
     if sites:
         lines += ["  where in the code (Python stacks of each first contact):", *sites]
-    known = report.get("destinations")
+    known = report.destinations
     for service, ev in data["evidence"].items():
         lines += _contact_lines(service, ev, current=nodeid, known=known)
     if data.get("suite_started"):

@@ -1,6 +1,8 @@
 """How svctrace knows what a destination is, in words, from report["destinations"] (pure)."""
 from __future__ import annotations
 
+from svctrace.report.model import Report, as_report
+
 
 def _where(label: str) -> str:
     """"tcp:127.0.0.1:16379" -> "127.0.0.1:16379"."""
@@ -31,10 +33,11 @@ def how_known(destinations: dict | None, label: str) -> str | None:
 WIRE_SHOWN = 4  # destinations the short summary names
 
 
-def wire_lines(report: dict, verbose: bool = False) -> list[str]:
+def wire_lines(report: Report | dict, verbose: bool = False) -> list[str]:
     """Summary lines: destinations named from their own traffic, and services the suite
     started itself."""
-    destinations = report.get("destinations") or {}
+    report = as_report(report)
+    destinations = report.destinations
     lines = []
     if destinations:
         texts = [how_known(destinations, label) for label in destinations]
@@ -43,8 +46,8 @@ def wire_lines(report: dict, verbose: bool = False) -> list[str]:
         lines.append("  named from their traffic: " + "; ".join(shown)
                      + (f"; {more} more (-v, or the report's 'destinations')" if more else ""))
     started: dict[str, int] = {}
-    for test in report.get("tests", {}).values():
-        for service in test.get("suite_started", []):
+    for test in report.tests.values():
+        for service in test.suite_started:
             started[service] = started.get(service, 0) + 1
     if started:
         lines.append("  started by the suite itself (its own listeners; not needs): "
