@@ -207,3 +207,12 @@ def test_a_nonblocking_connect_refused_later_is_one_failed_probe():
     assert (pg["connects"], pg["failed_connects"], pg["first"]["result"]) == (1, 1, "refused")
     probe = test["failed_probes"]["127.0.0.1:41234"]
     assert (probe["connects"], probe["failed_connects"]) == (1, 1)
+
+
+def test_a_refused_connect_known_only_as_localhost_is_a_failed_probe():
+    from svctrace.join.services import PROBE, ServiceMap
+    smap, dest = ServiceMap(), tcp("127.0.0.1", 41234)
+    verdict = smap.judge("connect", dest, -errno.ECONNREFUSED, ("localhost",))
+    assert verdict.what == PROBE
+    named = smap.judge("connect", dest, -errno.ECONNREFUSED, ("mystery.ci",))
+    assert (named.what, named.name) == ("contact", "tcp:mystery.ci:41234")

@@ -225,6 +225,9 @@ def environment_noise(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 
 CONTACT, PROBE, NOISE = "contact", "probe", "noise"
+# Names of the loopback address itself (/etc/hosts): they name no service
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost",
+                             "ip6-loopback"})
 DENIED = "denied"  # the guard refused it: the test tried a service, so it needs it
 # Failed before anything left this machine: no route, no such local address, or refused by
 # local policy (firewall, cgroup). Nothing was reached, whatever the transport.
@@ -431,10 +434,12 @@ class ServiceMap:
             # candidate addresses), and a TCP connect that succeeded is never "other".
             return _NOISE
         name = self.classify(dest, names)
-        if name == dest.label() and result == -errno.ECONNREFUSED \
-                and kind in ("connect", "connect_result"):
+        unnamed = name == dest.label() or (
+            names and set(names) <= _LOOPBACK_NAMES and name == named_label(dest, names[0]))
+        if unnamed and result == -errno.ECONNREFUSED and kind in ("connect", "connect_result"):
             # Refused, and nothing (rule, name, protocol) says what it was: port 0, or a
-            # closed port a test probes on purpose. No tier could start it.
+            # closed port a test probes on purpose. No tier could start it. ("localhost"
+            # names every loopback port: it identifies nothing.)
             return self._probe(dest)
         return _NOISE if name is None else Verdict(CONTACT, name, dest.label())
 
