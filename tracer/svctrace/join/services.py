@@ -103,15 +103,20 @@ class Rule:
         width = self.ports[1] - self.ports[0] if self.ports else 0
         return (self.ports is not None, prefix, -width, self.transport is not None)
 
+    def _transport_and_port_match(self, dest: Destination) -> bool:
+        # A backend that could not tell the transport ("other") matches either: only probes
+        # keep such a destination (the contact rule settles it for contacts).
+        if self.transport and dest.transport in ("tcp", "udp") \
+                and dest.transport != self.transport:
+            return False
+        return not self.ports or (dest.port is not None
+                                  and self.ports[0] <= dest.port <= self.ports[1])
+
     def matches_name(self, dest: Destination, names: tuple[str, ...]) -> bool:
         """A host rule: one of the names observed for dest matches (and its port)."""
         if self.host_glob is None or not names or dest.family not in ("inet", "inet6"):
             return False
-        if self.transport and dest.transport in ("tcp", "udp") \
-                and dest.transport != self.transport:
-            return False
-        if self.ports and not (dest.port is not None
-                               and self.ports[0] <= dest.port <= self.ports[1]):
+        if not self._transport_and_port_match(dest):
             return False
         return any(fnmatch.fnmatchcase(name, self.host_glob) for name in names)
 
@@ -122,13 +127,7 @@ class Rule:
             return dest.family == "unix" and fnmatch.fnmatchcase(dest.address, self.unix_glob)
         if dest.family not in ("inet", "inet6"):
             return False
-        # A backend that could not tell the transport ("other") matches either: only probes
-        # keep such a destination (the contact rule settles it for contacts).
-        if self.transport and dest.transport in ("tcp", "udp") \
-                and dest.transport != self.transport:
-            return False
-        if self.ports and not (dest.port is not None
-                               and self.ports[0] <= dest.port <= self.ports[1]):
+        if not self._transport_and_port_match(dest):
             return False
         if self.network is not None:
             try:
