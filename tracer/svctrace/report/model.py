@@ -256,13 +256,18 @@ def _lenient(data: Any, schema: str) -> Any:
         else data
 
 
-def as_report(report: Report | Mapping) -> Report:
-    """The model of a report given as a model or as its JSON object (in memory: only its
+def _as(kind: type[Record], data: Any, schema: str, what: str, error: type[SvctraceError]):
+    """The model of `data` given as a model or as its JSON object (in memory: only its
     schema is checked, the keys a caller did not give take their defaults)."""
-    if isinstance(report, Report):
-        return report
-    check_schema(_lenient(report, REPORT_SCHEMA), REPORT_SCHEMA, "report", ReportError)
-    return Record.from_dict.__func__(Report, report)
+    if isinstance(data, kind):
+        return data
+    check_schema(_lenient(data, schema), schema, what, error)
+    return Record.from_dict.__func__(kind, data)
+
+
+def as_report(report: Report | Mapping) -> Report:
+    """The model of a report given as a model or as its JSON object."""
+    return _as(Report, report, REPORT_SCHEMA, "report", ReportError)
 
 
 # -- the plan (svctrace-plan/1) ----------------------------------------------------------
@@ -339,9 +344,5 @@ class Plan(Record):
 
 
 def as_plan(plan: Plan | Mapping) -> Plan:
-    """The model of a plan given as a model or as its JSON object (in memory: only its
-    schema is checked, the keys a caller did not give take their defaults)."""
-    if isinstance(plan, Plan):
-        return plan
-    check_schema(_lenient(plan, PLAN_SCHEMA), PLAN_SCHEMA, "plan", PlanError)
-    return Record.from_dict.__func__(Plan, plan)
+    """The model of a plan given as a model or as its JSON object."""
+    return _as(Plan, plan, PLAN_SCHEMA, "plan", PlanError)
