@@ -158,7 +158,8 @@ class Bench:
         self.services: dict = {}
         self.skipped: dict[str, str] = {}
         self.results: dict = {"schema": SCHEMA, "micro": {}, "suites": {}, "fixed_cost": {},
-                              "capacity": None, "memory": None, "errors": []}
+                              "capacity": None, "memory": None, "memory_busy": None,
+                              "errors": []}
         self.runs = 0
 
     # -- infrastructure ------------------------------------------------------------------
@@ -500,16 +501,27 @@ class Bench:
             self.log(f"compiling sender.c failed, using the Python sender: {done.stderr[:200]}")
         return [sys.executable, str(W.SENDER_PY)], "Python (no C compiler: sender-limited)"
 
-    def capacity(self, receiver_port: int, sender: list[str], kind: str) -> None:
+    def acceptor(self, sender: list[str], stack: contextlib.ExitStack) -> int:
+        """The storm's TCP listener: an untraced process outside every traced tree (its
+        own listeners are not services), stopped with the stack. Its port."""
+        proc = subprocess.Popen(sender + ["127.0.0.1", "0", "1", "0", "0", "accept"],
+                                stdout=subprocess.PIPE, text=True)
+        stack.callback(proc.wait)
+        stack.callback(proc.kill)
+        return int(proc.stdout.readline())
+
+    def capacity(self, receiver_port: int, sender: list[str], kind: str,
+                 stack: contextlib.ExitStack) -> None:
         pyproject = self.pyproject("capacity")
         cwd = pyproject.parent
         step_s = self.sizes["step_s"]
         ladders = W.QUICK_LADDER if self.args.quick else W.LADDER
         out = {"sender": kind, "procs": 2, "step_s": step_s,
                "ringbuf_bytes": self.args.ringbuf_pages * 4096, "modes": {}}
-        for mode in ("folded", "unfolded"):
-            arg = "unfold" if mode == "unfolded" else "fold"
-            cmd = lambda rate: sender + ["127.0.0.1", str(receiver_port), "2", str(rate),
+        for mode in W.CAPACITY_MODES:
+            arg = W.CAPACITY_MODES[mode]
+            port = self.acceptor(sender, stack) if mode == "storm" else receiver_port
+            cmd = lambda rate: sender + ["127.0.0.1", str(port), "2", str(rate),
                                          str(step_s), arg]
             base = self.run(UNTRACED, cmd(0), cwd, f"capacity-{mode}", pyproject)
             sent = _last_json(base.stderr_tail)
@@ -522,10 +534,8 @@ class Bench:
                     break
                 got = _last_json(res.stderr_tail)
                 rep = res.report or {}
-                seen = sum(c.get("sends", 0) for e in rep.get("unattributed", [])
-                           for c in (e.get("evidence") or {}).values())
-                seen += sum(c.get("sends", 0) for t in rep.get("tests", {}).values()
-                            for c in (t.get("evidence") or {}).values())
+                seen = _evidence_total(rep, "sends")
+                connects = _evidence_total(rep, "connects")
                 lost = int(rep.get("run", {}).get("lost_events", 0))
                 recs = measure.records(rep)
                 step = {"target_per_s": rate or "max", "sent": got["sends"],
@@ -535,7 +545,11 @@ class Bench:
                         "records_per_s": recs / got["seconds"] if got["seconds"] else 0,
                         "lost_events": lost, "missing_sends": got["sends"] - seen,
                         "tracer_peak_rss_bytes": res.peak_rss}
-                step["zero_loss"] = lost == 0 and step["missing_sends"] == 0
+                if mode == "storm":  # a connection a send: both must be seen
+                    step["connects_seen"] = connects
+                    step["missing_connects"] = got["sends"] - connects
+                step["zero_loss"] = lost == 0 and step["missing_sends"] == 0 \
+                    and not step.get("missing_connects")
                 steps.append(step)
                 self.log(f"capacity {mode:8s} target {rate or 'max'}/s: sent "
                          f"{step['sent_per_s']:,.0f}/s, seen {seen:,} of {got['sends']:,}, "
@@ -556,34 +570,49 @@ class Bench:
         self.results["capacity"] = out
 
     def memory(self, receiver_port: int, sender: list[str]) -> None:
-        pyproject = self.pyproject("memory")
-        cwd = pyproject.parent
-        cap = (self.results.get("capacity") or {}).get("modes", {}).get("unfolded", {})
+        """The tracer's RSS while >= memory records (one per send: spread mode) are consumed
+        and attributed, on a quiet machine ("memory") and with a CPU-bound process beside
+        it ("memory_busy")."""
+        cap = (self.results.get("capacity") or {}).get("modes", {})
+        probe = cap.get("spread") or cap.get("unfolded") or {}
         # A third of the capacity probe's zero-loss rate: here every record is attributed
         # to a test, which costs the consumer more than the probe's unattributed records.
         rate = int(self.sizes["memory_rate"]) or \
-            max(20_000, int((cap.get("max_zero_loss_sends_per_s") or 0) / 3))
+            max(20_000, int((probe.get("max_zero_loss_sends_per_s") or 0) / 3))
+        self.results["memory"] = self._memory_run(receiver_port, sender, rate, busy=False)
+        self.results["memory_busy"] = self._memory_run(receiver_port, sender, rate, busy=True)
+
+    def _memory_run(self, receiver_port: int, sender: list[str], rate: int, busy: bool
+                    ) -> dict | None:
+        name = "memory-busy" if busy else "memory"
+        pyproject = self.pyproject(name)
+        cwd = pyproject.parent
         total = self.sizes["memory"]
         chunks = 10
         seconds = total * 1.05 / rate
-        result_file = self.work / "memory" / "sent.jsonl"
+        result_file = self.work / name / "sent.jsonl"
         self.env["SVCTRACE_BENCH_MEMORY"] = json.dumps({
             "sender": sender, "host": "127.0.0.1", "port": receiver_port, "procs": 2,
             "rate": rate, "chunks": chunks, "chunk_s": round(seconds / chunks, 3),
             "result": str(result_file)})
-        self.ident.own(self.work / "memory")
-        self.log(f"memory: {total:,}+ unfolded records at {rate:,}/s in {chunks} tests "
-                 f"(~{seconds:.0f} s)")
+        self.ident.own(self.work / name)
+        beside = " beside a CPU-bound process" if busy else ""
+        self.log(f"{name}: {total:,}+ one-record sends at {rate:,}/s in {chunks} tests "
+                 f"(~{seconds:.0f} s){beside}")
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    str(W.MEMORY_MODULE)]
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
         try:
-            res = self.run("ebpf", command, cwd, "memory", pyproject, progress_s=1,
+            res = self.run("ebpf", command, cwd, name, pyproject, progress_s=1,
                            on_progress=lambda line: None)
         except RuntimeError as exc:
-            self.error("memory", exc)
-            return
+            self.error(name, exc)
+            return None
         finally:
             self.env.pop("SVCTRACE_BENCH_MEMORY", None)
+            if hog is not None:
+                hog.kill()
+                hog.wait()
         rep = res.report or {}
         sent = sum(json.loads(line)["sends"] for line in result_file.read_text().splitlines())
         points = []
@@ -596,16 +625,17 @@ class Bench:
         none = {"events": None, "rss_bytes": None}
         last = points[-1] if points else none
         first = next((p for p in points if p["events"] >= 0.1 * last["events"]), none)
-        self.results["memory"] = {
-            "rate_per_s": rate, "sent": sent, "records": measure.records(rep),
-            "lost_events": int(rep.get("run", {}).get("lost_events", 0)),
-            "start": first, "end": last, "progress": points,
-            "peak_rss_bytes": res.peak_rss, "wall_s": res.wall_s}
-        m = self.results["memory"]
-        self.log(f"memory: {m['records']:,} records, {m['lost_events']:,} lost, RSS "
+        m = {"rate_per_s": rate, "sent": sent, "records": measure.records(rep),
+             "seen": _evidence_total(rep, "sends"), "busy_neighbour": busy,
+             "lost_events": int(rep.get("run", {}).get("lost_events", 0)),
+             "start": first, "end": last, "progress": points,
+             "peak_rss_bytes": res.peak_rss, "wall_s": res.wall_s}
+        self.log(f"{name}: {m['records']:,} records, {m['seen']:,} of {sent:,} sends seen, "
+                 f"{m['lost_events']:,} lost, RSS "
                  f"{_mib(first['rss_bytes'])} at {_n(first['events'])} events -> "
                  f"{_mib(last['rss_bytes'])} at {_n(last['events'])} events "
                  f"(peak {_mib(m['peak_rss_bytes'])})")
+        return m
 
     # -- everything ----------------------------------------------------------------------------
     def main(self) -> dict:
@@ -645,7 +675,7 @@ class Bench:
                 port = receiver.getsockname()[1]
                 sender, kind = self.sender()
                 if "capacity" in probes:
-                    self.capacity(port, sender, kind)
+                    self.capacity(port, sender, kind, stack)
                 if "memory" in probes:
                     self.memory(port, sender)
         self.results["duration_s"] = round(time.monotonic() - self.t0, 1)
@@ -656,6 +686,14 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------- output
+
+def _evidence_total(rep: dict, key: str) -> int:
+    """Sends (or connects) counted in a report's evidence, attributed or not."""
+    total = sum(c.get(key, 0) for e in rep.get("unattributed", [])
+                for c in (e.get("evidence") or {}).values())
+    return total + sum(c.get(key, 0) for t in rep.get("tests", {}).values()
+                       for c in (t.get("evidence") or {}).values())
+
 
 def _last_json(text: str) -> dict:
     """The sender's result: the last JSON line (svctrace may print notes after it)."""
@@ -748,12 +786,40 @@ def targets(res: dict) -> list[dict]:
         add("eBPF zero-loss rate, folded sends (1 socket per process)", ">= 200,000/s",
             modes.get("folded", {}).get("max_zero_loss_sends_per_s"),
             lambda v: v >= 200_000, "/s")
-    mem = res.get("memory")
-    if mem and mem["start"].get("rss_bytes") and mem["end"].get("rss_bytes"):
-        growth = (mem["end"]["rss_bytes"] - mem["start"]["rss_bytes"]) / 2**20
-        add(f"eBPF tracer RSS flat from {mem['start']['events']:,} to {mem['end']['events']:,}"
-            f" records", "flat (< 10 MiB growth)", round(growth, 1), lambda v: v < 10, "MiB")
+    for key, beside in (("memory", ""), ("memory_busy", ", beside a CPU-bound process")):
+        mem = res.get(key)
+        if mem and mem["start"].get("rss_bytes") and mem["end"].get("rss_bytes"):
+            growth = (mem["end"]["rss_bytes"] - mem["start"]["rss_bytes"]) / 2**20
+            add(f"eBPF tracer RSS flat from {mem['start']['events']:,} to "
+                f"{mem['end']['events']:,} records{beside}", "flat (< 10 MiB growth)",
+                round(growth, 1), lambda v: v < 10, "MiB")
+        if mem:
+            add(f"eBPF lost records, memory workload{beside}", "0", mem["lost_events"],
+                lambda v: v == 0, "n")
+    # Performance round 3 (the join in the kernel)
+    add("eBPF whole run, 2,000 tiny tests: CPU (start-up included)", "<= 1.15x",
+        suite("suite", "ebpf", "cpu_ratio_incl_start"), lambda v: v <= 1.15)
+    add("eBPF whole run, 2,000 tiny tests: wall (start-up included)", "<= 1.15x",
+        suite("suite", "ebpf", "wall_ratio_incl_start"), lambda v: v <= 1.15)
+    add("eBPF whole run, realistic suite: CPU, round 3", "<= 1.03x",
+        suite("realistic", "ebpf", "cpu_ratio_incl_start"), lambda v: v <= 1.03)
+    add("eBPF whole run, realistic suite: wall, round 3", "<= 1.03x",
+        suite("realistic", "ebpf", "wall_ratio_incl_start"), lambda v: v <= 1.03)
+    add("eBPF CPU, libpq loop (TCP), round 3", "<= 1.05x", micro("libpq-tcp", "ebpf"),
+        lambda v: v <= 1.05)
+    for mode in ("folded", "unfolded", "storm"):
+        top = _full_speed(modes.get(mode))
+        if top is not None:
+            add(f"eBPF lost events at the untraced sender's full speed, {mode}", "0",
+                top["lost_events"] + max(0, top["missing_sends"])
+                + max(0, top.get("missing_connects", 0)), lambda v: v == 0, "n")
     return out
+
+
+def _full_speed(mode: dict | None) -> dict | None:
+    """A capacity mode's step at full speed (target 0: "max"), if it ran."""
+    return next((s for s in (mode or {}).get("steps", []) if s["target_per_s"] == "max"),
+                None)
 
 
 def markdown(res: dict) -> str:
@@ -871,10 +937,14 @@ def markdown(res: dict) -> str:
                          f"sends/s ({_n(d['max_zero_loss_records_per_s'])} records/s); "
                          f"untraced sender max {_n(d['untraced_max_sent_per_s'])} sends/s.")
         lines.append("")
-    mem = res.get("memory")
-    if mem:
-        lines += [f"eBPF tracer memory (svctrace process RSS at 1 s progress lines, from a "
-                  f"tenth of the records on): "
+    heads = {"memory": "eBPF tracer memory (svctrace process RSS at 1 s progress lines, "
+                       "from a tenth of the records on):",
+             "memory_busy": "The same beside a CPU-bound process:"}
+    for key, head in heads.items():
+        mem = res.get(key)
+        if not mem:
+            continue
+        lines += [f"{head} "
                   f"{_n(mem['records'])} ring buffer records at {_n(mem['rate_per_s'])}/s "
                   f"({_n(mem['lost_events'])} lost): {_mib(mem['start']['rss_bytes'])} at "
                   f"{_n(mem['start']['events'])} events, {_mib(mem['end']['rss_bytes'])} at "
@@ -887,6 +957,7 @@ def markdown(res: dict) -> str:
             shown = "-" if v is None else (f"{v:.2f}x" if t["unit"] == "x" else
                                            f"{v:,.0f}/s" if t["unit"] == "/s" else
                                            f"{v:.2f} s" if t["unit"] == "s" else
+                                           f"{v:,}" if t["unit"] == "n" else
                                            f"{v:+.1f} MiB")
             met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
             lines.append(f"| {t['target']} | {t['goal']} | {shown} | {met} |")

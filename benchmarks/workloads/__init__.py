@@ -26,7 +26,9 @@ SUITES = {
 # Whole runs, not windows: what a traced run of a one-test project costs beyond pytest.
 STARTUP = {"startup": "fixed cost: a trivial pytest run (start, attach, stop, detach, report)"}
 PROBES = {
-    "capacity": "eBPF capacity: highest zero-loss send rate, folded and unfolded",
+    "capacity": "eBPF capacity: highest zero-loss send rate: folded, unfolded (marker-like "
+                "writes to /dev/null), spread (a new destination every send) and a storm of "
+                "short-lived TCP connections",
     "memory": "eBPF tracer RSS while >= 1M ring buffer records are consumed",
 }
 ALL = list(MICRO) + list(SUITES) + list(STARTUP) + list(PROBES)
@@ -48,7 +50,12 @@ QUICK_SIZES = {
 # Total target rates (sends/s over all sender processes) tried in turn; the probe stops
 # after two steps in a row lose events.
 LADDER = {
-    "unfolded": [20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000, 300_000],
-    "folded": [100_000, 200_000, 250_000, 300_000, 400_000, 600_000, 0],  # 0: at full speed
+    "unfolded": [100_000, 200_000, 400_000, 0],  # 0: at full speed
+    "folded": [100_000, 200_000, 250_000, 300_000, 400_000, 600_000, 0],
+    "spread": [20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000, 300_000],
+    "storm": [5_000, 10_000, 20_000, 30_000, 0],
 }
-QUICK_LADDER = {"unfolded": [40_000, 200_000], "folded": [200_000, 0]}
+QUICK_LADDER = {"unfolded": [200_000, 0], "folded": [200_000, 0], "spread": [40_000, 200_000],
+                "storm": [10_000, 0]}
+# capacity mode (as results.json names it) -> the sender's mode (sender.c's usage)
+CAPACITY_MODES = {"folded": "fold", "unfolded": "unfold", "spread": "spread", "storm": "storm"}

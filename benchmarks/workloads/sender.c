@@ -1,10 +1,19 @@
 /* sender.c: UDP sends at a target rate from several processes (the eBPF capacity probe).
  *
- * usage: sender HOST PORT PROCS RATE DURATION_S fold|unfold
+ * usage: sender HOST PORT PROCS RATE DURATION_S fold|unfold|spread|storm|accept
  *   RATE       total sends per second over all processes; 0 = as fast as possible
- *   unfold     precede every send with a write of a marker-like line (RS "[", as wire.py writes) to
- *              /dev/null: svctrace's kernel side then cannot fold sends (one ring buffer
- *              record per send)
+ *   fold       every send on one connected UDP socket per process
+ *   unfold     the same, each send preceded by a write of a marker-like line (RS "[", as
+ *              wire.py writes) to /dev/null: only writes to the real marker pipe may count
+ *              as phase edges, so these sends must still fold
+ *   spread     each send from one unconnected UDP socket to HOST:PORT and 127.0.0.2:PORT (no
+ *              listener: dropped) in turn: a new destination every send, so one ring
+ *              buffer record per send however the kernel side folds (the worst case)
+ *   storm      each "send" is a new TCP connection to HOST:PORT (connect, one send, close):
+ *              short-lived connections from every process, to a listener outside the
+ *              traced tree (traffic to the tree's own listeners is not a service)
+ *   accept     no sends: listen on HOST (any port), print the port, accept and close
+ *              connections until killed (the storm's listener, started untraced)
  * Prints one JSON line: {"sends": N, "seconds": S, "procs": P} (S: first start to last end).
  */
 #define _GNU_SOURCE
@@ -26,17 +35,39 @@ static double now(void)
 	return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-static void child(const char *host, int port, double rate, double duration, int unfold, int out)
+enum mode { FOLD, UNFOLD, SPREAD, STORM };
+
+/* storm: one connection, one send, closed */
+static int connect_once(const struct sockaddr_in *sa, const char *payload, size_t len)
+{
+	int c = socket(AF_INET, SOCK_STREAM, 0);
+
+	if (c < 0)
+		return -1;
+	if (connect(c, (const struct sockaddr *)sa, sizeof(*sa)) < 0 ||
+	    send(c, payload, len, 0) < 0) {
+		close(c);
+		return -1;
+	}
+	close(c);
+	return 0;
+}
+
+static void child(const char *host, int port, double rate, double duration, enum mode mode,
+		  int out)
 {
 	static const char marker[] = "\x1e[\"bench\"]\n";
 	char payload[16] = "svctrace-bench";
 	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+	struct sockaddr_in other = sa;
 	int s = socket(AF_INET, SOCK_DGRAM, 0), dn = open("/dev/null", O_WRONLY);
 	long n = 0;
 	double t0, t1, end;
 
 	inet_pton(AF_INET, host, &sa.sin_addr);
-	if (s < 0 || dn < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+	inet_pton(AF_INET, "127.0.0.2", &other.sin_addr);
+	if (s < 0 || dn < 0 ||
+	    (mode != SPREAD && mode != STORM && connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0)) {
 		perror("sender");
 		_exit(1);
 	}
@@ -57,9 +88,20 @@ static void child(const char *host, int port, double rate, double duration, int 
 			batch = due - n < 1000 ? due - n : 1000;
 		}
 		for (long j = 0; j < batch; j++) {
-			if (unfold && write(dn, marker, sizeof(marker) - 1) < 0)
+			if (mode == UNFOLD && write(dn, marker, sizeof(marker) - 1) < 0)
 				_exit(1);
-			send(s, payload, sizeof(payload), 0); /* a full receiver drops: still a send */
+			if (mode == STORM) {
+				if (connect_once(&sa, payload, sizeof(payload)) < 0) {
+					perror("sender: storm connect");
+					_exit(1);
+				}
+			} else if (mode == SPREAD) {
+				const struct sockaddr_in *to = n & 1 ? &other : &sa;
+				sendto(s, payload, sizeof(payload), 0, (const struct sockaddr *)to,
+				       sizeof(*to));
+			} else {
+				send(s, payload, sizeof(payload), 0); /* a full receiver drops: still a send */
+			}
 			n++;
 		}
 	}
@@ -70,15 +112,41 @@ static void child(const char *host, int port, double rate, double duration, int 
 
 int main(int argc, char **argv)
 {
-	int fds[2], procs;
+	int fds[2], procs, port, listener;
+	enum mode mode;
 	double rate, duration, first = 1e300, last = 0;
 	long total = 0;
 	FILE *in;
 	char line[256];
 
 	if (argc != 7) {
-		fprintf(stderr, "usage: %s HOST PORT PROCS RATE DURATION_S fold|unfold\n", argv[0]);
+		fprintf(stderr, "usage: %s HOST PORT PROCS RATE DURATION_S "
+			"fold|unfold|spread|storm|accept\n",
+			argv[0]);
 		return 2;
+	}
+	mode = !strcmp(argv[6], "unfold") ? UNFOLD : !strcmp(argv[6], "spread") ? SPREAD
+	       : !strcmp(argv[6], "storm") ? STORM : FOLD;
+	port = atoi(argv[2]);
+	if (!strcmp(argv[6], "accept")) {
+		struct sockaddr_in la = {.sin_family = AF_INET};
+		socklen_t len = sizeof(la);
+
+		inet_pton(AF_INET, argv[1], &la.sin_addr);
+		listener = socket(AF_INET, SOCK_STREAM, 0);
+		if (listener < 0 || bind(listener, (struct sockaddr *)&la, sizeof(la)) < 0 ||
+		    listen(listener, 4096) < 0 ||
+		    getsockname(listener, (struct sockaddr *)&la, &len) < 0) {
+			perror("sender: listener");
+			return 1;
+		}
+		printf("%d\n", ntohs(la.sin_port));
+		fflush(stdout);
+		for (;;) {
+			int c = accept(listener, 0, 0);
+			if (c >= 0)
+				close(c);
+		}
 	}
 	procs = atoi(argv[3]);
 	rate = atof(argv[4]);
@@ -88,8 +156,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < procs; i++) {
 		if (fork() == 0) {
 			close(fds[0]);
-			child(argv[1], atoi(argv[2]), rate / procs, duration,
-			      strcmp(argv[6], "unfold") == 0, fds[1]);
+			child(argv[1], port, rate / procs, duration, mode, fds[1]);
 		}
 	}
 	close(fds[1]);

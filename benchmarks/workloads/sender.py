@@ -1,4 +1,6 @@
-"""Python stand-in for sender.c when no C compiler exists (slower: the probe then says so)."""
+"""Python stand-in for sender.c when no C compiler exists (slower: the probe then says so).
+
+Same usage and modes as sender.c."""
 from __future__ import annotations
 
 import json
@@ -10,11 +12,36 @@ import time
 MARKER = b'\x1e["bench"]\n'
 
 
-def child(host: str, port: int, rate: float, duration: float, unfold: bool, out: int) -> None:
+def _sender(mode: str, host: str, port: int):
+    """One send of the mode (sender.c's usage says what each mode does)."""
+    payload = b"svctrace-bench"
+    if mode == "storm":
+        def connect_once() -> None:
+            with socket.create_connection((host, port)) as conn:
+                conn.sendall(payload)
+        return connect_once
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if mode == "spread":
+        turn = [(host, port), ("127.0.0.2", port)]
+        state = [0]
+
+        def spread() -> None:
+            state[0] ^= 1
+            sock.sendto(payload, turn[state[0]])
+        return spread
     sock.connect((host, port))
+    if mode != "unfold":
+        return lambda: sock.send(payload)
     devnull = os.open(os.devnull, os.O_WRONLY)
-    send, write, payload = sock.send, os.write, b"svctrace-bench"
+
+    def unfold() -> None:
+        os.write(devnull, MARKER)
+        sock.send(payload)
+    return unfold
+
+
+def child(host: str, port: int, rate: float, duration: float, mode: str, out: int) -> None:
+    send = _sender(mode, host, port)
     n, t0 = 0, time.monotonic()
     end = t0 + duration
     while True:
@@ -29,9 +56,7 @@ def child(host: str, port: int, rate: float, duration: float, unfold: bool, out:
                 continue
             batch = min(due - n, 1000)
         for _ in range(batch):
-            if unfold:
-                write(devnull, MARKER)
-            send(payload)
+            send()
         n += batch
     os.write(out, f"{n} {t0:.9f} {time.monotonic():.9f}\n".encode())
     os._exit(0)
@@ -39,12 +64,17 @@ def child(host: str, port: int, rate: float, duration: float, unfold: bool, out:
 
 def main(argv: list[str]) -> int:
     host, port, procs, rate, duration, mode = argv
-    procs = int(procs)
+    procs, port = int(procs), int(port)
+    if mode == "accept":
+        listener = socket.create_server((host, 0), backlog=4096)
+        print(listener.getsockname()[1], flush=True)
+        while True:
+            listener.accept()[0].close()
     r, w = os.pipe()
     for _ in range(procs):
         if os.fork() == 0:
             os.close(r)
-            child(host, int(port), float(rate) / procs, float(duration), mode == "unfold", w)
+            child(host, port, float(rate) / procs, float(duration), mode, w)
     os.close(w)
     lines = os.fdopen(r).read().split("\n")
     for _ in range(procs):
