@@ -1,8 +1,8 @@
 """Make the marker plugin load in every pytest the command runs, installed there or not.
 
 svctrace often lives in a venv of its own (pipx) while the suite's pytest runs from
-another (tox, nox, the project's .venv), possibly on another Python. `svctrace run` copies
-the plugin and the pure modules it imports into the run's private folder, puts that on
+another (tox, nox, the project's .venv), possibly on another Python. `svctrace run` links
+(or copies) the plugin and the pure modules it imports into the run's private folder, puts that on
 PYTHONPATH and names a small boot plugin in PYTEST_PLUGINS. The boot plugin loads the
 marker plugin unless pytest already has it (installed: its entry point loaded it first)
 or the user blocked it (`-p no:svctrace`); an interpreter that cannot import it gets one
@@ -46,28 +46,65 @@ def _package_dir(module_name: str) -> Path:
     return Path(module.__file__).resolve().parent
 
 
-def _copy_sources(src: Path, dst: Path) -> None:
-    """The package's .py files (not its BPF sources or caches), recursively."""
+def _compiled(src: Path) -> dict[str, list[Path]]:
+    """module name -> its bytecode files in src/__pycache__ (one per Python version)."""
+    found: dict[str, list[Path]] = {}
+    try:
+        entries = list((src / "__pycache__").iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.suffix == ".pyc":
+            found.setdefault(entry.name.split(".", 1)[0], []).append(entry)
+    return found
+
+
+def _place_sources(src: Path, dst: Path, link: bool, made: list[Path]) -> bool:
+    """The package's .py files (not its BPF sources or caches), recursively. Hard links
+    where `link` and the kernel allow them, with the bytecode beside them (a link keeps
+    the source's mtime, so a pytest on the same Python imports them without compiling),
+    else copies of the sources alone. Folders and copies go to `made`; True while
+    linking worked."""
     dst.mkdir(mode=0o755)
+    made.append(dst)
+    compiled = _compiled(src) if link else {}
     for entry in sorted(src.iterdir()):
         if entry.is_dir() and (entry / "__init__.py").is_file() and entry.name != "bpf":
-            _copy_sources(entry, dst / entry.name)
+            link = _place_sources(entry, dst / entry.name, link, made)
         elif entry.suffix == ".py":
+            if link:
+                try:
+                    os.link(entry, dst / entry.name)
+                except OSError:  # another file system, or fs.protected_hardlinks
+                    link = False
+                else:
+                    for pyc in compiled.get(entry.stem, ()):
+                        if not (dst / "__pycache__").is_dir():
+                            (dst / "__pycache__").mkdir(mode=0o755)
+                            made.append(dst / "__pycache__")
+                        os.link(pyc, dst / "__pycache__" / pyc.name)
+                    continue
             shutil.copyfile(entry, dst / entry.name)
+            made.append(dst / entry.name)
+    return link
 
 
 def build(private_dir: str, uid: int | None = None, gid: int | None = None) -> str:
-    """Lay out <private_dir>/python (boot plugin + copies of svctrace and pytest_svctrace)
-    and return it. Copies, not links: the user the command runs as may not be able to read
-    svctrace's own install (a root-owned pipx venv)."""
+    """Lay out <private_dir>/python (boot plugin + svctrace and pytest_svctrace) and
+    return it. Links or copies, not the install's folders on the path: the user the
+    command runs as may not be able to reach svctrace's own install (a root-owned pipx
+    venv), and a link reads as its file whatever folders hold the original."""
     root = Path(private_dir) / "python"
     root.mkdir(mode=0o755)
-    _copy_sources(_package_dir("svctrace"), root / "svctrace")
-    _copy_sources(_package_dir("pytest_svctrace"), root / "pytest_svctrace")
+    made = [root, root / f"{BOOT_MODULE}.py"]
     (root / f"{BOOT_MODULE}.py").write_text(_BOOT_SOURCE)
+    linked = _place_sources(_package_dir("svctrace"), root / "svctrace", True, made)
+    _place_sources(_package_dir("pytest_svctrace"), root / "pytest_svctrace", linked, made)
     if uid is not None:  # theirs, so their interpreter may cache bytecode there
-        for path in [root, *root.rglob("*")]:
-            os.chown(path, uid, gid if gid is not None else -1)
+        # Never a link: its owner is the installed file's, and chowning it would hand the
+        # user svctrace's own code.
+        for path in made:
+            os.chown(path, uid, gid if gid is not None else -1, follow_symlinks=False)
     return str(root)
 
 
