@@ -157,6 +157,9 @@ class TestRecord(Record):
     ignored: dict[str, dict] = field(default_factory=dict)
     unseen_clients: list[str] = field(default_factory=list)  # inprocess: C clients it misses
     needs_proof: dict[str, str] = field(default_factory=dict)  # svctrace prove: verdicts
+    # records the backend lost while the test ran (absent when none): `needs` may miss some
+    lost_events: int = 0
+    incomplete: bool = False
 
     @property
     def proven_needs(self) -> list[str]:
