@@ -529,6 +529,9 @@ def test_a_loss_waits_for_the_watermark_like_events_and_a_run_without_loss_has_n
     att.add(Marker(1010, 0, 100, None, "t.py::a", "call", "end", "passed"))
     att.flush(2000)
     assert not att.lost_pending and att.tests["t.py::a"].lost == 2
+    att.add(Lost(100, 1008, 1009, 1))  # one that came late, after a flush
+    att.finish()
+    assert att.tests["t.py::a"].lost == 3
     quiet = attribute(windows_of(100, "t.py::a", 1000) + [ev(1025, PG)])
     assert "lost_in_tests" not in quiet["run"]["events"]
     assert "lost_outside_tests" not in quiet["run"]["events"]

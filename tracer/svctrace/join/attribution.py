@@ -141,7 +141,7 @@ class Attributor:
                         FixtureWindows: self._add_fixture_windows,
                         ProcessEvent: self._add_process, TestInfo: self._add_info,
                         Stack: self.stacks.add, Lookup: self._add_lookup,
-                        Lost: self.lost_pending.append}
+                        Lost: self._add_lost}
 
     # -- feeding -------------------------------------------------------------------------
     def _ts(self, record) -> int | None:
@@ -180,6 +180,10 @@ class Attributor:
                 self.map.wire.learn(ev.dest, ev.first_bytes)  # (not a server's reply)
             ev = replace(ev, first_bytes=None)
         self.pending.append(ev)
+
+    def _add_lost(self, lost: Lost) -> None:
+        # charged at flush(), once the markers of its windows have had time to arrive
+        self.lost_pending.append(lost)
 
     def _add_lookup(self, lookup: Lookup) -> None:
         # Not queued: a lookup precedes the contacts it names, which wait in `pending`.
