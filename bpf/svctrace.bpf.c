@@ -235,12 +235,14 @@ static __always_inline void lost(__u32 pid)
 	struct ns_ids ids;
 	__u64 now = bpf_ktime_get_ns();
 
-	count(CNT_LOST_EVENTS);
 	if (!pid) {
-		if (ns_ids(&ids)) /* another namespace: its record would not be emitted */
+		if (ns_ids(&ids)) { /* another namespace: its record would not be emitted */
+			count(CNT_FOREIGN_PIDNS_EVENTS);
 			return;
+		}
 		pid = ids.tgid;
 	}
+	count(CNT_LOST_EVENTS);
 	key.pid = pid;
 	key.epoch = current_epoch();
 	w = losses.lookup(&key);

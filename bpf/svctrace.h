@@ -92,7 +92,7 @@ struct svct_event {
  * because the ring buffer was full. User space drains it at every poll (lookup and
  * delete) and charges each window to the test phases of the owning pytest process that
  * overlap [first_ts, last_ts]. CNT_LOST_EVENTS less the windows' n = losses no window
- * kept (the map was full). */
+ * kept (the map was full, or a loss raced the drain of its window). */
 struct svct_loss_key {
 	__u32 pid;               /* acting tgid in the runner's PID namespace */
 	__u32 _pad;

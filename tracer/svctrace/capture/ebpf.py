@@ -584,7 +584,8 @@ class EbpfBackend(Backend):
         folded, tailed = counters.pop("folded_sends"), counters.pop("tailed_sends")
         unkept = counters["lost_events"] - self._lost_in_windows
         if self._bpf is None and unkept > 0:
-            # lost while the `losses` map was full: no test can be told
+            # lost while the `losses` map was full (or in the instant its window was
+            # drained): no test can be told
             counters["lost_unkept"] = unkept
         if self._bpf is None:
             # After the final drain every folded send was reported in a tail record,
