@@ -50,6 +50,9 @@
 #ifndef AGGS_MAX
 #define AGGS_MAX 16384
 #endif
+#ifndef LOSSES_MAX
+#define LOSSES_MAX 4096
+#endif
 
 /* Address families (include/linux/socket.h, ABI). Spelled here instead of including
  * <linux/socket.h> and <uapi/linux/ptrace.h>: parsing those kernel headers was ~0.4 s of
@@ -154,6 +157,9 @@ BPF_TABLE("lru_hash", struct agg_key, struct agg, aggs, AGGS_MAX);
 BPF_PERCPU_ARRAY(agg_scratch, struct agg, 1);
 BPF_PERCPU_ARRAY(send_scratch, struct svct_event, 1);
 BPF_ARRAY(epoch, __u64, 1);
+/* (process, marker epoch) -> when and how many of its records the full ring buffer lost
+ * (svctrace.h); drained by user space at every poll */
+BPF_HASH(losses, struct svct_loss_key, struct svct_loss, LOSSES_MAX);
 
 #ifdef SVCT_STACKS
 #define SVCT_SIGSTOP 19
@@ -210,16 +216,69 @@ static __always_inline int ns_ids(struct ns_ids *ids)
 	return 0;
 }
 
-static __always_inline struct svct_event *reserve(void)
+/* The marker epoch (see bump_epoch) sends are folded by and losses are keyed by. */
+static __always_inline __u64 current_epoch(void)
+{
+	__u32 zero = 0;
+	__u64 *value = epoch.lookup(&zero);
+
+	return value ? *value : 0;
+}
+
+/* A record of process `pid` (runner's namespace; 0: the current task's) did not fit in
+ * the ring buffer: counted, and its loss window widened so that user space can tell
+ * which test phases may miss a record. */
+static __always_inline void lost(__u32 pid)
+{
+	struct svct_loss_key key = {};
+	struct svct_loss fresh, *w;
+	struct ns_ids ids;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!pid) {
+		if (ns_ids(&ids)) { /* another namespace: its record would not be emitted */
+			count(CNT_FOREIGN_PIDNS_EVENTS);
+			return;
+		}
+		pid = ids.tgid;
+	}
+	count(CNT_LOST_EVENTS);
+	key.pid = pid;
+	key.epoch = current_epoch();
+	w = losses.lookup(&key);
+	if (!w) {
+		fresh.first_ts = now;
+		fresh.last_ts = now;
+		fresh.n = 1;
+		if (!losses.insert(&key, &fresh))
+			return;
+		w = losses.lookup(&key); /* another CPU inserted it first, or the map is full */
+		if (!w)
+			return;
+	}
+	__sync_fetch_and_add(&w->n, 1);
+	if (now > w->last_ts)
+		w->last_ts = now;
+	if (now < w->first_ts)
+		w->first_ts = now;
+}
+
+/* A zeroed record of process `pid` (as lost() takes it), or 0 when the buffer is full. */
+static __always_inline struct svct_event *reserve_of(__u32 pid)
 {
 	struct svct_event *e = events.ringbuf_reserve(sizeof(struct svct_event));
 	if (!e) {
-		count(CNT_LOST_EVENTS);
+		lost(pid);
 		return 0;
 	}
 	/* ring buffer memory is not zeroed: no stale bytes may reach user space */
 	__builtin_memset(e, 0, sizeof(*e));
 	return e;
+}
+
+static __always_inline struct svct_event *reserve(void)
+{
+	return reserve_of(0);
 }
 
 static __always_inline void submit(struct svct_event *e)
@@ -294,14 +353,6 @@ static __always_inline void read_sockaddr(struct svct_event *e, const char *uadd
 
 /* ---- --stacks: stop the process at its first contact ------------------------ */
 #ifdef SVCT_STACKS
-static __always_inline __u64 current_epoch(void)
-{
-	__u32 zero = 0;
-	__u64 *value = epoch.lookup(&zero);
-
-	return value ? *value : 0;
-}
-
 /* Stop the current process (every thread: SIGSTOP is a group stop, taken when this
  * thread returns to user space, so its stack is the one of the contact) and tell user
  * space, which dumps the Python stacks and sends SIGCONT. The record is reserved first:
@@ -477,7 +528,7 @@ static __always_inline int dns_recv_ends(long ret)
 	}
 	d = events.ringbuf_reserve(sizeof(struct svct_dns));
 	if (!d) {
-		count(CNT_LOST_EVENTS);
+		lost(0);
 		return 0;
 	}
 	__builtin_memset(d, 0, sizeof(*d)); /* ring buffer memory is not zeroed */
@@ -802,7 +853,7 @@ static __always_inline void connect_failed(const void *sk)
 		remember_early(key, error);
 		return;
 	}
-	e = reserve();
+	e = reserve_of(pending->pid); /* the current task may be any (softirq) */
 	if (e) {
 		__builtin_memcpy(e, pending, sizeof(*e));
 		e->kind = SVCT_CONNECT_RESULT;
@@ -1136,7 +1187,7 @@ static __always_inline int submit_first(const struct svct_event *e)
 	struct svct_first *f = events.ringbuf_reserve(sizeof(struct svct_first));
 
 	if (!f) {
-		count(CNT_LOST_EVENTS);
+		lost(0);
 		return 0;
 	}
 	__builtin_memcpy(&f->e, e, sizeof(*e));
@@ -1266,7 +1317,7 @@ int uretprobe_gai_return(void *ctx)
 		return 0;
 	n = events.ringbuf_reserve(sizeof(struct svct_nss));
 	if (!n) {
-		count(CNT_LOST_EVENTS);
+		lost(0);
 		return 0;
 	}
 	__builtin_memset(n, 0, sizeof(*n));

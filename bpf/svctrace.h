@@ -45,7 +45,9 @@ enum svct_proto {
 
 /* counters[] slots, summed over CPUs by user space: stats() reports CNT_X as "x" */
 enum svct_counter {
-	CNT_LOST_EVENTS = 0,		/* bpf_ringbuf_reserve failed: the event is lost */
+	CNT_LOST_EVENTS = 0,		/* bpf_ringbuf_reserve failed: the event is lost
+					 * (and, for a traced process, its loss window
+					 * widened: struct svct_loss) */
 	CNT_SENDS_UNKNOWN_DEST = 1,	/* a send whose destination cannot be known (not
 					 * emitted) */
 	CNT_UNTRACED_CHILDREN = 2,	/* a child not traced because `traced` was full */
@@ -85,6 +87,23 @@ struct svct_event {
 	                          * "tail" record the sends on the same socket that followed the
 	                          * first one in the same marker epoch (ts/tid = the last one) */
 };                               /* sizeof == 160 */
+
+/* Loss windows: map `losses`, one entry per (process, marker epoch) that lost records
+ * because the ring buffer was full. User space drains it at every poll (lookup and
+ * delete) and charges each window to the test phases of the owning pytest process that
+ * overlap [first_ts, last_ts]. CNT_LOST_EVENTS less the windows' n = losses no window
+ * kept (the map was full, or a loss raced the drain of its window). */
+struct svct_loss_key {
+	__u32 pid;               /* acting tgid in the runner's PID namespace */
+	__u32 _pad;
+	__u64 epoch;             /* marker epoch when the records were lost */
+};                               /* sizeof == 16 */
+
+struct svct_loss {
+	__u64 first_ts;          /* bpf_ktime_get_ns() of the first and last loss */
+	__u64 last_ts;
+	__u64 n;                 /* records lost */
+};                               /* sizeof == 24 */
 
 /* Host names the tree resolves: the first SVCT_DNS_MAX bytes of each receive on a socket
  * the tree connected or sent to port 53 (UDP or TCP). User space parses them (join/dns.py);

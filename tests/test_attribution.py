@@ -6,7 +6,7 @@ import errno
 from svctrace.join.attribution import Attributor
 from svctrace.config import Config
 from svctrace.join.attribution import SETUP_HOLD_MAX_NS
-from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Marker,
+from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Lost, Marker,
                              ProcessEvent, RunInfo, TestInfo)
 from svctrace.report.build import build_report
 from svctrace.join.evidence import MAX_KEPT, MORE_DESTINATIONS
@@ -496,3 +496,43 @@ def test_outlived_and_between_tests_evidence_says_how_long_after_the_test_ended(
     after = {u["reason"]: next(iter(u["evidence"].values()))["first"]["after_ms"]
              for u in report["unattributed"]}
     assert after == {"between-tests": 200.0, "outlived-test": 1975.0}
+
+
+def test_lost_records_are_charged_to_every_test_whose_windows_they_overlap():
+    """A loss window may hide a contact of any test it overlaps (a subprocess's loss
+    counts for its owner's tests); a loss outside every test counts for the run only."""
+    records = (windows_of(100, "t.py::a", 1000) + windows_of(100, "t.py::b", 2000)
+               + windows_of(100, "t.py::quiet", 3000) + windows_of(200, "t.py::other", 1000)
+               + [ProcessEvent("fork", 1021, None, 150, ppid=100),
+                  Lost(150, 1025, 1025, 3),     # a subprocess, inside a's call
+                  Lost(100, 1045, 2005, 4),     # a's teardown to b's setup
+                  Lost(100, 2012, 2015, 1),     # b's setup->call gap
+                  Lost(100, 2600, 2700, 5),     # between b and quiet
+                  Lost(999, 1000, 5000, 6)])    # a process outside pytest
+    report = attribute(records)
+    tests = report["tests"]
+    assert (tests["t.py::a"]["lost_events"], tests["t.py::a"]["incomplete"]) == (7, True)
+    assert (tests["t.py::b"]["lost_events"], tests["t.py::b"]["incomplete"]) == (5, True)
+    for quiet in ("t.py::quiet", "t.py::other"):  # no key at all: as a run without loss
+        assert "lost_events" not in tests[quiet] and "incomplete" not in tests[quiet]
+    assert report["run"]["events"]["lost_in_tests"] == 3 + 4 + 1
+    assert report["run"]["events"]["lost_outside_tests"] == 5 + 6
+
+
+def test_a_loss_waits_for_the_watermark_like_events_and_a_run_without_loss_has_no_keys():
+    att = Attributor(ServiceMap())
+    for record in phase(100, "t.py::a", "call", 1000, 1010)[:1]:
+        att.add(record)  # the call is still running
+    att.add(Lost(100, 1005, 1006, 2))
+    att.flush(1006)  # not older than the watermark yet
+    assert att.lost_pending
+    att.add(Marker(1010, 0, 100, None, "t.py::a", "call", "end", "passed"))
+    att.flush(2000)
+    assert not att.lost_pending and att.tests["t.py::a"].lost == 2
+    att.add(Lost(100, 1008, 1009, 1))  # one that came late, after a flush
+    att.finish()
+    assert att.tests["t.py::a"].lost == 3
+    quiet = attribute(windows_of(100, "t.py::a", 1000) + [ev(1025, PG)])
+    assert "lost_in_tests" not in quiet["run"]["events"]
+    assert "lost_outside_tests" not in quiet["run"]["events"]
+    assert "lost_events" not in quiet["tests"]["t.py::a"]

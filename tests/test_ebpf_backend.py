@@ -20,7 +20,7 @@ import pytest
 from svctrace.capture.base import RunContext
 from svctrace.capture.ebpf import (_EVENT, _FIRST_SIZE, FIRST_BYTES_SYSCALLS, EbpfBackend,
                                    decode, diagnose)
-from svctrace.events import Destination, Event, ProcessEvent
+from svctrace.events import Destination, Event, Lost, ProcessEvent
 from tests.support.backends import needs_backend
 
 # Only the kernel tests need the capability; decoding is pure and runs everywhere.
@@ -282,14 +282,23 @@ def test_lost_events_are_counted(tmp_path: Path) -> None:
             finally:
                 os._exit(0)
         small.child_started(pid)
+        before = time.monotonic_ns()
         os.write(go_w, b"x")
         os.waitpid(pid, 0)
-        sends = [r for r in small.stop() if isinstance(r, Event) and r.kind == "send"]
+        after = time.monotonic_ns()
+        records = small.stop()
+        sends = [r for r in records if isinstance(r, Event) and r.kind == "send"]
         stats = small.stats()
         assert 0 < len(sends) < 200
         assert stats["lost_events"] > 0
         assert stats["events"] + stats["lost_events"] == 201  # 200 sends + the exit
         assert stats["ringbuf_bytes"] == os.sysconf("SC_PAGE_SIZE")
+        # ...and said per process: one window per marker epoch, every loss in one of them
+        losses = [r for r in records if isinstance(r, Lost)]
+        assert losses and {r.pid for r in losses} == {pid}
+        assert sum(r.count for r in losses) == stats["lost_events"]
+        assert all(before <= r.first_ns <= r.last_ns <= after for r in losses)
+        assert "lost_unkept" not in stats
     finally:
         small.stop()
 

@@ -35,6 +35,19 @@ def test_svct_first_matches_the_decoders_struct_format():
     assert first.field("data").size == header.defines["SVCT_DATA_LEN"]
 
 
+@pytest.mark.parametrize("name, mirror", [("svct_loss_key", "_LOSS_KEY"),
+                                           ("svct_loss", "_LOSS")])
+def test_loss_window_structs_match_the_drains_struct_formats(name, mirror):
+    loss = _header("svctrace.h").structs[name]
+    fmt = getattr(ebpf, mirror)
+    assert loss.padding() == 0
+    assert cheader.format_items(fmt.format) == cheader.expected_items(loss)
+    assert fmt.size == loss.size
+    # the drain unpacks them in this order
+    assert [f.name for f in loss.fields] == (["pid", "_pad", "epoch"] if name == "svct_loss_key"
+                                             else ["first_ts", "last_ts", "n"])
+
+
 def test_every_kind_transport_and_counter_of_svctrace_h_is_mirrored():
     header = _header("svctrace.h")
     kinds = {name[len("SVCT_"):].lower(): value

@@ -233,6 +233,21 @@ def test_runs_counted_once() -> None:
         "config": None}
 
 
+def test_a_test_incomplete_in_any_run_stays_incomplete() -> None:
+    rng = random.Random(11)
+    a, b = random_report(rng), random_report(rng)
+    nodeid = next(iter(a["tests"]))
+    a["tests"][nodeid].update(lost_events=4, incomplete=True)
+    if nodeid in b["tests"]:  # lost in both runs: the larger count
+        b["tests"][nodeid].update(lost_events=1, incomplete=True)
+    for inputs in ([a, b], [b, a], [a, b, a]):
+        merged = merge_reports(inputs)
+        test = merged["tests"][nodeid]
+        assert (test["lost_events"], test["incomplete"]) == (4, True)
+        assert merge_reports([merged]) == merged
+        assert all("incomplete" not in t for n, t in merged["tests"].items() if n != nodeid)
+
+
 def test_worst_outcome_wins_and_first_is_earliest() -> None:
     rng = random.Random(3)
     a, b = random_report(rng), random_report(rng)

@@ -14,7 +14,7 @@ from svctrace.config import Tier
 from svctrace.errors import SvctraceError
 from svctrace.report.files import load_plan, write_lists, write_report
 from svctrace.plan.tiers import (PLAN_SCHEMA, PlanError, TiersError, group_key,
-                            markdown_summary, matrix, plan_tiers, shard_assignment, tier_of,
+                            incomplete_line, markdown_summary, matrix, plan_tiers, shard_assignment, tier_of,
                             time_saved_s)
 
 TIERS = [
@@ -71,6 +71,33 @@ def test_each_test_goes_to_the_cheapest_covering_tier() -> None:
     assert list(plan["tiers"]) == plan["order"]
     assert "tests/test_new.py::test_never_ran" not in plan["durations"]
     assert plan["default_duration_s"] == 2.0  # median of 0.5 1 1 2 3 4 6
+
+
+def test_incomplete_tests_go_to_the_most_complete_tier_and_the_plan_says_how_many() -> None:
+    report = make_report({"t.py::test_pg": (["postgres"], 1.0),
+                          "t.py::test_lossy_pg": (["postgres"], 1.0),
+                          "t.py::test_lossy_bare": ([], 1.0),
+                          "t.py::test_lossy_full": (["clickhouse"], 1.0)})
+    for nodeid in ("t.py::test_lossy_pg", "t.py::test_lossy_bare", "t.py::test_lossy_full"):
+        report["tests"][nodeid].update(lost_events=3, incomplete=True)
+    plan = plan_tiers(report, TIERS)
+    assert plan["assignments"] == {"t.py::test_pg": "db", "t.py::test_lossy_pg": "full",
+                                   "t.py::test_lossy_bare": "full",
+                                   "t.py::test_lossy_full": "full"}
+    # moved: the two whose observed needs alone put them in a cheaper tier
+    assert plan["incomplete"] == ["t.py::test_lossy_bare", "t.py::test_lossy_pg"]
+    assert incomplete_line(plan) == (
+        "2 tests moved to full (the most complete tier): the backend lost records while "
+        "they ran, so their needs may be incomplete")
+    assert incomplete_line(plan) in markdown_summary(plan, matrix(plan))
+    # the group of an incomplete test moves with it
+    del report["tests"]["t.py::test_lossy_full"], report["tests"]["t.py::test_lossy_pg"]
+    by_file = plan_tiers(report, TIERS, "file")
+    assert by_file["assignments"] == {"t.py::test_pg": "full", "t.py::test_lossy_bare": "full"}
+    assert by_file["incomplete"] == ["t.py::test_lossy_bare", "t.py::test_pg"]
+    # nothing lost: no key, as before
+    assert "incomplete" not in plan_tiers(REPORT, TIERS)
+    assert incomplete_line(plan_tiers(REPORT, TIERS)) is None
 
 
 def test_ties_prefer_fewer_services_then_name() -> None:

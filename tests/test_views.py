@@ -221,3 +221,26 @@ def test_ignored_destinations_beyond_those_kept_read_as_a_count_not_a_label():
     assert line.endswith(": tcp:127.0.0.1:8000 4, 5 more to other destinations"), line
     assert "ignored 9 events to and from its own listeners over loopback" in line
     assert "other 5" not in line
+
+
+def test_incomplete_tests_are_named_with_why_in_summary_explain_and_html():
+    from svctrace.views.explain import explain_one
+    from svctrace.views.html import build_page
+    from svctrace.views.summary import format_summary, markdown_summary
+    rep = summary_report({"t.py::lossy": test_entry(lost_events=3, incomplete=True),
+                          "t.py::quiet": test_entry()})
+    rep["run"]["lost_events"] = 3
+    text = format_summary(rep)
+    assert ("INCOMPLETE: records were lost while 1 test ran (t.py::lossy): services it needs "
+            "may be missing, so `svctrace tiers` runs it in the most complete tier") in text
+    assert "t.py::quiet" not in text
+    assert "records were lost while 1 test ran (t.py::lossy)" in markdown_summary(rep)
+    assert "INCOMPLETE: 3 records of this test's processes were lost" \
+        in explain_one(rep, "t.py::lossy")
+    assert "INCOMPLETE" not in explain_one(rep, "t.py::quiet")
+    assert "3 records of this test" in build_page(rep)
+    # losses no window kept: said for the run, whichever test they hit
+    rep["run"]["backend_stats"] = {"lost_unkept": 1}
+    assert "1 lost record could not be told to a test" in format_summary(rep)
+    quiet = summary_report({"t.py::quiet": test_entry()})
+    assert "INCOMPLETE" not in format_summary(quiet)

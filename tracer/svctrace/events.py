@@ -220,6 +220,19 @@ class Lookup:
 
 
 @dataclass(frozen=True, slots=True)
+class Lost:
+    """eBPF: `count` records of process `pid` did not fit in the full ring buffer, the
+    first at first_ns and the last at last_ns (CLOCK_MONOTONIC): whatever they said (a
+    contact, a fork, an exit) is missing. One per process and marker epoch, so the window
+    lies between two phase edges of the process that wrote the markers."""
+
+    pid: int
+    first_ns: int
+    last_ns: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunInfo:
     """Backend-independent facts about the traced run (filled by the runner or plugin)."""
 
@@ -231,4 +244,4 @@ class RunInfo:
 
 
 Record = (Event | ProcessEvent | Marker | FixtureMarker | TestInfo | Freeze | Stack
-          | Lookup)
+          | Lookup | Lost)

@@ -20,7 +20,7 @@ from svctrace.kernel import tracefs as tracefs_
 from svctrace.capture.base import Backend, BackendFailed, BackendUnavailable, RunContext
 from svctrace.kernel.bcc_import import load_bcc
 from svctrace.kernel.bpf_image import LoadedProgram
-from svctrace.events import Destination, Event, Freeze, Lookup, ProcessEvent
+from svctrace.events import Destination, Event, Freeze, Lookup, Lost, ProcessEvent
 
 # Mirrors of bpf/svctrace.h, checked field by field by tests/test_kernel_contract.py:
 # struct svct_event (fixed width, no implicit padding, 160 bytes), enum svct_kind,
@@ -35,6 +35,10 @@ _KINDS = {1: "connect", 2: "send", 3: "listen", 4: "fork", 5: "exit", 6: "exec",
 _DNS = struct.Struct(f"<{_EVENT.size}sHB5x512s")
 # struct svct_nss: head, naddr, padding, family[8], addr[8][16], name[256].
 _NSS = struct.Struct(f"<{_EVENT.size}sB7x8s128s256s")
+# struct svct_loss_key (pid, pad, marker epoch) and struct svct_loss (first_ts, last_ts, n):
+# the map `losses`, drained at every poll
+_LOSS_KEY = struct.Struct("<IIQ")
+_LOSS = struct.Struct("<QQQ")
 # The uprobe programs of svctrace.bpf.c (PROG_TYPE_KPROBE: uprobes are kprobe-type
 # programs; attached by child_started to the libc the command maps)
 _PROG_TYPE_KPROBE = 2
@@ -421,6 +425,7 @@ class EbpfBackend(Backend):
         self._ringbuf_pages = DEFAULT_RINGBUF_PAGES
         self._final_stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._drained_sends = 0  # folded counts read from the map itself at stop()
+        self._lost_in_windows = 0  # lost records the `losses` windows told of
         # "compiled", "kept", or why the kept one was refused (a run note): _load_program
         self.program_origin = ""
         self.nss_note = ""  # why getaddrinfo is not traced, if it is not
@@ -520,7 +525,24 @@ class EbpfBackend(Backend):
         if self._decode_errors:
             raise BackendFailed(f"undecodable eBPF event: {self._decode_errors[0]}")
         records, self._pending = self._pending, []
-        return records
+        return records + self._losses()
+
+    def _losses(self) -> list[Lost]:
+        """The loss windows the kernel recorded since the last call, taken out of the map
+        (one empty-map lookup while nothing is lost)."""
+        table = self._bpf["losses"]
+        found = []
+        for key in list(table.keys()):
+            try:
+                value = table.pop(key)
+            except KeyError:
+                continue
+            pid, _pad, _epoch = _LOSS_KEY.unpack(bytes(key))
+            first, last, count = _LOSS.unpack(bytes(value))
+            if count:
+                found.append(Lost(pid, first, last, count))
+        self._lost_in_windows += sum(lost.count for lost in found)
+        return found
 
     def stop(self) -> list[Event | ProcessEvent]:
         if self._bpf is None:
@@ -560,6 +582,11 @@ class EbpfBackend(Backend):
     def stats(self) -> dict:
         counters = self._kernel_counters() if self._bpf is not None else self._final_stats
         folded, tailed = counters.pop("folded_sends"), counters.pop("tailed_sends")
+        unkept = counters["lost_events"] - self._lost_in_windows
+        if self._bpf is None and unkept > 0:
+            # lost while the `losses` map was full (or in the instant its window was
+            # drained): no test can be told
+            counters["lost_unkept"] = unkept
         if self._bpf is None:
             # After the final drain every folded send was reported in a tail record,
             # unless the LRU map evicted its socket's record first: those counts are lost.

@@ -17,8 +17,8 @@ from svctrace.userfiles import append_file, check_writable
 from svctrace.words import counted
 from svctrace.report.files import load_report, write_lists, write_plan, write_report
 from svctrace.report.model import GRANULARITIES, Plan, Report
-from svctrace.plan.tiers import (markdown_summary, matrix, most_complete, moved_by_proof,
-                                 plan_tiers, startup_estimate, startup_line)
+from svctrace.plan.tiers import (incomplete_line, markdown_summary, matrix, most_complete,
+                                 moved_by_proof, plan_tiers, startup_estimate, startup_line)
 
 GITHUB_MATRIX_LIMIT = 256  # GitHub Actions refuses a matrix with more jobs than this
 
@@ -166,6 +166,8 @@ def tiers_command(report: str | None, config_path: str | None, granularity: str,
         click.echo(f"svctrace tiers: {line}", err=True)
     counts = ", ".join(f"{name} {len(plan.tiers[name].tests)}" for name in plan.order)
     click.echo(f"svctrace tiers: {counts}; {startup_line(estimate)}", err=True)
+    if incomplete_line(plan):
+        click.echo(f"svctrace tiers: {incomplete_line(plan)}", err=True)
     if any(t.needs_proof for t in data.tests.values()):  # the plan used needs less what `svctrace prove` proved not needed
         moved = moved_by_proof(data, tiers, granularity)
         click.echo(f"svctrace tiers: {counted(moved, 'test')} moved to a cheaper tier because "

@@ -15,6 +15,10 @@ Rules (README "Attribution rules"):
 - What is a contact, a failed probe or noise is services.ServiceMap.judge's one rule.
 - Anything else (collection, session start/end, between tests, processes outside pytest)
   is kept as unattributed traffic with a reason.
+- Records the backend lost (events.Lost: the eBPF ring buffer was full) are charged to
+  every test phase window of the owning pytest process that overlaps the loss (gaps
+  included): any of them may miss a contact, so each such test is incomplete. A loss
+  outside every test is counted for the run.
 The Attributor is incremental: feed records as they arrive, flush(watermark) attributes the
 events older than the watermark and forgets them, so memory stays bounded on long runs.
 """
@@ -27,7 +31,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 
 from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, Lookup,
-                             Marker, ProcessEvent, Stack, TestInfo)
+                             Lost, Marker, ProcessEvent, Stack, TestInfo)
 from svctrace.join.evidence import MAX_KEPT, MORE_DESTINATIONS, Contact, result_text
 from svctrace.join.lineage import Lineage
 from svctrace.join.names import NameTable
@@ -78,6 +82,8 @@ class TestRecord:
     # Traffic in this test's windows that the rules set aside: {"self_loopback" | "noise":
     # {destination: count}}, so `explain` can say why an expected call is missing.
     ignored: dict = field(default_factory=dict)
+    # records the backend lost while one of its windows ran: its answer may miss services
+    lost: int = 0
 
 
 @dataclass
@@ -123,6 +129,7 @@ class Attributor:
         self.comms: dict[int, str] = {}
         self.listeners: dict[int, set[int]] = {}
         self.pending: collections.deque[Event] = collections.deque()
+        self.lost_pending: list[Lost] = []
         self.unattributed: dict[tuple[str, str], dict[str, Contact]] = {}
         self.unattributed_probes: dict[tuple[str, str], dict[str, Contact]] = {}
         self.stacks = StackIndex()  # --stacks: Python call sites
@@ -133,7 +140,8 @@ class Attributor:
                         FixtureMarker: self._add_fixture_marker,
                         FixtureWindows: self._add_fixture_windows,
                         ProcessEvent: self._add_process, TestInfo: self._add_info,
-                        Stack: self.stacks.add, Lookup: self._add_lookup}
+                        Stack: self.stacks.add, Lookup: self._add_lookup,
+                        Lost: self._add_lost}
 
     # -- feeding -------------------------------------------------------------------------
     def _ts(self, record) -> int | None:
@@ -172,6 +180,10 @@ class Attributor:
                 self.map.wire.learn(ev.dest, ev.first_bytes)  # (not a server's reply)
             ev = replace(ev, first_bytes=None)
         self.pending.append(ev)
+
+    def _add_lost(self, lost: Lost) -> None:
+        # charged at flush(), once the markers of its windows have had time to arrive
+        self.lost_pending.append(lost)
 
     def _add_lookup(self, lookup: Lookup) -> None:
         # Not queued: a lookup precedes the contacts it names, which wait in `pending`.
@@ -278,6 +290,14 @@ class Attributor:
     # -- attribution ---------------------------------------------------------------------
     def flush(self, watermark: int | None = None) -> None:
         """Attribute pending events stamped before `watermark` (all when None)."""
+        if self.lost_pending:  # few: losses are rare, one record per process and epoch
+            keep = []
+            for lost in self.lost_pending:
+                if watermark is None or lost.last_ns < watermark:
+                    self._charge_lost(lost)
+                else:
+                    keep.append(lost)
+            self.lost_pending = keep
         if watermark is None:
             ready, self.pending = self.pending, collections.deque()
             for ev in ready:
@@ -485,6 +505,34 @@ class Attributor:
             test.phases[window.phase].setdefault(name, Contact()).add(
                 ev, ts, evidence, fixture, label, gap, process, learned)
         self.counts["attributed"] += 1
+
+    def _charge_lost(self, lost: Lost) -> None:
+        """Charge `lost.count` lost records to each test whose phase windows (or the gaps
+        between them) of the owning pytest process overlap [first_ns, last_ns]."""
+        owner = self._owner(lost.pid, lost.first_ns)[0] if self.clock == "mono" else None
+        charged = self._windows_over(owner, lost.first_ns, lost.last_ns) \
+            if owner is not None else set()
+        for nodeid in charged:
+            self._test(nodeid).lost += lost.count
+        key = "lost_in_tests" if charged else "lost_outside_tests"
+        self.counts[key] = self.counts.get(key, 0) + lost.count
+
+    def _windows_over(self, owner: int, first: int, last: int) -> set[str]:
+        """The tests of `owner` with a phase window, or a gap after one, in [first, last]."""
+        bucket = self.windows.get(owner, ())
+        found = set()
+        # a process's phase windows follow one another: walk back from the last that
+        # starts in the loss to the first that ended before it
+        for index in range(bisect.bisect_right(bucket, last, key=_start) - 1, -1, -1):
+            window = bucket[index]
+            if window.end is not None and window.end < first:
+                break
+            found.add(window.nodeid)
+        for ts in (first, last):  # a gap between two phases belongs to the test
+            window = self._locate(owner, ts)[0]
+            if window is not None:
+                found.add(window.nodeid)
+        return found
 
     def _outside_tests(self, owner: int, ts: int, previous: Window | None, name: str,
                        label: str, probe: bool, ev: Event, learned: tuple = ()) -> None:

@@ -105,6 +105,7 @@ def libbcc(path: str) -> ctypes.CDLL:
             ("bpf_table_key_desc_id", cp, [vp, sz]), ("bpf_table_leaf_desc_id", cp, [vp, sz]),
             ("bpf_table_key_size_id", sz, [vp, sz]), ("bpf_table_leaf_size_id", sz, [vp, sz]),
             ("bpf_lookup_elem", i, [i, vp, vp]), ("bpf_get_next_key", i, [i, vp, vp]),
+            ("bpf_lookup_and_delete", i, [i, vp, vp]), ("bpf_delete_elem", i, [i, vp]),
             ("bpf_update_elem", i, [i, vp, vp, ctypes.c_ulonglong]),
             ("bpf_attach_tracepoint", i, [i, cp, cp]),
             ("bpf_attach_uprobe", i, [i, i, cp, cp, ctypes.c_ulonglong, i]),
@@ -284,6 +285,20 @@ class Table:
                                      ctypes.byref(leaf), 0) < 0:
             err = ctypes.get_errno() or errno.EINVAL
             raise OSError(err, f"updating map {self.spec.name}: {os.strerror(err)}")
+
+    def pop(self, key):
+        """The value of `key`, removed from the map in the same call (a hash map; Linux
+        5.14). KeyError when it is absent."""
+        value = self._value_type()
+        key = self._key(key)
+        if self._lib.bpf_lookup_and_delete(self.fd, ctypes.byref(key), ctypes.byref(value)) == 0:
+            return value
+        if ctypes.get_errno() == errno.ENOENT:
+            raise KeyError(key)
+        # an older kernel: read, then delete (what changes in between is not seen)
+        value = self[key]
+        self._lib.bpf_delete_elem(self.fd, ctypes.byref(key))
+        return value
 
     def keys(self):
         key, next_key = None, self.Key()

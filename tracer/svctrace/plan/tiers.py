@@ -76,6 +76,7 @@ def plan_tiers(report: Report | dict, tiers: list[Tier], granularity: str = "tes
     assignments: dict[str, str] = {}
     group_tiers: dict[str, str] = {}
     uncovered: dict[str, list[str]] = {}
+    moved: list[str] = []  # incomplete groups their needs alone put in a cheaper tier
     for key, members in groups.items():
         # A test that never ran has no observed needs: only the most complete tier is safe.
         unknown = any(not tests[n].ran for n in members)
@@ -83,6 +84,11 @@ def plan_tiers(report: Report | dict, tiers: list[Tier], granularity: str = "tes
         needs = set().union(*(tests[n].proven_needs for n in members))
         name = fallback.name if unknown else covering_tier(
             ((t.name, t.services) for t in order), needs)
+        # Records lost while a test ran may hide a service it needs: trust no partial
+        # answer, the most complete tier is the safe one.
+        if any(tests[n].incomplete for n in members) and name not in (None, fallback.name):
+            name = fallback.name
+            moved += members
         if name is None:
             name = fallback.name
             for nodeid in members:
@@ -111,6 +117,7 @@ def plan_tiers(report: Report | dict, tiers: list[Tier], granularity: str = "tes
         "durations": durations,
         "default_duration_s": default,
         "uncovered": uncovered,
+        **({"incomplete": sorted(moved)} if moved else {}),
         # Lets tier_of place a new test next to its class or file mates without a scan.
         "groups": group_tiers if granularity != "test" else {},
     }
@@ -126,6 +133,17 @@ def moved_by_proof(report: Report | dict, tiers: list[Tier], granularity: str = 
     rank = {name: i for i, name in enumerate(with_proof["order"])}
     return sum(1 for n, tier in with_proof["assignments"].items()
                if rank[tier] < rank[without["assignments"][n]])
+
+
+def incomplete_line(plan: Plan | dict) -> str | None:
+    """What the plan did with incomplete tests, in one sentence (None: there were none)."""
+    plan = as_plan(plan)
+    if not plan.incomplete:
+        return None
+    n = len(plan.incomplete)
+    return (f"{counted(n, 'test')} moved to {plan.fallback} (the most complete tier): "
+            f"the backend lost records while {'it' if n == 1 else 'they'} ran, so "
+            f"{'its' if n == 1 else 'their'} needs may be incomplete")
 
 
 def parse_shard(text: str, option: str = "--shard") -> tuple[int, int]:
@@ -288,6 +306,12 @@ def markdown_summary(plan: Plan | dict, matrix_: dict, today_jobs: int = 1) -> s
               "`startup_s`; test time is the same either way; each job's own overhead "
               "(checkout, install) is not counted, and it grows with the number of jobs. "
               "Today's job count: `--today-shards`."]
+    if plan.incomplete:
+        lines += ["", f"{incomplete_line(plan)}:", ""]
+        lines += [f"- `{nodeid}`" for nodeid in plan.incomplete[:20]]
+        if len(plan.incomplete) > 20:
+            lines.append(f"- … and {len(plan.incomplete) - 20} more (see the plan's "
+                         "`incomplete`)")
     if plan.uncovered:
         lines += ["", f"{counted(len(plan.uncovered), 'test')} {plural(len(plan.uncovered), 'need')} "
                   "services no tier starts; they run "

@@ -85,6 +85,8 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
             # what it reached through them is missing from this answer
             "unseen_clients": list(test.info.unseen) if test.info else [],
         }
+        if test.lost:  # the backend lost records while it ran: its answer may be partial
+            tests[nodeid].update(lost_events=test.lost, incomplete=True)
     unattributed = []
     for key in sorted(set(att.unattributed) | set(att.unattributed_probes)):
         services = att.unattributed.get(key, {})

@@ -157,6 +157,9 @@ class TestRecord(Record):
     ignored: dict[str, dict] = field(default_factory=dict)
     unseen_clients: list[str] = field(default_factory=list)  # inprocess: C clients it misses
     needs_proof: dict[str, str] = field(default_factory=dict)  # svctrace prove: verdicts
+    # records the backend lost while the test ran (absent when none): `needs` may miss some
+    lost_events: int = 0
+    incomplete: bool = False
 
     @property
     def proven_needs(self) -> list[str]:
@@ -307,6 +310,8 @@ class Plan(Record):
     default_duration_s: float = 1.0
     uncovered: dict[str, list[str]] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)
+    # tests moved to the fallback because records were lost while they ran (absent: none)
+    incomplete: list[str] = field(default_factory=list)
 
     NESTED: ClassVar[dict[str, tuple]] = {"tiers": _table(PlanTier)}
 

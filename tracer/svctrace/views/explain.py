@@ -10,6 +10,7 @@ from svctrace.views.stacks import test_call_sites
 from svctrace.views.wire import how_known
 from svctrace.words import counted
 from svctrace.views.names import where_text
+from svctrace.views.summary import lost_sentence
 
 
 # What a user cannot guess from the report's own words.
@@ -294,6 +295,8 @@ def explain_one(report: Report | dict, nodeid: str) -> str:
                      f", which the {data['backend']} backend cannot see: services this test "
                      "reached through them are missing here (the ebpf or strace backend "
                      "sees them)")
+    if data.get("incomplete"):
+        lines.append(f"  {lost_sentence(data.get('lost_events', 0))}")
     sites = test_call_sites(report, nodeid)  # svctrace run --stacks: first
     if sites:
         lines += ["  where in the code (Python stacks of each first contact):", *sites]

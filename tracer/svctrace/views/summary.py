@@ -87,6 +87,33 @@ def unseen_text(report: Report) -> str | None:
             "them; the ebpf or strace backend sees them)")
 
 
+def lost_sentence(lost: int) -> str:
+    """Why one test is incomplete, in one sentence (explain, html)."""
+    return (f"INCOMPLETE: {counted(lost, 'record')} of this test's processes "
+            f"{plural(lost, 'was')} lost (the eBPF ring buffer was full), so services it "
+            "needs may be missing; `svctrace tiers` runs it in the most complete tier")
+
+
+def lost_text(report: Report) -> str | None:
+    """One sentence: which tests lost records, and what that means (None: none did)."""
+    lossy = sorted(n for n, t in report.tests.items() if t.incomplete)
+    unkept = int(report.run.backend_stats.get("lost_unkept", 0) or 0)
+    if not lossy and not unkept:
+        return None
+    text = ""
+    if lossy:
+        shown = ", ".join(lossy[:5]) + (f" and {len(lossy) - 5} more" if len(lossy) > 5 else "")
+        one = len(lossy) == 1
+        text = (f"INCOMPLETE: records were lost while {_tests(len(lossy))} ran ({shown}): "
+                f"services {'it needs' if one else 'they need'} may be missing, so "
+                f"`svctrace tiers` runs {'it' if one else 'them'} in the most complete tier")
+    if unkept:
+        text += ("; " if text else "INCOMPLETE: ") + (
+            f"{counted(unkept, 'lost record')} could not be told to a test, so any test's "
+            "answer may be partial")
+    return text
+
+
 def _tests(n: int) -> str:
     return counted(n, "test")
 
@@ -217,6 +244,9 @@ def format_summary(report: Report | dict, path: str | None = None, verbose: bool
         lines.append(f"  WARNING: {counted(run.lost_events, 'event')} "
                      f"{plural(run.lost_events, 'was')} lost: services may be "
                      "missing (raise ringbuf_pages in [tool.svctrace])")
+    lossy = lost_text(report)
+    if lossy:
+        lines.append(f"  {lossy}")
     unseen = unseen_text(report)
     if unseen:
         lines.append(f"  {unseen}")
@@ -319,6 +349,9 @@ def markdown_summary(report: Report | dict, path: str | None = None,
         lines += ["", f"> **Warning:** {counted(run.lost_events, 'event')} "
                   f"{plural(run.lost_events, 'was')} lost: services may "
                   "be missing (raise `ringbuf_pages` in `[tool.svctrace]`)."]
+    lossy = lost_text(report)
+    if lossy:
+        lines += ["", f"> **{_md(lossy)}**"]
     unseen = unseen_text(report)
     if unseen:
         lines += ["", f"> **{_md(unseen)}**"]
