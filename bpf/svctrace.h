@@ -56,7 +56,9 @@ enum svct_counter {
 	CNT_TAILED_SENDS = 5,		/* folded sends reported in tail records; FOLDED -
 					 * TAILED after the final drain = folded sends whose
 					 * record the LRU map evicted */
-	CNT_SLOTS = 6,
+	CNT_FOLDED_CONNECTS = 6,	/* SVCT_JOIN: connects folded (fold_connect) */
+	CNT_TAILED_CONNECTS = 7,	/* folded connects reported in tail records */
+	CNT_SLOTS = 8,
 };
 
 struct svct_event {
@@ -81,9 +83,11 @@ struct svct_event {
 		__u8 v6[16];             /* network order */
 		char path[SVCT_PATH_LEN];/* sun_path as given to connect/sendto, or exec filename */
 	} addr;
-	__u32 count;             /* SEND: how many sends this record stands for. 1, or for a
-	                          * "tail" record the sends on the same socket that followed the
-	                          * first one in the same marker epoch (ts/tid = the last one) */
+	__u32 count;             /* SEND, CONNECT: how many calls this record stands for. 1,
+	                          * or for a "tail" record the calls that followed the first
+	                          * one in the same marker epoch (ts/tid = the last one): sends
+	                          * on the same socket; connects of one thread to the same
+	                          * destination with the same result (SVCT_JOIN) */
 };                               /* sizeof == 160 */
 
 /* Host names the tree resolves: the first SVCT_DNS_MAX bytes of each receive on a socket
