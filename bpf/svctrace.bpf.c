@@ -111,8 +111,9 @@ struct agg_key {
 /* Sends on one socket within one marker epoch (see bump_epoch) all lie between the same
  * two phase edges: the first is emitted, the others only counted, and a "tail" record
  * (count, last ts/tid) follows when the epoch moves on. A tight libpq loop then costs
- * user space one record per test phase, not one per round trip. Connects fold the same
- * way (SVCT_JOIN, conn_aggs). */
+ * user space one record per test phase, not one per round trip. With SVCT_JOIN, connects
+ * and the sends of a process's other sockets to the same destination fold the same way
+ * per destination (dest_aggs): a storm of short connections costs a record per phase. */
 struct agg {
 	__u64 epoch;
 	__u64 last_ts;
@@ -184,21 +185,24 @@ BPF_ARRAY(marker_pipe, struct marker_pipe, 1);
 /* owner tgid -> its current epoch (a value of `epoch` taken at its last marker write) */
 BPF_TABLE("lru_hash", __u32, __u64, owner_epochs, 4096);
 
-/* Connects of one thread to one destination with one result, within an owner epoch */
-struct conn_key {
+/* Records folded per destination within an owner epoch: connects of one thread with one
+ * result, and sends of one process (on any socket but the one whose record was emitted) */
+struct dest_key {
 	__u32 tgid;
-	__u32 tid;
-	__s32 result;    /* 0, -EINPROGRESS (settled ok), or -errno (settled failure) */
+	__u32 tid;       /* connects; 0 for sends */
+	__s32 result;    /* connects: 0, -EINPROGRESS (settled ok), or -errno (settled
+	                  * failure); 0 for sends */
 	__u16 family;
 	__u16 dport;
 	__u64 a0;
 	__u64 a1;
 	__u64 path_hash; /* unix paths: the whole path, not only its first 16 bytes */
+	__u8 kind;       /* SVCT_CONNECT or SVCT_SEND */
 	__u8 proto;
 	__u8 addr_len;
-	__u8 _pad[6];
+	__u8 _pad[5];
 };
-BPF_TABLE("lru_hash", struct conn_key, struct agg, conn_aggs, AGGS_MAX);
+BPF_TABLE("lru_hash", struct dest_key, struct agg, dest_aggs, AGGS_MAX);
 #endif
 
 #ifdef SVCT_STACKS
@@ -813,34 +817,34 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 #ifdef SVCT_JOIN
 static __always_inline void emit_tail(struct agg *a, __u32 tailed);
 
-/* 1: connect e, whose result is already settled (0, -errno, or -EINPROGRESS that
- * succeeded), was folded into its key's record: do not emit it. 0: emit it; it starts
- * the key's record for this epoch, and a tail (count, last ts/tid, result = `settled`)
- * will follow if more come. A storm of short connections then costs one record per
- * destination and phase. */
-static __always_inline int fold_connect(const struct svct_event *e, __s32 settled)
+/* 1: e (a connect whose result is already settled: 0, -errno, or -EINPROGRESS that
+ * succeeded; or a send) was folded into its destination's record: do not emit it. 0:
+ * emit it; it starts that record for epoch `now`, and a tail (count, last ts/tid, result
+ * = `result`) will follow if more come. */
+static __always_inline int fold_dest(const struct svct_event *e, __s32 result, __u64 now)
 {
-	struct conn_key key = {.tgid = e->pid, .tid = e->tid, .result = settled,
-			       .family = e->family, .dport = e->dport, .proto = e->proto,
+	int connect = e->kind == SVCT_CONNECT;
+	struct dest_key key = {.tgid = e->pid, .tid = connect ? e->tid : 0,
+			       .result = connect ? result : 0, .family = e->family,
+			       .dport = e->dport, .kind = e->kind, .proto = e->proto,
 			       .addr_len = e->addr_len};
-	__u64 now = epoch_of(current_tgid());
 	struct agg *a, *fresh;
 	__u32 zero = 0;
 
 	__builtin_memcpy(&key.a0, e->addr.path, 8);
 	__builtin_memcpy(&key.a1, e->addr.path + 8, 8);
 	key.path_hash = path_rest_hash(e);
-	a = conn_aggs.lookup(&key);
+	a = dest_aggs.lookup(&key);
 	if (a && a->epoch == now) {
 		__sync_fetch_and_add(&a->count, 1);
-		count(CNT_FOLDED_CONNECTS);
+		count(connect ? CNT_FOLDED_CONNECTS : CNT_FOLDED_SENDS);
 		a->last_ts = e->ts_ns;
 		a->last_tid = e->tid;
 		__builtin_memcpy(a->last_comm, e->comm, sizeof(a->last_comm));
 		return 1;
 	}
 	if (a && a->count)
-		emit_tail(a, CNT_TAILED_CONNECTS);
+		emit_tail(a, connect ? CNT_TAILED_CONNECTS : CNT_TAILED_SENDS);
 	fresh = agg_scratch.lookup(&zero);
 	if (!fresh)
 		return 0;
@@ -849,9 +853,14 @@ static __always_inline int fold_connect(const struct svct_event *e, __s32 settle
 	fresh->last_ts = e->ts_ns;
 	fresh->last_tid = e->tid;
 	__builtin_memcpy(&fresh->first, e, sizeof(*e));
-	fresh->first.result = settled; /* a tail has no CONNECT_RESULT to settle it */
-	conn_aggs.update(&key, fresh);
+	fresh->first.result = result; /* a connect tail has no CONNECT_RESULT to settle it */
+	dest_aggs.update(&key, fresh);
 	return 0;
+}
+
+static __always_inline int fold_connect(const struct svct_event *e, __s32 settled)
+{
+	return fold_dest(e, settled, epoch_of(current_tgid()));
 }
 
 /* Fold the returning connect p if its outcome is known now: 1 when folded. A
@@ -1299,6 +1308,15 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 	*first = !a || !same_dest(&a->first, e);
 	if (a && a->count)
 		emit_tail(a, CNT_TAILED_SENDS);
+#ifdef SVCT_JOIN
+	/* another socket's record to this destination is open in this epoch (a new
+	 * connection per request): count the send there */
+	if (fold_dest(e, e->result, now)) {
+		if (a)
+			aggs.delete(&key); /* its tail is out: no second one */
+		return 1;
+	}
+#endif
 	fresh = agg_scratch.lookup(&zero);
 	if (!fresh)
 		return 0;

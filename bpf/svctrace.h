@@ -52,11 +52,12 @@ enum svct_counter {
 	CNT_FOREIGN_PIDNS_EVENTS = 3,	/* an event of a traced process in another PID
 					 * namespace (a deeper one it created): its pids
 					 * cannot be told, not emitted */
-	CNT_FOLDED_SENDS = 4,		/* sends folded into a socket's record (fold_send) */
+	CNT_FOLDED_SENDS = 4,		/* sends folded into a socket's record (fold_send),
+					 * or a destination's (SVCT_JOIN: fold_dest) */
 	CNT_TAILED_SENDS = 5,		/* folded sends reported in tail records; FOLDED -
 					 * TAILED after the final drain = folded sends whose
 					 * record the LRU map evicted */
-	CNT_FOLDED_CONNECTS = 6,	/* SVCT_JOIN: connects folded (fold_connect) */
+	CNT_FOLDED_CONNECTS = 6,	/* SVCT_JOIN: connects folded (fold_dest) */
 	CNT_TAILED_CONNECTS = 7,	/* folded connects reported in tail records */
 	CNT_SLOTS = 8,
 };
@@ -86,7 +87,8 @@ struct svct_event {
 	__u32 count;             /* SEND, CONNECT: how many calls this record stands for. 1,
 	                          * or for a "tail" record the calls that followed the first
 	                          * one in the same marker epoch (ts/tid = the last one): sends
-	                          * on the same socket; connects of one thread to the same
+	                          * on the same socket (SVCT_JOIN: of one process to the same
+	                          * destination); connects of one thread to the same
 	                          * destination with the same result (SVCT_JOIN) */
 };                               /* sizeof == 160 */
 

@@ -581,7 +581,7 @@ class EbpfBackend(Backend):
         """Sends (per socket) and connects (per thread, destination and result) the kernel
         folded and has not reported yet."""
         tails = []
-        maps = [self._bpf["aggs"]] + ([self._bpf["conn_aggs"]] if self._join else [])
+        maps = [self._bpf["aggs"]] + ([self._bpf["dest_aggs"]] if self._join else [])
         for _key, agg in (item for table in maps for item in table.items()):
             if not agg.count:
                 continue
