@@ -121,6 +121,12 @@ struct agg {
 	__u32 last_tid;
 	char last_comm[SVCT_COMM_LEN];
 	struct svct_event first;
+	/* dest_aggs of sends: the first send's first bytes (hash; 0: none read), and how
+	 * many folded sends were another socket's first with the same bytes */
+	__u64 bytes_hash;
+	__u32 firsts;
+	__u32 to_dest; /* aggs (SVCT_JOIN): this socket's sends fold into its destination's
+	                * record in dest_aggs, this epoch */
 };
 
 /* Between a clone-family syscall's entry and exit in the creating thread. */
@@ -203,6 +209,9 @@ struct dest_key {
 	__u8 _pad[5];
 };
 BPF_TABLE("lru_hash", struct dest_key, struct agg, dest_aggs, AGGS_MAX);
+BPF_PERCPU_ARRAY(dest_key_scratch, struct dest_key, 1); /* off the send path's stack */
+/* A first send's bytes, read once for both its hash and its record (sent_bytes_hash) */
+BPF_PERCPU_ARRAY(bytes_scratch, struct svct_first, 1);
 #endif
 
 #ifdef SVCT_STACKS
@@ -816,26 +825,48 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 
 #ifdef SVCT_JOIN
 static __always_inline void emit_tail(struct agg *a, __u32 tailed);
+#ifdef SVCT_FIRST_BYTES
+static __always_inline __u64 sent_bytes_hash(const struct svct_event *e);
+#else
+#define sent_bytes_hash(e) 0
+#endif
 
 /* 1: e (a connect whose result is already settled: 0, -errno, or -EINPROGRESS that
  * succeeded; or a send) was folded into its destination's record: do not emit it. 0:
  * emit it; it starts that record for epoch `now`, and a tail (count, last ts/tid, result
- * = `result`) will follow if more come. */
-static __always_inline int fold_dest(const struct svct_event *e, __s32 result, __u64 now)
+ * = `result`) will follow if more come. `first`: e is its socket's first send; it folds
+ * only if its first bytes are the record's (user space then counts the connection with
+ * those bytes: the tail's ppid), else it is emitted with them. */
+static __always_inline int fold_dest(const struct svct_event *e, __s32 result, __u64 now,
+				     int first)
 {
 	int connect = e->kind == SVCT_CONNECT;
-	struct dest_key key = {.tgid = e->pid, .tid = connect ? e->tid : 0,
-			       .result = connect ? result : 0, .family = e->family,
-			       .dport = e->dport, .kind = e->kind, .proto = e->proto,
-			       .addr_len = e->addr_len};
+	__u64 hash = first ? sent_bytes_hash(e) : 0;
 	struct agg *a, *fresh;
+	struct dest_key *key;
 	__u32 zero = 0;
 
-	__builtin_memcpy(&key.a0, e->addr.path, 8);
-	__builtin_memcpy(&key.a1, e->addr.path + 8, 8);
-	key.path_hash = path_rest_hash(e);
-	a = dest_aggs.lookup(&key);
+	key = dest_key_scratch.lookup(&zero);
+	if (!key)
+		return 0;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->tgid = e->pid;
+	key->tid = connect ? e->tid : 0;
+	key->result = connect ? result : 0;
+	key->family = e->family;
+	key->dport = e->dport;
+	key->kind = e->kind;
+	key->proto = e->proto;
+	key->addr_len = e->addr_len;
+	__builtin_memcpy(&key->a0, e->addr.path, 8);
+	__builtin_memcpy(&key->a1, e->addr.path + 8, 8);
+	key->path_hash = path_rest_hash(e);
+	a = dest_aggs.lookup(key);
 	if (a && a->epoch == now) {
+		if (first && hash != a->bytes_hash)
+			return 0; /* other bytes (another Host): emitted; the record stays */
+		if (first)
+			__sync_fetch_and_add(&a->firsts, 1);
 		__sync_fetch_and_add(&a->count, 1);
 		count(connect ? CNT_FOLDED_CONNECTS : CNT_FOLDED_SENDS);
 		a->last_ts = e->ts_ns;
@@ -854,13 +885,15 @@ static __always_inline int fold_dest(const struct svct_event *e, __s32 result, _
 	fresh->last_tid = e->tid;
 	__builtin_memcpy(&fresh->first, e, sizeof(*e));
 	fresh->first.result = result; /* a connect tail has no CONNECT_RESULT to settle it */
-	dest_aggs.update(&key, fresh);
+	fresh->bytes_hash = hash;
+	fresh->firsts = 0;
+	dest_aggs.update(key, fresh);
 	return 0;
 }
 
 static __always_inline int fold_connect(const struct svct_event *e, __s32 settled)
 {
-	return fold_dest(e, settled, epoch_of(current_tgid()));
+	return fold_dest(e, settled, epoch_of(current_tgid()), 0);
 }
 
 /* Fold the returning connect p if its outcome is known now: 1 when folded. A
@@ -1284,6 +1317,8 @@ static __always_inline void emit_tail(struct agg *a, __u32 tailed)
 	t->tid = a->last_tid;
 	__builtin_memcpy(t->comm, a->last_comm, sizeof(t->comm));
 	t->count = a->count;
+	if (t->kind == SVCT_SEND)
+		t->ppid = a->firsts; /* SVCT_JOIN; 0 otherwise */
 	count_n(tailed, a->count);
 	submit(t);
 }
@@ -1297,7 +1332,7 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 	__u64 now = epoch_of(current_tgid());
 	struct agg *a = aggs.lookup(&key), *fresh;
 
-	if (a && a->epoch == now && same_dest(&a->first, e)) {
+	if (a && a->epoch == now && same_dest(&a->first, e) && !a->to_dest) {
 		__sync_fetch_and_add(&a->count, 1);
 		count(CNT_FOLDED_SENDS);
 		a->last_ts = e->ts_ns;
@@ -1310,10 +1345,19 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 		emit_tail(a, CNT_TAILED_SENDS);
 #ifdef SVCT_JOIN
 	/* another socket's record to this destination is open in this epoch (a new
-	 * connection per request): count the send there */
-	if (fold_dest(e, e->result, now)) {
-		if (a)
-			aggs.delete(&key); /* its tail is out: no second one */
+	 * connection per request): count the send there, and this socket's next ones too
+	 * (its entry remembers it has sent: they are not first sends) */
+	if (fold_dest(e, e->result, now, *first)) {
+		if (a && a->to_dest && a->epoch == now && !*first)
+			return 1;
+		fresh = agg_scratch.lookup(&zero);
+		if (!fresh)
+			return 1;
+		fresh->epoch = now;
+		fresh->count = 0; /* its tail (if any) is out: no second one */
+		fresh->to_dest = 1;
+		__builtin_memcpy(&fresh->first, e, sizeof(*e));
+		aggs.update(&key, fresh);
 		return 1;
 	}
 #endif
@@ -1324,6 +1368,8 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 	fresh->count = 0;
 	fresh->last_ts = e->ts_ns;
 	fresh->last_tid = e->tid;
+	fresh->firsts = 0;
+	fresh->to_dest = 0;
 	__builtin_memcpy(&fresh->first, e, sizeof(*e));
 	aggs.update(&key, fresh);
 	return 0;
@@ -1385,10 +1431,54 @@ static __always_inline int submit_first(const struct svct_event *e)
 	f->data_len = 0;
 	f->_pad = 0;
 	__builtin_memset(f->data, 0, sizeof(f->data)); /* no stale ring bytes reach user space */
+#ifdef SVCT_JOIN
+	{
+		/* read already, for its hash (fold_dest): one copy of first_bytes() fits the
+		 * send program's stack, two did not */
+		__u32 zero = 0;
+		struct svct_first *read = bytes_scratch.lookup(&zero);
+
+		if (read && read->e.ts_ns == e->ts_ns && read->e.tid == e->tid &&
+		    read->data_len <= SVCT_DATA_LEN) {
+			f->data_len = read->data_len;
+			__builtin_memcpy(f->data, read->data, sizeof(f->data));
+		}
+	}
+#else
 	first_bytes(f, e->result);
+#endif
 	events.ringbuf_submit(f, BPF_RB_NO_WAKEUP);
 	return 1;
 }
+
+#ifdef SVCT_JOIN
+/* FNV-1a over the first bytes the current send syscall passed (length included), or 0
+ * when none could be read; the bytes stay in bytes_scratch for submit_first(). */
+static __always_inline __u64 sent_bytes_hash(const struct svct_event *e)
+{
+	__u64 hash = 14695981039346656037ULL;
+	const __u64 *words;
+	struct svct_first *f;
+	__u32 zero = 0;
+
+	f = bytes_scratch.lookup(&zero);
+	if (!f)
+		return 0;
+	f->e.ts_ns = e->ts_ns; /* whose bytes these are */
+	f->e.tid = e->tid;
+	f->data_len = 0;
+	__builtin_memset(f->data, 0, sizeof(f->data)); /* words past data_len hash as 0 */
+	first_bytes(f, e->result);
+	if (!f->data_len)
+		return 0;
+	hash = (hash ^ f->data_len) * 1099511628211ULL;
+	words = (const __u64 *)f->data; /* 8-aligned: data sits at offset 168 */
+#pragma unroll
+	for (int i = 0; i < SVCT_DATA_LEN / 8; i++)
+		hash = (hash ^ words[i]) * 1099511628211ULL;
+	return hash;
+}
+#endif
 #endif
 
 TRACEPOINT_PROBE(sock, sock_send_length)

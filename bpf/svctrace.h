@@ -68,7 +68,10 @@ struct svct_event {
 	/* pids and tids are those of the runner's PID namespace (a container's own) */
 	__u32 pid;               /* tgid (FORK: the child) */
 	__u32 tid;               /* thread id (FORK: the child; THREAD: the new thread) */
-	__u32 ppid;              /* FORK: parent tgid; THREAD: creating thread; else 0 */
+	__u32 ppid;              /* FORK: parent tgid; THREAD: creating thread; a SEND tail
+	                          * (SVCT_JOIN): how many of its sends were other sockets'
+	                          * first sends with the first bytes of the record it
+	                          * continues (same pid, destination and lport); else 0 */
 	__s32 result;            /* CONNECT/SEND: return value; else 0 */
 	char comm[SVCT_COMM_LEN];/* thread name (task->comm) of the acting thread */
 	__u16 dport;             /* destination port, host order (inet only) */

@@ -224,3 +224,35 @@ def test_without_the_join_every_connect_is_a_record(pipe):
 
     records = _run(_tracer(pipe, join=False), work)
     assert [r.count for r in _events(records, "connect", port)] == [1] * 100
+
+
+def test_new_connections_that_send_the_same_first_bytes_fold_and_are_counted(pipe):
+    """One request per connection: later sockets' sends to a destination fold into the
+    first socket's record while their first bytes are the same; user space gets one
+    record with those bytes standing for every such connection. Other bytes (another
+    Host) are a record of their own, with their bytes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    port = listener.getsockname()[1]
+    same = b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"
+    other = b"GET / HTTP/1.1\r\nHost: b.example\r\n\r\n"
+
+    def work():
+        for data in [same] * 200 + [other] + [same] * 50:
+            with socket.socket() as sock:
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(data)
+                sock.sendall(b"more")
+
+    tracer = _tracer(pipe)
+    records = _run(tracer, work)
+    sends = _events(records, "send", port)
+    assert sum(r.count for r in sends) == 502
+    with_bytes = {}
+    for r in sends:
+        if r.first_bytes is not None:
+            with_bytes[r.first_bytes] = with_bytes.get(r.first_bytes, 0) + r.count
+    assert with_bytes == {same: 250, other: 1}
+    assert len([r for r in records if isinstance(r, Event)]) < 20
+    assert tracer.stats()["lost_events"] == 0

@@ -47,6 +47,10 @@ _PROCESS_KINDS = {"fork", "exit", "exec", "thread"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
 _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
 # counters[] slots (CNT_<NAME>), reported by stats() under these names
+# A SEND tail's ppid (kernel_join): how many of its sends were another socket's first
+# with the bytes of this destination's first send (fold_dest)
+_SEND_FIRSTS = struct.Struct("<I")  # at offset 16 of struct svct_event
+_FIRST_BYTES_KEPT = 4096
 _COUNTERS = {"lost_events": 0, "sends_unknown_dest": 1, "untraced_children": 2,
              "foreign_pidns_events": 3, "folded_sends": 4, "tailed_sends": 5,
              "folded_connects": 6, "tailed_connects": 7}
@@ -431,6 +435,7 @@ class EbpfBackend(Backend):
         self._final_stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._drained_sends = 0  # folded counts read from the maps themselves at stop()
         self._drained_connects = 0
+        self._first_bytes: dict[tuple, bytes] = {}  # (pid, dest, lport) -> first bytes
         # "compiled", "kept", or why the kept one was refused (a run note): _load_program
         self.program_origin = ""
         self.nss_note = ""  # why getaddrinfo is not traced, if it is not
@@ -507,13 +512,39 @@ class EbpfBackend(Backend):
                                  f"{_FIRST_SIZE}, {_DNS.size} or {_NSS.size}: "
                                  "bpf/svctrace.h and its mirrors disagree")
             else:
-                record = decode(ctypes.string_at(data, size))
+                raw = ctypes.string_at(data, size)
+                record = decode(raw)
+                if type(record) is Event and record.kind == "send":
+                    self._pending.extend(self._folded_firsts(
+                        record, _SEND_FIRSTS.unpack_from(raw, 16)[0]))
+                    self._events += 1
+                    return 0
         except Exception as exc:
             self._decode_errors.append(str(exc))
             return 0
         self._events += 1
         self._pending.append(record)
         return 0
+
+    def _folded_firsts(self, send: Event, firsts: int) -> list[Event]:
+        """A send record as user space reads it. A first send's bytes are kept per process
+        and destination; a kernel_join tail whose folded sends include `firsts` other
+        sockets' first sends with those very bytes is split in two: those, as one record
+        with the bytes (count = connections recognised from them), and the rest. Keyed by
+        the local port too: a tail is a copy of the record that began it, and another
+        socket's first send with other bytes may have come in between."""
+        key = (send.pid, send.dest, send.local_port)
+        if send.first_bytes is not None:
+            if len(self._first_bytes) >= _FIRST_BYTES_KEPT and key not in self._first_bytes:
+                self._first_bytes.clear()  # a bound, not a cache: a miss only undercounts
+            self._first_bytes[key] = send.first_bytes
+            return [send]
+        data = self._first_bytes.get(key) if firsts else None
+        if data is None or firsts > send.count:
+            return [send]
+        rest = [dataclasses.replace(send, count=send.count - firsts)] \
+            if send.count > firsts else []
+        return [dataclasses.replace(send, count=firsts, first_bytes=data), *rest]
 
     def child_started(self, pid: int) -> None:
         """pid (in our namespace) waits in a read() of its gate pipe; it is traced from
@@ -587,9 +618,11 @@ class EbpfBackend(Backend):
                 continue
             first = decode(bytes(agg.first))
             if isinstance(first, Event):
-                tails.append(dataclasses.replace(first, mono_ns=agg.last_ts, tid=agg.last_tid,
-                                                 comm=_text(bytes(agg.last_comm)),
-                                                 count=agg.count))
+                tail = dataclasses.replace(first, mono_ns=agg.last_ts, tid=agg.last_tid,
+                                           comm=_text(bytes(agg.last_comm)),
+                                           count=agg.count, first_bytes=None)
+                tails += self._folded_firsts(tail, agg.firsts) if tail.kind == "send" \
+                    else [tail]
         return tails
 
     def _kernel_counters(self) -> dict[str, int]:
