@@ -191,11 +191,12 @@ BPF_ARRAY(marker_pipe, struct marker_pipe, 1);
 /* owner tgid -> its current epoch (a value of `epoch` taken at its last marker write) */
 BPF_TABLE("lru_hash", __u32, __u64, owner_epochs, 4096);
 
-/* Records folded per destination within an owner epoch: connects of one thread with one
- * result, and sends of one process (on any socket but the one whose record was emitted) */
+/* Records folded per destination within an owner epoch, per thread (each thread stays in
+ * the evidence): connects with one result, and sends on any socket but the one whose
+ * record was emitted */
 struct dest_key {
 	__u32 tgid;
-	__u32 tid;       /* connects; 0 for sends */
+	__u32 tid;
 	__s32 result;    /* connects: 0, -EINPROGRESS (settled ok), or -errno (settled
 	                  * failure); 0 for sends */
 	__u16 family;
@@ -851,7 +852,7 @@ static __always_inline int fold_dest(const struct svct_event *e, __s32 result, _
 		return 0;
 	__builtin_memset(key, 0, sizeof(*key));
 	key->tgid = e->pid;
-	key->tid = connect ? e->tid : 0;
+	key->tid = e->tid;
 	key->result = connect ? result : 0;
 	key->family = e->family;
 	key->dport = e->dport;

@@ -90,7 +90,7 @@ struct svct_event {
 	__u32 count;             /* SEND, CONNECT: how many calls this record stands for. 1,
 	                          * or for a "tail" record the calls that followed the first
 	                          * one in the same marker epoch (ts/tid = the last one): sends
-	                          * on the same socket (SVCT_JOIN: of one process to the same
+	                          * on the same socket (SVCT_JOIN: of one thread to the same
 	                          * destination); connects of one thread to the same
 	                          * destination with the same result (SVCT_JOIN) */
 };                               /* sizeof == 160 */

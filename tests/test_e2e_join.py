@@ -37,37 +37,43 @@ def _both(tmp_path: Path, make_suite, env: dict, pytest_args: tuple = ()
     return reports[0], reports[1]
 
 
-# What legitimately differs between two runs of one suite: times, pids, and how many
-# records the kernel sent (the join's whole point); per-test and per-service facts stay.
-_RUN_FIELDS = {"started", "finished", "duration_s", "records", "backend_stats", "events",
-               "lost_events", "notes", "command", "counts"}
-_EVIDENCE_DROPPED = {"first", "processes", "threads", "background"}
+# What legitimately differs between two runs of one suite: times, pids, ports of listeners
+# the suite opens itself, and how many records the kernel sent (the join's whole point).
+_EVIDENCE_DROPPED = ("first", "processes")
+_COUNTS = ("connects", "sends", "failed_connects")
+
+
+def _evidence(evidence: dict, timing_dependent: bool) -> None:
+    for key in _EVIDENCE_DROPPED:
+        evidence.pop(key, None)
+    if timing_dependent:
+        # retries on a timer (librdkafka's reconnect backoff): whether, not how often
+        for key in (*_COUNTS, "threads", "background"):
+            evidence[key] = bool(evidence.get(key))
+        for entry in evidence.get("by_destination", {}).values():
+            for key in _COUNTS:
+                entry[key] = entry[key] > 0
+            entry["errors"] = sorted(entry["errors"])
 
 
 def _normalized(report: dict, timing_dependent: frozenset = frozenset()) -> dict:
     out = json.loads(json.dumps(report))
-    out.pop("run", None)
-    out.pop("generated", None)
-    for nodeid, test in out.get("tests", {}).items():
-        test.pop("durations", None)
+    out.pop("run")
+    for nodeid, test in out["tests"].items():
         test.pop("duration_s", None)
-        test.pop("pid", None)
-        for service, evidence in test.get("evidence", {}).items():
-            for key in _EVIDENCE_DROPPED:
-                evidence.pop(key, None)
-            if nodeid.rsplit("::", 1)[-1] in timing_dependent:
-                # retries on a timer (librdkafka's reconnect backoff): whether, not how often
-                for key in ("connects", "sends", "failed_connects"):
-                    if key in evidence:
-                        evidence[key] = evidence[key] > 0
-                for entry in evidence.get("by_destination", {}).values():
-                    for key in ("connects", "sends", "failed_connects"):
-                        entry[key] = entry[key] > 0
-                    entry["errors"] = sorted(entry["errors"])
-    for entry in out.get("unattributed", []):
-        for key in _EVIDENCE_DROPPED | {"connects", "sends", "failed_connects",
-                                        "by_destination"}:
-            entry.pop(key, None)
+        timing = nodeid.rsplit("::", 1)[-1] in timing_dependent
+        for evidence in test["evidence"].values():
+            _evidence(evidence, timing)
+        for why, labels in test.get("ignored", {}).items():
+            test["ignored"][why] = sorted(labels.values())  # labels name random ports
+    for fixture in out.get("fixtures", {}).values():
+        for evidence in fixture.get("evidence", {}).values():
+            _evidence(evidence, False)
+    for entry in out["unattributed"]:
+        for evidence in entry.get("evidence", {}).values():
+            _evidence(evidence, False)
+    out["destinations"] = {label: entry for label, entry in out["destinations"].items()
+                           if not entry.get("suite_listener")}
     return out
 
 

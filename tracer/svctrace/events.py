@@ -47,7 +47,7 @@ class Event:
     pid / tid: process (tgid) and thread id. comm: thread name ("rdk:broker-1").
     local_port: the socket's own port where known (server-side replies are not contacts).
     count: how many operations the record stands for: the eBPF backend folds sends on one
-          socket (kernel_join: of one process to one destination), and (kernel_join)
+          socket (kernel_join: of one thread to one destination), and (kernel_join)
           connects of one thread to one destination with one result, between two marker
           writes of the owning process into the first record and a final "tail" record
           (count = the others, time and thread = the last). A connect tail's result is
