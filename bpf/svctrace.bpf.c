@@ -866,7 +866,7 @@ static __always_inline int fold_dest(const struct svct_event *e, __s32 result, _
 	if (a && a->epoch == now) {
 		if (first && hash != a->bytes_hash)
 			return 0; /* other bytes (another Host): emitted; the record stays */
-		if (first)
+		if (first && hash) /* unread bytes (hash 0) name no connection */
 			__sync_fetch_and_add(&a->firsts, 1);
 		__sync_fetch_and_add(&a->count, 1);
 		count(connect ? CNT_FOLDED_CONNECTS : CNT_FOLDED_SENDS);
