@@ -47,8 +47,12 @@ QUICK_SIZES = {
 }
 # Total target rates (sends/s over all sender processes) tried in turn; the probe stops
 # after two steps in a row lose events.
+# "unfolded": marker-like writes to /dev/null between sends (with kernel_join they no
+# longer end a fold); "records": the same with kernel_join off, one record per send.
 LADDER = {
-    "unfolded": [20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000, 300_000],
+    "unfolded": [100_000, 200_000, 250_000, 300_000, 400_000, 600_000, 0],
     "folded": [100_000, 200_000, 250_000, 300_000, 400_000, 600_000, 0],  # 0: at full speed
+    "records": [20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000, 300_000],
 }
-QUICK_LADDER = {"unfolded": [40_000, 200_000], "folded": [200_000, 0]}
+QUICK_LADDER = {"unfolded": [200_000, 0], "folded": [200_000, 0],
+                "records": [40_000, 200_000]}

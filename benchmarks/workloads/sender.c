@@ -3,8 +3,8 @@
  * usage: sender HOST PORT PROCS RATE DURATION_S fold|unfold
  *   RATE       total sends per second over all processes; 0 = as fast as possible
  *   unfold     precede every send with a write of a marker-like line (RS "[", as wire.py writes) to
- *              /dev/null: svctrace's kernel side then cannot fold sends (one ring buffer
- *              record per send)
+ *              /dev/null: with kernel_join off svctrace's kernel side then cannot fold sends
+ *              (one ring buffer record per send); with it on, only the marker pipe counts
  * Prints one JSON line: {"sends": N, "seconds": S, "procs": P} (S: first start to last end).
  */
 #define _GNU_SOURCE
