@@ -371,20 +371,23 @@ static __always_inline void read_sockaddr(struct svct_event *e, const char *uadd
 	}
 }
 
-/* FNV-1a of a unix path's bytes after its first 16 (which keys compare as they are) */
+/* FNV-1a of a unix path's bytes after its first 16 (which keys compare as they are), a
+ * word at a time: the bytes past addr_len are zero in every record built here, and
+ * straight-line code keeps the send program quick to verify. */
 static __always_inline __u64 path_rest_hash(const struct svct_event *e)
 {
-	__u64 hash = 14695981039346656037ULL;
+	__u64 hash = 14695981039346656037ULL, word;
+	__u32 tail = 0;
 
 	if (e->family != SVCT_AF_UNIX)
 		return 0;
 #pragma unroll
-	for (int i = 16; i < SVCT_PATH_LEN; i++) {
-		if (i >= e->addr_len)
-			break;
-		hash = (hash ^ (__u8)e->addr.path[i]) * 1099511628211ULL;
+	for (int i = 16; i + 8 <= SVCT_PATH_LEN; i += 8) {
+		__builtin_memcpy(&word, e->addr.path + i, 8);
+		hash = (hash ^ word) * 1099511628211ULL;
 	}
-	return hash;
+	__builtin_memcpy(&tail, e->addr.path + SVCT_PATH_LEN - 4, 4); /* 108 = 16 + 11 * 8 + 4 */
+	return (hash ^ tail) * 1099511628211ULL;
 }
 
 /* ---- --stacks: stop the process at its first contact ------------------------ */
