@@ -49,7 +49,8 @@ _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
 # counters[] slots (CNT_<NAME>), reported by stats() under these names
 # A SEND tail's ppid (kernel_join): how many of its sends were another socket's first
 # with the bytes of this destination's first send (fold_dest)
-_SEND_FIRSTS = struct.Struct("<I")  # at offset 16 of struct svct_event
+_SEND_FIRSTS = struct.Struct("<I")
+_SEND_FIRSTS_AT = 16  # offset of ppid in struct svct_event
 _FIRST_BYTES_KEPT = 4096
 _COUNTERS = {"lost_events": 0, "sends_unknown_dest": 1, "untraced_children": 2,
              "foreign_pidns_events": 3, "folded_sends": 4, "tailed_sends": 5,
@@ -105,6 +106,17 @@ def tracepoints() -> tuple[str, ...]:
     from the program itself so the availability check cannot drift from it."""
     return tuple(f"{cat.decode()}/{name.decode()}" for cat, name in
                  _PROBE.findall(_program_source()))
+
+
+JOIN_KERNEL = (5, 12)  # SVCT_JOIN: BPF atomic fetch-and-add (BPF_FETCH)
+
+
+def _kernel_version() -> tuple[int, int]:
+    try:
+        major, minor = os.uname().release.split("-")[0].split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
 
 
 IMAGE_PREFIX = "program-"  # compiled programs kept in boot_cache.DIR: program-<key>.json
@@ -468,6 +480,10 @@ class EbpfBackend(Backend):
         # aggs_max: size of the send-folding map; tests shrink it to force evictions
         # stacks: the runner holds a stack taker that resumes every stopped process
         self._join = bool(ctx.settings.get("kernel_join", True))
+        if self._join and _kernel_version() < JOIN_KERNEL:
+            self._join = False  # the owners' epochs need BPF's atomic fetch-and-add
+            self.join_note = (f"kernel_join needs Linux {JOIN_KERNEL[0]}.{JOIN_KERNEL[1]}; "
+                              "this kernel folds as with kernel_join = false")
         self._bpf, self.program_origin = _load_program(
             pages, ctx.settings.get("aggs_max"), bool(ctx.settings.get("stacks")), self._join)
         self._bpf.open_ring_buffer("events", self._on_event)
@@ -516,7 +532,7 @@ class EbpfBackend(Backend):
                 record = decode(raw)
                 if type(record) is Event and record.kind == "send":
                     self._pending.extend(self._folded_firsts(
-                        record, _SEND_FIRSTS.unpack_from(raw, 16)[0]))
+                        record, _SEND_FIRSTS.unpack_from(raw, _SEND_FIRSTS_AT)[0]))
                     self._events += 1
                     return 0
         except Exception as exc:
