@@ -188,8 +188,16 @@ struct marker_pipe {
 	__u32 calibrate;
 };
 BPF_ARRAY(marker_pipe, struct marker_pipe, 1);
-/* owner tgid -> its current epoch (a value of `epoch` taken at its last marker write) */
-BPF_TABLE("lru_hash", __u32, __u64, owner_epochs, 4096);
+/* owner tgid -> its current epoch (a value of `epoch` taken at its last marker write).
+ * split: a process that had it as owner became an owner itself (an xdist worker of the
+ * main pytest process): processes still inheriting it may have been forked by that one
+ * before its first marker write, so they fold by the global epoch instead, as
+ * before the join; the owner itself keeps its own. */
+struct owner_state {
+	__u64 epoch;
+	__u64 split;
+};
+BPF_TABLE("lru_hash", __u32, struct owner_state, owner_epochs, 4096);
 
 /* Records folded per destination within an owner epoch, per thread (each thread stays in
  * the evidence): connects with one result, and sends on any socket but the one whose
@@ -254,9 +262,11 @@ static __always_inline __u64 epoch_of(__u32 tgid)
 	__u32 *owner = traced.lookup(&tgid);
 
 	if (owner && *owner) {
-		value = owner_epochs.lookup(owner);
-		if (value) /* else evicted or exited: the global epoch moves at least as often */
-			return *value;
+		struct owner_state *o = owner_epochs.lookup(owner);
+
+		/* else evicted or exited: the global epoch moves at least as often */
+		if (o && (*owner == tgid || !o->split))
+			return o->epoch;
 	}
 #endif
 	value = epoch.lookup(&zero);
@@ -1170,11 +1180,20 @@ static __always_inline void bump_epoch(__u32 tgid, __u32 *owner, __u32 fd, const
 #ifdef SVCT_JOIN
 	{
 		/* a fresh value of the global count: no two owners ever share an epoch */
-		__u64 now = __sync_fetch_and_add(value, 1) + 1;
+		struct owner_state fresh = {.epoch = __sync_fetch_and_add(value, 1) + 1};
+		struct owner_state *mine = owner_epochs.lookup(&tgid), *old;
+		__u32 before = *owner;
 
-		owner_epochs.update(&tgid, &now);
-		if (*owner != tgid)
+		if (mine)
+			mine->epoch = fresh.epoch;
+		else
+			owner_epochs.update(&tgid, &fresh);
+		if (before != tgid) {
+			old = before ? owner_epochs.lookup(&before) : 0;
+			if (old)
+				old->split = 1;
 			*owner = tgid;
+		}
 	}
 #else
 	__sync_fetch_and_add(value, 1);

@@ -256,3 +256,44 @@ def test_new_connections_that_send_the_same_first_bytes_fold_and_are_counted(pip
     assert with_bytes == {same: 250, other: 1}
     assert len([r for r in records if isinstance(r, Event)]) < 20
     assert tracer.stats()["lost_events"] == 0
+
+
+def test_a_child_forked_before_its_parent_became_an_owner_folds_by_every_marker(pipe):
+    """An xdist worker (forked by the main pytest process, which writes markers) that
+    forks a helper before its own first marker write: the helper inherited the main
+    process as owner, but its records belong to the worker's tests. Once the worker
+    writes markers the main process is "split" and the helper folds by every marker
+    write, as before the join."""
+    sink = _udp_sink()
+    port = sink.getsockname()[1]
+    helper_done, helper_go = os.pipe(), os.pipe()
+
+    def worker():
+        helper = os.fork()
+        if helper == 0:
+            out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            out.connect(sink.getsockname())
+            for _ in range(50):
+                out.send(b"h")
+            os.write(helper_done[1], b".")
+            os.read(helper_go[0], 1)
+            for _ in range(50):
+                out.send(b"h")
+            os._exit(0)
+        os.read(helper_done[0], 1)
+        _write_marker(pipe)  # the worker's first marker: a phase edge of the helper's
+        os.write(helper_go[1], b".")
+        os.waitpid(helper, 0)
+
+    def work():
+        _write_marker(pipe)  # the main process owns what it forks
+        w = os.fork()
+        if w == 0:
+            try:
+                worker()
+            finally:
+                os._exit(0)
+        os.waitpid(w, 0)
+
+    records = _run(_tracer(pipe), work)
+    assert [r.count for r in _events(records, "send", port)] == [1, 49, 1, 49]
