@@ -46,12 +46,12 @@ _LIBC = re.compile(r"\s(/\S*/libc(?:\.so\.6|-[0-9.]+\.so|\.musl-\w+\.so\.1))$")
 _PROCESS_KINDS = {"fork", "exit", "exec", "thread"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
 _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
-# counters[] slots (CNT_<NAME>), reported by stats() under these names
 # A SEND tail's ppid (kernel_join): how many of its sends were another socket's first
 # with the bytes of this destination's first send (fold_dest)
 _SEND_FIRSTS = struct.Struct("<I")
 _SEND_FIRSTS_AT = 16  # offset of ppid in struct svct_event
 _FIRST_BYTES_KEPT = 4096
+# counters[] slots (CNT_<NAME>), reported by stats() under these names
 _COUNTERS = {"lost_events": 0, "sends_unknown_dest": 1, "untraced_children": 2,
              "foreign_pidns_events": 3, "folded_sends": 4, "tailed_sends": 5,
              "folded_connects": 6, "tailed_connects": 7}
