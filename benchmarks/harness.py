@@ -166,10 +166,12 @@ class Bench:
     def log(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    def pyproject(self, name: str) -> Path:
+    def pyproject(self, name: str, join: bool = True) -> Path:
         path = self.work / name / "pyproject.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         text = f"[tool.svctrace]\nringbuf_pages = {self.args.ringbuf_pages}\n"
+        if not join:  # the record path itself: one ring buffer record per unfolded send
+            text += "kernel_join = false\n"
         if self.services.get("kafka_bootstrap"):  # the mock broker's port is ephemeral
             text += f'\n[tool.svctrace.services]\nkafka = ["{self.services["kafka_bootstrap"]}"]\n'
         path.write_text(text)
@@ -512,14 +514,13 @@ class Bench:
 
     def capacity(self, receiver_port: int, sender: list[str], kind: str,
                  stack: contextlib.ExitStack) -> None:
-        pyproject = self.pyproject("capacity")
-        cwd = pyproject.parent
         step_s = self.sizes["step_s"]
         ladders = W.QUICK_LADDER if self.args.quick else W.LADDER
         out = {"sender": kind, "procs": 2, "step_s": step_s,
                "ringbuf_bytes": self.args.ringbuf_pages * 4096, "modes": {}}
-        for mode in W.CAPACITY_MODES:
-            arg = W.CAPACITY_MODES[mode]
+        for mode, (arg, join) in W.CAPACITY_MODES.items():
+            pyproject = self.pyproject(f"capacity-{mode}", join=join)
+            cwd = pyproject.parent
             port = self.acceptor(sender, stack) if mode == "storm" else receiver_port
             cmd = lambda rate: sender + ["127.0.0.1", str(port), "2", str(rate),
                                          str(step_s), arg]

@@ -22,6 +22,11 @@
  *       OFF_REGS_ARG2, OFF_REGS_ARG3 (struct pt_regs, BTF) and the syscall numbers
  *       SVCT_NR_WRITE, SVCT_NR_WRITEV, SVCT_NR_SENDTO, SVCT_NR_SENDMSG, SVCT_NR_SENDMMSG,
  *       all per architecture (capture/ebpf.py); without it, first sends are plain sends.
+ *   SVCT_JOIN       fold per owner (the nearest ancestor-or-self that writes markers):
+ *       only writes to the run's marker pipe (`marker_pipe`, OFF_FILE_INODE, OFF_INODE_INO,
+ *       OFF_INODE_SB, OFF_SB_DEV) are markers, each owner has its own epoch, and connects
+ *       fold as sends do. Without it: one global epoch bumped by any marker-looking write
+ *       of the tree, and one record per connect.
  * Only thread groups in `traced` (keyed by host tgid, the kernel's own) are reported. The
  * runner knows the command only by its pid in the runner's namespace, while the command
  * waits in a read() on a gate pipe: the runner puts that pid in `seeds`, and the return of
@@ -37,6 +42,10 @@
     !defined(OFF_TASK_FILES) || !defined(OFF_FILES_FDT) || !defined(OFF_FDT_FD) || \
     !defined(OFF_FILE_PRIVATE) || !defined(OFF_SOCKET_TYPE)
 #error "kernel struct offsets must be passed as -D defines (computed from BTF)"
+#endif
+#if defined(SVCT_JOIN) && (!defined(OFF_FILE_INODE) || !defined(OFF_INODE_INO) || \
+    !defined(OFF_INODE_SB) || !defined(OFF_SB_DEV))
+#error "SVCT_JOIN needs the file/inode/super_block offsets as -D defines (BTF)"
 #endif
 #if !defined(PIDNS_DEV) || !defined(PIDNS_INO)
 #error "the runner's PID namespace must be passed as -DPIDNS_DEV and -DPIDNS_INO"
@@ -105,7 +114,9 @@ struct agg_key {
 /* Sends on one socket within one marker epoch (see bump_epoch) all lie between the same
  * two phase edges: the first is emitted, the others only counted, and a "tail" record
  * (count, last ts/tid) follows when the epoch moves on. A tight libpq loop then costs
- * user space one record per test phase, not one per round trip. */
+ * user space one record per test phase, not one per round trip. With SVCT_JOIN, connects
+ * and the sends of a process's other sockets to the same destination fold the same way
+ * per destination (dest_aggs): a storm of short connections costs a record per phase. */
 struct agg {
 	__u64 epoch;
 	__u64 last_ts;
@@ -113,6 +124,12 @@ struct agg {
 	__u32 last_tid;
 	char last_comm[SVCT_COMM_LEN];
 	struct svct_event first;
+	/* dest_aggs of sends: the first send's first bytes (hash; 0: none read), and how
+	 * many folded sends were another socket's first with the same bytes */
+	__u64 bytes_hash;
+	__u32 firsts;
+	__u32 to_dest; /* aggs (SVCT_JOIN): this socket's sends fold into its destination's
+	                * record in dest_aggs, this epoch */
 };
 
 /* Between a clone-family syscall's entry and exit in the creating thread. */
@@ -128,7 +145,9 @@ struct ns_ids {
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_HASH(traced, __u32, __u8, TRACED_MAX);
+/* traced tgid -> its owner's tgid: the nearest ancestor-or-self that wrote to the marker
+ * pipe (0: none yet, or without SVCT_JOIN) */
+BPF_HASH(traced, __u32, __u32, TRACED_MAX);
 /* Per-thread scratch between a syscall's entry and exit; LRU so a lost exit cannot leak. */
 BPF_TABLE("lru_hash", __u32, struct pending_connect, connecting, 4096);
 /* One slot per traced thread that used sendto/sendmsg/sendmmsg, rewritten in place at
@@ -156,10 +175,59 @@ BPF_TABLE("lru_hash", __u64, struct early_error, early_errors, 1024);
 BPF_TABLE("lru_hash", struct agg_key, struct agg, aggs, AGGS_MAX);
 BPF_PERCPU_ARRAY(agg_scratch, struct agg, 1);
 BPF_PERCPU_ARRAY(send_scratch, struct svct_event, 1);
+/* The global marker epoch: bumped by every marker write. With SVCT_JOIN it also numbers
+ * the owners' epochs, so no two epochs anywhere share a value. */
 BPF_ARRAY(epoch, __u64, 1);
 /* (process, marker epoch) -> when and how many of its records the full ring buffer lost
  * (svctrace.h); drained by user space at every poll */
 BPF_HASH(losses, struct svct_loss_key, struct svct_loss, LOSSES_MAX);
+
+#ifdef SVCT_JOIN
+/* The run's marker pipe as the kernel sees it through a write's fd (f_inode: i_ino and
+ * i_sb->s_dev). The runner makes one empty write to it from process `calibrate` (its pid
+ * in the runner's namespace), which fills ino and dev: read here the way every marker
+ * write is read, so stat()'s view (overlayfs) cannot disagree. Until then (ino 0) any
+ * marker-looking write counts, as without SVCT_JOIN. */
+struct marker_pipe {
+	__u64 ino;
+	__u32 dev;
+	__u32 calibrate;
+};
+BPF_ARRAY(marker_pipe, struct marker_pipe, 1);
+/* owner tgid -> its current epoch (a value of `epoch` taken at its last marker write).
+ * split: a process that had it as owner became an owner itself (an xdist worker of the
+ * main pytest process): processes still inheriting it may have been forked by that one
+ * before its first marker write, so they fold by the global epoch instead, as
+ * before the join; the owner itself keeps its own. */
+struct owner_state {
+	__u64 epoch;
+	__u64 split;
+};
+BPF_TABLE("lru_hash", __u32, struct owner_state, owner_epochs, 4096);
+
+/* Records folded per destination within an owner epoch, per thread (each thread stays in
+ * the evidence): connects with one result, and sends on any socket but the one whose
+ * record was emitted */
+struct dest_key {
+	__u32 tgid;
+	__u32 tid;
+	__s32 result;    /* connects: 0, -EINPROGRESS (settled ok), or -errno (settled
+	                  * failure); 0 for sends */
+	__u16 family;
+	__u16 dport;
+	__u64 a0;
+	__u64 a1;
+	__u64 path_hash; /* unix paths: the whole path, not only its first 16 bytes */
+	__u8 kind;       /* SVCT_CONNECT or SVCT_SEND */
+	__u8 proto;
+	__u8 addr_len;
+	__u8 _pad[5];
+};
+BPF_TABLE("lru_hash", struct dest_key, struct agg, dest_aggs, AGGS_MAX);
+BPF_PERCPU_ARRAY(dest_key_scratch, struct dest_key, 1); /* off the send path's stack */
+/* A first send's bytes, read once for both its hash and its record (sent_bytes_hash) */
+BPF_PERCPU_ARRAY(bytes_scratch, struct svct_first, 1);
+#endif
 
 #ifdef SVCT_STACKS
 #define SVCT_SIGSTOP 19
@@ -190,6 +258,27 @@ static __always_inline int is_traced(__u32 tgid)
 	return traced.lookup(&tgid) != 0;
 }
 
+/* The marker epoch that folds the records of process tgid (host tgid): its owner's, or
+ * the global one while it has none. */
+static __always_inline __u64 epoch_of(__u32 tgid)
+{
+	__u32 zero = 0;
+	__u64 *value;
+#ifdef SVCT_JOIN
+	__u32 *owner = traced.lookup(&tgid);
+
+	if (owner && *owner) {
+		struct owner_state *o = owner_epochs.lookup(owner);
+
+		/* else evicted or exited: the global epoch moves at least as often */
+		if (o && (*owner == tgid || !o->split))
+			return o->epoch;
+	}
+#endif
+	value = epoch.lookup(&zero);
+	return value ? *value : 0;
+}
+
 static __always_inline void count_n(__u32 slot, __u64 n)
 {
 	__u64 *value = counters.lookup(&slot);
@@ -216,13 +305,11 @@ static __always_inline int ns_ids(struct ns_ids *ids)
 	return 0;
 }
 
-/* The marker epoch (see bump_epoch) sends are folded by and losses are keyed by. */
+/* The marker epoch (see bump_epoch) the current process's records fold by, and its
+ * losses are keyed by (in softirq context: the interrupted task's, a window key only). */
 static __always_inline __u64 current_epoch(void)
 {
-	__u32 zero = 0;
-	__u64 *value = epoch.lookup(&zero);
-
-	return value ? *value : 0;
+	return epoch_of(current_tgid());
 }
 
 /* A record of process `pid` (runner's namespace; 0: the current task's) did not fit in
@@ -351,6 +438,25 @@ static __always_inline void read_sockaddr(struct svct_event *e, const char *uadd
 	}
 }
 
+/* FNV-1a of a unix path's bytes after its first 16 (which keys compare as they are), a
+ * word at a time: the bytes past addr_len are zero in every record built here, and
+ * straight-line code keeps the send program quick to verify. */
+static __always_inline __u64 path_rest_hash(const struct svct_event *e)
+{
+	__u64 hash = 14695981039346656037ULL, word;
+	__u32 tail = 0;
+
+	if (e->family != SVCT_AF_UNIX)
+		return 0;
+#pragma unroll
+	for (int i = 16; i + 8 <= SVCT_PATH_LEN; i += 8) {
+		__builtin_memcpy(&word, e->addr.path + i, 8);
+		hash = (hash ^ word) * 1099511628211ULL;
+	}
+	__builtin_memcpy(&tail, e->addr.path + SVCT_PATH_LEN - 4, 4); /* 108 = 16 + 11 * 8 + 4 */
+	return (hash ^ tail) * 1099511628211ULL;
+}
+
 /* ---- --stacks: stop the process at its first contact ------------------------ */
 #ifdef SVCT_STACKS
 /* Stop the current process (every thread: SIGSTOP is a group stop, taken when this
@@ -383,19 +489,10 @@ static __always_inline void freeze_now(const struct svct_event *src, struct free
 static __always_inline void freeze_contact(const struct svct_event *e)
 {
 	struct freeze_key key = {.tgid = e->pid, .family = e->family, .dport = e->dport};
-	__u64 hash = 14695981039346656037ULL; /* FNV-1a */
 
 	__builtin_memcpy(&key.a0, e->addr.path, 8);
 	__builtin_memcpy(&key.a1, e->addr.path + 8, 8);
-	if (e->family == SVCT_AF_UNIX) {
-#pragma unroll
-		for (int i = 16; i < SVCT_PATH_LEN; i++) {
-			if (i >= e->addr_len)
-				break;
-			hash = (hash ^ (__u8)e->addr.path[i]) * 1099511628211ULL;
-		}
-		key.path_hash = hash;
-	}
+	key.path_hash = path_rest_hash(e);
 	freeze_now(e, &key);
 }
 
@@ -659,16 +756,17 @@ TRACEPOINT_PROBE(syscalls, sys_exit_vfork) { return clone_returns(args->ret); }
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
 	__u32 parent = current_tgid(), tid = current_tid(), child = args->child_pid;
+	__u32 *owner = traced.lookup(&parent), inherited;
 	struct clone_info *info;
-	__u8 one = 1;
 
-	if (!is_traced(parent))
+	if (!owner)
 		return 0;
+	inherited = *owner; /* a child's markers are its parent's until it writes its own */
 	/* runs in the parent; a new thread joins an already traced thread group */
 	info = cloning.lookup(&tid);
 	if (info && (info->flags & SVCT_CLONE_THREAD))
 		return 0;
-	if (traced.update(&child, &one))
+	if (traced.update(&child, &inherited))
 		count(CNT_UNTRACED_CHILDREN);
 	return 0;
 }
@@ -680,7 +778,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read)
 	__u32 zero = 0, tgid;
 	__u64 *waiting = seeding.lookup(&zero);
 	struct ns_ids ids;
-	__u8 one = 1;
+	__u32 none = 0;
 
 	dns_recv_ends(args->ret); /* a DNS reply over TCP, or read() on a UDP socket (Go) */
 	if (!waiting || !*waiting)
@@ -689,7 +787,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read)
 	if (is_traced(tgid) || ns_ids(&ids) || !seeds.lookup(&ids.tgid))
 		return 0;
 	seeds.delete(&ids.tgid);
-	traced.update(&tgid, &one);
+	traced.update(&tgid, &none);
 	__sync_fetch_and_add(waiting, -1);
 	return 0;
 }
@@ -728,6 +826,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		return 0;
 #endif
 	traced.delete(&tgid);
+#ifdef SVCT_JOIN
+	owner_epochs.delete(&tgid); /* its descendants fall back to the global epoch */
+#endif
 	e = begin(SVCT_EXIT);
 	if (!e)
 		return 0;
@@ -738,13 +839,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 
 /* ---- connect ----------------------------------------------------------------------- */
 
-/* The transport of the current task's socket `fd`, read through its fd table
- * (task->files->fdt->fd[fd]->private_data is the struct socket; offsets from BTF). */
-static __always_inline __u8 socket_proto(__u32 fd)
+/* The current task's struct file of `fd`, read through its fd table
+ * (task->files->fdt->fd[fd]; offsets from BTF), or 0. */
+static __always_inline const char *fd_file(__u32 fd)
 {
 	const char *task = (const char *)bpf_get_current_task();
-	const char *files = 0, *fdt = 0, *fds = 0, *file = 0, *sock = 0;
-	short type = 0;
+	const char *files = 0, *fdt = 0, *fds = 0, *file = 0;
 
 	bpf_probe_read_kernel(&files, sizeof(files), task + OFF_TASK_FILES);
 	if (files)
@@ -753,6 +853,16 @@ static __always_inline __u8 socket_proto(__u32 fd)
 		bpf_probe_read_kernel(&fds, sizeof(fds), fdt + OFF_FDT_FD);
 	if (fds)
 		bpf_probe_read_kernel(&file, sizeof(file), fds + (__u64)(fd & 0xFFFFF) * 8);
+	return file;
+}
+
+/* The transport of the current task's socket `fd` (its file's private_data is the
+ * struct socket). */
+static __always_inline __u8 socket_proto(__u32 fd)
+{
+	const char *file = fd_file(fd), *sock = 0;
+	short type = 0;
+
 	if (file)
 		bpf_probe_read_kernel(&sock, sizeof(sock), file + OFF_FILE_PRIVATE);
 	if (sock)
@@ -779,6 +889,102 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 	return 0;
 }
 
+#ifdef SVCT_JOIN
+static __always_inline void emit_tail(struct agg *a, __u32 tailed);
+#ifdef SVCT_FIRST_BYTES
+static __always_inline __u64 sent_bytes_hash(const struct svct_event *e);
+#else
+#define sent_bytes_hash(e) 0
+#endif
+
+/* 1: e (a connect whose result is already settled: 0, -errno, or -EINPROGRESS that
+ * succeeded; or a send) was folded into its destination's record: do not emit it. 0:
+ * emit it; it starts that record for epoch `now`, and a tail (count, last ts/tid, result
+ * = `result`) will follow if more come. `first`: e is its socket's first send; it folds
+ * only if its first bytes are the record's (user space then counts the connection with
+ * those bytes: the tail's ppid), else it is emitted with them. */
+static __always_inline int fold_dest(const struct svct_event *e, __s32 result, __u64 now,
+				     int first)
+{
+	int connect = e->kind == SVCT_CONNECT;
+	__u64 hash = first ? sent_bytes_hash(e) : 0;
+	struct agg *a, *fresh;
+	struct dest_key *key;
+	__u32 zero = 0;
+
+	key = dest_key_scratch.lookup(&zero);
+	if (!key)
+		return 0;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->tgid = e->pid;
+	key->tid = e->tid;
+	key->result = connect ? result : 0;
+	key->family = e->family;
+	key->dport = e->dport;
+	key->kind = e->kind;
+	key->proto = e->proto;
+	key->addr_len = e->addr_len;
+	__builtin_memcpy(&key->a0, e->addr.path, 8);
+	__builtin_memcpy(&key->a1, e->addr.path + 8, 8);
+	key->path_hash = path_rest_hash(e);
+	a = dest_aggs.lookup(key);
+	if (a && a->epoch == now) {
+		if (first && hash != a->bytes_hash)
+			return 0; /* other bytes (another Host): emitted; the record stays */
+		if (first && hash) /* unread bytes (hash 0) name no connection */
+			__sync_fetch_and_add(&a->firsts, 1);
+		__sync_fetch_and_add(&a->count, 1);
+		count(connect ? CNT_FOLDED_CONNECTS : CNT_FOLDED_SENDS);
+		a->last_ts = e->ts_ns;
+		a->last_tid = e->tid;
+		__builtin_memcpy(a->last_comm, e->comm, sizeof(a->last_comm));
+		return 1;
+	}
+	if (a && a->count)
+		emit_tail(a, connect ? CNT_TAILED_CONNECTS : CNT_TAILED_SENDS);
+	fresh = agg_scratch.lookup(&zero);
+	if (!fresh)
+		return 0;
+	fresh->epoch = now;
+	fresh->count = 0;
+	fresh->last_ts = e->ts_ns;
+	fresh->last_tid = e->tid;
+	__builtin_memcpy(&fresh->first, e, sizeof(*e));
+	fresh->first.result = result; /* a connect tail has no CONNECT_RESULT to settle it */
+	fresh->bytes_hash = hash;
+	fresh->firsts = 0;
+	dest_aggs.update(key, fresh);
+	return 0;
+}
+
+static __always_inline int fold_connect(const struct svct_event *e, __s32 settled)
+{
+	return fold_dest(e, settled, epoch_of(current_tgid()), 0);
+}
+
+/* Fold the returning connect p if its outcome is known now: 1 when folded. A
+ * non-blocking TCP connect still in flight is not: its failure may come later. */
+static __always_inline int fold_returned(struct pending_connect *p, int ret)
+{
+	__s32 settled = ret;
+
+	if (ret == -SVCT_EINPROGRESS) {
+		__u64 key = p->sk;
+		struct early_error *early = p->sk ? early_errors.lookup(&key) : 0;
+
+		if (p->e.proto != SVCT_P_TCP || !early || early->ts_ns < p->e.ts_ns)
+			return 0;
+		if (early->error)
+			settled = early->error;
+		if (!fold_connect(&p->e, settled))
+			return 0;
+		early_errors.delete(&key);
+		return 1;
+	}
+	return fold_connect(&p->e, settled);
+}
+#endif
+
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
 	__u32 tid = current_tid();
@@ -797,6 +1003,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 		p->e.proto = socket_proto(p->fd);
 	if (ret == 0 || ret == -SVCT_EINPROGRESS)
 		mark_dns(p->fd, &p->e); /* glibc and Go connect their resolver sockets */
+#ifdef SVCT_JOIN
+	if (fold_returned(p, ret))
+		goto out;
+#endif
 	e = reserve();
 	if (e) {
 		__builtin_memcpy(e, &p->e, sizeof(*e));
@@ -949,11 +1159,60 @@ static __always_inline int forget_send(void)
 	return 0;
 }
 
+#ifdef SVCT_JOIN
+/* Identity (i_ino, i_sb->s_dev) of the current task's file `fd`; left as is when
+ * unreadable. */
+static __always_inline void file_identity(__u32 fd, __u64 *ino, __u32 *dev)
+{
+	const char *file = fd_file(fd), *inode = 0, *sb = 0;
+
+	if (file)
+		bpf_probe_read_kernel(&inode, sizeof(inode), file + OFF_FILE_INODE);
+	if (!inode)
+		return;
+	bpf_probe_read_kernel(ino, sizeof(*ino), inode + OFF_INODE_INO);
+	bpf_probe_read_kernel(&sb, sizeof(sb), inode + OFF_INODE_SB);
+	if (sb)
+		bpf_probe_read_kernel(dev, sizeof(*dev), sb + OFF_SB_DEV);
+}
+
+/* An empty write by the runner (untraced): if it is the one marker_pipe waits for, its
+ * fd is the marker pipe. */
+static __always_inline void calibrate(__u32 fd)
+{
+	struct marker_pipe *mp;
+	struct ns_ids ids;
+	__u32 zero = 0;
+
+	mp = marker_pipe.lookup(&zero);
+	if (!mp || !mp->calibrate || ns_ids(&ids) || ids.tgid != mp->calibrate)
+		return;
+	file_identity(fd, &mp->ino, &mp->dev);
+	mp->calibrate = 0;
+}
+
+/* Whether fd (of the current task) is the marker pipe; 1 while it is not known yet. */
+static __always_inline int is_marker_pipe(__u32 fd)
+{
+	struct marker_pipe *mp;
+	__u32 zero = 0, dev = 0;
+	__u64 ino = 0;
+
+	mp = marker_pipe.lookup(&zero);
+	if (!mp || !mp->ino)
+		return 1;
+	file_identity(fd, &ino, &dev);
+	return ino == mp->ino && dev == mp->dev;
+}
+#endif
+
 /* Every line the pytest plugin writes to the marker pipe starts with RS "[" (0x1e 0x5b,
  * wire.py): such a write is a phase or fixture edge, so sends after it start a new record.
- * A user write that happens to start the same way only costs an extra record, never a
- * lost one. */
-static __always_inline void bump_epoch(const char *buf, __u64 len)
+ * Without SVCT_JOIN a user write that happens to start the same way counts too (an extra
+ * record, never a lost one); with it, the head bytes are checked first (cheap) and only
+ * then whether fd is the marker pipe, and the writer becomes its own owner. */
+static __always_inline void bump_epoch(__u32 tgid, __u32 *owner, __u32 fd, const char *buf,
+				       __u64 len)
 {
 	char head[2] = {};
 	__u32 zero = 0;
@@ -963,15 +1222,47 @@ static __always_inline void bump_epoch(const char *buf, __u64 len)
 		return;
 	if (head[0] != 0x1e || head[1] != '[')
 		return;
+#ifdef SVCT_JOIN
+	if (!is_marker_pipe(fd))
+		return;
+#endif
 	value = epoch.lookup(&zero);
-	if (value)
-		__sync_fetch_and_add(value, 1);
+	if (!value)
+		return;
+#ifdef SVCT_JOIN
+	{
+		/* a fresh value of the global count: no two owners ever share an epoch */
+		struct owner_state fresh = {.epoch = __sync_fetch_and_add(value, 1) + 1};
+		struct owner_state *mine = owner_epochs.lookup(&tgid), *old;
+		__u32 before = *owner;
+
+		if (mine)
+			mine->epoch = fresh.epoch;
+		else
+			owner_epochs.update(&tgid, &fresh);
+		if (before != tgid) {
+			old = before ? owner_epochs.lookup(&before) : 0;
+			if (old)
+				old->split = 1;
+			*owner = tgid;
+		}
+	}
+#else
+	__sync_fetch_and_add(value, 1);
+#endif
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_write)
 {
-	if (is_traced(current_tgid()))
-		bump_epoch((const char *)args->buf, args->count);
+	__u32 tgid = current_tgid();
+	__u32 *owner = traced.lookup(&tgid);
+
+	if (owner)
+		bump_epoch(tgid, owner, args->fd, (const char *)args->buf, args->count);
+#ifdef SVCT_JOIN
+	else if (!args->count) /* rare: costs other writes nothing */
+		calibrate(args->fd);
+#endif
 	return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
@@ -1090,7 +1381,7 @@ static __always_inline int same_dest(const struct svct_event *a, const struct sv
 	       a0 == b0 && a1 == b1;
 }
 
-static __always_inline void emit_tail(struct agg *a)
+static __always_inline void emit_tail(struct agg *a, __u32 tailed)
 {
 	struct svct_event *t = reserve();
 
@@ -1101,7 +1392,9 @@ static __always_inline void emit_tail(struct agg *a)
 	t->tid = a->last_tid;
 	__builtin_memcpy(t->comm, a->last_comm, sizeof(t->comm));
 	t->count = a->count;
-	count_n(CNT_TAILED_SENDS, a->count);
+	if (t->kind == SVCT_SEND)
+		t->ppid = a->firsts; /* SVCT_JOIN; 0 otherwise */
+	count_n(tailed, a->count);
 	submit(t);
 }
 
@@ -1111,11 +1404,10 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 {
 	struct agg_key key = {.sk = sk, .tgid = e->pid};
 	__u32 zero = 0;
-	__u64 *ep = epoch.lookup(&zero);
-	__u64 now = ep ? *ep : 0;
+	__u64 now = epoch_of(current_tgid());
 	struct agg *a = aggs.lookup(&key), *fresh;
 
-	if (a && a->epoch == now && same_dest(&a->first, e)) {
+	if (a && a->epoch == now && same_dest(&a->first, e) && !a->to_dest) {
 		__sync_fetch_and_add(&a->count, 1);
 		count(CNT_FOLDED_SENDS);
 		a->last_ts = e->ts_ns;
@@ -1125,7 +1417,25 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 	}
 	*first = !a || !same_dest(&a->first, e);
 	if (a && a->count)
-		emit_tail(a);
+		emit_tail(a, CNT_TAILED_SENDS);
+#ifdef SVCT_JOIN
+	/* another socket's record to this destination is open in this epoch (a new
+	 * connection per request): count the send there, and this socket's next ones too
+	 * (its entry remembers it has sent: they are not first sends) */
+	if (fold_dest(e, e->result, now, *first)) {
+		if (a && a->to_dest && a->epoch == now && !*first)
+			return 1;
+		fresh = agg_scratch.lookup(&zero);
+		if (!fresh)
+			return 1;
+		fresh->epoch = now;
+		fresh->count = 0; /* its tail (if any) is out: no second one */
+		fresh->to_dest = 1;
+		__builtin_memcpy(&fresh->first, e, sizeof(*e));
+		aggs.update(&key, fresh);
+		return 1;
+	}
+#endif
 	fresh = agg_scratch.lookup(&zero);
 	if (!fresh)
 		return 0;
@@ -1133,6 +1443,8 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 	fresh->count = 0;
 	fresh->last_ts = e->ts_ns;
 	fresh->last_tid = e->tid;
+	fresh->firsts = 0;
+	fresh->to_dest = 0;
 	__builtin_memcpy(&fresh->first, e, sizeof(*e));
 	aggs.update(&key, fresh);
 	return 0;
@@ -1194,10 +1506,54 @@ static __always_inline int submit_first(const struct svct_event *e)
 	f->data_len = 0;
 	f->_pad = 0;
 	__builtin_memset(f->data, 0, sizeof(f->data)); /* no stale ring bytes reach user space */
+#ifdef SVCT_JOIN
+	{
+		/* read already, for its hash (fold_dest): one copy of first_bytes() fits the
+		 * send program's stack, two did not */
+		__u32 zero = 0;
+		struct svct_first *read = bytes_scratch.lookup(&zero);
+
+		if (read && read->e.ts_ns == e->ts_ns && read->e.tid == e->tid &&
+		    read->data_len <= SVCT_DATA_LEN) {
+			f->data_len = read->data_len;
+			__builtin_memcpy(f->data, read->data, sizeof(f->data));
+		}
+	}
+#else
 	first_bytes(f, e->result);
+#endif
 	events.ringbuf_submit(f, BPF_RB_NO_WAKEUP);
 	return 1;
 }
+
+#ifdef SVCT_JOIN
+/* FNV-1a over the first bytes the current send syscall passed (length included), or 0
+ * when none could be read; the bytes stay in bytes_scratch for submit_first(). */
+static __always_inline __u64 sent_bytes_hash(const struct svct_event *e)
+{
+	__u64 hash = 14695981039346656037ULL;
+	const __u64 *words;
+	struct svct_first *f;
+	__u32 zero = 0;
+
+	f = bytes_scratch.lookup(&zero);
+	if (!f)
+		return 0;
+	f->e.ts_ns = e->ts_ns; /* whose bytes these are */
+	f->e.tid = e->tid;
+	f->data_len = 0;
+	__builtin_memset(f->data, 0, sizeof(f->data)); /* words past data_len hash as 0 */
+	first_bytes(f, e->result);
+	if (!f->data_len)
+		return 0;
+	hash = (hash ^ f->data_len) * 1099511628211ULL;
+	words = (const __u64 *)f->data; /* 8-aligned: data sits at offset 168 */
+#pragma unroll
+	for (int i = 0; i < SVCT_DATA_LEN / 8; i++)
+		hash = (hash ^ words[i]) * 1099511628211ULL;
+	return hash;
+}
+#endif
 #endif
 
 TRACEPOINT_PROBE(sock, sock_send_length)

@@ -54,11 +54,14 @@ enum svct_counter {
 	CNT_FOREIGN_PIDNS_EVENTS = 3,	/* an event of a traced process in another PID
 					 * namespace (a deeper one it created): its pids
 					 * cannot be told, not emitted */
-	CNT_FOLDED_SENDS = 4,		/* sends folded into a socket's record (fold_send) */
+	CNT_FOLDED_SENDS = 4,		/* sends folded into a socket's record (fold_send),
+					 * or a destination's (SVCT_JOIN: fold_dest) */
 	CNT_TAILED_SENDS = 5,		/* folded sends reported in tail records; FOLDED -
 					 * TAILED after the final drain = folded sends whose
 					 * record the LRU map evicted */
-	CNT_SLOTS = 6,
+	CNT_FOLDED_CONNECTS = 6,	/* SVCT_JOIN: connects folded (fold_dest) */
+	CNT_TAILED_CONNECTS = 7,	/* folded connects reported in tail records */
+	CNT_SLOTS = 8,
 };
 
 struct svct_event {
@@ -67,7 +70,10 @@ struct svct_event {
 	/* pids and tids are those of the runner's PID namespace (a container's own) */
 	__u32 pid;               /* tgid (FORK: the child) */
 	__u32 tid;               /* thread id (FORK: the child; THREAD: the new thread) */
-	__u32 ppid;              /* FORK: parent tgid; THREAD: creating thread; else 0 */
+	__u32 ppid;              /* FORK: parent tgid; THREAD: creating thread; a SEND tail
+	                          * (SVCT_JOIN): how many of its sends were other sockets'
+	                          * first sends with the first bytes of the record it
+	                          * continues (same pid, destination and lport); else 0 */
 	__s32 result;            /* CONNECT/SEND: return value; else 0 */
 	char comm[SVCT_COMM_LEN];/* thread name (task->comm) of the acting thread */
 	__u16 dport;             /* destination port, host order (inet only) */
@@ -83,9 +89,12 @@ struct svct_event {
 		__u8 v6[16];             /* network order */
 		char path[SVCT_PATH_LEN];/* sun_path as given to connect/sendto, or exec filename */
 	} addr;
-	__u32 count;             /* SEND: how many sends this record stands for. 1, or for a
-	                          * "tail" record the sends on the same socket that followed the
-	                          * first one in the same marker epoch (ts/tid = the last one) */
+	__u32 count;             /* SEND, CONNECT: how many calls this record stands for. 1,
+	                          * or for a "tail" record the calls that followed the first
+	                          * one in the same marker epoch (ts/tid = the last one): sends
+	                          * on the same socket (SVCT_JOIN: of one thread to the same
+	                          * destination); connects of one thread to the same
+	                          * destination with the same result (SVCT_JOIN) */
 };                               /* sizeof == 160 */
 
 /* Loss windows: map `losses`, one entry per (process, marker epoch) that lost records

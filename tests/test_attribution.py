@@ -536,3 +536,17 @@ def test_a_loss_waits_for_the_watermark_like_events_and_a_run_without_loss_has_n
     assert "lost_in_tests" not in quiet["run"]["events"]
     assert "lost_outside_tests" not in quiet["run"]["events"]
     assert "lost_events" not in quiet["tests"]["t.py::a"]
+
+
+def test_a_folded_connect_record_counts_as_many_connects_as_it_stands_for():
+    """kernel_join folds connects: a tail record (count n, the last one's time) counts n
+    attempts, and n failures when its result is one."""
+    from dataclasses import replace
+    records = windows_of(100, "t.py::a", 1000) + [
+        ev(1021, PG), replace(ev(1025, PG), count=299),
+        ev(1026, PG, result=-errno.ECONNREFUSED),
+        replace(ev(1027, PG, result=-errno.ECONNREFUSED), count=19)]
+    evidence = attribute(records)["tests"]["t.py::a"]["evidence"]["postgres"]
+    assert (evidence["connects"], evidence["failed_connects"]) == (320, 20)
+    assert evidence["by_destination"]["tcp:127.0.0.1:5432"] == {
+        "connects": 320, "failed_connects": 20, "sends": 0, "errors": {"refused": 20}}

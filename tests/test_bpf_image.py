@@ -217,9 +217,10 @@ def test_a_signal_during_verification_does_not_fail_the_load(retries, monkeypatc
     ebpf.detach(ebpf._load_program(64)[0])  # compiled and kept before the signals start
     ticks = []
     previous = signal.signal(signal.SIGALRM, lambda *_: ticks.append(1))
-    # every 3 ms: the 23 programs take ~5 ms to verify here, the largest ~1.2 ms, so a
-    # single attempt is interrupted in nearly every load and 20 attempts almost never are
-    signal.setitimer(signal.ITIMER_REAL, 0.003, 0.003)
+    # every 12 ms: the 29 programs take ~18 ms to verify here, the largest (the send
+    # program, with kernel_join) ~6 ms, so a single attempt is interrupted in nearly every
+    # load and 20 attempts almost never are
+    signal.setitimer(signal.ITIMER_REAL, 0.012, 0.012)
     # 12 loads: each run's tracepoints stay attached ~1.7 s after detach() (a helper
     # closes them), and a tracepoint takes at most 64 programs (E2BIG)
     failures, loads = [], 0

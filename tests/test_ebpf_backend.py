@@ -437,13 +437,15 @@ def test_folded_sends_lost_to_lru_eviction_are_counted(tmp_path: Path) -> None:
     reported takes its folded count with it. That loss is counted, never silent."""
     tracer = EbpfBackend()
     tracer.prepare(RunContext(command=["test"], settings={"aggs_max": 4}))
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
     sockets, per_socket = 64, 5
+    # one destination each: with kernel_join, sockets to one destination share a record
+    sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(sockets)]
+    for sink in sinks:
+        sink.bind(("127.0.0.1", 0))
 
     def work():
         outs = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(sockets)]
-        for out in outs:
+        for out, sink in zip(outs, sinks):
             out.connect(sink.getsockname())
             for _ in range(per_socket):
                 out.send(b"x")
@@ -457,13 +459,17 @@ def test_folded_sends_lost_to_lru_eviction_are_counted(tmp_path: Path) -> None:
 
 
 @needs_ebpf
-def test_first_send_carries_its_first_bytes_for_every_send_syscall(tmp_path: Path) -> None:
+@pytest.mark.parametrize("join", [False, True])
+def test_first_send_carries_its_first_bytes_for_every_send_syscall(tmp_path: Path,
+                                                                   join: bool) -> None:
     """write, send(to), sendmsg, sendmmsg (first iovec) and writev: the kernel keeps the
-    first bytes of a socket's first send only; later sends carry none."""
+    first bytes of a socket's first send only; later sends carry none. kernel_join folds
+    a later socket's sends into an earlier one's record only when its first bytes are the
+    same: these all differ."""
     if platform.machine() not in FIRST_BYTES_SYSCALLS:
         pytest.skip(f"first-send bytes are not read on {platform.machine()} (x86_64 only)")
     tracer = EbpfBackend()
-    tracer.prepare(RunContext(command=["test"]))
+    tracer.prepare(RunContext(command=["test"], settings={"kernel_join": join}))
     server = _listen(socket.AF_INET, ("127.0.0.1", 0))
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
@@ -514,6 +520,8 @@ def test_first_send_carries_its_first_bytes_for_every_send_syscall(tmp_path: Pat
                              b"writev-first", big[:256], b"stats.one:1|c"])
     # the later sends on each socket were sent and carry nothing
     assert sum(r.count for r in sends if r.first_bytes is None) >= 6
+    tcp = sum(r.count for r in sends if r.dest.port == server.getsockname()[1])
+    assert tcp >= 10  # every send counted (the big one may take several)
 
 
 def test_first_send_record_matches_the_header() -> None:

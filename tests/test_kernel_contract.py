@@ -26,6 +26,14 @@ def test_svct_event_matches_the_decoders_struct_format():
     assert ebpf._EVENT.size == event.size
 
 
+def test_a_send_tails_folded_first_sends_are_read_where_the_header_puts_ppid():
+    event = _header("svctrace.h").structs["svct_event"]
+    assert event.field("ppid").offset == ebpf._SEND_FIRSTS_AT
+    assert event.field("ppid").size == ebpf._SEND_FIRSTS.size
+    raw = ebpf._EVENT.pack(1, 2, 3, 7, 0, b"", 0, 0, 2, 2, 1, 4, b"\x7f\0\0\1", 9)
+    assert ebpf._SEND_FIRSTS.unpack_from(raw, ebpf._SEND_FIRSTS_AT) == (7,)
+
+
 def test_svct_first_matches_the_decoders_struct_format():
     header = _header("svctrace.h")
     first = header.structs["svct_first"]

@@ -17,7 +17,7 @@ DEFAULT_REPORT = "svctrace-report.json"
 _DECLARE_KINDS = ("markers", "fixtures", "paths", "bases")
 _TOP_KEYS = {"backend", "report", "services", "ignore", "baseline", "declare", "tiers",
              "ignore_self_loopback", "default_services", "ringbuf_pages", "incidental_share",
-             "stacks", "strace_writes"}
+             "stacks", "strace_writes", "kernel_join"}
 
 
 class ConfigError(SvctraceError):
@@ -47,6 +47,7 @@ class Config:
     incidental_share: float = 0.8
     stacks: bool = False  # svctrace run --stacks: Python call sites
     strace_writes: bool = False  # the strace backend also traces write()/writev() (slower)
+    kernel_join: bool = True  # eBPF: fold per marker-writing process, connects too
 
     def service_map(self) -> ServiceMap:
         return ServiceMap(self.services, self.ignore, self.default_services,
@@ -86,7 +87,8 @@ def _parse(table: dict, where: str) -> Config:
             if not isinstance(table[key], str):
                 raise ConfigError(f"{where}.{key} must be a string")
             setattr(cfg, key, table[key])
-    for key in ("default_services", "ignore_self_loopback", "stacks", "strace_writes"):
+    for key in ("default_services", "ignore_self_loopback", "stacks", "strace_writes",
+                "kernel_join"):
         if key in table:
             if not isinstance(table[key], bool):
                 raise ConfigError(f"{where}.{key} must be true or false")

@@ -47,10 +47,17 @@ class Event:
     pid / tid: process (tgid) and thread id. comm: thread name ("rdk:broker-1").
     local_port: the socket's own port where known (server-side replies are not contacts).
     count: how many operations the record stands for: the eBPF backend folds sends on one
-          socket between two marker writes into the first and a final "tail" record.
+          socket (kernel_join: of one thread to one destination), and (kernel_join)
+          connects of one thread to one destination with one result, between two marker
+          writes of the owning process into the first record and a final "tail" record
+          (count = the others, time and thread = the last). A connect tail's result is
+          the settled one: a later failure of a folded connect is in its result, never a
+          separate connect_result.
     first_bytes: a send that was the process's first on its socket (first datagram to a
           destination): up to the first few hundred bytes it sent, for protocol
           recognition only (join/protocols.py); never written anywhere. None otherwise.
+          With count n: n connections (sockets) that each sent these very bytes first
+          (kernel_join folds them).
     kind "connect_result": a non-blocking connect (reported as -EINPROGRESS) failed later;
           same time and destination as its connect, result = -errno.
     """

@@ -19,6 +19,7 @@ class RunContext:
     run_gid: int | None = None
     run_user: str | None = None
     settings: dict = field(default_factory=dict)  # backend-specific, from [tool.svctrace]
+    marker_pipe: str | None = None  # the FIFO the plugin writes markers to (run/markerpipe)
 
 
 class Backend:

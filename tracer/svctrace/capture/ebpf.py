@@ -50,9 +50,15 @@ _LIBC = re.compile(r"\s(/\S*/libc(?:\.so\.6|-[0-9.]+\.so|\.musl-\w+\.so\.1))$")
 _PROCESS_KINDS = {"fork", "exit", "exec", "thread"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink"}
 _PROTOS = {1: "tcp", 2: "udp", 3: "unix"}  # 0 unknown, 4 other -> "other"
+# A SEND tail's ppid (kernel_join): how many of its sends were another socket's first
+# with the bytes of this destination's first send (fold_dest)
+_SEND_FIRSTS = struct.Struct("<I")
+_SEND_FIRSTS_AT = 16  # offset of ppid in struct svct_event
+_FIRST_BYTES_KEPT = 4096
 # counters[] slots (CNT_<NAME>), reported by stats() under these names
 _COUNTERS = {"lost_events": 0, "sends_unknown_dest": 1, "untraced_children": 2,
-             "foreign_pidns_events": 3, "folded_sends": 4, "tailed_sends": 5}
+             "foreign_pidns_events": 3, "folded_sends": 4, "tailed_sends": 5,
+             "folded_connects": 6, "tailed_connects": 7}
 
 # struct sock_common members read by the program: -D name -> member (verified via BTF).
 SOCK_COMMON_DEFINES = {
@@ -74,6 +80,11 @@ KERNEL_DEFINES = {
     "OFF_FDT_FD": ("fdtable", "fd"),
     "OFF_FILE_PRIVATE": ("file", "private_data"),
     "OFF_SOCKET_TYPE": ("socket", "type"),
+    # SVCT_JOIN: which file a write goes to (the marker pipe, by inode number and device)
+    "OFF_FILE_INODE": ("file", "f_inode"),
+    "OFF_INODE_INO": ("inode", "i_ino"),
+    "OFF_INODE_SB": ("inode", "i_sb"),
+    "OFF_SB_DEV": ("super_block", "s_dev"),
 }
 # First bytes of a socket's first send (SVCT_FIRST_BYTES): the send syscall's arguments
 # are read from the user registers saved at syscall entry, whose layout and syscall
@@ -99,6 +110,17 @@ def tracepoints() -> tuple[str, ...]:
     from the program itself so the availability check cannot drift from it."""
     return tuple(f"{cat.decode()}/{name.decode()}" for cat, name in
                  _PROBE.findall(_program_source()))
+
+
+JOIN_KERNEL = (5, 12)  # SVCT_JOIN: BPF atomic fetch-and-add (BPF_FETCH)
+
+
+def _kernel_version() -> tuple[int, int]:
+    try:
+        major, minor = os.uname().release.split("-")[0].split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
 
 
 IMAGE_PREFIX = "program-"  # compiled programs kept in boot_cache.DIR: program-<key>.json
@@ -214,7 +236,8 @@ _CHECKS = (("privileges", _check_privileges), ("bcc", _check_bcc),
 
 
 def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
-                    aggs_max: int | None = None, stacks: bool = False) -> list[str]:
+                    aggs_max: int | None = None, stacks: bool = False,
+                    join: bool = True) -> list[str]:
     tracefs = tracefs_.find() or tracefs_.DIRS[0]
     exit_format = tracefs / "events/sched/sched_process_exit/format"
     flags = [f"-D{name}={value}" for name, value in offsets.items()]
@@ -225,6 +248,8 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
         flags.append(f"-DAGGS_MAX={aggs_max}")
     if stacks:  # off: the freeze code is not compiled at all
         flags.append("-DSVCT_STACKS=1")
+    if join:  # off: one global epoch, connects not folded (the program before the join)
+        flags.append("-DSVCT_JOIN=1")
     syscalls = FIRST_BYTES_SYSCALLS.get(platform.machine())
     if syscalls and all(define in offsets for define in FIRST_BYTES_REGS[platform.machine()]):
         flags.append("-DSVCT_FIRST_BYTES=1")
@@ -239,12 +264,12 @@ def _source_defines(offsets: dict[str, int], ringbuf_pages: int,
     return flags
 
 
-def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool = False
-                  ) -> tuple[LoadedProgram, str]:
+def _load_program(ringbuf_pages: int, aggs_max: int | None = None, stacks: bool = False,
+                  join: bool = True) -> tuple[LoadedProgram, str]:
     """Load bpf/svctrace.bpf.c (its TRACEPOINT_PROBEs attached) and say how (bpf_program:
     "compiled" by bcc, ~0.35 s of CPU; "kept" from earlier this boot; or why the kept
     one was refused)."""
-    defines = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks)
+    defines = _source_defines(sock_common_offsets(), ringbuf_pages, aggs_max, stacks, join)
     kinds = {name: (_PROG_TYPE_KPROBE, 0) for name in _UPROBES}
     try:
         # a kernel that refuses uprobe programs still traces everything else (a note says)
@@ -424,11 +449,15 @@ class EbpfBackend(Backend):
         self._decode_errors: list[str] = []
         self._ringbuf_pages = DEFAULT_RINGBUF_PAGES
         self._final_stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
-        self._drained_sends = 0  # folded counts read from the map itself at stop()
+        self._drained_sends = 0  # folded counts read from the maps themselves at stop()
+        self._drained_connects = 0
         self._lost_in_windows = 0  # lost records the `losses` windows told of
+        self._first_bytes: dict[tuple, bytes] = {}  # (pid, dest, lport) -> first bytes
         # "compiled", "kept", or why the kept one was refused (a run note): _load_program
         self.program_origin = ""
         self.nss_note = ""  # why getaddrinfo is not traced, if it is not
+        self._join = True  # kernel_join: SVCT_JOIN compiled in
+        self.join_note = ""  # why the marker pipe is not known to the kernel, if it is not
 
     @classmethod
     def prepare_host(cls) -> list[str]:
@@ -455,9 +484,42 @@ class EbpfBackend(Backend):
         self._ringbuf_pages = pages
         # aggs_max: size of the send-folding map; tests shrink it to force evictions
         # stacks: the runner holds a stack taker that resumes every stopped process
+        self._join = bool(ctx.settings.get("kernel_join", True))
+        if self._join and _kernel_version() < JOIN_KERNEL:
+            self._join = False  # the owners' epochs need BPF's atomic fetch-and-add
+            self.join_note = (f"kernel_join needs Linux {JOIN_KERNEL[0]}.{JOIN_KERNEL[1]}; "
+                              "this kernel folds as with kernel_join = false")
         self._bpf, self.program_origin = _load_program(
-            pages, ctx.settings.get("aggs_max"), bool(ctx.settings.get("stacks")))
+            pages, ctx.settings.get("aggs_max"), bool(ctx.settings.get("stacks")), self._join)
         self._bpf.open_ring_buffer("events", self._on_event)
+        if self._join and ctx.marker_pipe:
+            self._calibrate(ctx.marker_pipe)
+
+    def _calibrate(self, path: str) -> None:
+        """Tell the program which file the marker pipe is: one empty write to it from this
+        process, which the program reads through the write's fd exactly as it reads a
+        marker write (a stat() of the path may name another inode: overlayfs). If that
+        fails, every marker-looking write counts (a note says so), as without the join."""
+        table = self._bpf["marker_pipe"]
+        leaf = table.Leaf()
+        leaf.calibrate = os.getpid()
+        table[ctypes.c_int(0)] = leaf
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.join_note = f"the marker pipe could not be told to the kernel ({exc})"
+        found = table[ctypes.c_int(0)]
+        if not found.ino and not self.join_note:
+            self.join_note = "the kernel did not see the marker pipe's calibration write"
+        if self.join_note:
+            self.join_note += ("; any write of the tree that looks like a marker ends "
+                               "folds, and writers of such bytes own their children")
+            found.calibrate = 0
+            table[ctypes.c_int(0)] = found
 
     def _on_event(self, _ctx, data, size: int) -> int:
         # Runs inside ring_buffer_consume(); an exception here would be swallowed by ctypes.
@@ -471,13 +533,39 @@ class EbpfBackend(Backend):
                                  f"{_FIRST_SIZE}, {_DNS.size} or {_NSS.size}: "
                                  "bpf/svctrace.h and its mirrors disagree")
             else:
-                record = decode(ctypes.string_at(data, size))
+                raw = ctypes.string_at(data, size)
+                record = decode(raw)
+                if type(record) is Event and record.kind == "send":
+                    self._pending.extend(self._folded_firsts(
+                        record, _SEND_FIRSTS.unpack_from(raw, _SEND_FIRSTS_AT)[0]))
+                    self._events += 1
+                    return 0
         except Exception as exc:
             self._decode_errors.append(str(exc))
             return 0
         self._events += 1
         self._pending.append(record)
         return 0
+
+    def _folded_firsts(self, send: Event, firsts: int) -> list[Event]:
+        """A send record as user space reads it. A first send's bytes are kept per process
+        and destination; a kernel_join tail whose folded sends include `firsts` other
+        sockets' first sends with those very bytes is split in two: those, as one record
+        with the bytes (count = connections recognised from them), and the rest. Keyed by
+        the local port too: a tail is a copy of the record that began it, and another
+        socket's first send with other bytes may have come in between."""
+        key = (send.pid, send.dest, send.local_port)
+        if send.first_bytes is not None:
+            if len(self._first_bytes) >= _FIRST_BYTES_KEPT and key not in self._first_bytes:
+                self._first_bytes.clear()  # a bound, not a cache: a miss only undercounts
+            self._first_bytes[key] = send.first_bytes
+            return [send]
+        data = self._first_bytes.get(key) if firsts else None
+        if data is None or firsts > send.count:
+            return [send]
+        rest = [dataclasses.replace(send, count=send.count - firsts)] \
+            if send.count > firsts else []
+        return [dataclasses.replace(send, count=firsts, first_bytes=data), *rest]
 
     def child_started(self, pid: int) -> None:
         """pid (in our namespace) waits in a read() of its gate pipe; it is traced from
@@ -549,7 +637,8 @@ class EbpfBackend(Backend):
             return []
         try:
             tails = self._tails()
-            self._drained_sends = sum(t.count for t in tails)
+            self._drained_sends = sum(t.count for t in tails if t.kind == "send")
+            self._drained_connects = sum(t.count for t in tails if t.kind == "connect")
             records = self.poll() + tails
         finally:  # keep the kernel counters for stats() even if the drain failed
             self._final_stats = self._kernel_counters()
@@ -558,16 +647,20 @@ class EbpfBackend(Backend):
         return records
 
     def _tails(self) -> list[Event]:
-        """Sends the kernel folded into per-socket records and has not reported yet."""
+        """Sends (per socket) and connects (per thread, destination and result) the kernel
+        folded and has not reported yet."""
         tails = []
-        for _key, agg in self._bpf["aggs"].items():
+        maps = [self._bpf["aggs"]] + ([self._bpf["dest_aggs"]] if self._join else [])
+        for _key, agg in (item for table in maps for item in table.items()):
             if not agg.count:
                 continue
             first = decode(bytes(agg.first))
             if isinstance(first, Event):
-                tails.append(dataclasses.replace(first, mono_ns=agg.last_ts, tid=agg.last_tid,
-                                                 comm=_text(bytes(agg.last_comm)),
-                                                 count=agg.count))
+                tail = dataclasses.replace(first, mono_ns=agg.last_ts, tid=agg.last_tid,
+                                           comm=_text(bytes(agg.last_comm)),
+                                           count=agg.count, first_bytes=None)
+                tails += self._folded_firsts(tail, agg.firsts) if tail.kind == "send" \
+                    else [tail]
         return tails
 
     def _kernel_counters(self) -> dict[str, int]:
@@ -577,11 +670,13 @@ class EbpfBackend(Backend):
     def notes(self) -> list[str]:
         refused = self.program_origin not in ("", "kept", "compiled")
         return ([self.program_origin] if refused else []) + \
-            ([self.nss_note] if self.nss_note else [])
+            ([self.nss_note] if self.nss_note else []) + \
+            ([self.join_note] if self.join_note else [])
 
     def stats(self) -> dict:
         counters = self._kernel_counters() if self._bpf is not None else self._final_stats
         folded, tailed = counters.pop("folded_sends"), counters.pop("tailed_sends")
+        folded_c, tailed_c = counters.pop("folded_connects"), counters.pop("tailed_connects")
         unkept = counters["lost_events"] - self._lost_in_windows
         if self._bpf is None and unkept > 0:
             # lost while the `losses` map was full (or in the instant its window was
@@ -591,6 +686,9 @@ class EbpfBackend(Backend):
             # After the final drain every folded send was reported in a tail record,
             # unless the LRU map evicted its socket's record first: those counts are lost.
             counters["evicted_sends"] = max(0, folded - tailed - self._drained_sends)
+            if self._join:
+                counters["evicted_connects"] = max(0, folded_c - tailed_c
+                                                   - self._drained_connects)
         return {"events": self._events, **counters,
                 "ringbuf_bytes": self._ringbuf_pages * os.sysconf("SC_PAGE_SIZE")}
 

@@ -177,7 +177,8 @@ class Attributor:
             # Learned on arrival, before the connects to the same destination (which
             # wait WATERMARK_NS in `pending`) are named; the bytes are not kept.
             if not (ev.local_port and ev.local_port in self.listeners.get(ev.pid, ())):
-                self.map.wire.learn(ev.dest, ev.first_bytes)  # (not a server's reply)
+                # (not a server's reply); count: connections that sent these bytes first
+                self.map.wire.learn(ev.dest, ev.first_bytes, ev.count)
             ev = replace(ev, first_bytes=None)
         self.pending.append(ev)
 

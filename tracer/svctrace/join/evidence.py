@@ -82,12 +82,12 @@ class Contact:
                 entry["internet"] = True  # a test that needs the internet is flaky
         return entry
 
-    def _failed(self, label: str, result: str) -> None:
-        self.failed_connects += 1
+    def _failed(self, label: str, result: str, n: int = 1) -> None:
+        self.failed_connects += n
         entry = self._dest(label)
         if entry is not None:
-            entry["failed_connects"] += 1
-            entry["errors"][result] = entry["errors"].get(result, 0) + 1
+            entry["failed_connects"] += n
+            entry["errors"][result] = entry["errors"].get(result, 0) + n
 
     def add(self, ev: Event, ts: int, evidence: Callable[[], dict], fixture: str | None,
             label: str, gap: str | None = None,
@@ -106,11 +106,12 @@ class Contact:
         if names and entry is not None:
             _add_names(entry, [learned.as_dict() for learned in names])
         if ev.kind in ("connect", "denied"):  # a refusal by the guard is a failed attempt
-            self.connects += 1
+            # count: a kernel-folded record (tail) stands for that many attempts
+            self.connects += ev.count
             if entry is not None:
-                entry["connects"] += 1
+                entry["connects"] += ev.count
             if ev.result not in (0, -errno.EINPROGRESS):
-                self._failed(label, result_text(ev.kind, ev.result))
+                self._failed(label, result_text(ev.kind, ev.result), ev.count)
         else:
             self.sends += ev.count
             if entry is not None:

@@ -51,8 +51,9 @@ class Wire:
         self._listeners: dict[int, dict[str, int]] = {}  # port -> {bound address: pid}
         self.version = 0  # bumped on every change that can rename a destination
 
-    def learn(self, dest: Destination, data: bytes) -> None:
-        """Recognise a connection's first bytes (sent to dest) and remember the answer."""
+    def learn(self, dest: Destination, data: bytes, connections: int = 1) -> None:
+        """Recognise a connection's first bytes (sent to dest) and remember the answer;
+        `connections`: how many connections sent these very bytes first."""
         if dest.family not in ("inet", "inet6") or not dest.address:
             return
         found = recognise(data, dest.transport)
@@ -76,7 +77,7 @@ class Wire:
         if found.host and found.host not in known.hosts and len(known.hosts) < MAX_HOSTS:
             known.hosts.append(found.host)
             self.version += 1
-        known.connections += 1
+        known.connections += connections
 
     def recognised(self, dest: Destination) -> Learned | None:
         return self._learned.get(_key(dest)) if self._learned else None

@@ -99,9 +99,10 @@ class Run:
         ctx = RunContext(list(self.command), self.ident.uid, self.ident.gid, self.ident.user,
                          {k: v for k, v in {"ringbuf_pages": self.cfg.ringbuf_pages,
                                             "stacks": self.stacks is not None or None,
-                                            "strace_writes": self.cfg.strace_writes or None
+                                            "strace_writes": self.cfg.strace_writes or None,
+                                            "kernel_join": self.cfg.kernel_join
                                             }.items()
-                          if v is not None})
+                          if v is not None}, pipe.path)
         started_wall = time.time()
         exit_code: int | None = None
         thresholds = gc.get_threshold()
