@@ -571,11 +571,10 @@ class Bench:
         self.results["capacity"] = out
 
     def memory(self, receiver_port: int, sender: list[str]) -> None:
-        """The tracer's RSS while >= memory records (one per send: spread mode) are consumed
-        and attributed, on a quiet machine ("memory") and with a CPU-bound process beside
-        it ("memory_busy")."""
-        cap = (self.results.get("capacity") or {}).get("modes", {})
-        probe = cap.get("spread") or cap.get("unfolded") or {}
+        """The tracer's RSS while >= memory records (unfolded sends, kernel_join off: one
+        record a send) are consumed and attributed, on a quiet machine ("memory") and with
+        a CPU-bound process beside it ("memory_busy")."""
+        probe = (self.results.get("capacity") or {}).get("modes", {}).get("records", {})
         # A third of the capacity probe's zero-loss rate: here every record is attributed
         # to a test, which costs the consumer more than the probe's unattributed records.
         rate = int(self.sizes["memory_rate"]) or \
@@ -586,7 +585,7 @@ class Bench:
     def _memory_run(self, receiver_port: int, sender: list[str], rate: int, busy: bool
                     ) -> dict | None:
         name = "memory-busy" if busy else "memory"
-        pyproject = self.pyproject(name)
+        pyproject = self.pyproject(name, join=False)
         cwd = pyproject.parent
         total = self.sizes["memory"]
         chunks = 10

@@ -27,9 +27,10 @@ SUITES = {
 STARTUP = {"startup": "fixed cost: a trivial pytest run (start, attach, stop, detach, report)"}
 PROBES = {
     "capacity": "eBPF capacity: highest zero-loss send rate: folded, unfolded (marker-like "
-                "writes to /dev/null), records (the same, kernel_join off), spread (a new "
-                "destination every send) and a storm of short-lived TCP connections",
-    "memory": "eBPF tracer RSS while >= 1M ring buffer records are consumed",
+                "writes to /dev/null), records (the same, kernel_join off: a record a send) "
+                "and a storm of short-lived TCP connections",
+    "memory": "eBPF tracer RSS while >= 1M ring buffer records are consumed (kernel_join "
+              "off: a record a send), quiet and beside a CPU-bound process",
 }
 ALL = list(MICRO) + list(SUITES) + list(STARTUP) + list(PROBES)
 
@@ -53,14 +54,12 @@ LADDER = {
     "unfolded": [100_000, 200_000, 400_000, 0],  # 0: at full speed
     "folded": [100_000, 200_000, 250_000, 300_000, 400_000, 600_000, 0],
     "records": [20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000, 300_000],
-    "spread": [20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000, 300_000],
     "storm": [5_000, 10_000, 20_000, 30_000, 0],
 }
 QUICK_LADDER = {"unfolded": [200_000, 0], "folded": [200_000, 0], "records": [40_000, 200_000],
-                "spread": [40_000, 200_000], "storm": [10_000, 0]}
+                "storm": [10_000, 0]}
 # capacity mode (as results.json names it) -> (the sender's mode, sender.c's usage; whether
 # the kernel join is on). "records": the unfolded sender with kernel_join off, today's path
 # on older kernels: one ring buffer record per send.
 CAPACITY_MODES = {"folded": ("fold", True), "unfolded": ("unfold", True),
-                  "records": ("unfold", False), "spread": ("spread", True),
-                  "storm": ("storm", True)}
+                  "records": ("unfold", False), "storm": ("storm", True)}

@@ -1,14 +1,12 @@
 /* sender.c: UDP sends at a target rate from several processes (the eBPF capacity probe).
  *
- * usage: sender HOST PORT PROCS RATE DURATION_S fold|unfold|spread|storm|accept
+ * usage: sender HOST PORT PROCS RATE DURATION_S fold|unfold|storm|accept
  *   RATE       total sends per second over all processes; 0 = as fast as possible
  *   fold       every send on one connected UDP socket per process
  *   unfold     the same, each send preceded by a write of a marker-like line (RS "[", as
- *              wire.py writes) to /dev/null: only writes to the real marker pipe may count
- *              as phase edges, so these sends must still fold
- *   spread     each send from one unconnected UDP socket to HOST:PORT and 127.0.0.2:PORT (no
- *              listener: dropped) in turn: a new destination every send, so one ring
- *              buffer record per send however the kernel side folds (the worst case)
+ *              wire.py writes) to /dev/null: with kernel_join only writes to the real marker
+ *              pipe are phase edges, so these sends still fold; with it off, each is a ring
+ *              buffer record
  *   storm      each "send" is a new TCP connection to HOST:PORT (connect, one send, close):
  *              short-lived connections from every process, to a listener outside the
  *              traced tree (traffic to the tree's own listeners is not a service)
@@ -35,7 +33,7 @@ static double now(void)
 	return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-enum mode { FOLD, UNFOLD, SPREAD, STORM };
+enum mode { FOLD, UNFOLD, STORM };
 
 /* storm: one connection, one send, closed */
 static int connect_once(const struct sockaddr_in *sa, const char *payload, size_t len)
@@ -59,15 +57,13 @@ static void child(const char *host, int port, double rate, double duration, enum
 	static const char marker[] = "\x1e[\"bench\"]\n";
 	char payload[16] = "svctrace-bench";
 	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
-	struct sockaddr_in other = sa;
 	int s = socket(AF_INET, SOCK_DGRAM, 0), dn = open("/dev/null", O_WRONLY);
 	long n = 0;
 	double t0, t1, end;
 
 	inet_pton(AF_INET, host, &sa.sin_addr);
-	inet_pton(AF_INET, "127.0.0.2", &other.sin_addr);
 	if (s < 0 || dn < 0 ||
-	    (mode != SPREAD && mode != STORM && connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0)) {
+	    (mode != STORM && connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0)) {
 		perror("sender");
 		_exit(1);
 	}
@@ -95,10 +91,6 @@ static void child(const char *host, int port, double rate, double duration, enum
 					perror("sender: storm connect");
 					_exit(1);
 				}
-			} else if (mode == SPREAD) {
-				const struct sockaddr_in *to = n & 1 ? &other : &sa;
-				sendto(s, payload, sizeof(payload), 0, (const struct sockaddr *)to,
-				       sizeof(*to));
 			} else {
 				send(s, payload, sizeof(payload), 0); /* a full receiver drops: still a send */
 			}
@@ -121,12 +113,11 @@ int main(int argc, char **argv)
 
 	if (argc != 7) {
 		fprintf(stderr, "usage: %s HOST PORT PROCS RATE DURATION_S "
-			"fold|unfold|spread|storm|accept\n",
+			"fold|unfold|storm|accept\n",
 			argv[0]);
 		return 2;
 	}
-	mode = !strcmp(argv[6], "unfold") ? UNFOLD : !strcmp(argv[6], "spread") ? SPREAD
-	       : !strcmp(argv[6], "storm") ? STORM : FOLD;
+	mode = !strcmp(argv[6], "unfold") ? UNFOLD : !strcmp(argv[6], "storm") ? STORM : FOLD;
 	port = atoi(argv[2]);
 	if (!strcmp(argv[6], "accept")) {
 		struct sockaddr_in la = {.sin_family = AF_INET};

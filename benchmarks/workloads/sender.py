@@ -21,14 +21,6 @@ def _sender(mode: str, host: str, port: int):
                 conn.sendall(payload)
         return connect_once
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if mode == "spread":
-        turn = [(host, port), ("127.0.0.2", port)]
-        state = [0]
-
-        def spread() -> None:
-            state[0] ^= 1
-            sock.sendto(payload, turn[state[0]])
-        return spread
     sock.connect((host, port))
     if mode != "unfold":
         return lambda: sock.send(payload)
