@@ -11,10 +11,10 @@ from pytest_svctrace.notes import Notes
 from pytest_svctrace.workers import NOTES_KEY, send_back
 from pytest_svctrace.pools import PoolWatch
 from svctrace.capture import wire
-from svctrace.events import FixtureMarker, FixtureWindows, Marker, ProcessEvent, TestInfo
+from svctrace.events import (FixtureMarker, FixtureWindows, Marker, PhaseEdge, ProcessEvent,
+                             TestInfo)
 from svctrace.words import counted
 
-_DEFERRED_ENDS = frozenset({"setup", "call"})  # see Tracer.edge
 
 
 def _worker_id(config: pytest.Config) -> str | None:
@@ -35,21 +35,6 @@ def phase_outcome(report: pytest.TestReport) -> str:
         if report.passed:
             return "xpassed"
     return report.outcome
-
-
-def _guess(exc: BaseException | None) -> str:
-    if exc is None:
-        return "passed"
-    if isinstance(exc, pytest.xfail.Exception):
-        return "xfailed"
-    return "skipped" if isinstance(exc, pytest.skip.Exception) else "failed"
-
-
-def _reraised(config: pytest.Config, exc: BaseException | None) -> bool:
-    """Whether pytest lets exc escape the test protocol unreported (its runner's rule)."""
-    if isinstance(exc, pytest.exit.Exception):
-        return True
-    return isinstance(exc, KeyboardInterrupt) and not config.getoption("usepdb", False)
 
 
 def closure(item: pytest.Item) -> frozenset:
@@ -102,8 +87,13 @@ class Tracer:
         self._windows_when = "setup"
         self._cursor = (0, 0)  # where the next finalizer's teardown began (mono, wall)
         self.pid = os.getpid()
-        self._starts: dict[tuple[str, str], int] = {}
-        self._ending: dict[tuple[str, str], str] = {}  # phases awaiting pytest's report
+        self._setup_only = bool(config.getoption("setuponly", False))
+        self._nodeid = ""        # the test running in this process (its last, between tests)
+        self._prefix = ""        # its PhaseEdge lines' common start (wire.edge_prefix)
+        self._open: str | None = None  # its phase in progress
+        # (nodeid, phase) -> the end written before pytest's report came (log=False runners)
+        self._guessed: dict[tuple[str, str], tuple[int, int]] = {}
+        self._closures: dict[str, frozenset] = {}  # nodeid -> closure(item) at collection
         self.notes = Notes()
         self.notes_in_report = False  # the standalone report's summary prints them
         self.pools = PoolWatch()
@@ -127,29 +117,104 @@ class Tracer:
             found = self._json_of[text] = wire.json_text(text)
         return found
 
-    def edge(self, nodeid: str, phase: str, edge: str, outcome: str | None = None) -> None:
+    def outer_edge(self, phase: str, edge: str) -> None:
+        """A session or collection edge (a Marker: once a run, not per test)."""
         mono, wall, pid = time.monotonic_ns(), time.time_ns(), os.getpid()
-        duration = None
-        if edge == "start":
-            self._starts[(nodeid, phase)] = mono
-        else:
-            started = self._starts.pop((nodeid, phase), None)
-            duration = (mono - started) / 1e9 if started is not None else None
-        # The end of setup and of call travel with the next phase's start, a moment later
-        # (one write, not two; for the eBPF backend that write is the fold boundary). A
-        # teardown's end is written at once: traffic after it is between tests.
-        deferred = edge == "end" and phase in _DEFERRED_ENDS and outcome != "interrupted"
-        if edge == "end":
-            self._write_windows()
-        elif phase == "teardown":
-            self._cursor = (mono, wall)
-        line = wire.marker_line(mono, wall, pid, self._worker_json, self._json(nodeid),
-                                phase, edge, outcome, duration)
+        line = wire.marker_line(mono, wall, pid, self._worker_json, '""', phase, edge)
         self._safe(line if line is not None else
-                   Marker(mono, wall, pid, self.worker, nodeid, phase, edge, outcome,
-                          duration), urgent=not deferred)
+                   Marker(mono, wall, pid, self.worker, "", phase, edge))
         if self._new_epoch is not None:
             self._new_epoch()
+
+    # -- a test's phases -------------------------------------------------------------------
+    # One write per phase edge (for the eBPF backend each write is a fold boundary), each one
+    # PhaseEdge line: the end of the phase before (pytest's outcome and duration, its
+    # function-scoped fixture windows) and the start of the next. pytest's own reports mark
+    # the edges: a phase ends at its report, and the next phase (known from the report)
+    # starts at that same moment, so everything pytest does in a test's protocol, other
+    # plugins' hook wrappers included, falls inside one of its windows.
+    def begin(self, nodeid: str) -> None:
+        """The test starts (its setup): written before any of it runs, so a test that kills
+        its process is still named."""
+        if self._open is not None:
+            self.end_open(None)
+        self._nodeid = nodeid
+        self._prefix = wire.edge_prefix(os.getpid(), self._worker_json, self._json(nodeid))
+        self._edge("setup", None, None, None)
+
+    def enter(self, nodeid: str, phase: str) -> None:
+        """A phase hook runs: normally the phase its predecessor's report opened; else (a
+        runner that calls runtestprotocol with log=False, or its own protocol) start it
+        here, ending the open phase without its report (the report, if it comes later,
+        still gives the outcome)."""
+        if self._open == phase and self._nodeid == nodeid:
+            return
+        if self._nodeid != nodeid:
+            self.begin(nodeid)
+            if phase == "setup":
+                return
+        ended = self._open
+        if ended is not None:
+            self._guessed[(nodeid, ended)] = self._edge(phase, ended, "passed", None)
+        else:
+            self._edge(phase, None, None, None)
+
+    def report(self, report: pytest.TestReport) -> None:
+        when, nodeid = report.when, report.nodeid
+        if self._open != when or self._nodeid != nodeid:
+            # An xdist controller sees its workers' reports; a log=False runner logs a
+            # phase after its end was written: its outcome only.
+            at = self._guessed.pop((nodeid, when), None)
+            if at is not None:
+                self._correct(nodeid, when, at, phase_outcome(report), report.duration)
+            return
+        if when == "setup":
+            following = "call" if report.passed and not self._setup_only else "teardown"
+        else:
+            following = "teardown" if when == "call" else None
+        self._edge(following, when, phase_outcome(report), report.duration)
+
+    def end_open(self, outcome: str | None) -> None:
+        """End the open phase without a report: "interrupted" (Ctrl-C, pytest.exit), or
+        None for "passed" as far as anyone can tell (nothing reported it)."""
+        ended = self._open
+        if ended is None:
+            return
+        at = self._edge(None, ended, outcome or "passed", None)
+        if outcome is None:
+            self._guessed[(self._nodeid, ended)] = at
+
+    def _edge(self, started: str | None, ended: str | None, outcome: str | None,
+              duration: float | None) -> tuple[int, int]:
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        windows = ""
+        if ended is not None and self._windows:
+            if self._windows_when == ended:
+                windows = self._windows_json()
+            else:
+                self._write_windows()
+        if started == "teardown":
+            self._cursor = (mono, wall)  # pytest reports only a finalizer's end
+        self._open = started
+        line = wire.edge_line(self._prefix, mono, wall, started, ended, outcome, duration,
+                              windows)
+        self._safe(line if line is not None else PhaseEdge(
+            os.getpid(), self.worker, self._nodeid, mono, wall, started, ended, outcome,
+            duration, self._windows_tuple(windows)))
+        if windows:
+            self._windows = []
+        if self._new_epoch is not None:
+            self._new_epoch()
+        return mono, wall
+
+    def _correct(self, nodeid: str, phase: str, at: tuple[int, int], outcome: str,
+                 duration: float) -> None:
+        """The outcome of a phase whose end was written before its report (same end)."""
+        prefix = wire.edge_prefix(os.getpid(), self._worker_json, self._json(nodeid))
+        line = wire.edge_line(prefix, *at, None, phase, outcome, duration)
+        self._safe(line if line is not None else PhaseEdge(
+            os.getpid(), self.worker, nodeid, *at, None, phase, outcome, duration),
+            urgent=False)
 
     def fixture(self, fixturedef, when: str, edge: str) -> None:
         mono, wall = time.monotonic_ns(), time.time_ns()
@@ -175,12 +240,19 @@ class Tracer:
         if when == "teardown":
             self._cursor = (mono, wall)  # pytest reports only a finalizer's end
 
+    def _windows_json(self) -> str:
+        return ",".join(f"[{self._json(fid)},{s_mono},{s_wall},{e_mono},{e_wall}]"
+                        for fid, s_mono, s_wall, e_mono, e_wall in self._windows)
+
+    def _windows_tuple(self, windows_json: str) -> tuple:
+        return tuple(self._windows) if windows_json else ()
+
     def _write_windows(self) -> None:
+        """The function-scoped windows so far on their own line, when something else than
+        their phase's end comes first (a wider-scoped fixture's edge)."""
         if self._windows:
             pid, when, windows = os.getpid(), self._windows_when, self._windows
-            line = wire.windows_line(pid, when, [
-                f"[{self._json(fid)},{s_mono},{s_wall},{e_mono},{e_wall}]"
-                for fid, s_mono, s_wall, e_mono, e_wall in windows])
+            line = wire.windows_line(pid, when, [self._windows_json()])
             self._safe(line if line is not None else
                        FixtureWindows(pid, when, tuple(windows)), urgent=False)
             self._windows = []
@@ -194,7 +266,10 @@ class Tracer:
             cls = getattr(item, "cls", None)
             bases = tuple(c.__name__ for c in cls.__mro__[1:] if c is not object) if cls \
                 else ()
-            info = TestInfo(item.nodeid, tuple(sorted(closure(item) | pulled)),
+            closed = closure(item)
+            if not (pulled or unseen):  # at collection: kept for the teardown's look at pulled ones
+                self._closures[item.nodeid] = closed
+            info = TestInfo(item.nodeid, tuple(sorted(closed | pulled)),
                             tuple(sorted({m.name for m in item.iter_markers()})),
                             item.nodeid.split("::")[0], bases, self.worker, unseen)
         except Exception as exc:  # pytest internals moved: degrade, never fail the test
@@ -206,9 +281,9 @@ class Tracer:
     # -- hooks ---------------------------------------------------------------------------
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_collection(self, session):
-        self.edge("", "collection", "start")
+        self.outer_edge("collection", "start")
         yield
-        self.edge("", "collection", "end")
+        self.outer_edge("collection", "end")
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items) -> None:
@@ -218,39 +293,22 @@ class Tracer:
         # runs anywhere): a later TestInfo from the worker that ran a test always wins.
         self._safe_flush()
 
-    def _phase(self, item: pytest.Item, phase: str):
-        self.flush_ends()
-        self.edge(item.nodeid, phase, "start")
-        outcome = yield
-        exc = outcome.excinfo[1] if outcome.excinfo else None
-        if _reraised(item.config, exc):
-            # pytest re-raises it without a report (Ctrl-C, pytest.exit): end the window
-            # now; the test never finished.
-            self.edge(item.nodeid, phase, "end", "interrupted")
-        else:
-            # The outcome is pytest's report, made after this hook: unittest skips and
-            # failures, xfail and strict XPASS raise nothing here (or the wrong thing).
-            self._ending[(item.nodeid, phase)] = _guess(exc)
+    # Plain hooks, not wrappers around each phase: pluggy's wrappers cost more than the rest
+    # of the plugin's work. Only the process that runs a test calls its protocol hook (not
+    # an xdist controller).
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item, nextitem) -> None:
+        self.report_pool_workers()
+        self.begin(item.nodeid)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Only ends this process left open: an xdist controller sees its workers' reports.
-        if self._ending.pop((report.nodeid, report.when), None) is not None:
-            self.edge(report.nodeid, report.when, "end", phase_outcome(report))
+        self.report(report)
 
-    def flush_ends(self) -> None:
-        """End windows whose report never came (a runner that calls runtestprotocol with
-        log=False) with the outcome the hook's exception suggests."""
-        while self._ending:
-            (nodeid, phase), guess = self._ending.popitem()
-            self.edge(nodeid, phase, "end", guess)
-
-    # tryfirst hookwrappers are outermost: every fixture pytest runs in a phase falls
-    # inside its window (the known failure: setup-fixture traffic lost without this).
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self, item):
-        self.report_pool_workers()
-        yield from self._phase(item, "setup")
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        # Ctrl-C or pytest.exit left the phase without a report: the test never finished.
+        self.end_open("interrupted")
 
     def report_pool_workers(self) -> None:
         """Pool workers started so far (by an earlier test or at import) run what this and
@@ -266,15 +324,21 @@ class Tracer:
                 self._safe(ProcessEvent("pool", mono, wall, pid, comm=name, tid=native),
                            urgent=False)
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_call(self, item):
-        yield from self._phase(item, "call")
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item) -> None:
+        self.enter(item.nodeid, "setup")
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self, item):
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item) -> None:
+        self.enter(item.nodeid, "call")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item) -> None:
+        self.enter(item.nodeid, "teardown")
         # Setup and call are over: every fixture the test pulled is active now.
         try:
-            pulled = active_fixtures(item) - closure(item)
+            closed = self._closures.pop(item.nodeid, None)
+            pulled = active_fixtures(item) - (closure(item) if closed is None else closed)
         except Exception as exc:  # pytest internals moved: the closure is all we know
             self.notes.add("pulled", f"could not list pulled fixtures: {type(exc).__name__}: "
                                      f"{exc}")
@@ -282,7 +346,6 @@ class Tracer:
         unseen = self._unseen() if self.inprocess else ()
         if pulled or unseen:
             self.describe(item, pulled, unseen)
-        yield from self._phase(item, "teardown")
 
     def _unseen(self) -> tuple[str, ...]:
         """C clients loaded in this process by now: the in-process answer misses them."""
@@ -305,7 +368,7 @@ class Tracer:
         self.fixture(fixturedef, "teardown", "end")
 
     def session_start(self) -> None:
-        self.edge("", "session", "start")
+        self.outer_edge("session", "start")
 
     def _safe_flush(self) -> None:
         try:
@@ -328,6 +391,6 @@ class Tracer:
                 terminalreporter.write_line(f"svctrace: {line}")
 
     def session_end(self) -> None:
-        self.flush_ends()
-        self.edge("", "session", "end")
+        self.end_open(None)
+        self.outer_edge("session", "end")
         self._safe_flush()

@@ -20,11 +20,11 @@ from operator import attrgetter
 from typing import Iterator
 
 from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Lookup,
-                             Marker, ProcessEvent, Stack, TestInfo)
+                             Marker, PhaseEdge, ProcessEvent, Stack, TestInfo)
 
 PIPE_BUF = 4096
 _TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p",
-         Stack: "s", FixtureWindows: "w", Lookup: "l"}
+         Stack: "s", FixtureWindows: "w", Lookup: "l", PhaseEdge: "x"}
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (*_TAGS, Destination)}
 _TUPLES = {cls: tuple(i for i, name in enumerate(_FIELDS[cls])
@@ -108,6 +108,22 @@ def marker_line(mono_ns: int, wall_ns: int, pid: int, worker_json: str, nodeid_j
     return out if len(out) <= PIPE_BUF else None
 
 
+def edge_prefix(pid: int, worker_json: str, nodeid_json: str) -> str:
+    """The part of a test's PhaseEdge lines that is the same for all of them (see
+    edge_line)."""
+    return f'\x1e["x",{pid},{worker_json},{nodeid_json},'
+
+
+def edge_line(prefix: str, mono_ns: int, wall_ns: int, started: str | None,
+              ended: str | None = None, outcome: str | None = None,
+              duration_s: float | None = None, windows_json: str = "") -> bytes | None:
+    """A PhaseEdge's line from edge_prefix() and its windows already as JSON arrays joined
+    by commas (the same bytes encode() makes), or None when it would exceed PIPE_BUF."""
+    out = (f'{prefix}{mono_ns},{wall_ns},{_name(started)},{_name(ended)},{_name(outcome)},'
+           f'{_number(duration_s)},[{windows_json}]]\n').encode()
+    return out if len(out) <= PIPE_BUF else None
+
+
 def _record(values: list):
     cls = _TYPES.get(values[0])
     if cls is None:
@@ -120,6 +136,11 @@ def _record(values: list):
                 args[_FIRST_INDEX] = base64.b64decode(args[_FIRST_INDEX], validate=True)
             except (TypeError, ValueError):
                 raise ProtocolError("an event's first bytes are not base64") from None
+    elif cls is PhaseEdge:
+        if len(args) > 9 and args[9]:
+            args[9] = tuple(map(tuple, args[9]))
+        elif len(args) > 9:
+            args[9] = ()
     elif cls is FixtureWindows:
         args[2] = tuple(map(tuple, args[2]))
     elif cls is Lookup:

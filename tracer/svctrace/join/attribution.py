@@ -27,7 +27,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 
 from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, Lookup,
-                             Marker, ProcessEvent, Stack, TestInfo)
+                             Marker, PhaseEdge, ProcessEvent, Stack, TestInfo)
 from svctrace.join.evidence import MAX_KEPT, MORE_DESTINATIONS, Contact, result_text
 from svctrace.join.lineage import Lineage
 from svctrace.join.names import NameTable
@@ -132,6 +132,7 @@ class Attributor:
         self._adders = {Event: self._add_event, Marker: self._add_marker,
                         FixtureMarker: self._add_fixture_marker,
                         FixtureWindows: self._add_fixture_windows,
+                        PhaseEdge: self._add_phase_edge,
                         ProcessEvent: self._add_process, TestInfo: self._add_info,
                         Stack: self.stacks.add, Lookup: self._add_lookup}
 
@@ -244,6 +245,48 @@ class Attributor:
                 return
         # An end without a start (the start line was lost): keep a zero-length window.
         _insert_sorted(bucket, Window(ts, ts, mk.nodeid, mk.phase, mk.worker, mk.outcome))
+
+    def _add_phase_edge(self, pe: PhaseEdge) -> None:
+        """The plugin's usual record: what _add_fixture_windows and _add_marker do with the
+        FixtureWindows, end Marker and start Marker it stands for, in that order."""
+        pid, nodeid, ended, started = pe.pid, pe.nodeid, pe.ended, pe.started
+        ts = pe.mono_ns if self.clock == "mono" else pe.wall_ns
+        test = self.tests.get(nodeid)
+        if test is None:
+            test = self.tests[nodeid] = TestRecord(nodeid)
+        test.worker, test.pid, test.ran = pe.worker, pid, True
+        bucket = self.windows.get(pid)
+        if bucket is None:
+            bucket = self.windows[pid] = []
+        if ended is not None:
+            self.counts["markers"] += 1
+            if pe.windows:
+                self._add_fixture_windows(FixtureWindows(pid, ended, pe.windows))
+            if pe.outcome:
+                test.outcomes[ended] = pe.outcome
+            if pe.duration_s is not None:
+                test.durations[ended] = pe.duration_s
+            if ended == "setup":
+                self._open_setups.pop((pid, nodeid), None)
+            for window in reversed(bucket):
+                # (an end already written: the outcome of its report, which came later)
+                if window.nodeid == nodeid and window.phase == ended \
+                        and (window.end is None or window.end == ts):
+                    window.end, window.outcome = ts, pe.outcome
+                    break
+            else:  # the start line was lost: keep a zero-length window
+                _insert_sorted(bucket, Window(ts, ts, nodeid, ended, pe.worker, pe.outcome))
+        if started is not None:
+            self.counts["markers"] += 1
+            if started == "setup":
+                self._open_setups[(pid, nodeid)] = ts
+            elif started == "teardown":
+                self._teardown_cursor[pid] = ts
+            window = Window(ts, None, nodeid, started, pe.worker)
+            if not bucket or bucket[-1].start <= ts:
+                bucket.append(window)
+            else:
+                _insert_sorted(bucket, window)
 
     def _add_fixture_marker(self, fm: FixtureMarker) -> None:
         ts = fm.mono_ns if self.clock == "mono" else fm.wall_ns
