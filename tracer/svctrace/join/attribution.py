@@ -261,7 +261,7 @@ class Attributor:
         if ended is not None:
             self.counts["markers"] += 1
             if pe.windows:
-                self._add_fixture_windows(FixtureWindows(pid, ended, pe.windows))
+                self._add_windows(pid, ended, pe.windows)
             if pe.outcome:
                 test.outcomes[ended] = pe.outcome
             if pe.duration_s is not None:
@@ -306,17 +306,28 @@ class Attributor:
         bucket.insert(bisect.bisect_right(bucket, (start,)), (start, ts, fm.fixture, fm.scope))
 
     def _add_fixture_windows(self, fw: FixtureWindows) -> None:
+        self._add_windows(fw.pid, fw.when, fw.windows)
+
+    def _add_windows(self, pid: int, when: str, windows: tuple) -> None:
         mono = self.clock == "mono"
-        bucket = self.fixture_windows.setdefault(fw.pid, [])
+        bucket = self.fixture_windows.get(pid)
+        if bucket is None:
+            bucket = self.fixture_windows[pid] = []
+        scopes = self.fixture_scopes
         end = None
-        for fid, start_mono, start_wall, end_mono, end_wall in fw.windows:
-            self.fixture_scopes.setdefault(fid, "function")
+        for fid, start_mono, start_wall, end_mono, end_wall in windows:
+            if fid not in scopes:
+                scopes[fid] = "function"
             start, end = (start_mono, end_mono) if mono else (start_wall, end_wall)
-            bucket.insert(bisect.bisect_right(bucket, (start,)), (start, end, fid, "function"))
-        if fw.when == "teardown" and end is not None:
+            if not bucket or bucket[-1][0] < start:  # in order, as they mostly come
+                bucket.append((start, end, fid, "function"))
+            else:
+                bucket.insert(bisect.bisect_right(bucket, (start,)),
+                              (start, end, fid, "function"))
+        if when == "teardown" and end is not None:
             # the plugin writes them before a wider fixture's teardown end: that one's
             # window begins where these ended
-            self._teardown_cursor[fw.pid] = max(end, self._teardown_cursor.get(fw.pid, end))
+            self._teardown_cursor[pid] = max(end, self._teardown_cursor.get(pid, end))
 
     # -- attribution ---------------------------------------------------------------------
     def flush(self, watermark: int | None = None) -> None:
