@@ -2,6 +2,7 @@
 and fixtures it reads from pytest."""
 from __future__ import annotations
 
+import inspect
 import os
 import time
 
@@ -15,6 +16,19 @@ from svctrace.events import (FixtureMarker, FixtureWindows, Marker, PhaseEdge, P
                              TestInfo)
 from svctrace.words import counted
 
+
+
+_LINE_TYPES = {b"w": "FixtureWindows", b"t": "TestInfo"}  # the lines built without records
+
+
+def _new_style_wrappers() -> bool:
+    try:
+        return "wrapper" in inspect.signature(type(pytest.hookimpl).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_NEW_STYLE_WRAPPERS = _new_style_wrappers()
 
 
 def _worker_id(config: pytest.Config) -> str | None:
@@ -82,7 +96,6 @@ class Tracer:
         self.worker = _worker_id(config)
         self._worker_json = wire.json_text(self.worker)
         self._json_of: dict[str, str] = {}
-        self._fixture_starts: dict[int, tuple[int, int]] = {}  # id(fixturedef) -> start
         self._windows: list[tuple] = []  # function-scoped fixture windows of this phase
         self._windows_when = "setup"
         self._cursor = (0, 0)  # where the next finalizer's teardown began (mono, wall)
@@ -94,6 +107,12 @@ class Tracer:
         # (nodeid, phase) -> the end written before pytest's report came (log=False runners)
         self._guessed: dict[tuple[str, str], tuple[int, int]] = {}
         self._closures: dict[str, frozenset] = {}  # nodeid -> closure(item) at collection
+        # describe_collected's caches: fixture definitions -> (ids, JSON), marker names ->
+        # JSON, parent node -> its markers' names, class -> its bases as JSON
+        self._closure_json: dict[tuple, tuple[frozenset, str]] = {}
+        self._markers_json: dict[frozenset, str] = {}
+        self._parent_markers: dict = {}
+        self._bases_json: dict = {}
         self.notes = Notes()
         self.notes_in_report = False  # the standalone report's summary prints them
         self.pools = PoolWatch()
@@ -106,8 +125,8 @@ class Tracer:
             else:
                 self.sink(record, urgent)
         except Exception as exc:  # degrade, never fail the test (nor warn: -W error)
-            what = ("FixtureWindows" if record[3:4] == b"w" else "Marker") \
-                if type(record) is bytes else type(record).__name__
+            what = _LINE_TYPES.get(record[3:4], "Marker") if type(record) is bytes \
+                else type(record).__name__
             self.notes.add("record", f"could not record {what}: {type(exc).__name__}: {exc}")
 
     def _json(self, text: str) -> str:
@@ -216,29 +235,27 @@ class Tracer:
             os.getpid(), self.worker, nodeid, *at, None, phase, outcome, duration),
             urgent=False)
 
-    def fixture(self, fixturedef, when: str, edge: str) -> None:
+    def fixture_window(self, fixturedef, when: str, start: tuple[int, int]) -> None:
+        """A function-scoped fixture's setup or teardown ended. They only name the fixture
+        in evidence: their windows travel with their phase's end (PhaseEdge.windows)."""
         mono, wall = time.monotonic_ns(), time.time_ns()
-        fid, scope = fixture_id(fixturedef), fixturedef.scope
-        if scope == "function":
-            # They only name the fixture in evidence: their windows travel in one record
-            # per phase, written with the phase's end (FixtureWindows).
-            if edge == "start":
-                self._fixture_starts[id(fixturedef)] = (mono, wall)
-                return
-            start = self._fixture_starts.pop(id(fixturedef), None) if when == "setup" \
-                else self._cursor
-            if self._windows and self._windows_when != when:
-                self._write_windows()
-            self._windows.append((fid, *(start or (mono, wall)), mono, wall))
-            self._windows_when = when
-        else:
-            # Wider-scoped fixtures decide inheritance: their edges are written at once (for
-            # the eBPF backend a write is also a fold boundary), after the windows before
-            # them (the attributor's teardown cursor moves in write order).
+        if self._windows and self._windows_when != when:
             self._write_windows()
-            self._safe(FixtureMarker(mono, wall, os.getpid(), fid, scope, when, edge))
+        self._windows.append((fixture_id(fixturedef), *start, mono, wall))
+        self._windows_when = when
         if when == "teardown":
             self._cursor = (mono, wall)  # pytest reports only a finalizer's end
+
+    def wide_fixture(self, fixturedef, when: str, edge: str) -> None:
+        """An edge of a wider-scoped fixture: they decide inheritance, so their edges are
+        written at once (for the eBPF backend a write is also a fold boundary), after the
+        windows before them (the attributor's teardown cursor moves in write order)."""
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        self._write_windows()
+        self._safe(FixtureMarker(mono, wall, os.getpid(), fixture_id(fixturedef),
+                                 fixturedef.scope, when, edge))
+        if when == "teardown":
+            self._cursor = (mono, wall)
 
     def _windows_json(self) -> str:
         return ",".join(f"[{self._json(fid)},{s_mono},{s_wall},{e_mono},{e_wall}]"
@@ -266,10 +283,7 @@ class Tracer:
             cls = getattr(item, "cls", None)
             bases = tuple(c.__name__ for c in cls.__mro__[1:] if c is not object) if cls \
                 else ()
-            closed = closure(item)
-            if not (pulled or unseen):  # at collection: kept for the teardown's look at pulled ones
-                self._closures[item.nodeid] = closed
-            info = TestInfo(item.nodeid, tuple(sorted(closed | pulled)),
+            info = TestInfo(item.nodeid, tuple(sorted(closure(item) | pulled)),
                             tuple(sorted({m.name for m in item.iter_markers()})),
                             item.nodeid.split("::")[0], bases, self.worker, unseen)
         except Exception as exc:  # pytest internals moved: degrade, never fail the test
@@ -277,6 +291,46 @@ class Tracer:
                                        f"{exc}")
             return
         self._safe(info, urgent=False)
+
+    def describe_collected(self, item: pytest.Item) -> None:
+        """describe() at collection, once per test: the same line, from pieces that tests
+        of one module, class or function share (cached by what they are made of)."""
+        try:
+            info = getattr(item, "_fixtureinfo", None)
+            defs = tuple(defs[-1] for defs in info.name2fixturedefs.values() if defs) \
+                if info else ()
+            fixtures = self._closure_json.get(defs)
+            if fixtures is None:
+                ids = frozenset(map(fixture_id, defs))
+                fixtures = self._closure_json[defs] = (ids, wire.json_text(sorted(ids)))
+            self._closures[item.nodeid] = fixtures[0]
+            parent = item.parent
+            inherited = self._parent_markers.get(parent)
+            if inherited is None:  # Node.iter_markers: the item's own, then its parents'
+                inherited = self._parent_markers[parent] = frozenset(
+                    m.name for m in parent.iter_markers()) if parent is not None \
+                    else frozenset()
+            own = item.own_markers
+            names = inherited.union(m.name for m in own) if own else inherited
+            markers = self._markers_json.get(names)
+            if markers is None:
+                markers = self._markers_json[names] = wire.json_text(sorted(names))
+            cls = getattr(item, "cls", None)
+            bases = self._bases_json.get(cls)
+            if bases is None:
+                bases = self._bases_json[cls] = wire.json_text(
+                    [c.__name__ for c in cls.__mro__[1:] if c is not object] if cls else [])
+            nodeid = item.nodeid
+            line = wire.info_line(self._json(nodeid), fixtures[1], markers,
+                                  wire.json_text(nodeid.split("::")[0]), bases,
+                                  self._worker_json)
+        except Exception:  # pytest internals moved: the slow way says what failed
+            self.describe(item)
+            return
+        if line is None:
+            self.describe(item)  # too long for one line: the record is chunked
+        else:
+            self._safe(line, urgent=False)
 
     # -- hooks ---------------------------------------------------------------------------
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -288,7 +342,7 @@ class Tracer:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items) -> None:
         for item in items:
-            self.describe(item)
+            self.describe_collected(item)
         # Written before xdist hears this worker finished collecting (so before any test
         # runs anywhere): a later TestInfo from the worker that ran a test always wins.
         self._safe_flush()
@@ -357,15 +411,40 @@ class Tracer:
                                      f"{type(exc).__name__}: {exc}")
             return ()
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_fixture_setup(self, fixturedef, request):
-        self.fixture(fixturedef, "setup", "start")
-        yield
-        self.fixture(fixturedef, "setup", "end")
+    # tryfirst wrappers are outermost: the fixture's whole setup falls inside its window.
+    # New-style wrappers where pluggy has them (>= 1.1): they cost pluggy less.
+    if _NEW_STYLE_WRAPPERS:
+        @pytest.hookimpl(wrapper=True, tryfirst=True)
+        def pytest_fixture_setup(self, fixturedef, request):
+            if fixturedef.scope != "function":
+                self.wide_fixture(fixturedef, "setup", "start")
+                try:
+                    return (yield)
+                finally:
+                    self.wide_fixture(fixturedef, "setup", "end")
+            start = time.monotonic_ns(), time.time_ns()
+            try:
+                return (yield)
+            finally:
+                self.fixture_window(fixturedef, "setup", start)
+    else:
+        @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+        def pytest_fixture_setup(self, fixturedef, request):
+            if fixturedef.scope != "function":
+                self.wide_fixture(fixturedef, "setup", "start")
+                yield
+                self.wide_fixture(fixturedef, "setup", "end")
+                return
+            start = time.monotonic_ns(), time.time_ns()
+            yield
+            self.fixture_window(fixturedef, "setup", start)
 
     @pytest.hookimpl(trylast=True)
     def pytest_fixture_post_finalizer(self, fixturedef, request) -> None:
-        self.fixture(fixturedef, "teardown", "end")
+        if fixturedef.scope == "function":
+            self.fixture_window(fixturedef, "teardown", self._cursor)
+        else:
+            self.wide_fixture(fixturedef, "teardown", "end")
 
     def session_start(self) -> None:
         self.outer_edge("session", "start")

@@ -177,6 +177,15 @@ def _scan_lines(body: bytes) -> list | None:
     return values if end == len(text) + 2 and len(values) == lines else None
 
 
+def info_line(nodeid_json: str, fixtures_json: str, markers_json: str, path_json: str,
+              bases_json: str, worker_json: str) -> bytes | None:
+    """A TestInfo's line at collection (no unseen clients) from its fields as JSON (see
+    marker_line)."""
+    out = (f'\x1e["t",{nodeid_json},{fixtures_json},{markers_json},{path_json},{bases_json},'
+           f'{worker_json},[]]\n').encode()
+    return out if len(out) <= PIPE_BUF else None
+
+
 def windows_line(pid: int, when: str, windows_json: list[str]) -> bytes | None:
     """A FixtureWindows line from its windows already as JSON arrays (see marker_line)."""
     out = f'\x1e["w",{pid},"{when}",[{",".join(windows_json)}]]\n'.encode()
