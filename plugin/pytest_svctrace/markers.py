@@ -125,9 +125,12 @@ class Tracer:
             else:
                 self.sink(record, urgent)
         except Exception as exc:  # degrade, never fail the test (nor warn: -W error)
-            what = _LINE_TYPES.get(record[3:4], "Marker") if type(record) is bytes \
-                else type(record).__name__
-            self.notes.add("record", f"could not record {what}: {type(exc).__name__}: {exc}")
+            self._not_recorded(record, exc)
+
+    def _not_recorded(self, record, exc: Exception) -> None:
+        what = _LINE_TYPES.get(record[3:4], "Marker") if type(record) is bytes \
+            else type(record).__name__
+        self.notes.add("record", f"could not record {what}: {type(exc).__name__}: {exc}")
 
     def _json(self, text: str) -> str:
         """text as JSON, cached: every node id and fixture id is written several times."""
@@ -217,9 +220,14 @@ class Tracer:
         self._open = started
         line = wire.edge_line(self._prefix, mono, wall, started, ended, outcome, duration,
                               windows)
-        self._safe(line if line is not None else PhaseEdge(
-            os.getpid(), self.worker, self._nodeid, mono, wall, started, ended, outcome,
-            duration, self._windows_tuple(windows)))
+        if line is None:
+            self._safe(PhaseEdge(os.getpid(), self.worker, self._nodeid, mono, wall, started,
+                                 ended, outcome, duration, self._windows_tuple(windows)))
+        else:
+            try:  # _safe, inlined: four of these a test
+                self.sink.line(line)
+            except Exception as exc:
+                self._not_recorded(line, exc)
         if windows:
             self._windows = []
         if self._new_epoch is not None:

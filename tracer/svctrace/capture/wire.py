@@ -108,6 +108,11 @@ def marker_line(mono_ns: int, wall_ns: int, pid: int, worker_json: str, nodeid_j
     return out if len(out) <= PIPE_BUF else None
 
 
+_NAMES = {name: f'"{name}"' for name in ("setup", "call", "teardown", "passed", "failed",
+                                         "skipped", "xfailed", "xpassed", "interrupted")}
+_NAMES[None] = "null"
+
+
 def edge_prefix(pid: int, worker_json: str, nodeid_json: str) -> str:
     """The part of a test's PhaseEdge lines that is the same for all of them (see
     edge_line)."""
@@ -119,8 +124,10 @@ def edge_line(prefix: str, mono_ns: int, wall_ns: int, started: str | None,
               duration_s: float | None = None, windows_json: str = "") -> bytes | None:
     """A PhaseEdge's line from edge_prefix() and its windows already as JSON arrays joined
     by commas (the same bytes encode() makes), or None when it would exceed PIPE_BUF."""
-    out = (f'{prefix}{mono_ns},{wall_ns},{_name(started)},{_name(ended)},{_name(outcome)},'
-           f'{_number(duration_s)},[{windows_json}]]\n').encode()
+    names = _NAMES  # lookups, not calls: the plugin writes four of these a test
+    out = (f'{prefix}{mono_ns},{wall_ns},{names[started]},{names[ended]},'
+           f'{names.get(outcome) or _name(outcome)},'
+           f'{"null" if duration_s is None else repr(duration_s)},[{windows_json}]]\n').encode()
     return out if len(out) <= PIPE_BUF else None
 
 
