@@ -27,7 +27,7 @@ from svctrace.run.runner import RUN_GC_YOUNG  # noqa: E402
 def stream(tests: int) -> bytes:
     """The marker bytes of `tests` tests of one process, as the plugin writes them: a
     TestInfo each at collection, then four PhaseEdge lines a test (fixture windows with the
-    ends of setup and teardown)."""
+    ends of setup and teardown, each end 10 µs before the next start)."""
     pid, worker, lines, now = 4242, wire.json_text(None), [], 10**12
     for i in range(tests):
         nodeid = f"tests/test_bench_{i // 100:03d}.py::test_{i:05d}"
@@ -39,7 +39,9 @@ def stream(tests: int) -> bytes:
         ended = windows = None
         for phase in ("setup", "call", "teardown", None):
             lines.append(wire.edge_line(prefix, now, now + 7, phase, ended,
-                                        ended and "passed", ended and 0.0003, windows or ""))
+                                        ended and "passed", ended and 0.0003, windows or "",
+                                        phase and ended and now - 10_000,
+                                        phase and ended and now - 9_993))
             windows = f'["::pg",{now + 10},{now + 17},{now + 299_990},{now + 299_997}]' \
                 if phase != "call" else None
             ended, now = phase, now + 300_000

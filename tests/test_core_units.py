@@ -281,16 +281,18 @@ def test_wheel_installs_only_distinctive_names(tmp_path):
 def test_wire_phase_edge_and_info_lines_are_the_bytes_encode_makes():
     from svctrace.events import PhaseEdge
     nodeid = 't/é "q".py::x[a\\b]'
-    prefix = wire.edge_prefix(3, wire.json_text("gw1"), wire.json_text(nodeid))
     cases = [PhaseEdge(3, "gw1", nodeid, 1, 2, "setup"),
              PhaseEdge(3, "gw1", nodeid, 4, 5, "call", "setup", "passed", 0.00123,
                        (("t.py::tmp", 1, 2, 3, 4), ('t/é.py::"fx"', 5, 6, 7, 8))),
-             PhaseEdge(3, "gw1", nodeid, 9, 10, None, "teardown", "failed", 1.5)]
+             PhaseEdge(3, "gw1", nodeid, 9, 10, None, "teardown", "failed", 1.5),
+             PhaseEdge(3, None, nodeid, 19, 20, "teardown", "call", "xfailed", 0.5, (), 11, 12)]
     for edge in cases:
+        prefix = wire.edge_prefix(3, wire.json_text(edge.worker), wire.json_text(nodeid))
         windows = ",".join(f"[{wire.json_text(fid)},{a},{b},{c},{d}]"
                            for fid, a, b, c, d in edge.windows)
         line = wire.edge_line(prefix, edge.mono_ns, edge.wall_ns, edge.started, edge.ended,
-                              edge.outcome, edge.duration_s, windows)
+                              edge.outcome, edge.duration_s, windows, edge.end_mono_ns,
+                              edge.end_wall_ns)
         assert line == wire.encode(edge)[0]
         assert wire.record_of(line) == edge
         assert list(wire.Decoder().feed(line)) == [edge]

@@ -21,6 +21,11 @@ from svctrace.words import counted
 _LINE_TYPES = {b"w": "FixtureWindows", b"t": "TestInfo"}  # the lines built without records
 
 
+def _windows_of(windows_json: str) -> tuple:
+    """PhaseEdge.windows from the JSON the line would have carried (a chunked record)."""
+    return tuple(map(tuple, wire.loads_value(f"[{windows_json}]")))
+
+
 def _new_style_wrappers() -> bool:
     try:
         return "wrapper" in inspect.signature(type(pytest.hookimpl).__call__).parameters
@@ -104,6 +109,7 @@ class Tracer:
         self._nodeid = ""        # the test running in this process (its last, between tests)
         self._prefix = ""        # its PhaseEdge lines' common start (wire.edge_prefix)
         self._open: str | None = None  # its phase in progress
+        self._ending: tuple | None = None  # a reported end waiting for the next start
         # (nodeid, phase) -> the end written before pytest's report came (log=False runners)
         self._guessed: dict[tuple[str, str], tuple[int, int]] = {}
         self._closures: dict[str, frozenset] = {}  # nodeid -> closure(item) at collection
@@ -150,36 +156,37 @@ class Tracer:
 
     # -- a test's phases -------------------------------------------------------------------
     # One write per phase edge (for the eBPF backend each write is a fold boundary), each one
-    # PhaseEdge line: the end of the phase before (pytest's outcome and duration, its
-    # function-scoped fixture windows) and the start of the next. pytest's own reports mark
-    # the edges: a phase ends at its report, and the next phase (known from the report)
-    # starts at that same moment, so everything pytest does in a test's protocol, other
-    # plugins' hook wrappers included, falls inside one of its windows.
+    # PhaseEdge line. A phase ends at pytest's report of it (outcome, duration, and its
+    # function-scoped fixture windows, all read then); that end rides with the next phase's
+    # start, written when pytest calls the next phase's hook: what runs between the two
+    # (other plugins' report hooks) is the gap between the phases, as evidence names it.
+    # The setup starts in pytest_runtest_protocol, before anything of the test runs.
     def begin(self, nodeid: str) -> None:
         """The test starts (its setup): written before any of it runs, so a test that kills
         its process is still named."""
-        if self._open is not None:
+        if self._open is not None or self._ending is not None:
             self.end_open(None)
         self._nodeid = nodeid
         self._prefix = wire.edge_prefix(os.getpid(), self._worker_json, self._json(nodeid))
-        self._edge("setup", None, None, None)
+        self._edge("setup")
 
     def enter(self, nodeid: str, phase: str) -> None:
-        """A phase hook runs: normally the phase its predecessor's report opened; else (a
-        runner that calls runtestprotocol with log=False, or its own protocol) start it
-        here, ending the open phase without its report (the report, if it comes later,
-        still gives the outcome)."""
-        if self._open == phase and self._nodeid == nodeid:
-            return
+        """A phase hook runs: the phase starts, with the end of the one before. A phase
+        never reported (a runner that calls runtestprotocol with log=False) ends here; its
+        report, if it comes later, still gives its outcome."""
         if self._nodeid != nodeid:
             self.begin(nodeid)
-            if phase == "setup":
-                return
-        ended = self._open
-        if ended is not None:
-            self._guessed[(nodeid, ended)] = self._edge(phase, ended, "passed", None)
+        if self._open == phase:
+            return  # the setup, started by the protocol hook
+        ending = self._ending
+        if ending is not None:
+            self._ending = None
+            self._edge(phase, *ending)
+        elif self._open is not None:
+            ended = self._open
+            self._guessed[(nodeid, ended)] = self._edge(phase, ended, "passed")
         else:
-            self._edge(phase, None, None, None)
+            self._edge(phase)
 
     def report(self, report: pytest.TestReport) -> None:
         when, nodeid = report.when, report.nodeid
@@ -190,49 +197,65 @@ class Tracer:
             if at is not None:
                 self._correct(nodeid, when, at, phase_outcome(report), report.duration)
             return
-        if when == "setup":
-            following = "call" if report.passed and not self._setup_only else "teardown"
-        else:
-            following = "teardown" if when == "call" else None
-        self._edge(following, when, phase_outcome(report), report.duration)
-
-    def end_open(self, outcome: str | None) -> None:
-        """End the open phase without a report: "interrupted" (Ctrl-C, pytest.exit), or
-        None for "passed" as far as anyone can tell (nothing reported it)."""
-        ended = self._open
-        if ended is None:
-            return
-        at = self._edge(None, ended, outcome or "passed", None)
-        if outcome is None:
-            self._guessed[(self._nodeid, ended)] = at
-
-    def _edge(self, started: str | None, ended: str | None, outcome: str | None,
-              duration: float | None) -> tuple[int, int]:
-        mono, wall = time.monotonic_ns(), time.time_ns()
+        self._open = None
         windows = ""
-        if ended is not None and self._windows:
-            if self._windows_when == ended:
+        if self._windows:
+            if self._windows_when == when:
                 windows = self._windows_json()
+                self._windows = []
             else:
                 self._write_windows()
+        ending = (when, phase_outcome(report), report.duration, windows,
+                  time.monotonic_ns(), time.time_ns())
+        if when == "teardown":
+            self._edge(None, *ending)  # at once: what follows is between tests
+        else:
+            self._ending = ending
+
+    def end_open(self, outcome: str | None) -> None:
+        """Write a reported end still waiting for the next phase, and end the open phase
+        without a report: "interrupted" (Ctrl-C, pytest.exit), or for None "passed" as far
+        as anyone can tell (nothing reported it)."""
+        ending, self._ending = self._ending, None
+        if ending is not None:
+            self._edge(None, *ending)
+        ended = self._open
+        if ended is not None:
+            at = self._edge(None, ended, outcome or "passed")
+            if outcome is None:
+                self._guessed[(self._nodeid, ended)] = at
+
+    def _edge(self, started: str | None, ended: str | None = None, outcome: str | None = None,
+              duration: float | None = None, windows: str | None = None,
+              end_mono: int | None = None, end_wall: int | None = None) -> tuple[int, int]:
+        """Write one PhaseEdge: `started` starts now; `ended` ended at end_mono/end_wall
+        (its report), or now. windows: the ended phase's, as JSON (None: take them now)."""
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        if windows is None:
+            windows = ""
+            if ended is not None and self._windows:
+                if self._windows_when == ended:
+                    windows = self._windows_json()
+                    self._windows = []
+                else:
+                    self._write_windows()
         if started == "teardown":
             self._cursor = (mono, wall)  # pytest reports only a finalizer's end
         self._open = started
         line = wire.edge_line(self._prefix, mono, wall, started, ended, outcome, duration,
-                              windows)
+                              windows, end_mono, end_wall)
         if line is None:
             self._safe(PhaseEdge(os.getpid(), self.worker, self._nodeid, mono, wall, started,
-                                 ended, outcome, duration, self._windows_tuple(windows)))
+                                 ended, outcome, duration, _windows_of(windows), end_mono,
+                                 end_wall))
         else:
             try:  # _safe, inlined: four of these a test
                 self.sink.line(line)
             except Exception as exc:
                 self._not_recorded(line, exc)
-        if windows:
-            self._windows = []
         if self._new_epoch is not None:
             self._new_epoch()
-        return mono, wall
+        return (mono, wall) if end_mono is None else (end_mono, end_wall)
 
     def _correct(self, nodeid: str, phase: str, at: tuple[int, int], outcome: str,
                  duration: float) -> None:
@@ -268,9 +291,6 @@ class Tracer:
     def _windows_json(self) -> str:
         return ",".join(f"[{self._json(fid)},{s_mono},{s_wall},{e_mono},{e_wall}]"
                         for fid, s_mono, s_wall, e_mono, e_wall in self._windows)
-
-    def _windows_tuple(self, windows_json: str) -> tuple:
-        return tuple(self._windows) if windows_json else ()
 
     def _write_windows(self) -> None:
         """The function-scoped windows so far on their own line, when something else than
@@ -368,7 +388,7 @@ class Tracer:
         self.report(report)
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_keyboard_interrupt(self, excinfo) -> None:
+    def pytest_keyboard_interrupt(self, excinfo) -> None:  # (tryfirst: before others' traffic)
         # Ctrl-C or pytest.exit left the phase without a report: the test never finished.
         self.end_open("interrupted")
 

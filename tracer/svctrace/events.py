@@ -111,13 +111,14 @@ class Marker:
 @dataclass(frozen=True, slots=True)
 class PhaseEdge:
     """One phase edge of a test as the plugin writes it: the end of `ended` and the start of
-    `started` at the same moment, in one record (two Markers' worth, with the ended phase's
-    function-scoped fixture windows): ~4 records a test instead of ~9.
+    `started`, in one record (two Markers' worth, with the ended phase's function-scoped
+    fixture windows): ~4 records a test instead of ~9.
 
-    started: the phase starting now, or None (the test's last edge); ended: the phase ending
-    now, or None (the test's first edge); outcome, duration_s: pytest's report of `ended`
-    ("interrupted" when Ctrl-C or pytest.exit left it unreported); windows: as
-    FixtureWindows.windows, for `ended`.
+    started: the phase starting at mono_ns/wall_ns, or None (the test's last edge); ended:
+    the phase ending at end_mono_ns/end_wall_ns (its report, a moment before the next phase
+    starts), or when None at mono_ns/wall_ns; None for the test's first edge. outcome,
+    duration_s: pytest's report of `ended` ("interrupted" when Ctrl-C or pytest.exit left
+    it unreported); windows: as FixtureWindows.windows, for `ended`.
     """
 
     pid: int
@@ -130,6 +131,8 @@ class PhaseEdge:
     outcome: str | None = None
     duration_s: float | None = None
     windows: tuple = ()
+    end_mono_ns: int | None = None
+    end_wall_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

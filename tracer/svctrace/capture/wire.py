@@ -82,6 +82,11 @@ def encode(record, chunk_id: str = "") -> list[bytes]:
     return out
 
 
+def loads_value(text: str):
+    """One JSON value (the plugin's rare way back from a line's piece to a record)."""
+    return json.loads(text)
+
+
 def json_text(value) -> str:
     """One value as the wire's JSON (callers cache it for strings they repeat: node ids,
     fixture ids)."""
@@ -121,13 +126,16 @@ def edge_prefix(pid: int, worker_json: str, nodeid_json: str) -> str:
 
 def edge_line(prefix: str, mono_ns: int, wall_ns: int, started: str | None,
               ended: str | None = None, outcome: str | None = None,
-              duration_s: float | None = None, windows_json: str = "") -> bytes | None:
+              duration_s: float | None = None, windows_json: str = "",
+              end_mono_ns: int | None = None, end_wall_ns: int | None = None) -> bytes | None:
     """A PhaseEdge's line from edge_prefix() and its windows already as JSON arrays joined
     by commas (the same bytes encode() makes), or None when it would exceed PIPE_BUF."""
     names = _NAMES  # lookups, not calls: the plugin writes four of these a test
     out = (f'{prefix}{mono_ns},{wall_ns},{names[started]},{names[ended]},'
            f'{names.get(outcome) or _name(outcome)},'
-           f'{"null" if duration_s is None else repr(duration_s)},[{windows_json}]]\n').encode()
+           f'{"null" if duration_s is None else repr(duration_s)},[{windows_json}],'
+           f'{"null" if end_mono_ns is None else end_mono_ns},'
+           f'{"null" if end_wall_ns is None else end_wall_ns}]\n').encode()
     return out if len(out) <= PIPE_BUF else None
 
 

@@ -250,7 +250,11 @@ class Attributor:
         """The plugin's usual record: what _add_fixture_windows and _add_marker do with the
         FixtureWindows, end Marker and start Marker it stands for, in that order."""
         pid, nodeid, ended, started = pe.pid, pe.nodeid, pe.ended, pe.started
-        ts = pe.mono_ns if self.clock == "mono" else pe.wall_ns
+        mono = self.clock == "mono"
+        ts = pe.mono_ns if mono else pe.wall_ns
+        end = (pe.end_mono_ns if mono else pe.end_wall_ns) if ended is not None else None
+        if end is None:
+            end = ts
         test = self.tests.get(nodeid)
         if test is None:
             test = self.tests[nodeid] = TestRecord(nodeid)
@@ -271,11 +275,11 @@ class Attributor:
             for window in reversed(bucket):
                 # (an end already written: the outcome of its report, which came later)
                 if window.nodeid == nodeid and window.phase == ended \
-                        and (window.end is None or window.end == ts):
-                    window.end, window.outcome = ts, pe.outcome
+                        and (window.end is None or window.end == end):
+                    window.end, window.outcome = end, pe.outcome
                     break
             else:  # the start line was lost: keep a zero-length window
-                _insert_sorted(bucket, Window(ts, ts, nodeid, ended, pe.worker, pe.outcome))
+                _insert_sorted(bucket, Window(end, end, nodeid, ended, pe.worker, pe.outcome))
         if started is not None:
             self.counts["markers"] += 1
             if started == "setup":
