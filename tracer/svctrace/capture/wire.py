@@ -6,9 +6,10 @@ huge nodeid, a test with hundreds of fixtures) is split into "chunk" lines that 
 per-process id; the reader reassembles them. Lines of one process arrive in order.
 
 A line is RS (0x1e), then a JSON array: the record's tag, then its fields in declaration
-order. Arrays, not objects: the plugin writes ~10 records per test and the runner reads
-them all, so both ends' cost matters. The RS prefix is what the eBPF program looks for to
-recognise a marker write (bpf/svctrace.bpf.c bump_epoch).
+order. Arrays, not objects: the plugin writes ~5 records per test (a TestInfo, four
+PhaseEdges) and the runner reads them all, so both ends' cost matters. The RS prefix is
+what the eBPF program looks for to recognise a marker write (bpf/svctrace.bpf.c
+bump_epoch).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class ProtocolError(ValueError):
 
 
 # (tag, getter of all fields in order) per type: one C call per record, not a generator
-# over getattr (the plugin encodes ~10 records per test, inside the user's tests)
+# over getattr (records the plugin writes inside the user's tests)
 _GETTERS = {cls: ((tag,), attrgetter(*_FIELDS[cls])) for cls, tag in _TAGS.items()}
 
 
@@ -176,7 +177,7 @@ def _loads(text: str) -> list:
 
 def _scan_lines(body: bytes) -> list | None:
     """The values of many lines (RS, one JSON value, RS, ...) in one call of json's C
-    scanner, or None unless every line is one RS and one JSON value: the runner reads ~9
+    scanner, or None unless every line is one RS and one JSON value: the runner reads ~5
     lines a test, and a call per line cost it more than the scanning. RS and
     newlines never occur inside a value: the encoder escapes both."""
     lines = body.count(b"\n") + 1
