@@ -25,7 +25,33 @@ from svctrace.run.runner import RUN_GC_YOUNG  # noqa: E402
 
 
 def stream(tests: int) -> bytes:
-    """The marker bytes of `tests` tests of one process, as the plugin writes them."""
+    """The marker bytes of `tests` tests of one process, as the plugin writes them: a
+    TestInfo each at collection, then four PhaseEdge lines a test (fixture windows with the
+    ends of setup and teardown, each end 10 µs before the next start)."""
+    pid, worker, lines, now = 4242, wire.json_text(None), [], 10**12
+    for i in range(tests):
+        nodeid = f"tests/test_bench_{i // 100:03d}.py::test_{i:05d}"
+        lines += wire.encode(TestInfo(nodeid, ("::pg", "::pg_conn"), ("pg",),
+                                      nodeid.split("::")[0]))
+    for i in range(tests):
+        prefix = wire.edge_prefix(pid, worker, wire.json_text(
+            f"tests/test_bench_{i // 100:03d}.py::test_{i:05d}"))
+        ended = windows = None
+        for phase in ("setup", "call", "teardown", None):
+            lines.append(wire.edge_line(prefix, now, now + 7, phase, ended,
+                                        ended and "passed", ended and 0.0003, windows or "",
+                                        phase and ended and now - 10_000,
+                                        phase and ended and now - 9_993))
+            windows = f'["::pg",{now + 10},{now + 17},{now + 299_990},{now + 299_997}]' \
+                if phase != "call" else None
+            ended, now = phase, now + 300_000
+        now += 20_000
+    return b"".join(lines)
+
+
+def stream_markers(tests: int) -> bytes:
+    """The same in the plugin's earlier lines: a Marker per phase edge, a FixtureWindows
+    line per phase with fixtures (9 lines a test, against 5)."""
     pid, worker, lines, now = 4242, wire.json_text(None), [], 10**12
     for i in range(tests):
         nodeid = f"tests/test_bench_{i // 100:03d}.py::test_{i:05d}"
@@ -63,12 +89,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=8000, help="tests replayed (8,000)")
     parser.add_argument("--repeat", type=int, default=7, help="repetitions, best kept (7)")
+    parser.add_argument("--markers", action="store_true", help="replay the plugin's earlier "
+                        "lines (a Marker per phase edge) instead, to compare")
     args = parser.parse_args()
-    data, cfg = stream(args.tests), load_config(None)
+    data, cfg = (stream_markers if args.markers else stream)(args.tests), load_config(None)
     lines = data.count(b"\n")
     gc.freeze()  # as the runner does once started
     default = gc.get_threshold()
-    print(f"replaying {args.tests:,} tests: {lines:,} marker lines, {len(data) / 1e6:.1f} MB")
+    print(f"replaying {args.tests:,} tests: {lines:,} marker lines, {len(data) / 1e6:.1f} MB"
+          + (" (the earlier Marker lines)" if args.markers else ""))
     settings = {"Python's default GC": default[0],
                 f"the runner's GC (young generation {RUN_GC_YOUNG:,})": RUN_GC_YOUNG}
     spent: dict[str, list[float]] = {label: [] for label in settings}

@@ -33,7 +33,7 @@ STEPS = (
     ("svctrace.run.pump", "Pump", "drain", "drain + decode the backend's records"),
     ("svctrace.join.attribution", "Attributor", "flush", "watermark flushes"),
     ("svctrace.join.collect", "Collector", "finish", "final attribution + report"),
-    ("svctrace.join.collect", "Collector", "write", "write the report"),
+    ("svctrace.run.runner", None, "write_run_report", "write the report"),
     ("svctrace.run.runner", "Run", "_finish", "the rest of the finish (stop, detach, notes)"),
 )
 

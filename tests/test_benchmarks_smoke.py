@@ -65,5 +65,10 @@ def test_runner_replay_decodes_and_attributes_every_line():
                            "--repeat", "1"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "replaying 50 tests: 450 marker lines" in done.stdout
+    assert "replaying 50 tests: 250 marker lines" in done.stdout  # a TestInfo, 4 PhaseEdges
     assert done.stdout.count("µs a line") == 2
+    earlier = subprocess.run([sys.executable, "-m", "benchmarks.runner_replay", "--tests", "50",
+                              "--repeat", "1", "--markers"], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert earlier.returncode == 0, earlier.stderr[-3000:]
+    assert "replaying 50 tests: 450 marker lines" in earlier.stdout  # the earlier Markers

@@ -276,3 +276,30 @@ def test_wheel_installs_only_distinctive_names(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "svctrace = pytest_svctrace.plugin" in text and "svctrace = svctrace.cli.main:entry" in text
+
+
+def test_wire_phase_edge_and_info_lines_are_the_bytes_encode_makes():
+    from svctrace.events import PhaseEdge
+    nodeid = 't/é "q".py::x[a\\b]'
+    cases = [PhaseEdge(3, "gw1", nodeid, 1, 2, "setup"),
+             PhaseEdge(3, "gw1", nodeid, 4, 5, "call", "setup", "passed", 0.00123,
+                       (("t.py::tmp", 1, 2, 3, 4), ('t/é.py::"fx"', 5, 6, 7, 8))),
+             PhaseEdge(3, "gw1", nodeid, 9, 10, None, "teardown", "failed", 1.5),
+             PhaseEdge(3, None, nodeid, 19, 20, "teardown", "call", "xfailed", 0.5, (), 11, 12)]
+    for edge in cases:
+        prefix = wire.edge_prefix(3, wire.json_text(edge.worker), wire.json_text(nodeid))
+        windows = ",".join(f"[{wire.json_text(fid)},{a},{b},{c},{d}]"
+                           for fid, a, b, c, d in edge.windows)
+        line = wire.edge_line(prefix, edge.mono_ns, edge.wall_ns, edge.started, edge.ended,
+                              edge.outcome, edge.duration_s, windows, edge.end_mono_ns,
+                              edge.end_wall_ns)
+        assert line == wire.encode(edge)[0]
+        assert wire.record_of(line) == edge
+        assert list(wire.Decoder().feed(line)) == [edge]
+    huge = wire.json_text("t.py::x[" + "a" * 5000 + "]")
+    assert wire.edge_line(wire.edge_prefix(3, "null", huge), 1, 2, "setup") is None
+    info = TestInfo(nodeid, ("::db", "t.py::tmp"), ("slow",), "t.py", ("Base",), "gw0")
+    line = wire.info_line(wire.json_text(nodeid), wire.json_text(list(info.fixtures)),
+                          wire.json_text(list(info.markers)), wire.json_text(info.path),
+                          wire.json_text(list(info.bases)), wire.json_text(info.worker))
+    assert line == wire.encode(info)[0] and wire.record_of(line) == info

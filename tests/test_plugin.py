@@ -258,3 +258,33 @@ def test_listed_node_ids_keep_only_those_tests_in_the_run_and_its_workers(pytest
     monkeypatch.setenv(ENV_OWNER, "1")  # another process owns the run: this one is nested
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=5)
+
+
+LOGGED_LATER = '''
+import pytest
+from _pytest.runner import runtestprotocol
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """pytest-rerunfailures' shape: the phases run unlogged, their reports logged after."""
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for report in runtestprotocol(item, nextitem=nextitem, log=False):
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+'''
+
+
+def test_a_runner_that_logs_reports_after_the_phases_keeps_phases_and_outcomes(suite):
+    """The plugin's phase edges come from pytest's reports; a protocol that runs the phases
+    with log=False and logs the reports afterwards still gets each phase's own window (from
+    the phase hooks) and pytest's outcomes (from the reports, when they come)."""
+    suite.makeconftest(LOGGED_LATER)
+    suite.makepyfile(test_fails='def test_fails():\n    assert False\n')
+    result = suite.runpytest_inprocess("-p", "no:cacheprovider", "--svctrace-report",
+                                       "r.json")
+    result.assert_outcomes(passed=5, failed=1)
+    report = json.loads((suite.path / "r.json").read_text())
+    _check(report)
+    assert report["tests"]["test_fails.py::test_fails"]["outcome"] == "failed"
+    assert report["tests"]["test_suite.py::test_phases"]["outcome"] == "passed"

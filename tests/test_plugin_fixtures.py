@@ -198,3 +198,61 @@ def test_function_fixtures_are_named_in_evidence_setup_and_teardown(pytester, we
     assert in_fixtures["fixtures"] == ["test_fn.py::opened"]
     in_body = tests["test_fn.py::test_in_body"]["evidence"]["web"]
     assert in_body["phases"] == ["call"] and in_body["fixtures"] == []
+
+
+def test_a_tests_description_at_collection_is_the_one_describe_makes(pytester):
+    """describe_collected builds each test's TestInfo line from cached pieces: the records
+    must be the ones describe() makes from the item itself, for markers on the module, the
+    class, the function and one parameter, base classes and overridden fixtures."""
+    pytester.makeconftest('''
+import pytest
+@pytest.fixture
+def db():
+    return 1
+@pytest.fixture(scope="module")
+def shared():
+    return 2
+''')
+    pytester.makepyfile(test_d='''
+import pytest
+pytestmark = pytest.mark.mod
+@pytest.fixture
+def db(db):
+    return db + 1
+class Base:
+    pass
+@pytest.mark.klass
+class TestK(Base):
+    @pytest.mark.parametrize("n", [1, pytest.param(2, marks=pytest.mark.two)])
+    def test_p(self, n, db, shared):
+        pass
+    def test_q(self):
+        pass
+@pytest.mark.fn
+def test_f(db, request):
+    pass
+def test_g():
+    pass
+''')
+    pytester.makepyfile(conftest_check='')
+    pytester.makeini("[pytest]\n")
+    checks = pytester.path / "conftest.py"
+    checks.write_text(checks.read_text() + '''
+from pytest_svctrace.plugin import STATE
+from svctrace.events import TestInfo
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    tracer = session.config.stash[STATE]
+    made = [r for r in tracer.sink.records if type(r) is TestInfo]
+    del tracer.sink.records[:]
+    for item in session.items:
+        tracer.describe(item)
+    again = [r for r in tracer.sink.records if type(r) is TestInfo]
+    assert made == again and len(made) == 5, (made, again)
+    print("DESCRIPTIONS MATCH")
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s",
+                                           "--svctrace-report", "r.json")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["*DESCRIPTIONS MATCH*"])

@@ -2,6 +2,7 @@
 and fixtures it reads from pytest."""
 from __future__ import annotations
 
+import inspect
 import os
 import time
 
@@ -11,10 +12,28 @@ from pytest_svctrace.notes import Notes
 from pytest_svctrace.workers import NOTES_KEY, send_back
 from pytest_svctrace.pools import PoolWatch
 from svctrace.capture import wire
-from svctrace.events import FixtureMarker, FixtureWindows, Marker, ProcessEvent, TestInfo
+from svctrace.events import (FixtureMarker, FixtureWindows, Marker, PhaseEdge, ProcessEvent,
+                             TestInfo)
 from svctrace.words import counted
 
-_DEFERRED_ENDS = frozenset({"setup", "call"})  # see Tracer.edge
+
+
+_LINE_TYPES = {b"w": "FixtureWindows", b"t": "TestInfo"}  # the lines built without records
+
+
+def _windows_of(windows_json: str) -> tuple:
+    """PhaseEdge.windows from the JSON the line would have carried (a chunked record)."""
+    return tuple(map(tuple, wire.loads_value(f"[{windows_json}]")))
+
+
+def _new_style_wrappers() -> bool:
+    try:
+        return "wrapper" in inspect.signature(type(pytest.hookimpl).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_NEW_STYLE_WRAPPERS = _new_style_wrappers()
 
 
 def _worker_id(config: pytest.Config) -> str | None:
@@ -35,21 +54,6 @@ def phase_outcome(report: pytest.TestReport) -> str:
         if report.passed:
             return "xpassed"
     return report.outcome
-
-
-def _guess(exc: BaseException | None) -> str:
-    if exc is None:
-        return "passed"
-    if isinstance(exc, pytest.xfail.Exception):
-        return "xfailed"
-    return "skipped" if isinstance(exc, pytest.skip.Exception) else "failed"
-
-
-def _reraised(config: pytest.Config, exc: BaseException | None) -> bool:
-    """Whether pytest lets exc escape the test protocol unreported (its runner's rule)."""
-    if isinstance(exc, pytest.exit.Exception):
-        return True
-    return isinstance(exc, KeyboardInterrupt) and not config.getoption("usepdb", False)
 
 
 def closure(item: pytest.Item) -> frozenset:
@@ -97,13 +101,23 @@ class Tracer:
         self.worker = _worker_id(config)
         self._worker_json = wire.json_text(self.worker)
         self._json_of: dict[str, str] = {}
-        self._fixture_starts: dict[int, tuple[int, int]] = {}  # id(fixturedef) -> start
         self._windows: list[tuple] = []  # function-scoped fixture windows of this phase
         self._windows_when = "setup"
         self._cursor = (0, 0)  # where the next finalizer's teardown began (mono, wall)
         self.pid = os.getpid()
-        self._starts: dict[tuple[str, str], int] = {}
-        self._ending: dict[tuple[str, str], str] = {}  # phases awaiting pytest's report
+        self._nodeid = ""        # the test running in this process (its last, between tests)
+        self._prefix = ""        # its PhaseEdge lines' common start (wire.edge_prefix)
+        self._open: str | None = None  # its phase in progress
+        self._ending: tuple | None = None  # a reported end waiting for the next start
+        # (nodeid, phase) -> the end written before pytest's report came (log=False runners)
+        self._guessed: dict[tuple[str, str], tuple[int, int]] = {}
+        self._closures: dict[str, frozenset] = {}  # nodeid -> closure(item) at collection
+        # describe_collected's caches: fixture definitions -> (ids, JSON), marker names ->
+        # JSON, parent node -> its markers' names, class -> its bases as JSON
+        self._closure_json: dict[tuple, tuple[frozenset, str]] = {}
+        self._markers_json: dict[frozenset, str] = {}
+        self._parent_markers: dict = {}
+        self._bases_json: dict = {}
         self.notes = Notes()
         self.notes_in_report = False  # the standalone report's summary prints them
         self.pools = PoolWatch()
@@ -116,9 +130,12 @@ class Tracer:
             else:
                 self.sink(record, urgent)
         except Exception as exc:  # degrade, never fail the test (nor warn: -W error)
-            what = ("FixtureWindows" if record[3:4] == b"w" else "Marker") \
-                if type(record) is bytes else type(record).__name__
-            self.notes.add("record", f"could not record {what}: {type(exc).__name__}: {exc}")
+            self._not_recorded(record, exc)
+
+    def _not_recorded(self, record, exc: Exception) -> None:
+        what = _LINE_TYPES.get(record[3:4], "Marker") if type(record) is bytes \
+            else type(record).__name__
+        self.notes.add("record", f"could not record {what}: {type(exc).__name__}: {exc}")
 
     def _json(self, text: str) -> str:
         """text as JSON, cached: every node id and fixture id is written several times."""
@@ -127,60 +144,162 @@ class Tracer:
             found = self._json_of[text] = wire.json_text(text)
         return found
 
-    def edge(self, nodeid: str, phase: str, edge: str, outcome: str | None = None) -> None:
+    def outer_edge(self, phase: str, edge: str) -> None:
+        """A session or collection edge (a Marker: once a run, not per test)."""
         mono, wall, pid = time.monotonic_ns(), time.time_ns(), os.getpid()
-        duration = None
-        if edge == "start":
-            self._starts[(nodeid, phase)] = mono
-        else:
-            started = self._starts.pop((nodeid, phase), None)
-            duration = (mono - started) / 1e9 if started is not None else None
-        # The end of setup and of call travel with the next phase's start, a moment later
-        # (one write, not two; for the eBPF backend that write is the fold boundary). A
-        # teardown's end is written at once: traffic after it is between tests.
-        deferred = edge == "end" and phase in _DEFERRED_ENDS and outcome != "interrupted"
-        if edge == "end":
-            self._write_windows()
-        elif phase == "teardown":
-            self._cursor = (mono, wall)
-        line = wire.marker_line(mono, wall, pid, self._worker_json, self._json(nodeid),
-                                phase, edge, outcome, duration)
+        line = wire.marker_line(mono, wall, pid, self._worker_json, '""', phase, edge)
         self._safe(line if line is not None else
-                   Marker(mono, wall, pid, self.worker, nodeid, phase, edge, outcome,
-                          duration), urgent=not deferred)
+                   Marker(mono, wall, pid, self.worker, "", phase, edge))
         if self._new_epoch is not None:
             self._new_epoch()
 
-    def fixture(self, fixturedef, when: str, edge: str) -> None:
-        mono, wall = time.monotonic_ns(), time.time_ns()
-        fid, scope = fixture_id(fixturedef), fixturedef.scope
-        if scope == "function":
-            # They only name the fixture in evidence: their windows travel in one record
-            # per phase, written with the phase's end (FixtureWindows).
-            if edge == "start":
-                self._fixture_starts[id(fixturedef)] = (mono, wall)
-                return
-            start = self._fixture_starts.pop(id(fixturedef), None) if when == "setup" \
-                else self._cursor
-            if self._windows and self._windows_when != when:
-                self._write_windows()
-            self._windows.append((fid, *(start or (mono, wall)), mono, wall))
-            self._windows_when = when
+    # -- a test's phases -------------------------------------------------------------------
+    # One write per phase edge (for the eBPF backend each write is a fold boundary), each one
+    # PhaseEdge line. A phase ends at pytest's report of it (outcome, duration, and its
+    # function-scoped fixture windows, all read then); that end rides with the next phase's
+    # start, written when pytest calls the next phase's hook: what runs between the two
+    # (other plugins' report hooks) is the gap between the phases, as evidence names it.
+    # The setup starts in pytest_runtest_protocol, before anything of the test runs.
+    def begin(self, nodeid: str) -> None:
+        """The test starts (its setup): written before any of it runs, so a test that kills
+        its process is still named."""
+        if self._open is not None or self._ending is not None:
+            self.end_open(None)
+        self._nodeid = nodeid
+        self._prefix = wire.edge_prefix(os.getpid(), self._worker_json, self._json(nodeid))
+        self._edge("setup")
+
+    def enter(self, nodeid: str, phase: str) -> None:
+        """A phase hook runs: the phase starts, with the end of the one before. A phase
+        never reported (a runner that calls runtestprotocol with log=False) ends here; its
+        report, if it comes later, still gives its outcome."""
+        if self._nodeid != nodeid:
+            self.begin(nodeid)
+        if self._open == phase:
+            return  # the setup, started by the protocol hook
+        ending = self._ending
+        if ending is not None:
+            self._ending = None
+            self._edge(phase, *ending)
+        elif self._open is not None:
+            ended = self._open
+            self._guess(nodeid, ended, self._edge(phase, ended, "passed"))
         else:
-            # Wider-scoped fixtures decide inheritance: their edges are written at once (for
-            # the eBPF backend a write is also a fold boundary), after the windows before
-            # them (the attributor's teardown cursor moves in write order).
+            self._edge(phase)
+
+    def report(self, report: pytest.TestReport) -> None:
+        when, nodeid = report.when, report.nodeid
+        if self._open != when or self._nodeid != nodeid:
+            # An xdist controller sees its workers' reports; a log=False runner logs a
+            # phase after its end was written: its outcome only.
+            at = self._guessed.pop((nodeid, when), None)
+            if at is not None:
+                self._correct(nodeid, when, at, phase_outcome(report), report.duration)
+            return
+        self._open = None
+        windows = ""
+        if self._windows:
+            if self._windows_when == when:
+                windows = self._windows_json()
+                self._windows = []
+            else:
+                self._write_windows()
+        if when == "teardown":  # at once: what follows is between tests
+            self._edge(None, when, phase_outcome(report), report.duration, windows)
+        else:
+            self._ending = (when, phase_outcome(report), report.duration, windows,
+                            time.monotonic_ns(), time.time_ns())
+
+    def end_open(self, outcome: str | None) -> None:
+        """Write a reported end still waiting for the next phase, and end the open phase
+        without a report: "interrupted" (Ctrl-C, pytest.exit), or for None "passed" as far
+        as anyone can tell (nothing reported it)."""
+        ending, self._ending, ended = self._ending, None, self._open
+        if ending is not None:
+            self._edge(None, *ending)
+        if ended is not None:
+            at = self._edge(None, ended, outcome or "passed")
+            if outcome is None:
+                self._guess(self._nodeid, ended, at)
+
+    def _guess(self, nodeid: str, phase: str, at: tuple[int, int]) -> None:
+        if len(self._guessed) >= 4096:  # a runner that never logs its reports
+            self._guessed.clear()
+        self._guessed[(nodeid, phase)] = at
+
+    def _edge(self, started: str | None, ended: str | None = None, outcome: str | None = None,
+              duration: float | None = None, windows: str | None = None,
+              end_mono: int | None = None, end_wall: int | None = None) -> tuple[int, int]:
+        """Write one PhaseEdge: `started` starts now; `ended` ended at end_mono/end_wall
+        (its report), or now. windows: the ended phase's, as JSON (None: take them now)."""
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        if windows is None:
+            windows = ""
+            if ended is not None and self._windows:
+                if self._windows_when == ended:
+                    windows = self._windows_json()
+                    self._windows = []
+                else:
+                    self._write_windows()
+        if started == "teardown":
+            self._cursor = (mono, wall)  # pytest reports only a finalizer's end
+        self._open = started
+        line = wire.edge_line(self._prefix, mono, wall, started, ended, outcome, duration,
+                              windows, end_mono, end_wall)
+        if line is None:
+            self._safe(PhaseEdge(os.getpid(), self.worker, self._nodeid, mono, wall, started,
+                                 ended, outcome, duration, _windows_of(windows), end_mono,
+                                 end_wall))
+        else:
+            try:  # _safe, inlined: four of these a test
+                self.sink.line(line)
+            except Exception as exc:
+                self._not_recorded(line, exc)
+        if self._new_epoch is not None:
+            self._new_epoch()
+        return (mono, wall) if end_mono is None else (end_mono, end_wall)
+
+    def _correct(self, nodeid: str, phase: str, at: tuple[int, int], outcome: str,
+                 duration: float) -> None:
+        """The outcome of a phase whose end was written before its report (same end)."""
+        prefix = wire.edge_prefix(os.getpid(), self._worker_json, self._json(nodeid))
+        line = wire.edge_line(prefix, *at, None, phase, outcome, duration)
+        self._safe(line if line is not None else PhaseEdge(
+            os.getpid(), self.worker, nodeid, *at, None, phase, outcome, duration),
+            urgent=False)
+
+    def fixture_window(self, fixturedef, when: str, start: tuple[int, int]) -> None:
+        """A function-scoped fixture's setup or teardown ended. They only name the fixture
+        in evidence: their windows travel with their phase's end (PhaseEdge.windows)."""
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        if self._windows and self._windows_when != when:
             self._write_windows()
-            self._safe(FixtureMarker(mono, wall, os.getpid(), fid, scope, when, edge))
+        self._windows.append((fixture_id(fixturedef), *start, mono, wall))
+        self._windows_when = when
         if when == "teardown":
             self._cursor = (mono, wall)  # pytest reports only a finalizer's end
 
+    def wide_fixture(self, fixturedef, when: str, edge: str) -> None:
+        """An edge of a wider-scoped fixture: they decide inheritance, so their edges are
+        written at once (for the eBPF backend a write is also a fold boundary), after the
+        windows before them (the attributor's teardown cursor moves in write order)."""
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        self._write_windows()
+        self._safe(FixtureMarker(mono, wall, os.getpid(), fixture_id(fixturedef),
+                                 fixturedef.scope, when, edge))
+        if when == "teardown":
+            self._cursor = (mono, wall)
+
+    def _windows_json(self) -> str:
+        return ",".join(f"[{self._json(fid)},{s_mono},{s_wall},{e_mono},{e_wall}]"
+                        for fid, s_mono, s_wall, e_mono, e_wall in self._windows)
+
     def _write_windows(self) -> None:
+        """The function-scoped windows so far on their own line, when something else than
+        their phase's end comes first (a wider-scoped fixture's edge)."""
         if self._windows:
             pid, when, windows = os.getpid(), self._windows_when, self._windows
-            line = wire.windows_line(pid, when, [
-                f"[{self._json(fid)},{s_mono},{s_wall},{e_mono},{e_wall}]"
-                for fid, s_mono, s_wall, e_mono, e_wall in windows])
+            line = wire.windows_line(pid, when, [self._windows_json()])
             self._safe(line if line is not None else
                        FixtureWindows(pid, when, tuple(windows)), urgent=False)
             self._windows = []
@@ -203,54 +322,77 @@ class Tracer:
             return
         self._safe(info, urgent=False)
 
+    def describe_collected(self, item: pytest.Item) -> None:
+        """describe() at collection, once per test: the same line, from pieces that tests
+        of one module, class or function share (cached by what they are made of)."""
+        try:
+            info = getattr(item, "_fixtureinfo", None)
+            defs = tuple(defs[-1] for defs in info.name2fixturedefs.values() if defs) \
+                if info else ()
+            fixtures = self._closure_json.get(defs)
+            if fixtures is None:
+                ids = frozenset(map(fixture_id, defs))
+                fixtures = self._closure_json[defs] = (ids, wire.json_text(sorted(ids)))
+            self._closures[item.nodeid] = fixtures[0]
+            parent = item.parent
+            inherited = self._parent_markers.get(parent)
+            if inherited is None:  # Node.iter_markers: the item's own, then its parents'
+                inherited = self._parent_markers[parent] = frozenset(
+                    m.name for m in parent.iter_markers()) if parent is not None \
+                    else frozenset()
+            own = item.own_markers
+            names = inherited.union(m.name for m in own) if own else inherited
+            markers = self._markers_json.get(names)
+            if markers is None:
+                markers = self._markers_json[names] = wire.json_text(sorted(names))
+            cls = getattr(item, "cls", None)
+            bases = self._bases_json.get(cls)
+            if bases is None:
+                bases = self._bases_json[cls] = wire.json_text(
+                    [c.__name__ for c in cls.__mro__[1:] if c is not object] if cls else [])
+            nodeid = item.nodeid
+            line = wire.info_line(self._json(nodeid), fixtures[1], markers,
+                                  wire.json_text(nodeid.split("::")[0]), bases,
+                                  self._worker_json)
+        except Exception:  # pytest internals moved: the slow way says what failed
+            self.describe(item)
+            return
+        if line is None:
+            self.describe(item)  # too long for one line: the record is chunked
+        else:
+            self._safe(line, urgent=False)
+
     # -- hooks ---------------------------------------------------------------------------
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_collection(self, session):
-        self.edge("", "collection", "start")
+        self.outer_edge("collection", "start")
         yield
-        self.edge("", "collection", "end")
+        self.outer_edge("collection", "end")
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items) -> None:
         for item in items:
-            self.describe(item)
+            self.describe_collected(item)
         # Written before xdist hears this worker finished collecting (so before any test
         # runs anywhere): a later TestInfo from the worker that ran a test always wins.
         self._safe_flush()
 
-    def _phase(self, item: pytest.Item, phase: str):
-        self.flush_ends()
-        self.edge(item.nodeid, phase, "start")
-        outcome = yield
-        exc = outcome.excinfo[1] if outcome.excinfo else None
-        if _reraised(item.config, exc):
-            # pytest re-raises it without a report (Ctrl-C, pytest.exit): end the window
-            # now; the test never finished.
-            self.edge(item.nodeid, phase, "end", "interrupted")
-        else:
-            # The outcome is pytest's report, made after this hook: unittest skips and
-            # failures, xfail and strict XPASS raise nothing here (or the wrong thing).
-            self._ending[(item.nodeid, phase)] = _guess(exc)
+    # Plain hooks, not wrappers around each phase: pluggy's wrappers cost more than the rest
+    # of the plugin's work. Only the process that runs a test calls its protocol hook (not
+    # an xdist controller).
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item, nextitem) -> None:
+        self.report_pool_workers()
+        self.begin(item.nodeid)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Only ends this process left open: an xdist controller sees its workers' reports.
-        if self._ending.pop((report.nodeid, report.when), None) is not None:
-            self.edge(report.nodeid, report.when, "end", phase_outcome(report))
+        self.report(report)
 
-    def flush_ends(self) -> None:
-        """End windows whose report never came (a runner that calls runtestprotocol with
-        log=False) with the outcome the hook's exception suggests."""
-        while self._ending:
-            (nodeid, phase), guess = self._ending.popitem()
-            self.edge(nodeid, phase, "end", guess)
-
-    # tryfirst hookwrappers are outermost: every fixture pytest runs in a phase falls
-    # inside its window (the known failure: setup-fixture traffic lost without this).
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self, item):
-        self.report_pool_workers()
-        yield from self._phase(item, "setup")
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_keyboard_interrupt(self, excinfo) -> None:  # (tryfirst: before others' traffic)
+        # Ctrl-C or pytest.exit left the phase without a report: the test never finished.
+        self.end_open("interrupted")
 
     def report_pool_workers(self) -> None:
         """Pool workers started so far (by an earlier test or at import) run what this and
@@ -266,15 +408,21 @@ class Tracer:
                 self._safe(ProcessEvent("pool", mono, wall, pid, comm=name, tid=native),
                            urgent=False)
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_call(self, item):
-        yield from self._phase(item, "call")
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item) -> None:
+        self.enter(item.nodeid, "setup")
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self, item):
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item) -> None:
+        self.enter(item.nodeid, "call")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item) -> None:
+        self.enter(item.nodeid, "teardown")
         # Setup and call are over: every fixture the test pulled is active now.
         try:
-            pulled = active_fixtures(item) - closure(item)
+            closed = self._closures.pop(item.nodeid, None)
+            pulled = active_fixtures(item) - (closure(item) if closed is None else closed)
         except Exception as exc:  # pytest internals moved: the closure is all we know
             self.notes.add("pulled", f"could not list pulled fixtures: {type(exc).__name__}: "
                                      f"{exc}")
@@ -282,7 +430,6 @@ class Tracer:
         unseen = self._unseen() if self.inprocess else ()
         if pulled or unseen:
             self.describe(item, pulled, unseen)
-        yield from self._phase(item, "teardown")
 
     def _unseen(self) -> tuple[str, ...]:
         """C clients loaded in this process by now: the in-process answer misses them."""
@@ -294,18 +441,43 @@ class Tracer:
                                      f"{type(exc).__name__}: {exc}")
             return ()
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_fixture_setup(self, fixturedef, request):
-        self.fixture(fixturedef, "setup", "start")
-        yield
-        self.fixture(fixturedef, "setup", "end")
+    # tryfirst wrappers are outermost: the fixture's whole setup falls inside its window.
+    # New-style wrappers where pluggy has them (>= 1.1): they cost pluggy less.
+    if _NEW_STYLE_WRAPPERS:
+        @pytest.hookimpl(wrapper=True, tryfirst=True)
+        def pytest_fixture_setup(self, fixturedef, request):
+            if fixturedef.scope != "function":
+                self.wide_fixture(fixturedef, "setup", "start")
+                try:
+                    return (yield)
+                finally:
+                    self.wide_fixture(fixturedef, "setup", "end")
+            start = time.monotonic_ns(), time.time_ns()
+            try:
+                return (yield)
+            finally:
+                self.fixture_window(fixturedef, "setup", start)
+    else:
+        @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+        def pytest_fixture_setup(self, fixturedef, request):
+            if fixturedef.scope != "function":
+                self.wide_fixture(fixturedef, "setup", "start")
+                yield
+                self.wide_fixture(fixturedef, "setup", "end")
+                return
+            start = time.monotonic_ns(), time.time_ns()
+            yield
+            self.fixture_window(fixturedef, "setup", start)
 
     @pytest.hookimpl(trylast=True)
     def pytest_fixture_post_finalizer(self, fixturedef, request) -> None:
-        self.fixture(fixturedef, "teardown", "end")
+        if fixturedef.scope == "function":
+            self.fixture_window(fixturedef, "teardown", self._cursor)
+        else:
+            self.wide_fixture(fixturedef, "teardown", "end")
 
     def session_start(self) -> None:
-        self.edge("", "session", "start")
+        self.outer_edge("session", "start")
 
     def _safe_flush(self) -> None:
         try:
@@ -328,6 +500,6 @@ class Tracer:
                 terminalreporter.write_line(f"svctrace: {line}")
 
     def session_end(self) -> None:
-        self.flush_ends()
-        self.edge("", "session", "end")
+        self.end_open(None)
+        self.outer_edge("session", "end")
         self._safe_flush()

@@ -88,6 +88,14 @@ class PipeSink:
 
     def line(self, data: bytes, urgent: bool = True) -> None:
         """A record already encoded as one line (wire.marker_line)."""
+        if urgent and not self._forked and os.getpid() == self.pid:
+            with self._lock:  # the plugin's phase edges: mostly one line, written at once
+                if not self._buffer and not self._folder.open:
+                    try:
+                        os.write(self.fd, data)
+                    except OSError:
+                        self.errors += 1
+                    return
         self._put(None, data, urgent)
 
     def _put(self, record, data: bytes | None, urgent: bool) -> None:

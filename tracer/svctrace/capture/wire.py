@@ -6,9 +6,10 @@ huge nodeid, a test with hundreds of fixtures) is split into "chunk" lines that 
 per-process id; the reader reassembles them. Lines of one process arrive in order.
 
 A line is RS (0x1e), then a JSON array: the record's tag, then its fields in declaration
-order. Arrays, not objects: the plugin writes ~10 records per test and the runner reads
-them all, so both ends' cost matters. The RS prefix is what the eBPF program looks for to
-recognise a marker write (bpf/svctrace.bpf.c bump_epoch).
+order. Arrays, not objects: the plugin writes ~5 records per test (a TestInfo, four
+PhaseEdges) and the runner reads them all, so both ends' cost matters. The RS prefix is
+what the eBPF program looks for to recognise a marker write (bpf/svctrace.bpf.c
+bump_epoch).
 """
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from operator import attrgetter
 from typing import Iterator
 
 from svctrace.events import (Destination, Event, FixtureMarker, FixtureWindows, Lookup,
-                             Marker, ProcessEvent, Stack, TestInfo)
+                             Marker, PhaseEdge, ProcessEvent, Stack, TestInfo)
 
 PIPE_BUF = 4096
 _TAGS = {Marker: "m", FixtureMarker: "f", TestInfo: "t", Event: "e", ProcessEvent: "p",
-         Stack: "s", FixtureWindows: "w", Lookup: "l"}
+         Stack: "s", FixtureWindows: "w", Lookup: "l", PhaseEdge: "x"}
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (*_TAGS, Destination)}
 _TUPLES = {cls: tuple(i for i, name in enumerate(_FIELDS[cls])
@@ -46,7 +47,7 @@ class ProtocolError(ValueError):
 
 
 # (tag, getter of all fields in order) per type: one C call per record, not a generator
-# over getattr (the plugin encodes ~10 records per test, inside the user's tests)
+# over getattr (records the plugin writes inside the user's tests)
 _GETTERS = {cls: ((tag,), attrgetter(*_FIELDS[cls])) for cls, tag in _TAGS.items()}
 
 
@@ -82,6 +83,11 @@ def encode(record, chunk_id: str = "") -> list[bytes]:
     return out
 
 
+def loads_value(text: str):
+    """One JSON value (the plugin's rare way back from a line's piece to a record)."""
+    return json.loads(text)
+
+
 def json_text(value) -> str:
     """One value as the wire's JSON (callers cache it for strings they repeat: node ids,
     fixture ids)."""
@@ -108,6 +114,32 @@ def marker_line(mono_ns: int, wall_ns: int, pid: int, worker_json: str, nodeid_j
     return out if len(out) <= PIPE_BUF else None
 
 
+_NAMES = {name: f'"{name}"' for name in ("setup", "call", "teardown", "passed", "failed",
+                                         "skipped", "xfailed", "xpassed", "interrupted")}
+_NAMES[None] = "null"
+
+
+def edge_prefix(pid: int, worker_json: str, nodeid_json: str) -> str:
+    """The part of a test's PhaseEdge lines that is the same for all of them (see
+    edge_line)."""
+    return f'\x1e["x",{pid},{worker_json},{nodeid_json},'
+
+
+def edge_line(prefix: str, mono_ns: int, wall_ns: int, started: str | None,
+              ended: str | None = None, outcome: str | None = None,
+              duration_s: float | None = None, windows_json: str = "",
+              end_mono_ns: int | None = None, end_wall_ns: int | None = None) -> bytes | None:
+    """A PhaseEdge's line from edge_prefix() and its windows already as JSON arrays joined
+    by commas (the same bytes encode() makes), or None when it would exceed PIPE_BUF."""
+    names = _NAMES  # lookups, not calls: the plugin writes four of these a test
+    out = (f'{prefix}{mono_ns},{wall_ns},{names[started]},{names[ended]},'
+           f'{names.get(outcome) or _name(outcome)},'
+           f'{"null" if duration_s is None else repr(duration_s)},[{windows_json}],'
+           f'{"null" if end_mono_ns is None else end_mono_ns},'
+           f'{"null" if end_wall_ns is None else end_wall_ns}]\n').encode()
+    return out if len(out) <= PIPE_BUF else None
+
+
 def _record(values: list):
     cls = _TYPES.get(values[0])
     if cls is None:
@@ -120,6 +152,11 @@ def _record(values: list):
                 args[_FIRST_INDEX] = base64.b64decode(args[_FIRST_INDEX], validate=True)
             except (TypeError, ValueError):
                 raise ProtocolError("an event's first bytes are not base64") from None
+    elif cls is PhaseEdge:
+        if len(args) > 9 and args[9]:
+            args[9] = tuple(map(tuple, args[9]))
+        elif len(args) > 9:
+            args[9] = ()
     elif cls is FixtureWindows:
         args[2] = tuple(map(tuple, args[2]))
     elif cls is Lookup:
@@ -140,7 +177,7 @@ def _loads(text: str) -> list:
 
 def _scan_lines(body: bytes) -> list | None:
     """The values of many lines (RS, one JSON value, RS, ...) in one call of json's C
-    scanner, or None unless every line is one RS and one JSON value: the runner reads ~9
+    scanner, or None unless every line is one RS and one JSON value: the runner reads ~5
     lines a test, and a call per line cost it more than the scanning. RS and
     newlines never occur inside a value: the encoder escapes both."""
     lines = body.count(b"\n") + 1
@@ -154,6 +191,15 @@ def _scan_lines(body: bytes) -> list | None:
         return None
     # a line "[1],[2" would pass as two values: the count tells them apart from lines
     return values if end == len(text) + 2 and len(values) == lines else None
+
+
+def info_line(nodeid_json: str, fixtures_json: str, markers_json: str, path_json: str,
+              bases_json: str, worker_json: str) -> bytes | None:
+    """A TestInfo's line at collection (no unseen clients) from its fields as JSON (see
+    marker_line)."""
+    out = (f'\x1e["t",{nodeid_json},{fixtures_json},{markers_json},{path_json},{bases_json},'
+           f'{worker_json},[]]\n').encode()
+    return out if len(out) <= PIPE_BUF else None
 
 
 def windows_line(pid: int, when: str, windows_json: list[str]) -> bytes | None:

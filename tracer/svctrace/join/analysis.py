@@ -68,9 +68,11 @@ def interrupted_notes(tests: dict[str, TestRecord], exit_code: int | None,
 
 def declared_services(test: TestRecord, cfg: Config) -> list[str]:
     """Services the static rules in [tool.svctrace.declare] give this test."""
+    declare = cfg.declare
+    if not declare:  # no rules: most configurations
+        return []
     info = test.info
     found: set[str] = set()
-    declare = cfg.declare
     path = (info.path if info and info.path else test.nodeid.split("::")[0])
     for glob, services in declare.get("paths", {}).items():
         if fnmatch.fnmatch(path, glob):

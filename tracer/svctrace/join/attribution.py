@@ -31,7 +31,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 
 from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, Lookup,
-                             Lost, Marker, ProcessEvent, Stack, TestInfo)
+                             Lost, Marker, PhaseEdge, ProcessEvent, Stack, TestInfo)
 from svctrace.join.evidence import MAX_KEPT, MORE_DESTINATIONS, Contact, result_text
 from svctrace.join.lineage import Lineage
 from svctrace.join.names import NameTable
@@ -139,6 +139,7 @@ class Attributor:
         self._adders = {Event: self._add_event, Marker: self._add_marker,
                         FixtureMarker: self._add_fixture_marker,
                         FixtureWindows: self._add_fixture_windows,
+                        PhaseEdge: self._add_phase_edge,
                         ProcessEvent: self._add_process, TestInfo: self._add_info,
                         Stack: self.stacks.add, Lookup: self._add_lookup,
                         Lost: self._add_lost}
@@ -258,6 +259,52 @@ class Attributor:
         # An end without a start (the start line was lost): keep a zero-length window.
         _insert_sorted(bucket, Window(ts, ts, mk.nodeid, mk.phase, mk.worker, mk.outcome))
 
+    def _add_phase_edge(self, pe: PhaseEdge) -> None:
+        """The plugin's usual record: what _add_fixture_windows and _add_marker do with the
+        FixtureWindows, end Marker and start Marker it stands for, in that order."""
+        pid, nodeid, ended, started = pe.pid, pe.nodeid, pe.ended, pe.started
+        mono = self.clock == "mono"
+        ts = pe.mono_ns if mono else pe.wall_ns
+        end = (pe.end_mono_ns if mono else pe.end_wall_ns) if ended is not None else None
+        if end is None:
+            end = ts
+        test = self.tests.get(nodeid)
+        if test is None:
+            test = self.tests[nodeid] = TestRecord(nodeid)
+        test.worker, test.pid, test.ran = pe.worker, pid, True
+        bucket = self.windows.get(pid)
+        if bucket is None:
+            bucket = self.windows[pid] = []
+        if ended is not None:
+            self.counts["markers"] += 1
+            if pe.windows:
+                self._add_windows(pid, ended, pe.windows)
+            if pe.outcome:
+                test.outcomes[ended] = pe.outcome
+            if pe.duration_s is not None:
+                test.durations[ended] = pe.duration_s
+            if ended == "setup":
+                self._open_setups.pop((pid, nodeid), None)
+            for window in reversed(bucket):
+                # (an end already written: the outcome of its report, which came later)
+                if window.nodeid == nodeid and window.phase == ended \
+                        and (window.end is None or window.end == end):
+                    window.end, window.outcome = end, pe.outcome
+                    break
+            else:  # the start line was lost: keep a zero-length window
+                _insert_sorted(bucket, Window(end, end, nodeid, ended, pe.worker, pe.outcome))
+        if started is not None:
+            self.counts["markers"] += 1
+            if started == "setup":
+                self._open_setups[(pid, nodeid)] = ts
+            elif started == "teardown":
+                self._teardown_cursor[pid] = ts
+            window = Window(ts, None, nodeid, started, pe.worker)
+            if not bucket or bucket[-1].start <= ts:
+                bucket.append(window)
+            else:
+                _insert_sorted(bucket, window)
+
     def _add_fixture_marker(self, fm: FixtureMarker) -> None:
         ts = fm.mono_ns if self.clock == "mono" else fm.wall_ns
         self.fixture_scopes[fm.fixture] = fm.scope
@@ -276,17 +323,28 @@ class Attributor:
         bucket.insert(bisect.bisect_right(bucket, (start,)), (start, ts, fm.fixture, fm.scope))
 
     def _add_fixture_windows(self, fw: FixtureWindows) -> None:
+        self._add_windows(fw.pid, fw.when, fw.windows)
+
+    def _add_windows(self, pid: int, when: str, windows: tuple) -> None:
         mono = self.clock == "mono"
-        bucket = self.fixture_windows.setdefault(fw.pid, [])
+        bucket = self.fixture_windows.get(pid)
+        if bucket is None:
+            bucket = self.fixture_windows[pid] = []
+        scopes = self.fixture_scopes
         end = None
-        for fid, start_mono, start_wall, end_mono, end_wall in fw.windows:
-            self.fixture_scopes.setdefault(fid, "function")
+        for fid, start_mono, start_wall, end_mono, end_wall in windows:
+            if fid not in scopes:
+                scopes[fid] = "function"
             start, end = (start_mono, end_mono) if mono else (start_wall, end_wall)
-            bucket.insert(bisect.bisect_right(bucket, (start,)), (start, end, fid, "function"))
-        if fw.when == "teardown" and end is not None:
+            if not bucket or bucket[-1][0] < start:  # in order, as they mostly come
+                bucket.append((start, end, fid, "function"))
+            else:
+                bucket.insert(bisect.bisect_right(bucket, (start,)),
+                              (start, end, fid, "function"))
+        if when == "teardown" and end is not None:
             # the plugin writes them before a wider fixture's teardown end: that one's
             # window begins where these ended
-            self._teardown_cursor[fw.pid] = max(end, self._teardown_cursor.get(fw.pid, end))
+            self._teardown_cursor[pid] = max(end, self._teardown_cursor.get(pid, end))
 
     # -- attribution ---------------------------------------------------------------------
     def flush(self, watermark: int | None = None) -> None:
