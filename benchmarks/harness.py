@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "ebpf+stacks measures svctrace run --stacks")
     parser.add_argument("--size", action="append", default=[], metavar="NAME=N",
                         help="override a size, e.g. --size redis=50000 --size suite=4000")
+    parser.add_argument("--kernel-join", choices=("on", "off"), default="on",
+                        help="eBPF runs with the join in the kernel (default) or without it "
+                             "(kernel_join = false: the user-space path of older kernels); "
+                             "the capacity probe's records mode and the memory probe are "
+                             "always without it")
     parser.add_argument("--ringbuf-pages", type=int, default=256,
                         help="eBPF ring buffer pages for every run (default 256 = 1 MiB, "
                              "svctrace's default)")
@@ -170,7 +175,7 @@ class Bench:
         path = self.work / name / "pyproject.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         text = f"[tool.svctrace]\nringbuf_pages = {self.args.ringbuf_pages}\n"
-        if not join:  # the record path itself: one ring buffer record per unfolded send
+        if not join or self.args.kernel_join == "off":  # the user-space path itself
             text += "kernel_join = false\n"
         if self.services.get("kafka_bootstrap"):  # the mock broker's port is ephemeral
             text += f'\n[tool.svctrace.services]\nkafka = ["{self.services["kafka_bootstrap"]}"]\n'
@@ -649,7 +654,7 @@ class Bench:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine_info(), "rounds": self.args.rounds, "quick": self.args.quick,
             "sizes": self.sizes, "backends": usable, "unavailable_backends": unusable,
-            "ringbuf_pages": self.args.ringbuf_pages})
+            "ringbuf_pages": self.args.ringbuf_pages, "kernel_join": self.args.kernel_join})
         self.log(f"workloads: {', '.join(self.args.only)}; configurations: "
                  f"{', '.join(configs)}; {self.args.rounds} round(s); scratch {self.work}")
         with contextlib.ExitStack() as stack:
