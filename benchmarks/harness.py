@@ -785,8 +785,10 @@ def targets(res: dict) -> list[dict]:
         lambda v: v <= 1.10)
     modes = (res.get("capacity") or {}).get("modes", {})
     if modes:
+        # one record per send: since the kernel join, the records mode (kernel_join off)
         add("eBPF zero-loss rate, unfolded (1 record per send)", ">= 200,000/s",
-            modes.get("unfolded", {}).get("max_zero_loss_records_per_s"),
+            (modes.get("records") or modes.get("unfolded", {})).get(
+                "max_zero_loss_records_per_s"),
             lambda v: v >= 200_000, "/s")
         add("eBPF zero-loss rate, folded sends (1 socket per process)", ">= 200,000/s",
             modes.get("folded", {}).get("max_zero_loss_sends_per_s"),
