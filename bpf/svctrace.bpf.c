@@ -132,6 +132,20 @@ struct agg {
 	                * record in dest_aggs, this epoch */
 };
 
+/* A record opened by e in epoch `now`: nothing folded into it yet (fresh: per-CPU scratch,
+ * whatever an earlier record left in it) */
+static __always_inline void agg_start(struct agg *fresh, const struct svct_event *e, __u64 now)
+{
+	fresh->epoch = now;
+	fresh->count = 0;
+	fresh->last_ts = e->ts_ns;
+	fresh->last_tid = e->tid;
+	fresh->bytes_hash = 0;
+	fresh->firsts = 0;
+	fresh->to_dest = 0;
+	__builtin_memcpy(&fresh->first, e, sizeof(*e));
+}
+
 /* Between a clone-family syscall's entry and exit in the creating thread. */
 struct clone_info {
 	__u64 flags;
@@ -945,14 +959,9 @@ static __always_inline int fold_dest(const struct svct_event *e, __s32 result, _
 	fresh = agg_scratch.lookup(&zero);
 	if (!fresh)
 		return 0;
-	fresh->epoch = now;
-	fresh->count = 0;
-	fresh->last_ts = e->ts_ns;
-	fresh->last_tid = e->tid;
-	__builtin_memcpy(&fresh->first, e, sizeof(*e));
+	agg_start(fresh, e, now);
 	fresh->first.result = result; /* a connect tail has no CONNECT_RESULT to settle it */
 	fresh->bytes_hash = hash;
-	fresh->firsts = 0;
 	dest_aggs.update(key, fresh);
 	return 0;
 }
@@ -1428,10 +1437,8 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 		fresh = agg_scratch.lookup(&zero);
 		if (!fresh)
 			return 1;
-		fresh->epoch = now;
-		fresh->count = 0; /* its tail (if any) is out: no second one */
+		agg_start(fresh, e, now); /* its tail (if any) is out: no second one */
 		fresh->to_dest = 1;
-		__builtin_memcpy(&fresh->first, e, sizeof(*e));
 		aggs.update(&key, fresh);
 		return 1;
 	}
@@ -1439,13 +1446,7 @@ static __always_inline int fold_send(struct svct_event *e, __u64 sk, int *first)
 	fresh = agg_scratch.lookup(&zero);
 	if (!fresh)
 		return 0;
-	fresh->epoch = now;
-	fresh->count = 0;
-	fresh->last_ts = e->ts_ns;
-	fresh->last_tid = e->tid;
-	fresh->firsts = 0;
-	fresh->to_dest = 0;
-	__builtin_memcpy(&fresh->first, e, sizeof(*e));
+	agg_start(fresh, e, now);
 	aggs.update(&key, fresh);
 	return 0;
 }
