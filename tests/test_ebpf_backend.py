@@ -22,6 +22,7 @@ from svctrace.capture.ebpf import (_EVENT, _FIRST_SIZE, FIRST_BYTES_SYSCALLS, Eb
                                    decode, diagnose)
 from svctrace.events import Destination, Event, Lost, ProcessEvent
 from tests.support.backends import needs_backend
+from tests.support.traced import records_until_exit, traced_fork, traced_fork_then_stop
 
 # Only the kernel tests need the capability; decoding is pure and runs everywhere.
 needs_ebpf = needs_backend("ebpf")
@@ -172,19 +173,7 @@ def _run_traced_child(backend: EbpfBackend, srv: Servers
     _, status = os.waitpid(pid, 0)
     t_end = time.monotonic_ns()
     assert status == 0, "traced child failed (see captured stderr)"
-    return log, _records_until_exit(backend, pid), t_start, t_end
-
-
-def _records_until_exit(backend: EbpfBackend, pid: int) -> list:
-    """Poll until the exit of pid has come through the ring buffer (5 s at most)."""
-    records, deadline = [], time.monotonic() + 5
-    while time.monotonic() < deadline:
-        records += backend.poll()
-        if any(isinstance(r, ProcessEvent) and r.kind == "exit" and r.pid == pid
-               for r in records):
-            break
-        time.sleep(0.02)
-    return records
+    return log, records_until_exit(backend, pid), t_start, t_end
 
 
 @needs_ebpf
@@ -346,34 +335,6 @@ def test_decode_records() -> None:
     assert thread == ProcessEvent("thread", 7, None, 20, ppid=21, comm="rdk:main", tid=23)
 
 
-def _traced_fork(backend: EbpfBackend, work) -> tuple[int, list]:
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.read(go_r, 1)
-            work()
-            code = 0
-        finally:
-            os._exit(code)
-    backend.child_started(pid)
-    os.write(go_w, b"x")
-    _, status = os.waitpid(pid, 0)
-    assert status == 0
-    return pid, _records_until_exit(backend, pid)
-
-
-def _traced_fork_then_stop(backend: EbpfBackend, work) -> tuple[int, list]:
-    """_traced_fork plus what stop() drains at the end (folded tails); stopped on every
-    path."""
-    try:
-        pid, records = _traced_fork(backend, work)
-        return pid, records + backend.stop()
-    finally:
-        backend.stop()
-
-
 @needs_ebpf
 def test_sends_between_marker_writes_are_folded_with_exact_counts(tmp_path: Path) -> None:
     """A tight loop costs one record per socket and epoch; the tail keeps count and time."""
@@ -393,7 +354,7 @@ def test_sends_between_marker_writes_are_folded_with_exact_counts(tmp_path: Path
         for _ in range(500):
             out.send(b"y")
 
-    pid, records = _traced_fork_then_stop(tracer, work)
+    pid, records = traced_fork_then_stop(tracer, work)
     # a tail is reserved after the record that ends its epoch: order by time
     sends = sorted((r for r in records if isinstance(r, Event) and r.kind == "send"),
                    key=lambda r: r.mono_ns)
@@ -421,7 +382,7 @@ def test_refused_nonblocking_connect_reports_its_late_failure(tmp_path: Path) ->
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 111
 
     try:
-        _, records = _traced_fork(tracer, work)
+        _, records = traced_fork(tracer, work)
     finally:
         tracer.stop()
     connects = [(r.kind, r.result, r.dest.port) for r in records
@@ -450,7 +411,7 @@ def test_folded_sends_lost_to_lru_eviction_are_counted(tmp_path: Path) -> None:
             for _ in range(per_socket):
                 out.send(b"x")
 
-    _, records = _traced_fork_then_stop(tracer, work)
+    _, records = traced_fork_then_stop(tracer, work)
     reported = sum(r.count for r in records if isinstance(r, Event) and r.kind == "send")
     stats = tracer.stats()
     assert stats["evicted_sends"] > 0
@@ -509,7 +470,7 @@ def test_first_send_carries_its_first_bytes_for_every_send_syscall(tmp_path: Pat
     acceptor = threading.Thread(target=accept)
     acceptor.start()
     try:
-        pid, records = _traced_fork_then_stop(tracer, work)
+        pid, records = traced_fork_then_stop(tracer, work)
     finally:
         stop.set()
         acceptor.join()

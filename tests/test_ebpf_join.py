@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
 from svctrace.capture.base import RunContext
 from svctrace.capture.ebpf import EbpfBackend
-from svctrace.events import Event, ProcessEvent
+from svctrace.events import Event
 from tests.support.backends import backend_marks
+from tests.support.traced import traced_fork_then_stop
 
 pytestmark = backend_marks("ebpf")
 MARKER = b'\x1e["m"]\n'  # what a plugin marker line starts with
@@ -42,33 +42,8 @@ def _write_marker(path: str) -> None:
 
 
 def _run(tracer: EbpfBackend, work) -> list:
-    """Fork a child, trace it from its first instruction on, wait for it; every record,
-    folded tails drained by stop() included."""
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.read(go_r, 1)
-            work()
-            code = 0
-        finally:
-            os._exit(code)
-    try:
-        tracer.child_started(pid)
-        os.write(go_w, b"x")
-        _, status = os.waitpid(pid, 0)
-        assert status == 0
-        records, deadline = [], time.monotonic() + 5
-        while time.monotonic() < deadline:
-            records += tracer.poll()
-            if any(isinstance(r, ProcessEvent) and r.kind == "exit" and r.pid == pid
-                   for r in records):
-                break
-            time.sleep(0.02)
-        return records + tracer.stop()
-    finally:
-        tracer.stop()
+    """Every record of a traced child, folded tails drained by stop() included."""
+    return traced_fork_then_stop(tracer, work)[1]
 
 
 def _events(records: list, kind: str, port: int | None = None) -> list[Event]:
