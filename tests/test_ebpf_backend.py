@@ -297,6 +297,11 @@ def test_doctor_compiles_and_loads() -> None:
     results = diagnose()
     assert all(ok for _name, ok, _detail in results), results
     assert results[-1][0] == "compile+load"
+    # where the kernel has BPF's atomic fetch-and-add the join is on, and doctor says so
+    join = dict((name, detail) for name, _ok, detail in results)["kernel join"]
+    release = tuple(map(int, re.match(r"(\d+)\.(\d+)", os.uname().release).groups()))
+    expected = "off (" if release < (5, 12) else "on ("
+    assert join.startswith(expected), join
 
 
 @needs_ebpf

@@ -703,6 +703,7 @@ def diagnose() -> list[tuple[str, bool, str]]:
     for name, check in _CHECKS:
         reason = check()
         results.append((name, reason is None, reason or _detail(name)))
+    results.append(("kernel join", True, _join_detail()))
     if all(ok for _name, ok, _detail_text in results):
         try:
             bpf, origin = _load_program(DEFAULT_RINGBUF_PAGES)
@@ -717,6 +718,15 @@ def diagnose() -> list[tuple[str, bool, str]]:
     else:
         results.append(("compile+load", False, "skipped: fix the checks above first"))
     return results
+
+
+def _join_detail() -> str:
+    """What this kernel does with kernel_join (informational: either way it traces)."""
+    if _kernel_version() < JOIN_KERNEL:
+        return (f"off (Linux {JOIN_KERNEL[0]}.{JOIN_KERNEL[1]} or newer folds records per test "
+                "phase in the kernel; here they fold per socket, as with kernel_join = false)")
+    return ("on (connects and sends fold per test phase, thread and destination in the "
+            "kernel; kernel_join = false in [tool.svctrace] turns it off)")
 
 
 def _detail(name: str) -> str:
