@@ -550,3 +550,19 @@ def test_a_folded_connect_record_counts_as_many_connects_as_it_stands_for():
     assert (evidence["connects"], evidence["failed_connects"]) == (320, 20)
     assert evidence["by_destination"]["tcp:127.0.0.1:5432"] == {
         "connects": 320, "failed_connects": 20, "sends": 0, "errors": {"refused": 20}}
+
+
+def test_only_the_runner_freezes_the_reports_objects_out_of_the_gcs_reach():
+    """The runner leaves by os._exit soon after its report: its objects are frozen so the
+    cyclic GC never walks them again. A user's pytest (standalone) may run on: nothing of
+    it is frozen, and the GC is left as it was."""
+    import gc
+    from svctrace.join.collect import Collector
+    before = gc.get_freeze_count()
+    Collector(Config(), "mono").finish(RunInfo("test"), {})
+    assert gc.isenabled() and gc.get_freeze_count() == before
+    try:
+        Collector(Config(), "mono", freeze_report=True).finish(RunInfo("test"), {})
+        assert gc.isenabled() and gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()

@@ -22,26 +22,29 @@ NO_MARKERS = ("no pytest process wrote test markers, so nothing could be attribu
 
 
 @contextmanager
-def _no_cyclic_gc():
+def _no_cyclic_gc(freeze: bool):
     """Building a report allocates a burst of objects that all live on: the cyclic GC's
-    full scans there find nothing and cost 50-70 ms on 2,000 tests. Nor after it: they are
-    moved out of the collector's reach (gc.freeze) before it runs again, or its first young
-    collection walks all of them (~12 µs a test)."""
+    full scans there find nothing and cost 50-70 ms on 2,000 tests. Nor after it, where
+    `freeze` (a process that ends soon: the runner): they are moved out of the collector's
+    reach (gc.freeze) before it runs again, or its first young collection walks all of them
+    (~12 µs a test). Not in a user's pytest (standalone), which may run on for long."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
-            gc.freeze()
+            if freeze:
+                gc.freeze()
             gc.enable()
 
 
 class Collector:
     """Attributes the records of one run and turns them into its report."""
 
-    def __init__(self, cfg: Config, clock: str) -> None:
+    def __init__(self, cfg: Config, clock: str, freeze_report: bool = False) -> None:
         self.cfg = cfg
+        self.freeze_report = freeze_report  # see _no_cyclic_gc
         self.attributor = Attributor(cfg.service_map(), clock, cfg.ignore_self_loopback)
         # Bound once, not a method calling it: the runner adds every record through it.
         self.add = self.attributor.add
@@ -73,6 +76,6 @@ class Collector:
         notes += interrupted_notes(attribution.tests, run.exit_code)
         run = RunInfo(run.backend, run.command, run.blind_spots, run.exit_code,
                       {**run.extra, "notes": notes})
-        with _no_cyclic_gc():
+        with _no_cyclic_gc(self.freeze_report):
             self.report = build_report(attribution, run, self.cfg, stats)
         return self.report

@@ -59,7 +59,7 @@ class Run:
         for note in choice_notes:
             self.log(note)
         self.backend: Backend = cls()
-        self.collector = Collector(cfg, cls.clock)
+        self.collector = Collector(cfg, cls.clock, freeze_report=True)  # leaves by os._exit
         # Why better backends were skipped, what was mounted; "using X" is run.backend.
         self.notes: list[str] = [n for n in choice_notes if " using " not in n]
         self.report: dict | None = None
