@@ -130,7 +130,6 @@ def main() -> None:
 def run(backend, report_path, as_root, config_path, progress, quiet, verbose, deny, allow,
         guard_tier, plan_path, tier, shard, shadow, stacks, command) -> None:
     from svctrace.config import load_config
-    from svctrace.views.summary import format_summary
     from svctrace.run.runner import Run
     from svctrace.userfiles import check_writable
 
@@ -170,6 +169,7 @@ def run(backend, report_path, as_root, config_path, progress, quiet, verbose, de
     if runner.report is not None and not runner.report["summary"]["tests_ran"]:
         _no_test_ran(runner, code)
     elif runner.report is not None and not quiet:
+        from svctrace.views.summary import format_summary  # not imported by quiet runs
         click.echo(format_summary(runner.report, runner.report_path, verbose), err=True)
     if runner.report is not None and selection is not None:
         _check_selected(runner.report, plan, tier)

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 from svctrace.errors import SvctraceError
-from svctrace.plan.tiers import tier_lists
 from svctrace.report.jsonfile import read_versioned, write_atomic
 from svctrace.report.model import (PLAN_SCHEMA, REPORT_SCHEMA, Plan, PlanError, Report,
                                    ReportError, as_plan, report_text)
@@ -82,4 +81,5 @@ def write_lists(plan: Plan | dict, directory: str | os.PathLike) -> list[Path]:
     """One `<tier>.txt` per tier, a node id per line (empty tiers get an empty file)."""
     folder = Path(directory)
     # Atomic, and under sudo as the invoking user (who also creates the folder).
+    from svctrace.plan.tiers import tier_lists  # a run writes no plan: not at its start
     return [write_atomic(text, folder / name) for name, text in tier_lists(plan).items()]
