@@ -28,6 +28,7 @@ import bisect
 import collections
 import errno
 import ipaddress
+import operator
 from dataclasses import dataclass, field, replace
 
 from svctrace.events import (TEST_PHASES, Event, FixtureMarker, FixtureWindows, Lookup,
@@ -42,8 +43,8 @@ from svctrace.join.stacks import StackIndex
 SETUP_HOLD_MAX_NS = 600 * 10**9
 
 
-def _start(window: "Window") -> int:
-    return window.start
+_start = operator.attrgetter("start")  # bisect's key: a C call, not a Python frame
+_INF = float("inf")
 
 
 def _insert_sorted(bucket: list, window: "Window") -> None:
@@ -474,7 +475,7 @@ class Attributor:
 
     def _fixture_at(self, pid: int, ts: int) -> tuple[str | None, str | None]:
         bucket = self.fixture_windows.get(pid, ())
-        index = bisect.bisect_right(bucket, (ts, float("inf")))
+        index = bisect.bisect_right(bucket, (ts, _INF))
         # Fixture windows are nearly disjoint (pytest sets up dependencies before the
         # dependant's hook runs); nesting comes only from getfixturevalue(), so a short
         # look back finds the innermost (latest-starting) window that contains ts.
@@ -495,7 +496,7 @@ class Attributor:
     def _attribute(self, ev: Event) -> None:
         learned = self._learned(ev) if self.names else ()
         verdict = self.map.judge(ev.kind, ev.dest, ev.result,
-                                 tuple(entry.name for entry in learned))
+                                 tuple(entry.name for entry in learned) if learned else ())
         if verdict.what == NOISE:
             self.counts["noise"] += 1
             self._ignored(ev, "noise")
