@@ -66,14 +66,28 @@ def interrupted_notes(tests: dict[str, TestRecord], exit_code: int | None,
     return notes
 
 
-def declared_services(test: TestRecord, cfg: Config) -> list[str]:
-    """Services the static rules in [tool.svctrace.declare] give this test."""
+def declared_services(test: TestRecord, cfg: Config, memo: dict | None = None) -> list[str]:
+    """Services the static rules in [tool.svctrace.declare] give this test. memo: a dict
+    kept across the tests of one report (most tests share a file and their fixtures)."""
     declare = cfg.declare
     if not declare:  # no rules: most configurations
         return []
     info = test.info
-    found: set[str] = set()
     path = (info.path if info and info.path else test.nodeid.split("::")[0])
+    if memo is None:
+        return _declared(declare, path, info)
+    key = (path, info.fixtures, info.markers, info.bases) if info else (path,)
+    try:
+        found = memo.get(key)
+    except TypeError:  # a TestInfo made with lists, not tuples
+        return _declared(declare, path, info)
+    if found is None:
+        found = memo[key] = _declared(declare, path, info)
+    return list(found)
+
+
+def _declared(declare: dict, path: str, info) -> list[str]:
+    found: set[str] = set()
     for glob, services in declare.get("paths", {}).items():
         if fnmatch.fnmatch(path, glob):
             found.update(services)

@@ -1,6 +1,7 @@
 """The `svctrace-report/1` report built from attribution and analysis (pure: report.files does I/O)."""
 from __future__ import annotations
 
+import operator
 import uuid
 
 from svctrace import REPORT_SCHEMA, __version__
@@ -29,9 +30,12 @@ def _contact_json(contact: Contact) -> dict:
     }
 
 
+_PHASES_OF = operator.itemgetter(*TEST_PHASES)
+
+
 def _by_phase(per_phase: dict[str, dict[str, Contact]]) -> dict[str, dict]:
     """{service: its evidence merged over the phases it was seen in, with those phases}."""
-    setup, call, teardown = (per_phase[p] for p in TEST_PHASES)
+    setup, call, teardown = _PHASES_OF(per_phase)
     if not (setup or call or teardown):  # most tests, for probes and refusals
         return {}
     out = {}
@@ -52,11 +56,12 @@ def build_report(att: Attribution, run: RunInfo, cfg: Config, stats: dict | None
     baseline = set(cfg.baseline)
     patterns = tuple(b for b in baseline if any(c in b for c in "*?["))
     tests: dict[str, dict] = {}
+    declared_memo: dict = {}
     for nodeid, test in att.tests.items():
         phases = {p: sorted(test.phases[p]) for p in TEST_PHASES}
         observed = sorted({*phases["setup"], *phases["call"], *phases["teardown"]})
         inherited = analysis.inherited_services(test, att)
-        declared = analysis.declared_services(test, cfg)
+        declared = analysis.declared_services(test, cfg, declared_memo)
         denied = sorted({s for phase in test.denied.values() for s in phase})
         started = analysis.suite_started(test, att, inherited)
         needs, touched_baseline = analysis.needs(
