@@ -540,10 +540,11 @@ class EbpfBackend(Backend):
                 raw = ctypes.string_at(data, size)
                 record = decode(raw)
                 if type(record) is Event and record.kind == "send":
-                    self._pending.extend(self._folded_firsts(
-                        record, _SEND_FIRSTS.unpack_from(raw, _SEND_FIRSTS_AT)[0]))
-                    self._events += 1
-                    return 0
+                    firsts = _SEND_FIRSTS.unpack_from(raw, _SEND_FIRSTS_AT)[0]
+                    if firsts or record.first_bytes is not None:  # else: as it came
+                        self._events += 1
+                        self._pending.extend(self._folded_firsts(record, firsts))
+                        return 0
         except Exception as exc:
             self._decode_errors.append(str(exc))
             return 0
